@@ -1,0 +1,93 @@
+//! `outpost.toml`: the schema, its defaults, and validation with `file:line:col` errors.
+//!
+//! `load` is the only way in: it returns a [`ValidConfig`] (the parsed file plus the values
+//! validation already had to parse, such as the subnet) or every problem found.
+
+pub mod duration;
+pub mod ipv4;
+pub mod locate;
+mod schema;
+pub(crate) mod validate;
+
+pub use duration::Dur;
+pub use ipv4::Ipv4Net;
+pub use schema::*;
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+/// A config that passed validation, with the values validation parsed.
+#[derive(Debug)]
+pub struct ValidConfig {
+    pub config: Config,
+    pub subnet: Ipv4Net,
+    /// Inclusive range for dynamic host ports.
+    pub dynamic_ports: (u16, u16),
+    pub advertise_address: Option<Ipv4Addr>,
+}
+
+/// One problem, printed as `FILE:LINE:COL: message` (or `FILE: message` when the file could
+/// not be read at all).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<ValidConfig, Vec<Diagnostic>> {
+    let file = path.display().to_string();
+    let source = std::fs::read_to_string(path).map_err(|e| {
+        vec![Diagnostic {
+            file: file.clone(),
+            position: None,
+            message: format!("cannot read config: {e}"),
+        }]
+    })?;
+    parse(&source, &file)
+}
+
+/// Parses and validates config text; `file` is only used in diagnostics.
+pub fn parse(source: &str, file: &str) -> Result<ValidConfig, Vec<Diagnostic>> {
+    let locator = locate::Locator::new(source);
+    let at = |offset: usize, message: String| Diagnostic {
+        file: file.to_string(),
+        position: Some(locator.line_col(offset)),
+        message,
+    };
+    let config: Config = toml::from_str(source).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        vec![at(offset, e.message().trim_end().to_string())]
+    })?;
+    let located = |problems: Vec<validate::Problem>| {
+        let mut located: Vec<(usize, Diagnostic)> = problems
+            .into_iter()
+            .map(|p| {
+                let offset = locator.span(&p.path, p.target).start;
+                (offset, at(offset, p.message))
+            })
+            .collect();
+        // File order reads best; the sort is stable so rules at one spot keep their order.
+        located.sort_by_key(|(offset, _)| *offset);
+        located.into_iter().map(|(_, d)| d).collect::<Vec<_>>()
+    };
+    let valid = validate::validate(config).map_err(located)?;
+    // `${…}` references can only be checked against the variables the plan derives.
+    let unresolved = crate::plan::unresolved_references(&valid);
+    if unresolved.is_empty() {
+        Ok(valid)
+    } else {
+        Err(located(unresolved))
+    }
+}

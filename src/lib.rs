@@ -1,0 +1,17 @@
+//! outpost: what a Nomad client does for Consul service mesh, for one edge device.
+//! See DESIGN.md for the architecture (plan, then apply) and the module map.
+
+pub mod config;
+pub mod net;
+pub mod plan;
+pub mod state;
+
+/// `outpost version` output, from build.rs.
+pub fn version_text() -> String {
+    format!(
+        "outpost {} (commit {}, target {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("OUTPOST_COMMIT"),
+        env!("OUTPOST_TARGET")
+    )
+}

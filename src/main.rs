@@ -1,0 +1,122 @@
+//! The `outpost` command line: argument parsing and dispatch only.
+
+use argh::FromArgs;
+use outpost::{config, net, plan, state};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code for a bad config (sysexits EX_CONFIG), as `validate` promises.
+const EX_CONFIG: u8 = 78;
+
+#[derive(FromArgs)]
+/// outpost: Nomad-style Consul service mesh for one edge device, from one TOML file.
+struct Cli {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Validate(ValidateCmd),
+    Plan(PlanCmd),
+    Version(VersionCmd),
+}
+
+#[derive(FromArgs)]
+/// Check a config file; print every problem as FILE:LINE:COL: message. Exits 0 when valid,
+/// 78 when not.
+#[argh(subcommand, name = "validate")]
+struct ValidateCmd {
+    /// the config file
+    #[argh(option, short = 'c')]
+    config: PathBuf,
+}
+
+#[derive(FromArgs)]
+/// Show what outpost would set up for a config: namespaces, addresses, ports, service IDs,
+/// injected sidecar tasks with their argv and environment. Reads the node state (leases,
+/// dynamic ports) if present; changes nothing.
+#[argh(subcommand, name = "plan")]
+struct PlanCmd {
+    /// the config file
+    #[argh(option, short = 'c')]
+    config: PathBuf,
+    /// print every detail as JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Print the version, the git commit and the target it was built for.
+#[argh(subcommand, name = "version")]
+struct VersionCmd {}
+
+fn main() -> ExitCode {
+    let cli: Cli = argh::from_env();
+    match cli.command {
+        Command::Validate(cmd) => validate(&cmd),
+        Command::Plan(cmd) => plan(&cmd),
+        Command::Version(_) => {
+            println!("{}", outpost::version_text());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<config::ValidConfig, ExitCode> {
+    config::load(path).map_err(|diagnostics| {
+        for d in &diagnostics {
+            eprintln!("{d}");
+        }
+        ExitCode::from(EX_CONFIG)
+    })
+}
+
+fn validate(cmd: &ValidateCmd) -> ExitCode {
+    match load(&cmd.config) {
+        Ok(valid) => {
+            println!(
+                "{}: valid ({} group{})",
+                cmd.config.display(),
+                valid.config.groups.len(),
+                if valid.config.groups.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn plan(cmd: &PlanCmd) -> ExitCode {
+    let valid = match load(&cmd.config) {
+        Ok(valid) => valid,
+        Err(code) => return code,
+    };
+    let state_path = state::path_in(&valid.config.agent.data_dir);
+    let node_state = match state::load(&state_path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("outpost: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match plan::build(&valid, &node_state, &net::host_facts()) {
+        Ok(p) if cmd.json => {
+            print!("{}", plan::render::json(&p));
+            ExitCode::SUCCESS
+        }
+        Ok(p) => {
+            print!("{}", plan::render::text(&p));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("outpost: cannot plan: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

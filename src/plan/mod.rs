@@ -1,0 +1,757 @@
+//! The plan: everything outpost will create, derived as a pure function of the validated
+//! config, the node state (leases, dynamic ports) and a few host facts. No root, no network,
+//! no clock. `outpost plan` prints it; `apply` (later) makes the host match it.
+
+pub mod env;
+mod leases;
+pub mod render;
+
+use crate::config::locate::Seg;
+use crate::config::validate::{PROXY_PREFIX, Problem};
+use crate::config::{Dur, Group, Logs, Restart, Service, ValidConfig};
+use crate::path;
+use crate::state::NodeState;
+use env::EnvMap;
+use leases::PortRequest;
+use miniserde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+/// Facts about the host the plan depends on, gathered by the caller (`net::host_facts`).
+#[derive(Clone, Debug)]
+pub struct HostFacts {
+    pub hostname: String,
+    /// Used when `network.advertise_address` is not set.
+    pub default_address: Ipv4Addr,
+    /// Where `default_address` came from, for the plan's reader.
+    pub default_address_source: String,
+}
+
+impl HostFacts {
+    /// Stand-in facts for checks that only need the plan's shape (variable names), not its
+    /// values.
+    pub fn placeholder() -> HostFacts {
+        HostFacts {
+            hostname: "localhost".into(),
+            default_address: Ipv4Addr::LOCALHOST,
+            default_address_source: "placeholder".into(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub node_name: String,
+    pub advertise_address: String,
+    pub advertise_address_source: String,
+    pub data_dir: String,
+    pub run_dir: String,
+    pub bridge: BridgePlan,
+    pub dynamic_ports: String,
+    pub groups: Vec<GroupPlan>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BridgePlan {
+    pub name: String,
+    pub address: String,
+    pub subnet: String,
+    pub firewall: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GroupPlan {
+    pub name: String,
+    pub alloc_id: String,
+    pub mode: String,
+    pub netns: Option<NetnsPlan>,
+    pub alloc_dir: String,
+    pub shutdown_delay: String,
+    pub ports: Vec<PortPlan>,
+    pub services: Vec<ServicePlan>,
+    pub tasks: Vec<TaskPlan>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NetnsPlan {
+    pub name: String,
+    pub path: String,
+    pub host_veth: String,
+    pub interface: String,
+    pub address: String,
+    pub gateway: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PortPlan {
+    pub label: String,
+    pub host_port: u16,
+    /// The port inside the group's namespace (equal to `host_port` in host mode).
+    pub netns_port: u16,
+    pub dynamic: bool,
+    /// Added by outpost (sidecar ports), not written in the config.
+    pub injected: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServicePlan {
+    pub name: String,
+    pub id: String,
+    /// `sidecar`, `native`, `gateway` or `none`.
+    pub connect: String,
+    /// The port registered in Consul: the host port of a label, or the number as written.
+    pub port: Option<u16>,
+    pub sidecar: Option<SidecarPlan>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SidecarPlan {
+    pub id: String,
+    pub name: String,
+    pub port_label: String,
+    pub host_port: u16,
+    pub netns_port: u16,
+    pub envoy_admin: String,
+    pub envoy_ready: String,
+    pub task: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskPlan {
+    pub name: String,
+    /// Nomad's task kind, e.g. `connect-proxy:count-api`, for injected tasks.
+    pub kind: Option<String>,
+    pub injected: bool,
+    /// `main`, `prestart`, `prestart sidecar`, `poststart`, `poststart sidecar`, `poststop`.
+    pub lifecycle: String,
+    pub driver: String,
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub user: Option<String>,
+    pub dir: String,
+    pub kill_signal: String,
+    pub kill_timeout: String,
+    pub shutdown_delay: String,
+    pub logs: LogsPlan,
+    pub restart: RestartPlan,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogsPlan {
+    pub max_files: u32,
+    pub max_file_size_mb: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RestartPlan {
+    pub attempts: u32,
+    pub interval: String,
+    pub delay: String,
+    pub mode: String,
+}
+
+/// Envoy's admin and ready ports inside the namespace for the `i`th service of a group
+/// (DESIGN.md: admin 127.0.0.2:19000+i, ready 127.0.0.1:19100+i).
+pub fn envoy_ports(service_index: usize) -> (u16, u16) {
+    let i = u16::try_from(service_index).unwrap_or(u16::MAX).min(99);
+    (19000 + i, 19100 + i)
+}
+
+pub const NETNS_DIR: &str = "/run/netns";
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+pub fn netns_name(group: &str) -> String {
+    format!("outpost-{group}")
+}
+
+/// Host end of a group's veth: `op` + 8 hex digits of a hash of the group name, so it fits
+/// IFNAMSIZ whatever the group is called.
+pub fn host_veth_name(group: &str) -> String {
+    format!("op{:08x}", fnv1a64(group.as_bytes(), 0) as u32)
+}
+
+/// Consul service ID (DESIGN.md): `_outpost-<group>-<service>-<port label or number>`.
+pub fn service_id(group: &str, service: &Service) -> String {
+    match &service.port {
+        Some(port) => format!("_outpost-{group}-{}-{}", service.name, port.0),
+        None => format!("_outpost-{group}-{}", service.name),
+    }
+}
+
+fn fnv1a64(bytes: &[u8], seed: u64) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325 ^ seed, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A stable, UUID-shaped allocation ID for `NOMAD_ALLOC_ID`: the same node and group always
+/// get the same ID, so metrics tags and logs stay comparable across restarts.
+fn alloc_id(node: &str, group: &str) -> String {
+    let key = format!("{node}/{group}");
+    let hi = fnv1a64(key.as_bytes(), 0);
+    let lo = fnv1a64(key.as_bytes(), 0x9e37_79b9_7f4a_7c15);
+    let hex = format!("{hi:016x}{lo:016x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// Builds the plan. Errors are resource exhaustion (no free address or port).
+pub fn build(valid: &ValidConfig, state: &NodeState, host: &HostFacts) -> Result<Plan, String> {
+    build_checked(valid, state, host).map(|(plan, _)| plan)
+}
+
+/// `${…}` references in task env, args and commands that name no variable, as config
+/// problems. Variable names do not depend on state or host, so placeholders suffice.
+pub fn unresolved_references(valid: &ValidConfig) -> Vec<Problem> {
+    match build_checked(
+        valid,
+        &<NodeState as Default>::default(),
+        &HostFacts::placeholder(),
+    ) {
+        Ok((_, problems)) => problems,
+        Err(_) => Vec::new(),
+    }
+}
+
+fn build_checked(
+    valid: &ValidConfig,
+    state: &NodeState,
+    host: &HostFacts,
+) -> Result<(Plan, Vec<Problem>), String> {
+    let cfg = &valid.config;
+    let node_name = cfg
+        .agent
+        .node_name
+        .clone()
+        .unwrap_or_else(|| host.hostname.clone());
+    let (advertise, advertise_source) = match valid.advertise_address {
+        Some(ip) => (ip, "network.advertise_address".to_string()),
+        None => (host.default_address, host.default_address_source.clone()),
+    };
+    let bridge_groups: Vec<&str> = cfg
+        .groups
+        .iter()
+        .filter(|g| is_bridge(g))
+        .map(|g| g.name.as_str())
+        .collect();
+    let leases = leases::lease_addresses(valid.subnet, &bridge_groups, state)?;
+    let mut ports = plan_ports(valid, state)?;
+    let ctx = Context {
+        valid,
+        node_name: &node_name,
+        advertise: advertise.to_string(),
+    };
+    let mut problems = Vec::new();
+    let mut groups = Vec::new();
+    for (gi, group) in cfg.groups.iter().enumerate() {
+        let group_ports = ports.remove(&group.name).unwrap_or_default();
+        let lease = leases.get(&group.name).copied();
+        groups.push(ctx.group(gi, group, group_ports, lease, &mut problems));
+    }
+    let (low, high) = valid.dynamic_ports;
+    let plan = Plan {
+        node_name: node_name.clone(),
+        advertise_address: advertise.to_string(),
+        advertise_address_source: advertise_source,
+        data_dir: cfg.agent.data_dir.clone(),
+        run_dir: cfg.agent.run_dir.clone(),
+        bridge: BridgePlan {
+            name: cfg.network.bridge.clone(),
+            address: format!("{}/{}", valid.subnet.gateway(), valid.subnet.prefix),
+            subnet: valid.subnet.to_string(),
+            firewall: cfg.network.firewall.clone(),
+        },
+        dynamic_ports: format!("{low}-{high}"),
+        groups,
+    };
+    Ok((plan, problems))
+}
+
+fn is_bridge(group: &Group) -> bool {
+    group.network.as_ref().is_some_and(|n| n.mode == "bridge")
+}
+
+fn has_sidecar(service: &Service) -> bool {
+    service
+        .connect
+        .as_ref()
+        .is_some_and(|c| c.sidecar_service.is_some())
+}
+
+fn sidecar_label(service: &Service) -> String {
+    service
+        .connect
+        .as_ref()
+        .and_then(|c| c.sidecar_service.as_ref())
+        .and_then(|s| s.port.clone())
+        .unwrap_or_else(|| format!("{PROXY_PREFIX}-{}", service.name))
+}
+
+/// Every group's ports (written and injected), with dynamic host ports allocated.
+fn plan_ports(
+    valid: &ValidConfig,
+    state: &NodeState,
+) -> Result<BTreeMap<String, Vec<PortPlan>>, String> {
+    let cfg = &valid.config;
+    let mut by_group: BTreeMap<String, Vec<PortPlan>> = BTreeMap::new();
+    let mut requests = Vec::new();
+    let mut request_slots = Vec::new();
+    let mut used_static = BTreeSet::new();
+    for group in &cfg.groups {
+        let mut list = Vec::new();
+        let written = group.network.iter().flat_map(|n| n.ports.iter());
+        for port in written {
+            if let Some(host) = port.static_port {
+                used_static.insert(host);
+            }
+            list.push(PortPlan {
+                label: port.label.clone(),
+                host_port: port.static_port.unwrap_or(0),
+                netns_port: port.to.or(port.static_port).unwrap_or(0),
+                dynamic: port.static_port.is_none(),
+                injected: false,
+            });
+        }
+        for service in group.services.iter().filter(|s| has_sidecar(s)) {
+            let label = sidecar_label(service);
+            if !list.iter().any(|p| p.label == label) {
+                list.push(PortPlan {
+                    label,
+                    host_port: 0,
+                    netns_port: 0,
+                    dynamic: true,
+                    injected: true,
+                });
+            }
+        }
+        let avoid = netns_listeners(group, &list);
+        for (pi, port) in list.iter().enumerate() {
+            if port.dynamic {
+                requests.push(PortRequest {
+                    group: group.name.clone(),
+                    label: port.label.clone(),
+                    // Only a port whose namespace side follows the host side can clash.
+                    avoid: if port.netns_port == 0 && is_bridge(group) {
+                        avoid.clone()
+                    } else {
+                        BTreeSet::new()
+                    },
+                });
+                request_slots.push((group.name.clone(), pi));
+            }
+        }
+        by_group.insert(group.name.clone(), list);
+    }
+    let allocated = leases::allocate_ports(valid.dynamic_ports, &used_static, &requests, state)?;
+    for ((group, pi), host) in request_slots.into_iter().zip(allocated) {
+        if let Some(port) = by_group.get_mut(&group).and_then(|l| l.get_mut(pi)) {
+            port.host_port = host;
+            if port.netns_port == 0 {
+                port.netns_port = host;
+            }
+        }
+    }
+    Ok(by_group)
+}
+
+/// Ports already listened on inside a bridge group's namespace: mapped ports, upstream
+/// listeners and Envoy's admin and ready listeners.
+fn netns_listeners(group: &Group, ports: &[PortPlan]) -> BTreeSet<u16> {
+    let mut set: BTreeSet<u16> = ports
+        .iter()
+        .map(|p| p.netns_port)
+        .filter(|p| *p > 0)
+        .collect();
+    for (si, service) in group.services.iter().enumerate() {
+        if !has_sidecar(service) {
+            continue;
+        }
+        let (admin, ready) = envoy_ports(si);
+        set.extend([admin, ready]);
+        let upstreams = service
+            .connect
+            .as_ref()
+            .and_then(|c| c.sidecar_service.as_ref())
+            .and_then(|s| s.proxy.as_ref())
+            .map(|p| p.upstreams.as_slice())
+            .unwrap_or_default();
+        set.extend(upstreams.iter().filter_map(|u| u.local_bind_port));
+    }
+    set
+}
+
+struct Context<'a> {
+    valid: &'a ValidConfig,
+    node_name: &'a str,
+    advertise: String,
+}
+
+impl Context<'_> {
+    fn group(
+        &self,
+        gi: usize,
+        group: &Group,
+        ports: Vec<PortPlan>,
+        lease: Option<Ipv4Addr>,
+        problems: &mut Vec<Problem>,
+    ) -> GroupPlan {
+        let cfg = &self.valid.config;
+        let alloc_dir = format!("{}/alloc/{}", cfg.agent.run_dir, group.name);
+        let alloc_id = alloc_id(self.node_name, &group.name);
+        let netns = lease.map(|ip| NetnsPlan {
+            name: netns_name(&group.name),
+            path: format!("{NETNS_DIR}/{}", netns_name(&group.name)),
+            host_veth: host_veth_name(&group.name),
+            interface: "eth0".into(),
+            address: format!("{ip}/{}", self.valid.subnet.prefix),
+            gateway: self.valid.subnet.gateway().to_string(),
+        });
+        let services: Vec<ServicePlan> = group
+            .services
+            .iter()
+            .enumerate()
+            .map(|(si, s)| self.service(group, si, s, &ports))
+            .collect();
+        let group_env = self.group_env(group, &alloc_id, &alloc_dir, &ports, lease);
+        let restart = group.restart.clone().unwrap_or_default();
+        let mut tasks = Vec::new();
+        for (ti, task) in group.tasks.iter().enumerate() {
+            let lifecycle = match &task.lifecycle {
+                None => "main".to_string(),
+                Some(l) if l.sidecar => format!("{} sidecar", l.hook),
+                Some(l) => l.hook.clone(),
+            };
+            let spec = TaskSpec {
+                name: task.name.clone(),
+                kind: None,
+                lifecycle,
+                driver: task.driver.clone(),
+                command: task.command.clone(),
+                args: task.args.clone(),
+                user_env: &task.env,
+                extra_env: EnvMap::new(),
+                user: task.user.clone(),
+                kill_signal: task.kill_signal.clone(),
+                kill_timeout: task.kill_timeout,
+                shutdown_delay: task.shutdown_delay,
+                logs: task.logs.unwrap_or_default(),
+                restart: task.restart.clone().unwrap_or_else(|| restart.clone()),
+                config_path: path!["group", gi, "task", ti],
+            };
+            tasks.push(self.task(spec, &alloc_dir, &group_env, problems));
+        }
+        for (si, (service, planned)) in group.services.iter().zip(&services).enumerate() {
+            if let Some(sidecar) = &planned.sidecar {
+                let spec = self.proxy_task(gi, si, service, sidecar, &restart);
+                tasks.push(self.task(spec, &alloc_dir, &group_env, problems));
+            }
+        }
+        GroupPlan {
+            name: group.name.clone(),
+            alloc_id,
+            mode: group
+                .network
+                .as_ref()
+                .map_or("host".into(), |n| n.mode.clone()),
+            netns,
+            alloc_dir,
+            shutdown_delay: group.shutdown_delay.to_string(),
+            ports,
+            services,
+            tasks,
+        }
+    }
+
+    fn service(
+        &self,
+        group: &Group,
+        si: usize,
+        service: &Service,
+        ports: &[PortPlan],
+    ) -> ServicePlan {
+        let id = service_id(&group.name, service);
+        let port = service.port.as_ref().and_then(|p| {
+            ports
+                .iter()
+                .find(|planned| planned.label == p.0)
+                .map(|planned| planned.host_port)
+                .or_else(|| p.as_number())
+        });
+        let connect = match &service.connect {
+            None => "none",
+            Some(c) if c.sidecar_service.is_some() => "sidecar",
+            Some(c) if c.gateway.is_some() => "gateway",
+            Some(_) => "native",
+        };
+        let sidecar = has_sidecar(service).then(|| {
+            let label = sidecar_label(service);
+            let planned = ports.iter().find(|p| p.label == label);
+            let (admin, ready) = envoy_ports(si);
+            let task = service
+                .connect
+                .as_ref()
+                .and_then(|c| c.sidecar_task.as_ref())
+                .and_then(|t| t.name.clone())
+                .unwrap_or_else(|| format!("{PROXY_PREFIX}-{}", service.name));
+            SidecarPlan {
+                id: format!("{id}-sidecar-proxy"),
+                name: format!("{}-sidecar-proxy", service.name),
+                port_label: label,
+                host_port: planned.map_or(0, |p| p.host_port),
+                netns_port: planned.map_or(0, |p| p.netns_port),
+                envoy_admin: format!("127.0.0.2:{admin}"),
+                envoy_ready: format!("127.0.0.1:{ready}"),
+                task,
+            }
+        });
+        ServicePlan {
+            name: service.name.clone(),
+            id,
+            connect: connect.into(),
+            port,
+            sidecar,
+        }
+    }
+
+    /// Variables every task of the group gets (§8.1–8.3).
+    fn group_env(
+        &self,
+        group: &Group,
+        alloc_id: &str,
+        alloc_dir: &str,
+        ports: &[PortPlan],
+        lease: Option<Ipv4Addr>,
+    ) -> EnvMap {
+        let cfg = &self.valid.config;
+        let mut env = EnvMap::new();
+        let job = self.node_name;
+        let mut set = |k: &str, v: &str| env.insert(k.to_string(), v.to_string());
+        set("NOMAD_ALLOC_DIR", &format!("{alloc_dir}/alloc"));
+        set("NOMAD_ALLOC_ID", alloc_id);
+        set("NOMAD_SHORT_ALLOC_ID", &alloc_id[..8]);
+        set("NOMAD_ALLOC_NAME", &format!("{job}.{}[0]", group.name));
+        set("NOMAD_ALLOC_INDEX", "0");
+        set("NOMAD_GROUP_NAME", &group.name);
+        set("NOMAD_JOB_ID", job);
+        set("NOMAD_JOB_NAME", job);
+        set("NOMAD_NAMESPACE", "default");
+        set("NOMAD_REGION", "global");
+        set(
+            "NOMAD_DC",
+            cfg.consul.datacenter.as_deref().unwrap_or("dc1"),
+        );
+        set("PATH", DEFAULT_PATH);
+        for (key, value) in &group.meta {
+            env.insert(format!("NOMAD_META_{key}"), value.clone());
+            env.insert(format!("NOMAD_META_{}", key.to_uppercase()), value.clone());
+        }
+        let alloc_ip = lease.map(|ip| ip.to_string());
+        for port in ports {
+            env::add_port(
+                &mut env,
+                &env::PortVars {
+                    label: &port.label,
+                    host_ip: &self.advertise,
+                    host_port: port.host_port,
+                    netns_port: port.netns_port,
+                    alloc_ip: alloc_ip.as_deref(),
+                },
+            );
+        }
+        let upstreams = group
+            .services
+            .iter()
+            .filter_map(|s| s.connect.as_ref()?.sidecar_service.as_ref()?.proxy.as_ref())
+            .flat_map(|p| p.upstreams.iter());
+        for up in upstreams {
+            if let Some(port) = up.local_bind_port {
+                env::add_upstream(&mut env, &up.destination_name, port);
+            }
+        }
+        env::clean_prefixed_keys(env)
+    }
+
+    fn proxy_task<'s>(
+        &self,
+        gi: usize,
+        si: usize,
+        service: &'s Service,
+        sidecar: &SidecarPlan,
+        restart: &Restart,
+    ) -> TaskSpec<'s> {
+        let envoy = &self.valid.config.envoy;
+        let overrides = service
+            .connect
+            .as_ref()
+            .and_then(|c| c.sidecar_task.as_ref());
+        let default_args = vec![
+            "-c".to_string(),
+            "${NOMAD_SECRETS_DIR}/envoy_bootstrap.json".into(),
+            "-l".into(),
+            envoy.log_level.clone(),
+            "--concurrency".into(),
+            envoy.concurrency.to_string(),
+            "--disable-hot-restart".into(),
+        ];
+        let cleaned = env::clean(&service.name);
+        let mut extra_env = EnvMap::new();
+        extra_env.insert(
+            format!("NOMAD_ENVOY_ADMIN_ADDR_{cleaned}"),
+            sidecar.envoy_admin.clone(),
+        );
+        extra_env.insert(
+            format!("NOMAD_ENVOY_READY_ADDR_{cleaned}"),
+            sidecar.envoy_ready.clone(),
+        );
+        static NO_ENV: EnvMap = EnvMap::new();
+        TaskSpec {
+            name: sidecar.task.clone(),
+            kind: Some(format!("{PROXY_PREFIX}:{}", service.name)),
+            lifecycle: "prestart sidecar".into(),
+            driver: "exec".into(),
+            command: overrides
+                .and_then(|t| t.command.clone())
+                .unwrap_or_else(|| envoy.binary.clone()),
+            args: overrides
+                .and_then(|t| t.args.clone())
+                .unwrap_or(default_args),
+            user_env: overrides.map_or(&NO_ENV, |t| &t.env),
+            extra_env,
+            user: overrides.and_then(|t| t.user.clone()),
+            // Envoy drains on SIGTERM; Nomad's docker driver sends the same by default.
+            kill_signal: overrides
+                .and_then(|t| t.kill_signal.clone())
+                .unwrap_or_else(|| "SIGTERM".into()),
+            kill_timeout: overrides
+                .and_then(|t| t.kill_timeout)
+                .unwrap_or(Dur::secs(5)),
+            shutdown_delay: overrides
+                .and_then(|t| t.shutdown_delay)
+                .unwrap_or(Dur::secs(5)),
+            logs: overrides.and_then(|t| t.logs).unwrap_or(Logs::PROXY),
+            restart: restart.clone(),
+            config_path: path!["group", gi, "service", si, "connect", "sidecar_task"],
+        }
+    }
+
+    fn task(
+        &self,
+        spec: TaskSpec,
+        alloc_dir: &str,
+        group_env: &EnvMap,
+        problems: &mut Vec<Problem>,
+    ) -> TaskPlan {
+        let dir = format!("{alloc_dir}/{}", spec.name);
+        let mut vars = group_env.clone();
+        vars.insert("NOMAD_TASK_NAME".into(), spec.name.clone());
+        vars.insert("NOMAD_TASK_DIR".into(), format!("{dir}/local"));
+        vars.insert("NOMAD_SECRETS_DIR".into(), format!("{dir}/secrets"));
+        vars.extend(spec.extra_env);
+        let node = [
+            ("node.unique.name", self.node_name.to_string()),
+            ("node.datacenter", vars["NOMAD_DC"].clone()),
+            ("node.region", "global".to_string()),
+        ];
+        let mut lookup = vars.clone();
+        lookup.extend(node.into_iter().map(|(k, v)| (k.to_string(), v)));
+
+        let mut report = |at: Vec<Seg>, names: Vec<String>| {
+            for name in names {
+                problems.push(Problem {
+                    path: at.clone(),
+                    target: crate::config::locate::Target::Value,
+                    message: format!(
+                        "${{{name}}} is not a variable task \"{}\" has (write $${{ for a literal ${{)",
+                        spec.name
+                    ),
+                });
+            }
+        };
+        let sub = |key: Seg| {
+            let mut p = spec.config_path.clone();
+            p.push(key);
+            p
+        };
+        let mut missing = Vec::new();
+        let command = env::interpolate(&spec.command, &lookup, &mut missing);
+        report(sub(Seg::Key("command")), std::mem::take(&mut missing));
+        let mut argv = vec![command];
+        for (i, arg) in spec.args.iter().enumerate() {
+            argv.push(env::interpolate(arg, &lookup, &mut missing));
+            let mut at = sub(Seg::Key("args"));
+            at.push(Seg::Index(i));
+            report(at, std::mem::take(&mut missing));
+        }
+        for (key, value) in spec.user_env {
+            let resolved = env::interpolate(value, &lookup, &mut missing);
+            let mut at = sub(Seg::Key("env"));
+            at.push(Seg::Name(key.clone()));
+            report(at, std::mem::take(&mut missing));
+            vars.insert(key.clone(), resolved);
+        }
+        TaskPlan {
+            name: spec.name,
+            kind: spec.kind.clone(),
+            injected: spec.kind.is_some(),
+            lifecycle: spec.lifecycle,
+            driver: spec.driver,
+            argv,
+            env: vars,
+            user: spec.user,
+            dir,
+            kill_signal: spec.kill_signal,
+            kill_timeout: spec.kill_timeout.to_string(),
+            shutdown_delay: spec.shutdown_delay.to_string(),
+            logs: LogsPlan {
+                max_files: spec.logs.max_files,
+                max_file_size_mb: spec.logs.max_file_size,
+            },
+            restart: RestartPlan {
+                attempts: spec.restart.attempts,
+                interval: spec.restart.interval.to_string(),
+                delay: spec.restart.delay.to_string(),
+                mode: spec.restart.mode.clone(),
+            },
+        }
+    }
+}
+
+/// A task before interpolation: written by the user or injected.
+struct TaskSpec<'a> {
+    name: String,
+    kind: Option<String>,
+    lifecycle: String,
+    driver: String,
+    command: String,
+    args: Vec<String>,
+    user_env: &'a EnvMap,
+    extra_env: EnvMap,
+    user: Option<String>,
+    kill_signal: String,
+    kill_timeout: Dur,
+    shutdown_delay: Dur,
+    logs: Logs,
+    restart: Restart,
+    config_path: Vec<Seg>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_their_limits() {
+        let long = "a".repeat(63);
+        assert_eq!(host_veth_name(&long).len(), 10);
+        assert_ne!(host_veth_name("api"), host_veth_name("web"));
+        assert_eq!(alloc_id("n", "g"), alloc_id("n", "g"));
+        assert_ne!(alloc_id("n", "g"), alloc_id("n", "h"));
+        assert_eq!(alloc_id("n", "g").len(), 36);
+    }
+}

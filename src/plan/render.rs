@@ -1,0 +1,176 @@
+//! `outpost plan` output: readable text (injected tasks marked as `nomad job inspect` shows
+//! their kind) and indented JSON with every detail.
+
+use super::{GroupPlan, Plan, TaskPlan};
+use miniserde::json::{Number, Value};
+use std::fmt::Write;
+
+/// Pretty JSON (2-space indent, keys in struct order), ending with a newline.
+pub fn json(plan: &Plan) -> String {
+    let value: Value = match miniserde::json::from_str(&miniserde::json::to_string(plan)) {
+        Ok(v) => v,
+        // Our own serialisation always parses back; keep the compact form if it ever did not.
+        Err(_) => return miniserde::json::to_string(plan) + "\n",
+    };
+    let mut out = String::new();
+    write_value(&mut out, &value, 0);
+    out.push('\n');
+    out
+}
+
+fn write_value(out: &mut String, value: &Value, depth: usize) {
+    let pad = |n: usize| "  ".repeat(n);
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(Number::U64(n)) => out.push_str(&n.to_string()),
+        Value::Number(Number::I64(n)) => out.push_str(&n.to_string()),
+        Value::Number(Number::F64(n)) => out.push_str(&n.to_string()),
+        Value::String(s) => out.push_str(&miniserde::json::to_string(s)),
+        Value::Array(items) if items.is_empty() => out.push_str("[]"),
+        Value::Array(items) => {
+            out.push_str("[\n");
+            for (i, item) in items.iter().enumerate() {
+                out.push_str(&pad(depth + 1));
+                write_value(out, item, depth + 1);
+                out.push_str(if i + 1 < items.len() { ",\n" } else { "\n" });
+            }
+            out.push_str(&pad(depth));
+            out.push(']');
+        }
+        Value::Object(map) if map.is_empty() => out.push_str("{}"),
+        Value::Object(map) => {
+            out.push_str("{\n");
+            for (i, (key, item)) in map.iter().enumerate() {
+                out.push_str(&pad(depth + 1));
+                out.push_str(&miniserde::json::to_string(key));
+                out.push_str(": ");
+                write_value(out, item, depth + 1);
+                out.push_str(if i + 1 < map.len() { ",\n" } else { "\n" });
+            }
+            out.push_str(&pad(depth));
+            out.push('}');
+        }
+    }
+}
+
+/// Variables shown in the text view; the rest are counted (`--json` lists all).
+fn is_notable(key: &str) -> bool {
+    key.starts_with("NOMAD_UPSTREAM_ADDR_")
+        || key.starts_with("NOMAD_ENVOY_")
+        || !(key.starts_with("NOMAD_") || key == "PATH")
+}
+
+pub fn text(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "node \"{}\", advertise address {} ({})",
+        plan.node_name, plan.advertise_address, plan.advertise_address_source
+    );
+    let _ = writeln!(
+        out,
+        "bridge {} {} (subnet {}), dynamic ports {}, firewall {}",
+        plan.bridge.name,
+        plan.bridge.address,
+        plan.bridge.subnet,
+        plan.dynamic_ports,
+        plan.bridge.firewall
+    );
+    let _ = writeln!(
+        out,
+        "state {}/state.json, run dir {}",
+        plan.data_dir, plan.run_dir
+    );
+    if plan.groups.is_empty() {
+        out.push_str("\nno groups\n");
+    }
+    for group in &plan.groups {
+        out.push('\n');
+        group_text(&mut out, group);
+    }
+    out
+}
+
+fn group_text(out: &mut String, group: &GroupPlan) {
+    let _ = writeln!(out, "+ Group \"{}\" ({} network)", group.name, group.mode);
+    if let Some(ns) = &group.netns {
+        let _ = writeln!(
+            out,
+            "    netns    {} ({}), host veth {}",
+            ns.name, ns.path, ns.host_veth
+        );
+        let _ = writeln!(
+            out,
+            "    address  {} on {}, default via {}",
+            ns.address, ns.interface, ns.gateway
+        );
+    }
+    for port in &group.ports {
+        let how = match (port.dynamic, port.injected) {
+            (true, true) => " (dynamic, injected)",
+            (true, false) => " (dynamic)",
+            (false, _) => "",
+        };
+        let _ = writeln!(
+            out,
+            "    port     {:<28} host {} -> {}{how}",
+            port.label, port.host_port, port.netns_port
+        );
+    }
+    for service in &group.services {
+        let port = service.port.map_or("-".to_string(), |p| p.to_string());
+        let _ = writeln!(
+            out,
+            "    service  {} (id {}, port {port}, connect {})",
+            service.name, service.id, service.connect
+        );
+        if let Some(s) = &service.sidecar {
+            let _ = writeln!(
+                out,
+                "      sidecar {} on port {} (host {} -> {}), envoy admin {} ready {}",
+                s.id, s.port_label, s.host_port, s.netns_port, s.envoy_admin, s.envoy_ready
+            );
+        }
+    }
+    for task in &group.tasks {
+        task_text(out, task);
+    }
+}
+
+fn task_text(out: &mut String, task: &TaskPlan) {
+    let what = match &task.kind {
+        Some(kind) => format!("injected {kind}, {}", task.lifecycle),
+        None => task.lifecycle.clone(),
+    };
+    let _ = writeln!(out, "  + Task \"{}\" ({what})", task.name);
+    let _ = writeln!(out, "      argv   {}", task.argv.join(" "));
+    if let Some(user) = &task.user {
+        let _ = writeln!(out, "      user   {user}");
+    }
+    let _ = writeln!(
+        out,
+        "      stop   {} after shutdown_delay {}, SIGKILL after {}; logs {} x {} MB; restart {} in {} delay {} mode {}",
+        task.kill_signal,
+        task.shutdown_delay,
+        task.kill_timeout,
+        task.logs.max_files,
+        task.logs.max_file_size_mb,
+        task.restart.attempts,
+        task.restart.interval,
+        task.restart.delay,
+        task.restart.mode
+    );
+    let mut hidden = 0;
+    for (key, value) in &task.env {
+        if is_notable(key) {
+            let _ = writeln!(out, "      env    {key}={value}");
+        } else {
+            hidden += 1;
+        }
+    }
+    let _ = writeln!(
+        out,
+        "      env    (+{hidden} NOMAD_* and PATH; plan --json lists all)"
+    );
+}
