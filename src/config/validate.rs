@@ -564,6 +564,10 @@ fn check_check(
         .name
         .clone()
         .unwrap_or_else(|| format!("service: \"{}\" check", service.name));
+    let label = match &check.name {
+        Some(n) => format!("check \"{n}\""),
+        None => format!("check of service \"{}\"", service.name),
+    };
     let kind = check.check_type.as_str();
     c.one_of(
         at("type"),
@@ -579,7 +583,7 @@ fn check_check(
     }
     if kind == "http" {
         match &check.path {
-            None => c.err(at("type"), format!("http check \"{name}\" needs a path")),
+            None => c.err(at("type"), format!("http {label} needs a path")),
             Some(p) if !p.starts_with('/') => c.err(
                 at("path"),
                 format!("check path \"{p}\" must start with '/'"),
@@ -589,33 +593,30 @@ fn check_check(
     }
     if kind == "ttl" {
         if check.ttl.is_none() {
-            c.err(at("type"), format!("ttl check \"{name}\" needs a ttl"));
+            c.err(at("type"), format!("ttl {label} needs a ttl"));
         }
     } else if matches!(kind, "http" | "grpc" | "tcp" | "script") {
         match check.interval {
-            None => c.err(at("type"), format!("check \"{name}\" needs an interval")),
+            None => c.err(at("type"), format!("{label} needs an interval")),
             Some(i) if i.0.as_secs() < 1 => c.err(
                 at("interval"),
-                format!("check \"{name}\" interval ({i}) cannot be lower than 1s"),
+                format!("{label} interval ({i}) cannot be lower than 1s"),
             ),
             _ => {}
         }
         if check.timeout.is_none() {
-            c.err(at("type"), format!("check \"{name}\" needs a timeout"));
+            c.err(at("type"), format!("{label} needs a timeout"));
         }
     }
     if kind == "script" {
         match &check.command {
-            None => c.err(
-                at("type"),
-                format!("script check \"{name}\" needs a command"),
-            ),
+            None => c.err(at("type"), format!("script {label} needs a command")),
             Some(cmd) => c.absolute(at("command"), "check command", cmd),
         }
         match &check.task {
             None => c.err(
                 at("type"),
-                format!("script check \"{name}\" needs task: the task whose namespace runs it"),
+                format!("script {label} needs task: the task whose namespace runs it"),
             ),
             Some(t) if !group.tasks.iter().any(|task| &task.name == t) => c.err(
                 at("task"),

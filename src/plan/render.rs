@@ -5,7 +5,8 @@ use super::{GroupPlan, Plan, TaskPlan};
 use miniserde::json::{Number, Value};
 use std::fmt::Write;
 
-/// Pretty JSON (2-space indent, keys in struct order), ending with a newline.
+/// Pretty JSON (2-space indent, keys sorted: miniserde objects are ordered maps), ending
+/// with a newline.
 pub fn json(plan: &Plan) -> String {
     let value: Value = match miniserde::json::from_str(&miniserde::json::to_string(plan)) {
         Ok(v) => v,

@@ -1,0 +1,171 @@
+//! The plan for the examples, checked field by field where the issue names a value, and
+//! whole against reviewed snapshots in tests/expected/ (regenerate with
+//! `UPDATE_EXPECTED=1 cargo test --test plan`, then review the diff).
+
+use outpost::config;
+use outpost::plan::{self, HostFacts, Plan};
+use outpost::state::{GroupState, NodeState};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+
+fn facts() -> HostFacts {
+    HostFacts {
+        hostname: "gateway-7".into(),
+        default_address: Ipv4Addr::new(192, 0, 2, 10),
+        default_address_source: "test".into(),
+    }
+}
+
+fn plan_for(example: &str, state: &NodeState) -> Plan {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(example);
+    let valid = config::load(&path).unwrap_or_else(|d| panic!("{example}: {d:?}"));
+    plan::build(&valid, state, &facts()).expect("plan")
+}
+
+fn check_snapshot(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/expected")
+        .join(name);
+    if std::env::var_os("UPDATE_EXPECTED").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        expected == actual,
+        "{name} differs from the plan; if the change is intended, regenerate and review"
+    );
+}
+
+#[test]
+fn countdash_plan_matches_snapshot() {
+    let p = plan_for("examples/countdash.toml", &NodeState::default());
+    check_snapshot("countdash.plan.json", &plan::render::json(&p));
+}
+
+#[test]
+fn quickstart_plan_matches_snapshot() {
+    let p = plan_for("examples/quickstart.toml", &NodeState::default());
+    check_snapshot("quickstart.plan.json", &plan::render::json(&p));
+}
+
+#[test]
+fn countdash_injects_sidecars_with_nomad_args_and_addresses() {
+    let p = plan_for("examples/countdash.toml", &NodeState::default());
+    let api = &p.groups[0];
+    let proxy = api
+        .tasks
+        .iter()
+        .find(|t| t.name == "connect-proxy-count-api")
+        .expect("injected sidecar task");
+    assert!(proxy.injected);
+    assert_eq!(proxy.kind.as_deref(), Some("connect-proxy:count-api"));
+    assert_eq!(proxy.lifecycle, "prestart sidecar");
+    assert_eq!(
+        proxy.argv,
+        [
+            "/usr/bin/envoy",
+            "-c",
+            "/run/outpost/alloc/api/connect-proxy-count-api/secrets/envoy_bootstrap.json",
+            "-l",
+            "info",
+            "--concurrency",
+            "1",
+            "--disable-hot-restart"
+        ]
+    );
+    assert_eq!(
+        proxy.env["NOMAD_ENVOY_ADMIN_ADDR_count_api"],
+        "127.0.0.2:19000"
+    );
+    assert_eq!(
+        proxy.env["NOMAD_ENVOY_READY_ADDR_count_api"],
+        "127.0.0.1:19100"
+    );
+    let sidecar = api.services[0].sidecar.as_ref().expect("sidecar");
+    assert_eq!(sidecar.id, "_outpost-api-count-api-9001-sidecar-proxy");
+    assert_eq!(sidecar.envoy_admin, "127.0.0.2:19000");
+    assert!((20000..=32000).contains(&sidecar.host_port));
+    assert_eq!(sidecar.host_port, sidecar.netns_port);
+
+    let dash = &p.groups[1];
+    let task = dash.tasks.iter().find(|t| t.name == "dashboard").unwrap();
+    assert_eq!(task.env["NOMAD_UPSTREAM_ADDR_count_api"], "127.0.0.1:8080");
+    assert_eq!(task.env["NOMAD_UPSTREAM_ADDR_count-api"], "127.0.0.1:8080");
+    assert_eq!(task.env["COUNTING_SERVICE_URL"], "http://127.0.0.1:8080");
+    assert_eq!(task.env["PORT"], "9002");
+    let dash_sidecar = dash.services[0].sidecar.as_ref().unwrap();
+    assert_ne!(dash_sidecar.host_port, sidecar.host_port);
+    // Sidecar tasks come after the user's tasks, in service order (Nomad's order).
+    let names: Vec<&str> = dash.tasks.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["dashboard", "connect-proxy-count-dashboard"]);
+}
+
+#[test]
+fn leases_and_dynamic_ports_from_state_are_kept() {
+    let mut state = NodeState::default();
+    state.version = 1;
+    state.groups.insert(
+        "dashboard".into(),
+        GroupState {
+            address: Some("172.26.64.40".into()),
+            ports: [("connect-proxy-count-dashboard".to_string(), 23456)].into(),
+        },
+    );
+    let p = plan_for("examples/countdash.toml", &state);
+    let dash = &p.groups[1];
+    assert_eq!(dash.netns.as_ref().unwrap().address, "172.26.64.40/20");
+    assert_eq!(dash.services[0].sidecar.as_ref().unwrap().host_port, 23456);
+    // The new group takes the lowest free address, not the kept one.
+    assert_eq!(
+        p.groups[0].netns.as_ref().unwrap().address,
+        "172.26.64.2/20"
+    );
+}
+
+#[test]
+fn plan_is_deterministic() {
+    let a = plan::render::json(&plan_for("examples/countdash.toml", &NodeState::default()));
+    let b = plan::render::json(&plan_for("examples/countdash.toml", &NodeState::default()));
+    assert_eq!(a, b);
+}
+
+#[test]
+fn plan_command_text_shows_injected_tasks_and_upstream_env() {
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["plan", "-c", "examples/countdash.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "+ Task \"connect-proxy-count-api\" (injected connect-proxy:count-api, prestart sidecar)",
+        "+ Task \"connect-proxy-count-dashboard\" (injected connect-proxy:count-dashboard, prestart sidecar)",
+        "-l info --concurrency 1 --disable-hot-restart",
+        "envoy admin 127.0.0.2:19000",
+        "env    NOMAD_UPSTREAM_ADDR_count_api=127.0.0.1:8080",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn plan_command_json_is_the_library_plan() {
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["plan", "-c", "examples/quickstart.toml", "--json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let value: miniserde::json::Value =
+        miniserde::json::from_str(&String::from_utf8_lossy(&out.stdout)).expect("valid JSON");
+    let miniserde::json::Value::Object(top) = value else {
+        panic!("plan JSON is an object")
+    };
+    assert!(top.contains_key("groups") && top.contains_key("bridge"));
+}
