@@ -103,8 +103,10 @@ fn countdash_injects_sidecars_with_nomad_args_and_addresses() {
 
 #[test]
 fn leases_and_dynamic_ports_from_state_are_kept() {
-    let mut state = NodeState::default();
-    state.version = 1;
+    let mut state = NodeState {
+        version: 1,
+        ..Default::default()
+    };
     state.groups.insert(
         "dashboard".into(),
         GroupState {
