@@ -68,34 +68,23 @@ impl<'a> Locator<'a> {
         let mut table: &DeTable = root.get_ref();
         for (i, seg) in path.iter().enumerate() {
             let is_last = i + 1 == path.len();
-            match (seg, current) {
-                (Seg::Key(_) | Seg::Name(_), _) => {
-                    let wanted = match seg {
-                        Seg::Key(k) => *k,
-                        Seg::Name(n) => n.as_str(),
-                        Seg::Index(_) => unreachable!("matched above"),
-                    };
-                    let Some((key, value)) =
-                        table.iter().find(|(k, _)| k.get_ref().as_ref() == wanted)
-                    else {
-                        return best;
-                    };
-                    best = if is_last && target == Target::Key {
-                        key.span()
-                    } else {
-                        value.span()
-                    };
-                    current = Some(value.get_ref());
-                }
+            let found = match (seg, current) {
+                (Seg::Key(k), _) => find_key(table, k),
+                (Seg::Name(n), _) => find_key(table, n),
                 (Seg::Index(index), Some(DeValue::Array(items))) => {
-                    let Some(item) = items.get(*index) else {
-                        return best;
-                    };
-                    best = item.span();
-                    current = Some(item.get_ref());
+                    items.get(*index).map(|item| (item.span(), item))
                 }
-                (Seg::Index(_), _) => return best,
-            }
+                (Seg::Index(_), _) => None,
+            };
+            let Some((key_span, value)) = found else {
+                return best;
+            };
+            best = if is_last && target == Target::Key {
+                key_span
+            } else {
+                value.span()
+            };
+            current = Some(value.get_ref());
             if let Some(DeValue::Table(t)) = current {
                 table = t;
             }
@@ -112,6 +101,17 @@ impl<'a> Locator<'a> {
         let col = before[line_start..].chars().count() + 1;
         (line, col)
     }
+}
+
+/// The span of `key` and its value in `table`.
+fn find_key<'t, 'a>(
+    table: &'t DeTable<'a>,
+    key: &str,
+) -> Option<(Range<usize>, &'t toml::Spanned<DeValue<'a>>)> {
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == key)
+        .map(|(k, v)| (k.span(), v))
 }
 
 #[cfg(test)]

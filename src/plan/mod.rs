@@ -655,7 +655,10 @@ impl Context<'_> {
         vars.extend(spec.extra_env);
         let node = [
             ("node.unique.name", self.node_name.to_string()),
-            ("node.datacenter", vars["NOMAD_DC"].clone()),
+            (
+                "node.datacenter",
+                vars.get("NOMAD_DC").cloned().unwrap_or_default(),
+            ),
             ("node.region", "global".to_string()),
         ];
         let mut lookup = vars.clone();
