@@ -1,6 +1,7 @@
 //! outpost: what a Nomad client does for Consul service mesh, for one edge device.
 //! See DESIGN.md for the architecture (plan, then apply) and the module map.
 
+pub mod agent;
 pub mod config;
 pub mod net;
 pub mod plan;

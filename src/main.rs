@@ -1,7 +1,7 @@
 //! The `outpost` command line: argument parsing and dispatch only.
 
 use argh::FromArgs;
-use outpost::{config, net, plan, state};
+use outpost::{agent, config, net, plan, state};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     Validate(ValidateCmd),
     Plan(PlanCmd),
+    Apply(ApplyCmd),
+    Teardown(TeardownCmd),
     Version(VersionCmd),
 }
 
@@ -48,6 +50,27 @@ struct PlanCmd {
 }
 
 #[derive(FromArgs)]
+/// Make the host match the plan once, then exit: bridge, each group's namespace, veth,
+/// address, route and port mappings; removes outpost's namespaces, veths and rules that no
+/// group owns. Idempotent. Needs root. (Consul and processes arrive with the agent.)
+#[argh(subcommand, name = "apply")]
+struct ApplyCmd {
+    /// the config file
+    #[argh(option, short = 'c')]
+    config: PathBuf,
+}
+
+#[derive(FromArgs)]
+/// Remove everything outpost set up on this host: every outpost namespace (and its veth),
+/// the nf_tables table, the bridge (unless other interfaces use it), and the leases.
+#[argh(subcommand, name = "teardown")]
+struct TeardownCmd {
+    /// the config file
+    #[argh(option, short = 'c')]
+    config: PathBuf,
+}
+
+#[derive(FromArgs)]
 /// Print the version, the git commit and the target it was built for.
 #[argh(subcommand, name = "version")]
 struct VersionCmd {}
@@ -57,6 +80,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate(cmd) => validate(&cmd),
         Command::Plan(cmd) => plan(&cmd),
+        Command::Apply(cmd) => with_agent(&cmd.config, |valid, host| {
+            agent::apply(valid, host).map(|_| ())
+        }),
+        Command::Teardown(cmd) => with_agent(&cmd.config, agent::teardown),
         Command::Version(_) => {
             println!("{}", outpost::version_text());
             ExitCode::SUCCESS
@@ -71,6 +98,31 @@ fn load(path: &std::path::Path) -> Result<config::ValidConfig, ExitCode> {
         }
         ExitCode::from(EX_CONFIG)
     })
+}
+
+/// Loads the config, starts logging at its level, and runs one agent action.
+fn with_agent(
+    path: &std::path::Path,
+    action: impl FnOnce(&config::ValidConfig, &plan::HostFacts) -> Result<(), String>,
+) -> ExitCode {
+    let valid = match load(path) {
+        Ok(valid) => valid,
+        Err(code) => return code,
+    };
+    let level = valid
+        .config
+        .agent
+        .log_level
+        .parse()
+        .unwrap_or(log::LevelFilter::Info);
+    let _ = simple_logger::SimpleLogger::new().with_level(level).init();
+    match action(&valid, &net::host_facts()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn validate(cmd: &ValidateCmd) -> ExitCode {

@@ -56,6 +56,59 @@ pub fn load(path: &Path) -> Result<NodeState, String> {
     Ok(state)
 }
 
+/// The state a plan implies: each group's lease and dynamic ports.
+pub fn from_plan(plan: &crate::plan::Plan) -> NodeState {
+    let groups = plan
+        .groups
+        .iter()
+        .map(|g| {
+            let state = GroupState {
+                address: g
+                    .netns
+                    .as_ref()
+                    .and_then(|ns| ns.address.split('/').next())
+                    .map(str::to_string),
+                ports: g
+                    .ports
+                    .iter()
+                    .filter(|p| p.dynamic)
+                    .map(|p| (p.label.clone(), p.host_port))
+                    .collect(),
+            };
+            (g.name.clone(), state)
+        })
+        .collect();
+    NodeState {
+        version: VERSION,
+        groups,
+    }
+}
+
+/// Writes the state atomically (temporary file, fsync, rename, fsync of the directory), so a
+/// power cut leaves either the old or the new file. Creates `data_dir` (0700) if needed.
+pub fn save(path: &Path, state: &NodeState) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(miniserde::json::to_string(state).as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +132,10 @@ mod tests {
         let state = load(&file).unwrap();
         assert_eq!(state.groups["api"].address.as_deref(), Some("172.26.64.9"));
         assert_eq!(state.groups["api"].ports["connect-proxy-api"], 20007);
+
+        save(&file, &state).unwrap();
+        assert_eq!(load(&file).unwrap(), state);
+        assert!(!dir.join(format!(".{FILE_NAME}.tmp")).exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -57,6 +57,13 @@ impl Ipv4Net {
     }
 }
 
+/// Serialised as its text form (`172.26.64.0/20`).
+impl miniserde::Serialize for Ipv4Net {
+    fn begin(&self) -> miniserde::ser::Fragment<'_> {
+        miniserde::ser::Fragment::Str(std::borrow::Cow::Owned(self.to_string()))
+    }
+}
+
 impl fmt::Display for Ipv4Net {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)

@@ -1,6 +1,423 @@
-//! The host's network: facts the plan needs now; namespaces, bridge, veth, addresses and
-//! routes over netlink arrive with the network issue.
+//! The host's network for bridge-mode groups: the bridge, one namespace and veth pair per
+//! group, addresses, routes, sysctls, and NAT (`firewall`). Everything is reconciled from
+//! the plan: applying twice changes nothing, a half-finished apply is completed by the next,
+//! and our objects that no group owns any more are removed.
 
+pub mod firewall;
 mod host;
+mod link;
+mod netlink;
+pub mod netns;
 
 pub use host::host_facts;
+
+use crate::plan::{GroupPlan, Plan};
+use firewall::{Mapping, NatSpec};
+use log::{info, warn};
+use std::collections::BTreeSet;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+
+/// Our namespaces are `outpost-<group>`.
+const NETNS_PREFIX: &str = "outpost-";
+/// Inside each namespace the group's interface is `eth0`, as with Nomad's CNI bridge.
+const GROUP_IFNAME: &str = "eth0";
+
+/// A failed step, with what it was about.
+#[derive(Debug)]
+pub struct NetError {
+    pub what: String,
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for NetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.source)
+    }
+}
+
+impl std::error::Error for NetError {}
+
+trait Context<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, NetError>;
+}
+
+impl<T> Context<T> for io::Result<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, NetError> {
+        self.map_err(|source| NetError {
+            what: what(),
+            source,
+        })
+    }
+}
+
+/// Is `name` one of our host-side veth names (`op` + 8 hex digits)?
+fn is_our_veth(name: &str) -> bool {
+    name.len() == 10 && name.starts_with("op") && name[2..].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The port mappings of a bridge group (none in host mode).
+pub fn group_mappings(group: &GroupPlan) -> Vec<Mapping> {
+    let Some(address) = group
+        .netns
+        .as_ref()
+        .and_then(|ns| ns.address.split('/').next())
+        .and_then(|a| a.parse::<Ipv4Addr>().ok())
+    else {
+        return Vec::new();
+    };
+    group
+        .ports
+        .iter()
+        .map(|p| Mapping {
+            group: group.name.clone(),
+            label: p.label.clone(),
+            host_port: p.host_port,
+            address,
+            port: p.netns_port,
+        })
+        .collect()
+}
+
+fn nat_spec(plan: &Plan) -> NatSpec {
+    NatSpec {
+        bridge: plan.bridge.name.clone(),
+        subnet: plan.bridge.subnet,
+        mappings: plan.groups.iter().flat_map(group_mappings).collect(),
+    }
+}
+
+/// Brings the host to the plan's network: bridge, every bridge group's namespace, veth,
+/// address and route, the NAT table; removes our namespaces, veths and rules no group owns.
+pub fn apply(plan: &Plan) -> Result<(), NetError> {
+    let bridge_groups: Vec<&GroupPlan> = plan.groups.iter().filter(|g| g.netns.is_some()).collect();
+    netns::ensure_dir().context(|| "prepare /run/netns".into())?;
+    let mut sock = link::open().context(|| "open a netlink route socket".into())?;
+    write_sysctl("net/ipv4/ip_forward", "1")?;
+    let bridge = ensure_bridge(&mut sock, plan)?;
+    for group in &bridge_groups {
+        ensure_group(&mut sock, bridge, plan, group)?;
+    }
+    remove_orphans(&mut sock, &bridge_groups)?;
+    if plan.bridge.firewall == "nftables" {
+        firewall::replace(&nat_spec(plan))
+            .context(|| format!("install nf_tables table {}", firewall::TABLE))?;
+    } else {
+        firewall::remove().context(|| format!("remove nf_tables table {}", firewall::TABLE))?;
+    }
+    Ok(())
+}
+
+/// Removes everything `apply` made: every `outpost-*` namespace (the kernel removes their
+/// veths), our NAT table, and the bridge if no port of anyone else is left on it.
+pub fn teardown(plan: &Plan) -> Result<(), NetError> {
+    for name in netns::list(NETNS_PREFIX).context(|| "list /run/netns".into())? {
+        netns::delete(&name).context(|| format!("delete namespace {name}"))?;
+        info!("deleted namespace {name}");
+    }
+    match firewall::remove() {
+        Ok(()) => {}
+        // No nf_tables at all means there is no table of ours either.
+        Err(e) if e.raw_os_error() == Some(nix::libc::EPROTONOSUPPORT) => {}
+        Err(e) => return Err(e).context(|| format!("remove nf_tables table {}", firewall::TABLE)),
+    }
+    let mut sock = link::open().context(|| "open a netlink route socket".into())?;
+    let bridge_name = &plan.bridge.name;
+    let Some(bridge) =
+        link::get(&mut sock, bridge_name).context(|| format!("look up bridge {bridge_name}"))?
+    else {
+        return Ok(());
+    };
+    let links = link::list(&mut sock).context(|| "list links".into())?;
+    let foreign_ports: Vec<&str> = links
+        .iter()
+        .filter(|l| l.master == Some(bridge.index) && !is_our_veth(&l.name))
+        .map(|l| l.name.as_str())
+        .collect();
+    if !foreign_ports.is_empty() {
+        warn!(
+            "keeping bridge {bridge_name}: other interfaces are attached ({})",
+            foreign_ports.join(", ")
+        );
+        return Ok(());
+    }
+    link::delete(&mut sock, bridge.index).context(|| format!("delete bridge {bridge_name}"))?;
+    info!("deleted bridge {bridge_name}");
+    Ok(())
+}
+
+/// A locally administered MAC derived from the bridge name: the same on every start.
+fn bridge_mac(name: &str) -> [u8; 6] {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let b = h.to_be_bytes();
+    [0x02, b[1], b[2], b[3], b[4], b[5]]
+}
+
+fn ensure_bridge(sock: &mut netlink::Socket, plan: &Plan) -> Result<i32, NetError> {
+    let name = &plan.bridge.name;
+    let existing = link::get(sock, name).context(|| format!("look up bridge {name}"))?;
+    let bridge = match existing {
+        Some(l) if l.kind.as_deref() == Some("bridge") => l,
+        Some(l) => {
+            return Err(NetError {
+                what: format!("network.bridge {name}"),
+                source: io::Error::other(format!(
+                    "an interface with that name exists and is a {}, not a bridge",
+                    l.kind.as_deref().unwrap_or("device")
+                )),
+            });
+        }
+        None => {
+            link::create_bridge(sock, name, bridge_mac(name)).map_err(|e| NetError {
+                what: format!("create bridge {name}"),
+                source: explain_missing_kernel_support(e, "bridge", "CONFIG_BRIDGE", "bridge"),
+            })?;
+            info!("created bridge {name}");
+            link::get(sock, name)
+                .context(|| format!("look up bridge {name}"))?
+                .ok_or_else(|| NetError {
+                    what: format!("bridge {name}"),
+                    source: io::Error::other("vanished after creation"),
+                })?
+        }
+    };
+    let gateway = plan.bridge.subnet.gateway();
+    link::set_only_address(sock, bridge.index, gateway, plan.bridge.subnet.prefix)
+        .context(|| format!("set address {gateway} on bridge {name}"))?;
+    if !bridge.up {
+        link::set_up(sock, bridge.index).context(|| format!("set bridge {name} up"))?;
+    }
+    // Loose reverse-path filtering and route_localnet let 127.0.0.1:<port> reach groups
+    // (netavark sets the same).
+    write_sysctl(&format!("net/ipv4/conf/{name}/route_localnet"), "1")?;
+    write_sysctl(&format!("net/ipv4/conf/{name}/rp_filter"), "2")?;
+    Ok(bridge.index)
+}
+
+fn explain_missing_kernel_support(
+    e: io::Error,
+    what: &str,
+    config: &str,
+    module: &str,
+) -> io::Error {
+    if e.raw_os_error() == Some(nix::libc::EOPNOTSUPP) {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "the kernel has no {what} support ({config}); load it with `modprobe {module}`: {e}"
+            ),
+        )
+    } else {
+        e
+    }
+}
+
+fn ensure_group(
+    sock: &mut netlink::Socket,
+    bridge: i32,
+    plan: &Plan,
+    group: &GroupPlan,
+) -> Result<(), NetError> {
+    let Some(ns) = &group.netns else {
+        return Ok(());
+    };
+    let created = netns::create(&ns.name)
+        .context(|| format!("group {}: create namespace {}", group.name, ns.name))?;
+    if created {
+        info!("group {}: created namespace {}", group.name, ns.name);
+    }
+    let host_veth = link::get(sock, &ns.host_veth)
+        .context(|| format!("group {}: look up {}", group.name, ns.host_veth))?;
+    let peer_present = netns::run_in(&ns.name, || {
+        Ok(link::get(&mut link::open()?, GROUP_IFNAME)?.is_some())
+    })
+    .context(|| {
+        format!(
+            "group {}: look up {GROUP_IFNAME} in {}",
+            group.name, ns.name
+        )
+    })?;
+    let pair_ok = host_veth
+        .as_ref()
+        .is_some_and(|l| l.kind.as_deref() == Some("veth"))
+        && peer_present;
+    if !pair_ok {
+        // Half a pair (an interrupted apply, or a namespace recreated under it): start over.
+        if let Some(stale) = &host_veth {
+            link::delete(sock, stale.index)
+                .context(|| format!("group {}: delete stale {}", group.name, stale.name))?;
+        }
+        if peer_present {
+            netns::run_in(&ns.name, || {
+                let mut s = link::open()?;
+                match link::get(&mut s, GROUP_IFNAME)? {
+                    Some(l) => link::delete(&mut s, l.index),
+                    None => Ok(()),
+                }
+            })
+            .context(|| format!("group {}: delete stale {GROUP_IFNAME}", group.name))?;
+        }
+        let ns_file = std::fs::File::open(netns::path(&ns.name))
+            .context(|| format!("group {}: open {}", group.name, ns.path))?;
+        link::create_veth(
+            sock,
+            &ns.host_veth,
+            bridge,
+            GROUP_IFNAME,
+            ns_file.as_raw_fd(),
+        )
+        .map_err(|e| NetError {
+            what: format!("group {}: create veth {}", group.name, ns.host_veth),
+            source: explain_missing_kernel_support(e, "veth", "CONFIG_VETH", "veth"),
+        })?;
+        info!(
+            "group {}: created veth {} <-> {}:{GROUP_IFNAME}",
+            group.name, ns.host_veth, ns.name
+        );
+    } else if let Some(l) = &host_veth {
+        if l.master != Some(bridge) {
+            link::set_master(sock, l.index, bridge)
+                .context(|| format!("group {}: attach {} to the bridge", group.name, l.name))?;
+        }
+        if !l.up {
+            link::set_up(sock, l.index)
+                .context(|| format!("group {}: set {} up", group.name, l.name))?;
+        }
+    }
+    let (address, prefix) = parse_cidr(&ns.address);
+    let gateway = plan.bridge.subnet.gateway();
+    netns::run_in(&ns.name, || configure_inside(address, prefix, gateway)).context(|| {
+        format!(
+            "group {}: configure {GROUP_IFNAME} in {}",
+            group.name, ns.name
+        )
+    })?;
+    Ok(())
+}
+
+fn parse_cidr(text: &str) -> (Ipv4Addr, u8) {
+    let (ip, prefix) = text.split_once('/').unwrap_or((text, "32"));
+    (
+        ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED),
+        prefix.parse().unwrap_or(32),
+    )
+}
+
+/// Inside a group's namespace: lo and eth0 up, the address, the default route, sysctls.
+fn configure_inside(address: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> io::Result<()> {
+    let mut sock = link::open()?;
+    let lo = link::get(&mut sock, "lo")?.ok_or_else(|| io::Error::other("no lo"))?;
+    if !lo.up {
+        link::set_up(&mut sock, lo.index)?;
+    }
+    let eth0 = link::get(&mut sock, GROUP_IFNAME)?.ok_or_else(|| io::Error::other("no eth0"))?;
+    link::set_only_address(&mut sock, eth0.index, address, prefix)?;
+    if !eth0.up {
+        link::set_up(&mut sock, eth0.index)?;
+    }
+    link::replace_default_route(&mut sock, gateway, eth0.index)?;
+    for (key, value) in [("arp_notify", "1"), ("rp_filter", "2")] {
+        std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{GROUP_IFNAME}/{key}"),
+            value,
+        )?;
+    }
+    Ok(())
+}
+
+fn remove_orphans(sock: &mut netlink::Socket, groups: &[&GroupPlan]) -> Result<(), NetError> {
+    let wanted_ns: BTreeSet<&str> = groups
+        .iter()
+        .filter_map(|g| g.netns.as_ref())
+        .map(|n| n.name.as_str())
+        .collect();
+    for name in netns::list(NETNS_PREFIX).context(|| "list /run/netns".into())? {
+        if !wanted_ns.contains(name.as_str()) {
+            netns::delete(&name).context(|| format!("delete namespace {name}"))?;
+            info!("deleted namespace {name}: no group owns it");
+        }
+    }
+    let wanted_veth: BTreeSet<&str> = groups
+        .iter()
+        .filter_map(|g| g.netns.as_ref())
+        .map(|n| n.host_veth.as_str())
+        .collect();
+    for l in link::list(sock).context(|| "list links".into())? {
+        if is_our_veth(&l.name) && !wanted_veth.contains(l.name.as_str()) {
+            link::delete(sock, l.index).context(|| format!("delete {}", l.name))?;
+            info!("deleted veth {}: no group owns it", l.name);
+        }
+    }
+    Ok(())
+}
+
+fn write_sysctl(key: &str, value: &str) -> Result<(), NetError> {
+    let path = format!("/proc/sys/{key}");
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    if current.trim() == value {
+        return Ok(());
+    }
+    std::fs::write(&path, value)
+        .context(|| format!("set sysctl {} = {value}", key.replace('/', ".")))
+}
+
+/// Problems and notes about this host's support for bridge networking, in words that say
+/// what to do. Errors make `apply` pointless; notes are worth a log line.
+pub struct SelfCheck {
+    pub errors: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+pub fn self_check(plan: &Plan) -> SelfCheck {
+    let mut check = SelfCheck {
+        errors: Vec::new(),
+        notes: Vec::new(),
+    };
+    if !plan.groups.iter().any(|g| g.netns.is_some()) {
+        return check;
+    }
+    if let Err(e) = std::fs::create_dir_all(netns::NETNS_DIR) {
+        check.errors.push(format!(
+            "cannot create {}: {e}; outpost needs root and a writable /run",
+            netns::NETNS_DIR
+        ));
+    }
+    if plan.bridge.firewall == "nftables"
+        && let Err(e) = firewall_probe()
+    {
+        check.errors.push(format!(
+            "nf_tables is not usable ({e}); enable CONFIG_NF_TABLES and CONFIG_NFT_NAT/MASQ/FIB, or set network.firewall = \"none\" and map ports yourself"
+        ));
+    }
+    match std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").map(|v| v.trim() == "1") {
+        Ok(true) => check.notes.push(format!(
+            "net.bridge.bridge-nf-call-iptables = 1: traffic between groups on bridge {} also passes the host's ip filter hooks; if a host firewall drops forwarded packets, allow {}",
+            plan.bridge.name, plan.bridge.subnet
+        )),
+        Ok(false) => {}
+        Err(_) => check.notes.push("br_netfilter is not loaded: bridged traffic between groups bypasses the host firewall (outpost does not need it)".into()),
+    }
+    check
+}
+
+fn firewall_probe() -> io::Result<()> {
+    netlink::Socket::open(neli::consts::socket::NlFamily::Netfilter).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_only_our_veth_names() {
+        assert!(is_our_veth("op056aae07"));
+        assert!(!is_our_veth("op056aae0"));
+        assert!(!is_our_veth("eth0"));
+        assert!(!is_our_veth("opzzzzzzzz"));
+        assert_eq!(bridge_mac("outpost")[0], 0x02);
+        assert_eq!(bridge_mac("outpost"), bridge_mac("outpost"));
+    }
+}

@@ -8,7 +8,7 @@ pub mod render;
 
 use crate::config::locate::Seg;
 use crate::config::validate::{PROXY_PREFIX, Problem};
-use crate::config::{Dur, Group, Logs, Restart, Service, ValidConfig};
+use crate::config::{Dur, Group, Ipv4Net, Logs, Restart, Service, ValidConfig};
 use crate::path;
 use crate::state::NodeState;
 use env::EnvMap;
@@ -55,8 +55,10 @@ pub struct Plan {
 pub struct BridgePlan {
     pub name: String,
     pub address: String,
-    pub subnet: String,
+    pub subnet: Ipv4Net,
     pub firewall: String,
+    /// The NAT rules every bridge group shares (nft syntax), if the firewall is ours.
+    pub firewall_rules: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,6 +67,10 @@ pub struct GroupPlan {
     pub alloc_id: String,
     pub mode: String,
     pub netns: Option<NetnsPlan>,
+    /// Routes inside the namespace.
+    pub routes: Vec<String>,
+    /// The port-mapping rules this group adds (nft syntax), if the firewall is ours.
+    pub firewall_rules: Vec<String>,
     pub alloc_dir: String,
     pub shutdown_delay: String,
     pub ports: Vec<PortPlan>,
@@ -255,6 +261,20 @@ fn build_checked(
         groups.push(ctx.group(gi, group, group_ports, lease, &mut problems));
     }
     let (low, high) = valid.dynamic_ports;
+    let ours = cfg.network.firewall == "nftables";
+    if ours {
+        for group in &mut groups {
+            group.firewall_rules = crate::net::group_mappings(group)
+                .iter()
+                .flat_map(crate::net::firewall::describe_mapping)
+                .collect();
+        }
+    }
+    let shared_rules = crate::net::firewall::describe_shared(&crate::net::firewall::NatSpec {
+        bridge: cfg.network.bridge.clone(),
+        subnet: valid.subnet,
+        mappings: Vec::new(),
+    });
     let plan = Plan {
         node_name: node_name.clone(),
         advertise_address: advertise.to_string(),
@@ -264,8 +284,9 @@ fn build_checked(
         bridge: BridgePlan {
             name: cfg.network.bridge.clone(),
             address: format!("{}/{}", valid.subnet.gateway(), valid.subnet.prefix),
-            subnet: valid.subnet.to_string(),
+            subnet: valid.subnet,
             firewall: cfg.network.firewall.clone(),
+            firewall_rules: if ours { shared_rules } else { Vec::new() },
         },
         dynamic_ports: format!("{low}-{high}"),
         groups,
@@ -452,6 +473,10 @@ impl Context<'_> {
                 tasks.push(self.task(spec, &alloc_dir, &group_env, problems));
             }
         }
+        let routes = match &netns {
+            Some(ns) => vec![format!("default via {} dev {}", ns.gateway, ns.interface)],
+            None => Vec::new(),
+        };
         GroupPlan {
             name: group.name.clone(),
             alloc_id,
@@ -460,6 +485,8 @@ impl Context<'_> {
                 .as_ref()
                 .map_or("host".into(), |n| n.mode.clone()),
             netns,
+            routes,
+            firewall_rules: Vec::new(),
             alloc_dir,
             shutdown_delay: group.shutdown_delay.to_string(),
             ports,

@@ -1,0 +1,488 @@
+//! NAT for the bridge in one nf_tables table (`ip outpost`), encoded here and sent over
+//! NETLINK_NETFILTER: no `nft`/`iptables` binaries, no C libraries.
+//!
+//! The whole table is derived from the plan and replaced in one atomic batch
+//! (create, delete, create, chains, rules), so removing a group's rules is simply applying
+//! the table without them, and nothing stale survives a crash between two applies.
+//!
+//! ```text
+//! table ip outpost {
+//!   chain prerouting  { type nat hook prerouting priority -100; fib daddr type local jump portmap }
+//!   chain output      { type nat hook output priority -100;     fib daddr type local jump portmap }
+//!   chain portmap     { meta l4proto tcp th dport 8080 dnat to 172.26.64.2:80 ... }
+//!   chain postrouting { type nat hook postrouting priority 100;
+//!     ip saddr 172.26.64.0/20 oifname != "outpost" masquerade   # groups -> outside
+//!     ct status dnat ip saddr 127.0.0.0/8 masquerade             # host 127.0.0.1 -> group
+//!     ct status dnat ip saddr 172.26.64.0/20 oifname "outpost" masquerade }  # hairpin
+//! }
+//! ```
+
+use super::netlink::{Message, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, Socket};
+use crate::config::Ipv4Net;
+use neli::consts::socket::NlFamily;
+use std::io;
+use std::net::Ipv4Addr;
+
+pub const TABLE: &str = "outpost";
+const PORTMAP: &str = "portmap";
+
+/// One port mapping: host port (tcp and udp) to a group's address and port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub group: String,
+    pub label: String,
+    pub host_port: u16,
+    pub address: Ipv4Addr,
+    pub port: u16,
+}
+
+/// Everything the table is derived from.
+#[derive(Clone, Debug)]
+pub struct NatSpec {
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    pub mappings: Vec<Mapping>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Expr {
+    FibDaddrLocal,
+    L4Proto(u8),
+    DstPort(u16),
+    SaddrIn(Ipv4Net),
+    OifName { name: String, equal: bool },
+    CtStatusDnat,
+    Jump(&'static str),
+    Dnat(Ipv4Addr, u16),
+    Masquerade,
+}
+
+struct Chain {
+    name: &'static str,
+    /// (hook number, priority) for base chains.
+    hook: Option<(u32, i32)>,
+}
+
+const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_INET_LOCAL_OUT: u32 = 3;
+const NF_INET_POST_ROUTING: u32 = 4;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+const CHAINS: [Chain; 4] = [
+    Chain {
+        name: "prerouting",
+        hook: Some((NF_INET_PRE_ROUTING, -100)),
+    },
+    Chain {
+        name: "output",
+        hook: Some((NF_INET_LOCAL_OUT, -100)),
+    },
+    Chain {
+        name: PORTMAP,
+        hook: None,
+    },
+    Chain {
+        name: "postrouting",
+        hook: Some((NF_INET_POST_ROUTING, 100)),
+    },
+];
+
+/// The rules as (chain, expressions), in order.
+fn rules(spec: &NatSpec) -> Vec<(&'static str, Vec<Expr>)> {
+    let loopback = Ipv4Net {
+        addr: Ipv4Addr::new(127, 0, 0, 0),
+        prefix: 8,
+    };
+    let mut rules = vec![
+        ("prerouting", vec![Expr::FibDaddrLocal, Expr::Jump(PORTMAP)]),
+        ("output", vec![Expr::FibDaddrLocal, Expr::Jump(PORTMAP)]),
+    ];
+    for m in &spec.mappings {
+        rules.extend(mapping_rules(m));
+    }
+    let bridge = spec.bridge.clone();
+    rules.push((
+        "postrouting",
+        vec![
+            Expr::SaddrIn(spec.subnet),
+            Expr::OifName {
+                name: bridge.clone(),
+                equal: false,
+            },
+            Expr::Masquerade,
+        ],
+    ));
+    rules.push((
+        "postrouting",
+        vec![
+            Expr::CtStatusDnat,
+            Expr::SaddrIn(loopback),
+            Expr::Masquerade,
+        ],
+    ));
+    rules.push((
+        "postrouting",
+        vec![
+            Expr::CtStatusDnat,
+            Expr::SaddrIn(spec.subnet),
+            Expr::OifName {
+                name: bridge,
+                equal: true,
+            },
+            Expr::Masquerade,
+        ],
+    ));
+    rules
+}
+
+fn mapping_rules(m: &Mapping) -> Vec<(&'static str, Vec<Expr>)> {
+    [IPPROTO_TCP, IPPROTO_UDP]
+        .into_iter()
+        .map(|proto| {
+            (
+                PORTMAP,
+                vec![
+                    Expr::L4Proto(proto),
+                    Expr::DstPort(m.host_port),
+                    Expr::Dnat(m.address, m.port),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// nft-syntax text of the rules a group's mappings add (for `plan`).
+pub fn describe_mapping(m: &Mapping) -> Vec<String> {
+    mapping_rules(m)
+        .into_iter()
+        .map(|(chain, exprs)| format!("{chain}: {}", text(&exprs)))
+        .collect()
+}
+
+/// nft-syntax text of the rules shared by all groups (for `plan`).
+pub fn describe_shared(spec: &NatSpec) -> Vec<String> {
+    rules(&NatSpec {
+        mappings: Vec::new(),
+        ..spec.clone()
+    })
+    .into_iter()
+    .map(|(chain, exprs)| format!("{chain}: {}", text(&exprs)))
+    .collect()
+}
+
+fn text(exprs: &[Expr]) -> String {
+    let parts: Vec<String> = exprs
+        .iter()
+        .map(|e| match e {
+            Expr::FibDaddrLocal => "fib daddr type local".into(),
+            Expr::L4Proto(p) => format!(
+                "meta l4proto {}",
+                if *p == IPPROTO_TCP { "tcp" } else { "udp" }
+            ),
+            Expr::DstPort(p) => format!("th dport {p}"),
+            Expr::SaddrIn(net) => format!("ip saddr {net}"),
+            Expr::OifName { name, equal } => {
+                format!("oifname {}\"{name}\"", if *equal { "" } else { "!= " })
+            }
+            Expr::CtStatusDnat => "ct status dnat".into(),
+            Expr::Jump(chain) => format!("jump {chain}"),
+            Expr::Dnat(ip, port) => format!("dnat to {ip}:{port}"),
+            Expr::Masquerade => "masquerade".into(),
+        })
+        .collect();
+    parts.join(" ")
+}
+
+// --- nf_tables encoding (linux/netfilter/nf_tables.h) ---
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFPROTO_IPV4: u8 = 2;
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+
+const NFT_REG_VERDICT: u32 = 0;
+const REG1: u32 = 1;
+const REG2: u32 = 2;
+const NFT_JUMP: i32 = -3;
+const NF_ACCEPT: u32 = 1;
+const NFT_CMP_EQ: u32 = 0;
+const NFT_CMP_NEQ: u32 = 1;
+const NFT_META_OIFNAME: u32 = 7;
+const NFT_META_L4PROTO: u32 = 16;
+const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const NFT_CT_STATUS: u32 = 2;
+const IPS_DST_NAT: u32 = 0x20;
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+const RTN_LOCAL: u32 = 2;
+const NFT_NAT_DNAT: u32 = 1;
+const IFNAMSIZ: usize = 16;
+
+fn msg_type(nft_msg: u16) -> u16 {
+    (NFNL_SUBSYS_NFTABLES << 8) | nft_msg
+}
+
+fn nfgenmsg(family: u8, res_id: u16) -> [u8; 4] {
+    let id = res_id.to_be_bytes();
+    [family, 0, id[0], id[1]]
+}
+
+fn batch_marker(kind: u16) -> Message {
+    Message::new(kind, NLM_F_REQUEST).header(&nfgenmsg(0, NFNL_SUBSYS_NFTABLES))
+}
+
+fn table_msg(nft_msg: u16, flags: u16) -> Message {
+    let mut m = Message::new(msg_type(nft_msg), NLM_F_REQUEST | NLM_F_ACK | flags)
+        .header(&nfgenmsg(NFPROTO_IPV4, 0));
+    m.attr_str(NFTA_TABLE_NAME, TABLE);
+    m
+}
+
+fn chain_msg(chain: &Chain) -> Message {
+    let mut m = Message::new(
+        msg_type(NFT_MSG_NEWCHAIN),
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
+    )
+    .header(&nfgenmsg(NFPROTO_IPV4, 0));
+    m.attr_str(NFTA_CHAIN_TABLE, TABLE);
+    m.attr_str(NFTA_CHAIN_NAME, chain.name);
+    if let Some((hook, priority)) = chain.hook {
+        m.begin_nest(NFTA_CHAIN_HOOK);
+        m.attr_be32(NFTA_HOOK_HOOKNUM, hook);
+        m.attr_be32(NFTA_HOOK_PRIORITY, priority as u32);
+        m.end_nest();
+        m.attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT);
+        m.attr_str(NFTA_CHAIN_TYPE, "nat");
+    }
+    m
+}
+
+fn rule_msg(chain: &str, exprs: &[Expr]) -> Message {
+    let mut m = Message::new(
+        msg_type(NFT_MSG_NEWRULE),
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
+    )
+    .header(&nfgenmsg(NFPROTO_IPV4, 0));
+    m.attr_str(NFTA_RULE_TABLE, TABLE);
+    m.attr_str(NFTA_RULE_CHAIN, chain);
+    m.begin_nest(NFTA_RULE_EXPRESSIONS);
+    for e in exprs {
+        encode(&mut m, e);
+    }
+    m.end_nest();
+    m
+}
+
+/// Writes one kernel expression: `name` and its attributes.
+fn kernel_expr(m: &mut Message, name: &str, body: impl FnOnce(&mut Message)) {
+    m.begin_nest(NFTA_LIST_ELEM);
+    m.attr_str(NFTA_EXPR_NAME, name);
+    m.begin_nest(NFTA_EXPR_DATA);
+    body(m);
+    m.end_nest();
+    m.end_nest();
+}
+
+fn data_value(m: &mut Message, attr: u16, bytes: &[u8]) {
+    m.begin_nest(attr);
+    m.attr(NFTA_DATA_VALUE, bytes);
+    m.end_nest();
+}
+
+fn cmp(m: &mut Message, op: u32, bytes: &[u8]) {
+    kernel_expr(m, "cmp", |m| {
+        m.attr_be32(1, REG1); // NFTA_CMP_SREG
+        m.attr_be32(2, op); // NFTA_CMP_OP
+        data_value(m, 3, bytes); // NFTA_CMP_DATA
+    });
+}
+
+fn payload(m: &mut Message, base: u32, offset: u32, len: u32) {
+    kernel_expr(m, "payload", |m| {
+        m.attr_be32(1, REG1); // DREG
+        m.attr_be32(2, base);
+        m.attr_be32(3, offset);
+        m.attr_be32(4, len);
+    });
+}
+
+fn meta(m: &mut Message, key: u32) {
+    kernel_expr(m, "meta", |m| {
+        m.attr_be32(1, REG1); // NFTA_META_DREG
+        m.attr_be32(2, key);
+    });
+}
+
+fn bitwise(m: &mut Message, mask: &[u8]) {
+    kernel_expr(m, "bitwise", |m| {
+        m.attr_be32(1, REG1); // SREG
+        m.attr_be32(2, REG1); // DREG
+        m.attr_be32(3, mask.len() as u32);
+        data_value(m, 4, mask); // MASK
+        data_value(m, 5, &vec![0; mask.len()]); // XOR
+    });
+}
+
+fn immediate(m: &mut Message, reg: u32, bytes: &[u8]) {
+    kernel_expr(m, "immediate", |m| {
+        m.attr_be32(1, reg);
+        data_value(m, 2, bytes);
+    });
+}
+
+fn encode(m: &mut Message, e: &Expr) {
+    match e {
+        Expr::FibDaddrLocal => {
+            kernel_expr(m, "fib", |m| {
+                m.attr_be32(1, REG1); // NFTA_FIB_DREG
+                m.attr_be32(2, NFT_FIB_RESULT_ADDRTYPE);
+                m.attr_be32(3, NFTA_FIB_F_DADDR);
+            });
+            cmp(m, NFT_CMP_EQ, &RTN_LOCAL.to_ne_bytes());
+        }
+        Expr::L4Proto(proto) => {
+            meta(m, NFT_META_L4PROTO);
+            cmp(m, NFT_CMP_EQ, &[*proto]);
+        }
+        Expr::DstPort(port) => {
+            payload(m, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
+            cmp(m, NFT_CMP_EQ, &port.to_be_bytes());
+        }
+        Expr::SaddrIn(net) => {
+            payload(m, NFT_PAYLOAD_NETWORK_HEADER, 12, 4);
+            bitwise(m, &net.mask().to_be_bytes());
+            cmp(m, NFT_CMP_EQ, &net.network().octets());
+        }
+        Expr::OifName { name, equal } => {
+            meta(m, NFT_META_OIFNAME);
+            let mut padded = [0u8; IFNAMSIZ];
+            let len = name.len().min(IFNAMSIZ - 1);
+            padded[..len].copy_from_slice(&name.as_bytes()[..len]);
+            cmp(m, if *equal { NFT_CMP_EQ } else { NFT_CMP_NEQ }, &padded);
+        }
+        Expr::CtStatusDnat => {
+            kernel_expr(m, "ct", |m| {
+                m.attr_be32(1, REG1); // NFTA_CT_DREG
+                m.attr_be32(2, NFT_CT_STATUS);
+            });
+            bitwise(m, &IPS_DST_NAT.to_ne_bytes());
+            cmp(m, NFT_CMP_NEQ, &0u32.to_ne_bytes());
+        }
+        Expr::Jump(chain) => kernel_expr(m, "immediate", |m| {
+            m.attr_be32(1, NFT_REG_VERDICT);
+            m.begin_nest(2); // NFTA_IMMEDIATE_DATA
+            m.begin_nest(NFTA_DATA_VERDICT);
+            m.attr_be32(NFTA_VERDICT_CODE, NFT_JUMP as u32);
+            m.attr_str(NFTA_VERDICT_CHAIN, chain);
+            m.end_nest();
+            m.end_nest();
+        }),
+        Expr::Dnat(ip, port) => {
+            immediate(m, REG1, &ip.octets());
+            immediate(m, REG2, &port.to_be_bytes());
+            kernel_expr(m, "nat", |m| {
+                m.attr_be32(1, NFT_NAT_DNAT); // NFTA_NAT_TYPE
+                m.attr_be32(2, u32::from(NFPROTO_IPV4)); // NFTA_NAT_FAMILY
+                m.attr_be32(3, REG1); // REG_ADDR_MIN
+                m.attr_be32(5, REG2); // REG_PROTO_MIN
+            });
+        }
+        Expr::Masquerade => kernel_expr(m, "masq", |_| {}),
+    }
+}
+
+fn open() -> io::Result<Socket> {
+    Socket::open(NlFamily::Netfilter).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot open a netfilter netlink socket (is nf_tables in the kernel?): {e}"),
+        )
+    })
+}
+
+/// Replaces the whole table with the rules for `spec`, atomically.
+pub fn replace(spec: &NatSpec) -> io::Result<()> {
+    let mut batch = vec![
+        batch_marker(NFNL_MSG_BATCH_BEGIN),
+        table_msg(NFT_MSG_NEWTABLE, NLM_F_CREATE),
+        table_msg(NFT_MSG_DELTABLE, 0),
+        table_msg(NFT_MSG_NEWTABLE, NLM_F_CREATE),
+    ];
+    batch.extend(CHAINS.iter().map(chain_msg));
+    batch.extend(
+        rules(spec)
+            .iter()
+            .map(|(chain, exprs)| rule_msg(chain, exprs)),
+    );
+    batch.push(batch_marker(NFNL_MSG_BATCH_END));
+    open()?.batch(batch)
+}
+
+/// Removes the table if it exists.
+pub fn remove() -> io::Result<()> {
+    let batch = vec![
+        batch_marker(NFNL_MSG_BATCH_BEGIN),
+        table_msg(NFT_MSG_NEWTABLE, NLM_F_CREATE),
+        table_msg(NFT_MSG_DELTABLE, 0),
+        batch_marker(NFNL_MSG_BATCH_END),
+    ];
+    open()?.batch(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_rules_in_nft_syntax() {
+        let m = Mapping {
+            group: "web".into(),
+            label: "http".into(),
+            host_port: 8080,
+            address: Ipv4Addr::new(172, 26, 64, 2),
+            port: 80,
+        };
+        assert_eq!(
+            describe_mapping(&m),
+            [
+                "portmap: meta l4proto tcp th dport 8080 dnat to 172.26.64.2:80",
+                "portmap: meta l4proto udp th dport 8080 dnat to 172.26.64.2:80"
+            ]
+        );
+        let spec = NatSpec {
+            bridge: "outpost".into(),
+            subnet: Ipv4Net::parse("172.26.64.0/20").unwrap(),
+            mappings: vec![m],
+        };
+        let shared = describe_shared(&spec);
+        assert!(shared.contains(
+            &"postrouting: ip saddr 172.26.64.0/20 oifname != \"outpost\" masquerade".to_string()
+        ));
+        assert_eq!(rules(&spec).len(), shared.len() + 2);
+    }
+}

@@ -1,0 +1,250 @@
+//! rtnetlink operations: links (bridge, veth), IPv4 addresses and the default route. Each
+//! function works in the namespace its socket was opened in.
+
+use super::netlink::{
+    Message, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, Socket,
+    attr_string, attrs,
+};
+use neli::consts::socket::NlFamily;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_GETLINK: u16 = 18;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_GETADDR: u16 = 22;
+const RTM_NEWROUTE: u16 = 24;
+
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MASTER: u16 = 10;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_NET_NS_FD: u16 = 28;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
+const VETH_INFO_PEER: u16 = 1;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+
+const AF_INET: u8 = 2;
+const IFF_UP: u32 = 1;
+const RT_TABLE_MAIN: u8 = 254;
+const RTPROT_STATIC: u8 = 4;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+const RTN_UNICAST: u8 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: i32,
+    pub name: String,
+    pub kind: Option<String>,
+    pub master: Option<i32>,
+    pub up: bool,
+    pub mac: Vec<u8>,
+}
+
+pub fn open() -> io::Result<Socket> {
+    Socket::open(NlFamily::Route)
+}
+
+fn ifinfomsg(index: i32, flags: u32, change: u32) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[4..8].copy_from_slice(&index.to_ne_bytes());
+    h[8..12].copy_from_slice(&flags.to_ne_bytes());
+    h[12..16].copy_from_slice(&change.to_ne_bytes());
+    h
+}
+
+fn parse_link(payload: &[u8]) -> Option<Link> {
+    let header = payload.get(..16)?;
+    let index = i32::from_ne_bytes(header[4..8].try_into().ok()?);
+    let flags = u32::from_ne_bytes(header[8..12].try_into().ok()?);
+    let mut link = Link {
+        index,
+        name: String::new(),
+        kind: None,
+        master: None,
+        up: flags & IFF_UP != 0,
+        mac: Vec::new(),
+    };
+    for (attr_type, value) in attrs(&payload[16..]) {
+        match attr_type {
+            IFLA_IFNAME => link.name = attr_string(value),
+            IFLA_ADDRESS => link.mac = value.to_vec(),
+            IFLA_MASTER => link.master = value.try_into().ok().map(i32::from_ne_bytes),
+            IFLA_LINKINFO => {
+                link.kind = attrs(value)
+                    .find(|(t, _)| *t == IFLA_INFO_KIND)
+                    .map(|(_, kind)| attr_string(kind));
+            }
+            _ => {}
+        }
+    }
+    Some(link)
+}
+
+/// The link called `name`, if any.
+pub fn get(sock: &mut Socket, name: &str) -> io::Result<Option<Link>> {
+    let mut m = Message::new(RTM_GETLINK, NLM_F_REQUEST).header(&ifinfomsg(0, 0, 0));
+    m.attr_str(IFLA_IFNAME, name);
+    match sock.dump(m) {
+        Ok(answers) => Ok(answers.iter().find_map(|a| parse_link(&a.payload))),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENODEV) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn list(sock: &mut Socket) -> io::Result<Vec<Link>> {
+    let m = Message::new(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP).header(&ifinfomsg(0, 0, 0));
+    Ok(sock
+        .dump(m)?
+        .iter()
+        .filter(|a| a.msg_type == RTM_NEWLINK)
+        .filter_map(|a| parse_link(&a.payload))
+        .collect())
+}
+
+/// Creates a bridge with a fixed MAC (so its address does not follow whichever port has
+/// the lowest MAC as groups come and go), up.
+pub fn create_bridge(sock: &mut Socket, name: &str, mac: [u8; 6]) -> io::Result<()> {
+    let mut m = Message::new(
+        RTM_NEWLINK,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+    )
+    .header(&ifinfomsg(0, IFF_UP, IFF_UP));
+    m.attr_str(IFLA_IFNAME, name);
+    m.attr(IFLA_ADDRESS, &mac);
+    m.begin_nest(IFLA_LINKINFO);
+    m.attr_str(IFLA_INFO_KIND, "bridge");
+    m.end_nest();
+    sock.request(m)
+}
+
+/// One RTM_NEWLINK makes the pair: the host end `host_name` attached to `master` and up,
+/// the peer created directly inside the namespace `peer_netns_fd` as `peer_name`.
+pub fn create_veth(
+    sock: &mut Socket,
+    host_name: &str,
+    master: i32,
+    peer_name: &str,
+    peer_netns_fd: RawFd,
+) -> io::Result<()> {
+    let mut m = Message::new(
+        RTM_NEWLINK,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+    )
+    .header(&ifinfomsg(0, IFF_UP, IFF_UP));
+    m.attr_str(IFLA_IFNAME, host_name);
+    m.attr_u32(IFLA_MASTER, master as u32);
+    m.begin_nest(IFLA_LINKINFO);
+    m.attr_str(IFLA_INFO_KIND, "veth");
+    m.begin_nest(IFLA_INFO_DATA);
+    m.begin_nest(VETH_INFO_PEER);
+    m.raw(&ifinfomsg(0, 0, 0));
+    m.attr_str(IFLA_IFNAME, peer_name);
+    m.attr_u32(IFLA_NET_NS_FD, peer_netns_fd as u32);
+    m.end_nest();
+    m.end_nest();
+    m.end_nest();
+    sock.request(m)
+}
+
+pub fn set_up(sock: &mut Socket, index: i32) -> io::Result<()> {
+    let m = Message::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK)
+        .header(&ifinfomsg(index, IFF_UP, IFF_UP));
+    sock.request(m)
+}
+
+pub fn set_master(sock: &mut Socket, index: i32, master: i32) -> io::Result<()> {
+    let mut m =
+        Message::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK).header(&ifinfomsg(index, 0, 0));
+    m.attr_u32(IFLA_MASTER, master as u32);
+    sock.request(m)
+}
+
+pub fn delete(sock: &mut Socket, index: i32) -> io::Result<()> {
+    let m = Message::new(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK).header(&ifinfomsg(index, 0, 0));
+    match sock.request(m) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENODEV) => Ok(()),
+        other => other,
+    }
+}
+
+fn ifaddrmsg(prefix: u8, index: i32) -> [u8; 8] {
+    let mut h = [0u8; 8];
+    h[0] = AF_INET;
+    h[1] = prefix;
+    h[4..8].copy_from_slice(&index.to_ne_bytes());
+    h
+}
+
+/// IPv4 addresses on a link, with prefix lengths.
+pub fn addresses(sock: &mut Socket, index: i32) -> io::Result<Vec<(Ipv4Addr, u8)>> {
+    let m = Message::new(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP).header(&ifaddrmsg(0, 0));
+    let mut found = Vec::new();
+    for answer in sock.dump(m)? {
+        let p = &answer.payload;
+        if answer.msg_type != RTM_NEWADDR || p.len() < 8 || p[0] != AF_INET {
+            continue;
+        }
+        if i32::from_ne_bytes([p[4], p[5], p[6], p[7]]) != index {
+            continue;
+        }
+        let local = attrs(&p[8..]).find(|(t, v)| *t == IFA_LOCAL && v.len() == 4);
+        if let Some((_, v)) = local {
+            found.push((Ipv4Addr::new(v[0], v[1], v[2], v[3]), p[1]));
+        }
+    }
+    Ok(found)
+}
+
+/// Makes `ip/prefix` the only IPv4 address of the link (idempotent).
+pub fn set_only_address(sock: &mut Socket, index: i32, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    for (other, other_prefix) in addresses(sock, index)? {
+        if (other, other_prefix) != (ip, prefix) {
+            let mut m = Message::new(RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK)
+                .header(&ifaddrmsg(other_prefix, index));
+            m.attr(IFA_LOCAL, &other.octets());
+            sock.request(m)?;
+        }
+    }
+    let mut m = Message::new(
+        RTM_NEWADDR,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+    )
+    .header(&ifaddrmsg(prefix, index));
+    m.attr(IFA_LOCAL, &ip.octets());
+    m.attr(IFA_ADDRESS, &ip.octets());
+    sock.request(m)
+}
+
+/// `ip route replace default via <gateway> dev <index>` in the main table.
+pub fn replace_default_route(sock: &mut Socket, gateway: Ipv4Addr, index: i32) -> io::Result<()> {
+    let header = [
+        AF_INET,
+        0,
+        0,
+        0,
+        RT_TABLE_MAIN,
+        RTPROT_STATIC,
+        RT_SCOPE_UNIVERSE,
+        RTN_UNICAST,
+        0,
+        0,
+        0,
+        0,
+    ];
+    let mut m = Message::new(
+        RTM_NEWROUTE,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+    )
+    .header(&header);
+    m.attr(RTA_GATEWAY, &gateway.octets());
+    m.attr_u32(RTA_OIF, index as u32);
+    sock.request(m)
+}
