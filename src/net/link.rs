@@ -167,6 +167,24 @@ pub fn set_master(sock: &mut Socket, index: i32, master: i32) -> io::Result<()> 
     sock.request(m)
 }
 
+/// Hairpin mode on a bridge port: a frame may leave through the port it came in on. Needed
+/// when br_netfilter DNATs a group's own traffic to a mapped host port back to itself.
+pub fn set_hairpin(sock: &mut Socket, index: i32) -> io::Result<()> {
+    const AF_BRIDGE: u8 = 7;
+    const IFLA_PROTINFO: u16 = 12;
+    const IFLA_BRPORT_MODE: u16 = 4;
+    // PF_BRIDGE handles only RTM_SETLINK; an RTM_NEWLINK would reach the generic handler,
+    // which ignores IFLA_PROTINFO without an error.
+    const RTM_SETLINK: u16 = 19;
+    let mut header = ifinfomsg(index, 0, 0);
+    header[0] = AF_BRIDGE;
+    let mut m = Message::new(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK).header(&header);
+    m.begin_nest(IFLA_PROTINFO);
+    m.attr(IFLA_BRPORT_MODE, &[1]);
+    m.end_nest();
+    sock.request(m)
+}
+
 pub fn delete(sock: &mut Socket, index: i32) -> io::Result<()> {
     let m = Message::new(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK).header(&ifinfomsg(index, 0, 0));
     match sock.request(m) {

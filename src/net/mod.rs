@@ -92,10 +92,12 @@ fn nat_spec(plan: &Plan) -> NatSpec {
 /// address and route, the NAT table; removes our namespaces, veths and rules no group owns.
 pub fn apply(plan: &Plan) -> Result<(), NetError> {
     let bridge_groups: Vec<&GroupPlan> = plan.groups.iter().filter(|g| g.netns.is_some()).collect();
-    netns::ensure_dir().context(|| "prepare /run/netns".into())?;
     let mut sock = link::open().context(|| "open a netlink route socket".into())?;
-    write_sysctl("net/ipv4/ip_forward", "1")?;
+    // First, because it refuses a name taken by another kind of interface before anything
+    // on the host has changed.
     let bridge = ensure_bridge(&mut sock, plan)?;
+    netns::ensure_dir().context(|| "prepare /run/netns".into())?;
+    write_sysctl("net/ipv4/ip_forward", "1")?;
     for group in &bridge_groups {
         ensure_group(&mut sock, bridge, plan, group)?;
     }
@@ -287,6 +289,14 @@ fn ensure_group(
                 .context(|| format!("group {}: set {} up", group.name, l.name))?;
         }
     }
+    let port = link::get(sock, &ns.host_veth)
+        .context(|| format!("group {}: look up {}", group.name, ns.host_veth))?
+        .ok_or_else(|| NetError {
+            what: format!("group {}: veth {}", group.name, ns.host_veth),
+            source: io::Error::other("vanished after creation"),
+        })?;
+    link::set_hairpin(sock, port.index)
+        .context(|| format!("group {}: hairpin on {}", group.name, ns.host_veth))?;
     let (address, prefix) = parse_cidr(&ns.address);
     let gateway = plan.bridge.subnet.gateway();
     netns::run_in(&ns.name, || configure_inside(address, prefix, gateway)).context(|| {

@@ -1,0 +1,44 @@
+# Apply twice = same state; teardown returns links, namespaces and nf_tables to exactly what
+# they were; leases survive a restart and a "reboot" (everything gone but the state file).
+source "$(dirname "$0")/lib.sh"
+setup_host
+write_config "$WORK/outpost.toml"
+ip -j link > "$WORK/links-before"; ip netns > "$WORK/netns-before"; nft list ruleset > "$WORK/nft-before"
+dump > "$WORK/before.json"
+
+"$OUTPOST" apply -c "$WORK/outpost.toml"
+dump > "$WORK/first.json"
+"$OUTPOST" apply -c "$WORK/outpost.toml"
+dump > "$WORK/second.json"
+diff -u "$WORK/first.json" "$WORK/second.json" || fail "a second apply changed the state"
+grep -q '"outpost-a"' "$WORK/first.json" || fail "namespace outpost-a missing"
+expect_eq "$(ip -n outpost-a -br -4 addr show eth0 | awk '{print $3}')" "10.77.0.2/24" "a's address"
+expect_eq "$(ip -n outpost-b route show default)" "default via 10.77.0.1 dev eth0 proto static " "b's default route"
+
+# Reboot: namespaces, links and rules vanish, the state file stays.
+for ns in outpost-a outpost-b; do ip netns del "$ns"; done
+ip link del outpost
+nft flush ruleset
+wait_for_dump "$WORK/before.json"
+"$OUTPOST" apply -c "$WORK/outpost.toml"
+dump > "$WORK/rebooted.json"
+diff -u "$WORK/first.json" "$WORK/rebooted.json" || fail "state after a reboot differs"
+
+# A new group listed first does not take the existing groups' addresses.
+{ printf '[[group]]\nname = "c"\n[group.network]\nmode = "bridge"\n[[group.task]]\nname = "t"\ncommand = "/bin/true"\n'; } > "$WORK/c.toml"
+awk -v c="$(cat "$WORK/c.toml")" '/^\[\[group\]\]$/ && !done { print c; done=1 } { print }' "$WORK/outpost.toml" > "$WORK/abc.toml"
+"$OUTPOST" apply -c "$WORK/abc.toml"
+expect_eq "$(ip -n outpost-a -br -4 addr show eth0 | awk '{print $3}')" "10.77.0.2/24" "a keeps its lease"
+expect_eq "$(ip -n outpost-b -br -4 addr show eth0 | awk '{print $3}')" "10.77.0.3/24" "b keeps its lease"
+expect_eq "$(ip -n outpost-c -br -4 addr show eth0 | awk '{print $3}')" "10.77.0.4/24" "c takes the next free address"
+
+# Removing a group from the config removes exactly its namespace and rules.
+"$OUTPOST" apply -c "$WORK/outpost.toml"
+wait_for_dump "$WORK/first.json"
+
+"$OUTPOST" teardown -c "$WORK/outpost.toml"
+wait_for_dump "$WORK/before.json"
+diff -u "$WORK/links-before" <(ip -j link) || fail "ip -j link differs after teardown"
+diff -u "$WORK/netns-before" <(ip netns) || fail "ip netns differs after teardown"
+diff -u "$WORK/nft-before" <(nft list ruleset) || fail "nf_tables ruleset differs after teardown"
+echo "lifecycle: idempotent, leases kept, teardown complete"

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Helpers for the network tests (run inside throwaway namespaces only).
+
+serve tcp|udp PORT NAME   answer every connection/datagram with "NAME <peer ip>"
+ask tcp|udp HOST PORT     print the answer (exit 1 on timeout or refusal)
+dump                      a normalised view of links, addresses, routes and nf_tables,
+                          free of ifindexes and random MACs, to compare states
+"""
+import json, os, socket, subprocess, sys
+
+
+def serve(proto, port, name):
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    s = socket.socket(socket.AF_INET, kind)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(port)))
+    if proto == "tcp":
+        s.listen(16)
+    print("ready", flush=True)
+    while True:
+        if proto == "tcp":
+            conn, peer = s.accept()
+            conn.sendall(f"{name} {peer[0]}\n".encode())
+            conn.close()
+        else:
+            _, peer = s.recvfrom(512)
+            s.sendto(f"{name} {peer[0]}\n".encode(), peer)
+
+
+def ask(proto, host, port):
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    s = socket.socket(socket.AF_INET, kind)
+    s.settimeout(3)
+    try:
+        if proto == "tcp":
+            s.connect((host, int(port)))
+            data = s.recv(512)
+        else:
+            s.sendto(b"hi", (host, int(port)))
+            data, _ = s.recvfrom(512)
+    except OSError as e:
+        print(f"ask {proto} {host}:{port}: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(data.decode().strip())
+
+
+def run_json(*args):
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return json.loads(out) if out.strip() else []
+
+
+def links(prefix=()):
+    items = run_json(*prefix, "ip", "-j", "-d", "link")
+    names = {l["ifindex"]: l["ifname"] for l in items}
+    view = []
+    for l in items:
+        info = l.get("linkinfo", {})
+        view.append({
+            "name": l["ifname"],
+            "kind": info.get("info_kind"),
+            "master": l.get("master"),
+            "up": "UP" in l.get("flags", []),
+            "bridge_mac": l.get("address") if info.get("info_kind") == "bridge" else None,
+        })
+    return sorted(view, key=lambda v: v["name"])
+
+
+def addrs(prefix=()):
+    view = []
+    for l in run_json(*prefix, "ip", "-j", "addr"):
+        for a in l.get("addr_info", []):
+            if a.get("family") == "inet":
+                view.append(f'{l["ifname"]} {a["local"]}/{a["prefixlen"]}')
+    return sorted(view)
+
+
+def routes(prefix=()):
+    return sorted(
+        f'{r.get("dst")} via {r.get("gateway")} dev {r.get("dev")}'
+        for r in run_json(*prefix, "ip", "-j", "route")
+    )
+
+
+def dump():
+    netns = sorted(n["name"] for n in run_json("ip", "-j", "netns"))
+    view = {"links": links(), "addrs": addrs(), "routes": routes(), "netns": netns}
+    for ns in netns:
+        if ns.startswith("outpost-"):
+            p = ("ip", "netns", "exec", ns)
+            view[ns] = {"links": links(p), "addrs": addrs(p), "routes": routes(p)}
+    view["nft"] = subprocess.run(["nft", "list", "ruleset"], check=True, capture_output=True, text=True).stdout
+    print(json.dumps(view, indent=1, sort_keys=True))
+
+
+if __name__ == "__main__":
+    cmd, *args = sys.argv[1:]
+    {"serve": serve, "ask": ask, "dump": dump}[cmd](*args)
