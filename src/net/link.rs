@@ -231,6 +231,11 @@ pub fn set_only_address(sock: &mut Socket, index: i32, ip: Ipv4Addr, prefix: u8)
             sock.request(m)?;
         }
     }
+    add_address(sock, index, ip, prefix)
+}
+
+/// Adds (or refreshes) one IPv4 address on a link.
+pub fn add_address(sock: &mut Socket, index: i32, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
     let mut m = Message::new(
         RTM_NEWADDR,
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,

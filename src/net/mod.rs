@@ -11,7 +11,7 @@ pub mod netns;
 
 pub use host::host_facts;
 
-use crate::plan::{GroupPlan, Plan};
+use crate::plan::{BridgePlan, GroupPlan, Plan};
 use firewall::{Mapping, NatSpec};
 use log::{info, warn};
 use std::collections::BTreeSet;
@@ -80,35 +80,77 @@ pub fn group_mappings(group: &GroupPlan) -> Vec<Mapping> {
         .collect()
 }
 
-fn nat_spec(plan: &Plan) -> NatSpec {
+fn nat_spec(bridge: &BridgePlan, groups: &[GroupPlan]) -> NatSpec {
     NatSpec {
-        bridge: plan.bridge.name.clone(),
-        subnet: plan.bridge.subnet,
-        mappings: plan.groups.iter().flat_map(group_mappings).collect(),
+        bridge: bridge.name.clone(),
+        subnet: bridge.subnet,
+        mappings: groups.iter().flat_map(group_mappings).collect(),
     }
 }
 
 /// Brings the host to the plan's network: bridge, every bridge group's namespace, veth,
 /// address and route, the NAT table; removes our namespaces, veths and rules no group owns.
 pub fn apply(plan: &Plan) -> Result<(), NetError> {
+    let mut host = HostNetwork::prepare(plan)?;
     let bridge_groups: Vec<&GroupPlan> = plan.groups.iter().filter(|g| g.netns.is_some()).collect();
-    let mut sock = link::open().context(|| "open a netlink route socket".into())?;
-    // First, because it refuses a name taken by another kind of interface before anything
-    // on the host has changed.
-    let bridge = ensure_bridge(&mut sock, plan)?;
-    netns::ensure_dir().context(|| "prepare /run/netns".into())?;
-    write_sysctl("net/ipv4/ip_forward", "1")?;
     for group in &bridge_groups {
-        ensure_group(&mut sock, bridge, plan, group)?;
+        host.ensure_group(group)?;
     }
-    remove_orphans(&mut sock, &bridge_groups)?;
-    if plan.bridge.firewall == "nftables" {
-        firewall::replace(&nat_spec(plan))
-            .context(|| format!("install nf_tables table {}", firewall::TABLE))?;
+    host.remove_orphans(&bridge_groups)?;
+    sync_firewall(&plan.bridge, &plan.groups)
+}
+
+/// Replaces our NAT table with the rules for `groups` (or removes it when the firewall is
+/// not ours).
+pub fn sync_firewall(bridge: &BridgePlan, groups: &[GroupPlan]) -> Result<(), NetError> {
+    if bridge.firewall == "nftables" {
+        firewall::replace(&nat_spec(bridge, groups))
+            .context(|| format!("install nf_tables table {}", firewall::TABLE))
     } else {
-        firewall::remove().context(|| format!("remove nf_tables table {}", firewall::TABLE))?;
+        firewall::remove().context(|| format!("remove nf_tables table {}", firewall::TABLE))
     }
-    Ok(())
+}
+
+/// The host side, ready for groups: the bridge exists with its address and sysctls.
+pub struct HostNetwork {
+    sock: netlink::Socket,
+    bridge: i32,
+    bridge_plan: BridgePlan,
+}
+
+impl HostNetwork {
+    pub fn prepare(plan: &Plan) -> Result<HostNetwork, NetError> {
+        let mut sock = link::open().context(|| "open a netlink route socket".into())?;
+        // First, because it refuses a name taken by another kind of interface before
+        // anything on the host has changed.
+        let bridge = ensure_bridge(&mut sock, plan)?;
+        netns::ensure_dir().context(|| "prepare /run/netns".into())?;
+        write_sysctl("net/ipv4/ip_forward", "1")?;
+        Ok(HostNetwork {
+            sock,
+            bridge,
+            bridge_plan: plan.bridge.clone(),
+        })
+    }
+
+    /// One group's namespace, veth pair, address and route (not its NAT rules: see
+    /// `sync_firewall`).
+    pub fn ensure_group(&mut self, group: &GroupPlan) -> Result<(), NetError> {
+        ensure_group(&mut self.sock, self.bridge, &self.bridge_plan, group)
+    }
+
+    /// Deletes a group's namespace; the kernel removes its veth.
+    pub fn remove_group(&mut self, group: &GroupPlan) -> Result<(), NetError> {
+        let Some(ns) = &group.netns else {
+            return Ok(());
+        };
+        netns::delete(&ns.name)
+            .context(|| format!("group {}: delete namespace {}", group.name, ns.name))
+    }
+
+    fn remove_orphans(&mut self, groups: &[&GroupPlan]) -> Result<(), NetError> {
+        remove_orphans(&mut self.sock, groups)
+    }
 }
 
 /// Removes everything `apply` made: every `outpost-*` namespace (the kernel removes their
@@ -220,7 +262,7 @@ fn explain_missing_kernel_support(
 fn ensure_group(
     sock: &mut netlink::Socket,
     bridge: i32,
-    plan: &Plan,
+    bridge_plan: &BridgePlan,
     group: &GroupPlan,
 ) -> Result<(), NetError> {
     let Some(ns) = &group.netns else {
@@ -233,15 +275,17 @@ fn ensure_group(
     }
     let host_veth = link::get(sock, &ns.host_veth)
         .context(|| format!("group {}: look up {}", group.name, ns.host_veth))?;
-    let peer_present = netns::run_in(&ns.name, || {
-        Ok(link::get(&mut link::open()?, GROUP_IFNAME)?.is_some())
-    })
-    .context(|| {
-        format!(
-            "group {}: look up {GROUP_IFNAME} in {}",
-            group.name, ns.name
-        )
-    })?;
+    // A namespace made just now cannot hold a peer yet; skip the look (a thread hop).
+    let peer_present = !created
+        && netns::run_in(&ns.name, || {
+            Ok(link::get(&mut link::open()?, GROUP_IFNAME)?.is_some())
+        })
+        .context(|| {
+            format!(
+                "group {}: look up {GROUP_IFNAME} in {}",
+                group.name, ns.name
+            )
+        })?;
     let pair_ok = host_veth
         .as_ref()
         .is_some_and(|l| l.kind.as_deref() == Some("veth"))
@@ -298,8 +342,11 @@ fn ensure_group(
     link::set_hairpin(sock, port.index)
         .context(|| format!("group {}: hairpin on {}", group.name, ns.host_veth))?;
     let (address, prefix) = parse_cidr(&ns.address);
-    let gateway = plan.bridge.subnet.gateway();
-    netns::run_in(&ns.name, || configure_inside(address, prefix, gateway)).context(|| {
+    let gateway = bridge_plan.subnet.gateway();
+    netns::run_in(&ns.name, || {
+        configure_inside(address, prefix, gateway, created)
+    })
+    .context(|| {
         format!(
             "group {}: configure {GROUP_IFNAME} in {}",
             group.name, ns.name
@@ -317,14 +364,23 @@ fn parse_cidr(text: &str) -> (Ipv4Addr, u8) {
 }
 
 /// Inside a group's namespace: lo and eth0 up, the address, the default route, sysctls.
-fn configure_inside(address: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> io::Result<()> {
+fn configure_inside(
+    address: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+    fresh: bool,
+) -> io::Result<()> {
     let mut sock = link::open()?;
     let lo = link::get(&mut sock, "lo")?.ok_or_else(|| io::Error::other("no lo"))?;
     if !lo.up {
         link::set_up(&mut sock, lo.index)?;
     }
     let eth0 = link::get(&mut sock, GROUP_IFNAME)?.ok_or_else(|| io::Error::other("no eth0"))?;
-    link::set_only_address(&mut sock, eth0.index, address, prefix)?;
+    if fresh {
+        link::add_address(&mut sock, eth0.index, address, prefix)?;
+    } else {
+        link::set_only_address(&mut sock, eth0.index, address, prefix)?;
+    }
     if !eth0.up {
         link::set_up(&mut sock, eth0.index)?;
     }
@@ -414,7 +470,7 @@ pub fn self_check(plan: &Plan) -> SelfCheck {
 }
 
 fn firewall_probe() -> io::Result<()> {
-    netlink::Socket::open(neli::consts::socket::NlFamily::Netfilter).map(|_| ())
+    firewall::probe()
 }
 
 #[cfg(test)]

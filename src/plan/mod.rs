@@ -51,7 +51,7 @@ pub struct Plan {
     pub groups: Vec<GroupPlan>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct BridgePlan {
     pub name: String,
     pub address: String,
