@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 const CNI_BIN: &str = "/usr/lib/cni";
 const SIZES: [usize; 3] = [1, 10, 100];
+/// Rounds are repeated until a row has at least this many samples, for a stable p50.
+const MIN_SAMPLES: usize = 50;
 const RATIO_AT: usize = 10;
 
 fn main() {
@@ -31,16 +33,20 @@ fn main() {
     let cni = ensure_cni();
     println!("per-group bring-up and teardown, two mapped ports (tcp+udp) per group, in ms");
     println!(
+        "(N groups brought up one by one, then down; rounds repeated to >= {MIN_SAMPLES} samples per row)"
+    );
+    println!(
         "{:<8} {:>4} {:>9} {:>9} {:>10} {:>10}",
         "impl", "N", "up_p50", "up_p95", "down_p50", "down_p95"
     );
     let mut at_ratio = (None, None);
     for n in SIZES {
-        let ours = bench_outpost(n);
+        let rounds = MIN_SAMPLES.div_ceil(n);
+        let ours = repeat(rounds, || bench_outpost(n));
         print_row("outpost", n, &ours);
         let theirs = match &cni {
             Ok(()) => {
-                let r = bench_cni(n);
+                let r = repeat(rounds, || bench_cni(n));
                 print_row("cni", n, &r);
                 Some(r)
             }
@@ -74,6 +80,19 @@ fn main() {
             ms(ours.down_p50())
         );
     }
+}
+
+fn repeat(rounds: usize, mut round: impl FnMut() -> Samples) -> Samples {
+    let mut all = Samples {
+        up: Vec::new(),
+        down: Vec::new(),
+    };
+    for _ in 0..rounds {
+        let s = round();
+        all.up.extend(s.up);
+        all.down.extend(s.down);
+    }
+    all
 }
 
 struct Samples {

@@ -48,6 +48,9 @@ pub struct Link {
     pub mac: Vec<u8>,
 }
 
+/// The loopback device's index in every network namespace.
+pub const LOOPBACK_INDEX: i32 = 1;
+
 pub fn open() -> io::Result<Socket> {
     Socket::open(NlFamily::Route)
 }
@@ -145,6 +148,8 @@ pub fn create_veth(
     m.attr_str(IFLA_INFO_KIND, "veth");
     m.begin_nest(IFLA_INFO_DATA);
     m.begin_nest(VETH_INFO_PEER);
+    // Not up here: the kernel configures the peer before the host end exists, and a veth
+    // cannot open without its partner (ENOTCONN).
     m.raw(&ifinfomsg(0, 0, 0));
     m.attr_str(IFLA_IFNAME, peer_name);
     m.attr_u32(IFLA_NET_NS_FD, peer_netns_fd as u32);
@@ -155,9 +160,33 @@ pub fn create_veth(
 }
 
 pub fn set_up(sock: &mut Socket, index: i32) -> io::Result<()> {
-    let m = Message::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK)
-        .header(&ifinfomsg(index, IFF_UP, IFF_UP));
-    sock.request(m)
+    sock.request(set_up_msg(index))
+}
+
+pub const IPV4_DEVCONF_RP_FILTER: u16 = 8;
+pub const IPV4_DEVCONF_ARP_NOTIFY: u16 = 22;
+
+/// Link up plus per-interface IPv4 settings (`net.ipv4.conf.<if>.*`) in one request:
+/// IFLA_AF_SPEC / AF_INET / IFLA_INET_CONF, one attribute per setting.
+pub fn set_up_with_ipv4_conf_msg(index: i32, conf: &[(u16, u32)]) -> Message {
+    const IFLA_AF_SPEC: u16 = 26;
+    const IFLA_INET_CONF: u16 = 1;
+    let mut m = set_up_msg(index);
+    m.begin_nest(IFLA_AF_SPEC);
+    m.begin_nest(u16::from(AF_INET));
+    m.begin_nest(IFLA_INET_CONF);
+    for (key, value) in conf {
+        m.attr_u32(*key, *value);
+    }
+    m.end_nest();
+    m.end_nest();
+    m.end_nest();
+    m
+}
+
+/// The request behind `set_up`, for sending several requests in one write.
+pub fn set_up_msg(index: i32) -> Message {
+    Message::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK).header(&ifinfomsg(index, IFF_UP, IFF_UP))
 }
 
 pub fn set_master(sock: &mut Socket, index: i32, master: i32) -> io::Result<()> {
@@ -236,6 +265,11 @@ pub fn set_only_address(sock: &mut Socket, index: i32, ip: Ipv4Addr, prefix: u8)
 
 /// Adds (or refreshes) one IPv4 address on a link.
 pub fn add_address(sock: &mut Socket, index: i32, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    sock.request(add_address_msg(index, ip, prefix))
+}
+
+/// The request behind `add_address`.
+pub fn add_address_msg(index: i32, ip: Ipv4Addr, prefix: u8) -> Message {
     let mut m = Message::new(
         RTM_NEWADDR,
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
@@ -243,11 +277,16 @@ pub fn add_address(sock: &mut Socket, index: i32, ip: Ipv4Addr, prefix: u8) -> i
     .header(&ifaddrmsg(prefix, index));
     m.attr(IFA_LOCAL, &ip.octets());
     m.attr(IFA_ADDRESS, &ip.octets());
-    sock.request(m)
+    m
 }
 
 /// `ip route replace default via <gateway> dev <index>` in the main table.
 pub fn replace_default_route(sock: &mut Socket, gateway: Ipv4Addr, index: i32) -> io::Result<()> {
+    sock.request(default_route_msg(gateway, index))
+}
+
+/// The request behind `replace_default_route`.
+pub fn default_route_msg(gateway: Ipv4Addr, index: i32) -> Message {
     let header = [
         AF_INET,
         0,
@@ -269,5 +308,5 @@ pub fn replace_default_route(sock: &mut Socket, gateway: Ipv4Addr, index: i32) -
     .header(&header);
     m.attr(RTA_GATEWAY, &gateway.octets());
     m.attr_u32(RTA_OIF, index as u32);
-    sock.request(m)
+    m
 }

@@ -23,6 +23,12 @@ use std::os::fd::AsRawFd;
 const NETNS_PREFIX: &str = "outpost-";
 /// Inside each namespace the group's interface is `eth0`, as with Nomad's CNI bridge.
 const GROUP_IFNAME: &str = "eth0";
+/// IPv4 settings of a group's interface (netavark's choice): announce the address on link
+/// up, loose reverse-path filtering. Set over netlink with the link-up request.
+const GROUP_IPV4_CONF: [(u16, u32); 2] = [
+    (link::IPV4_DEVCONF_ARP_NOTIFY, 1),
+    (link::IPV4_DEVCONF_RP_FILTER, 2),
+];
 
 /// A failed step, with what it was about.
 #[derive(Debug)]
@@ -371,25 +377,25 @@ fn configure_inside(
     fresh: bool,
 ) -> io::Result<()> {
     let mut sock = link::open()?;
-    let lo = link::get(&mut sock, "lo")?.ok_or_else(|| io::Error::other("no lo"))?;
-    if !lo.up {
-        link::set_up(&mut sock, lo.index)?;
-    }
     let eth0 = link::get(&mut sock, GROUP_IFNAME)?.ok_or_else(|| io::Error::other("no eth0"))?;
     if fresh {
-        link::add_address(&mut sock, eth0.index, address, prefix)?;
+        // A new namespace: lo and eth0 down, no address. One write, processed in order.
+        sock.batch(vec![
+            link::set_up_msg(link::LOOPBACK_INDEX),
+            link::set_up_with_ipv4_conf_msg(eth0.index, &GROUP_IPV4_CONF),
+            link::add_address_msg(eth0.index, address, prefix),
+            link::default_route_msg(gateway, eth0.index),
+        ])?;
     } else {
+        if !link::get(&mut sock, "lo")?.is_some_and(|lo| lo.up) {
+            link::set_up(&mut sock, link::LOOPBACK_INDEX)?;
+        }
+        sock.request(link::set_up_with_ipv4_conf_msg(
+            eth0.index,
+            &GROUP_IPV4_CONF,
+        ))?;
         link::set_only_address(&mut sock, eth0.index, address, prefix)?;
-    }
-    if !eth0.up {
-        link::set_up(&mut sock, eth0.index)?;
-    }
-    link::replace_default_route(&mut sock, gateway, eth0.index)?;
-    for (key, value) in [("arp_notify", "1"), ("rp_filter", "2")] {
-        std::fs::write(
-            format!("/proc/sys/net/ipv4/conf/{GROUP_IFNAME}/{key}"),
-            value,
-        )?;
+        link::replace_default_route(&mut sock, gateway, eth0.index)?;
     }
     Ok(())
 }

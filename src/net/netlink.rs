@@ -135,7 +135,8 @@ impl Socket {
         self.transact(vec![message], false).map(|_| ())
     }
 
-    /// Sends several messages in one write (an nf_tables batch) and waits until every
+    /// Sends several messages in one write (an nf_tables batch, or rtnetlink requests the
+    /// kernel handles in order) and waits until every
     /// message that asked for an acknowledgement has one, or the first error.
     pub fn batch(&mut self, messages: Vec<Message>) -> io::Result<()> {
         self.transact(messages, false).map(|_| ())

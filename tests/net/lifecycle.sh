@@ -14,6 +14,10 @@ diff -u "$WORK/first.json" "$WORK/second.json" || fail "a second apply changed t
 grep -q '"outpost-a"' "$WORK/first.json" || fail "namespace outpost-a missing"
 expect_eq "$(ip -n outpost-a -br -4 addr show eth0 | awk '{print $3}')" "10.77.0.2/24" "a's address"
 expect_eq "$(ip -n outpost-b route show default)" "default via 10.77.0.1 dev eth0 proto static " "b's default route"
+expect_eq "$(ip netns exec outpost-a cat /proc/sys/net/ipv4/conf/eth0/arp_notify)" "1" "eth0 arp_notify"
+expect_eq "$(ip netns exec outpost-a cat /proc/sys/net/ipv4/conf/eth0/rp_filter)" "2" "eth0 rp_filter"
+expect_eq "$(cat /proc/sys/net/ipv4/conf/outpost/route_localnet)" "1" "bridge route_localnet"
+expect_eq "$(ip -n outpost-a -br link show lo | awk '{print $2}')" "UNKNOWN" "lo is up"
 
 # Reboot: namespaces, links and rules vanish, the state file stays.
 for ns in outpost-a outpost-b; do ip netns del "$ns"; done
