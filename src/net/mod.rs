@@ -132,6 +132,7 @@ impl HostNetwork {
         let bridge = ensure_bridge(&mut sock, plan)?;
         netns::ensure_dir().context(|| "prepare /run/netns".into())?;
         write_sysctl("net/ipv4/ip_forward", "1")?;
+        keep_sysctls(&plan.bridge.name)?;
         Ok(HostNetwork {
             sock,
             bridge,
@@ -193,6 +194,12 @@ pub fn teardown(plan: &Plan) -> Result<(), NetError> {
         return Ok(());
     }
     link::delete(&mut sock, bridge.index).context(|| format!("delete bridge {bridge_name}"))?;
+    match std::fs::remove_file(sysctl_file(bridge_name)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(e).context(|| format!("remove {}", sysctl_file(bridge_name).display()));
+        }
+        _ => {}
+    }
     info!("deleted bridge {bridge_name}");
     Ok(())
 }
@@ -424,6 +431,31 @@ fn remove_orphans(sock: &mut netlink::Socket, groups: &[&GroupPlan]) -> Result<(
         }
     }
     Ok(())
+}
+
+const SYSCTL_D: &str = "/run/sysctl.d";
+
+fn sysctl_file(bridge: &str) -> std::path::PathBuf {
+    std::path::Path::new(SYSCTL_D).join(format!("50-outpost-{bridge}.conf"))
+}
+
+/// The host sysctls outpost sets, also written to /run/sysctl.d so a later run of
+/// systemd-sysctl does not undo them (netavark does the same). Slash-separated keys,
+/// because a bridge name may contain dots.
+fn keep_sysctls(bridge: &str) -> Result<(), NetError> {
+    let text = format!(
+        "# Written by outpost for bridge {bridge}; removed by `outpost teardown`.\n\
+         net/ipv4/ip_forward = 1\n\
+         net/ipv4/conf/{bridge}/route_localnet = 1\n\
+         net/ipv4/conf/{bridge}/rp_filter = 2\n"
+    );
+    let path = sysctl_file(bridge);
+    if std::fs::read_to_string(&path).is_ok_and(|current| current == text) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(SYSCTL_D)
+        .and_then(|()| std::fs::write(&path, text))
+        .context(|| format!("write {}", path.display()))
 }
 
 fn write_sysctl(key: &str, value: &str) -> Result<(), NetError> {

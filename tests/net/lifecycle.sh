@@ -18,6 +18,7 @@ expect_eq "$(ip netns exec outpost-a cat /proc/sys/net/ipv4/conf/eth0/arp_notify
 expect_eq "$(ip netns exec outpost-a cat /proc/sys/net/ipv4/conf/eth0/rp_filter)" "2" "eth0 rp_filter"
 expect_eq "$(cat /proc/sys/net/ipv4/conf/outpost/route_localnet)" "1" "bridge route_localnet"
 expect_eq "$(ip -n outpost-a -br link show lo | awk '{print $2}')" "UNKNOWN" "lo is up"
+grep -qx 'net/ipv4/conf/outpost/route_localnet = 1' /run/sysctl.d/50-outpost-outpost.conf || fail "sysctls kept in /run/sysctl.d"
 
 # Reboot: namespaces, links and rules vanish, the state file stays.
 for ns in outpost-a outpost-b; do ip netns del "$ns"; done
@@ -45,4 +46,5 @@ wait_for_dump "$WORK/before.json"
 diff -u "$WORK/links-before" <(ip -j link) || fail "ip -j link differs after teardown"
 diff -u "$WORK/netns-before" <(ip netns) || fail "ip netns differs after teardown"
 diff -u "$WORK/nft-before" <(nft list ruleset) || fail "nf_tables ruleset differs after teardown"
+[ ! -e /run/sysctl.d/50-outpost-outpost.conf ] || fail "teardown leaves the sysctl.d file"
 echo "lifecycle: idempotent, leases kept, teardown complete"
