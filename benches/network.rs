@@ -3,7 +3,11 @@
 //! driven with Nomad's default conflist, reference/nomad-connect.md §7.1), side by side in
 //! one run. Runs as root inside a private network and mount namespace; touches nothing else.
 //!
-//! Nomad creates the namespace in-process and then execs the chain; both sides here create
+//! netavark (Podman's Rust network stack, Debian's 1.4 package) is measured the same way
+//! where it can be installed: `netavark setup`/`teardown` per group, with the address given
+//! (as Podman does).
+//!
+//! Nomad creates the namespace in-process and then execs the chain; all sides here create
 //! the namespace the same way (outpost's `netns::create`) so the difference is the plugins.
 //! Nomad's extra `iptables` exec for its NOMAD-ADMIN chain before each ADD is left out, which
 //! favours CNI.
@@ -16,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CNI_BIN: &str = "/usr/lib/cni";
+const NETAVARK: &str = "/usr/lib/podman/netavark";
 const SIZES: [usize; 3] = [1, 10, 100];
 /// Rounds are repeated until a row has at least this many samples, for a stable p50.
 const MIN_SAMPLES: usize = 50;
@@ -31,6 +36,7 @@ fn main() {
         return;
     }
     let cni = ensure_cni();
+    let netavark = ensure_netavark();
     println!("per-group bring-up and teardown, two mapped ports (tcp+udp) per group, in ms");
     println!(
         "(N groups brought up one by one, then down; rounds repeated to >= {MIN_SAMPLES} samples per row)"
@@ -56,13 +62,15 @@ fn main() {
             }
             Err(_) => None,
         };
+        match &netavark {
+            Ok(()) => print_row("netavark", n, &repeat(rounds, || bench_netavark(n))),
+            Err(why) if n == SIZES[0] => println!("netavark (not measured: {why})"),
+            Err(_) => {}
+        }
         if n == RATIO_AT {
             at_ratio = (Some(ours), theirs);
         }
     }
-    println!(
-        "netavark (not measured: its 1.4 package needs a container runtime's JSON network options; not wired up yet)"
-    );
     if let (Some(ours), Some(theirs)) = at_ratio {
         println!(
             "network: outpost_up_p50_ms={:.3} cni_up_p50_ms={:.3} up_ratio={:.1} outpost_down_p50_ms={:.3} cni_down_p50_ms={:.3} down_ratio={:.1}",
@@ -200,6 +208,95 @@ fn ensure_cni() -> Result<(), String> {
     } else {
         Err("containernetworking-plugins or iptables could not be installed".into())
     }
+}
+
+fn ensure_netavark() -> Result<(), String> {
+    let present = || std::path::Path::new(NETAVARK).exists();
+    if !present() {
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-qq", "netavark", "iptables"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    if present() {
+        Ok(())
+    } else {
+        Err("the netavark package could not be installed".into())
+    }
+}
+
+/// Podman's network options for one container: two ports (tcp+udp each), a fixed address.
+fn netavark_options(i: usize) -> String {
+    let ports: Vec<String> = [(10000 + 2 * i, 80), (10001 + 2 * i, 81)]
+        .iter()
+        .flat_map(|(host, container)| {
+            ["tcp", "udp"].map(|proto| {
+                format!(r#"{{"host_ip":"","container_port":{container},"host_port":{host},"range":1,"protocol":"{proto}"}}"#)
+            })
+        })
+        .collect();
+    format!(
+        r#"{{"container_id":"{id:064x}","container_name":"c{i}","port_mappings":[{ports}],"networks":{{"bench":{{"static_ips":["10.99.{hi}.{lo}"],"interface_name":"eth0"}}}},"network_info":{{"bench":{{"name":"bench","id":"{net:064x}","driver":"bridge","network_interface":"nvbench0","subnets":[{{"subnet":"10.99.0.0/16","gateway":"10.99.0.1"}}],"ipv6_enabled":false,"internal":false,"dns_enabled":false,"ipam_options":{{"driver":"host-local"}}}}}}}}"#,
+        id = i + 1,
+        net = 0xbe_u64,
+        ports = ports.join(","),
+        hi = (i + 2) / 256,
+        lo = (i + 2) % 256,
+    )
+}
+
+fn netavark(command: &str, ns: &str, options: &str) {
+    use std::io::Write;
+    let mut child = Command::new(NETAVARK)
+        .args([
+            "--config",
+            "/run/netavark",
+            command,
+            &netns::path(ns).display().to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn netavark");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(options.as_bytes())
+        .expect("write options");
+    let out = child.wait_with_output().expect("netavark");
+    assert!(
+        out.status.success(),
+        "netavark {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn bench_netavark(n: usize) -> Samples {
+    let mut s = Samples {
+        up: Vec::new(),
+        down: Vec::new(),
+    };
+    netns::ensure_dir().expect("netns dir");
+    let _ = std::fs::create_dir_all("/run/netavark");
+    for i in 0..n {
+        let t = Instant::now();
+        netns::create(&format!("nv-{i}")).expect("netns");
+        netavark("setup", &format!("nv-{i}"), &netavark_options(i));
+        s.up.push(t.elapsed());
+    }
+    for i in (0..n).rev() {
+        let t = Instant::now();
+        netavark("teardown", &format!("nv-{i}"), &netavark_options(i));
+        netns::delete(&format!("nv-{i}")).expect("netns delete");
+        s.down.push(t.elapsed());
+    }
+    let _ = run("ip", &["link", "del", "nvbench0"]);
+    wait_for_links_gone("veth");
+    s
 }
 
 fn config_text(n: usize) -> String {
