@@ -182,22 +182,12 @@ fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Installs Debian's CNI plugins (and iptables, which the firewall and portmap plugins
-/// exec) if they are missing.
-fn ensure_cni() -> Result<(), String> {
-    let present = || {
-        std::path::Path::new(CNI_BIN).join("portmap").exists()
-            && Command::new("iptables").arg("-V").output().is_ok()
-    };
+/// Installs Debian `packages` with apt if `present` says they are missing.
+fn ensure_installed(present: impl Fn() -> bool, packages: &[&str]) -> Result<(), String> {
     if !present() {
         let _ = Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-qq",
-                "containernetworking-plugins",
-                "iptables",
-            ])
+            .args(["install", "-y", "-qq"])
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -206,25 +196,26 @@ fn ensure_cni() -> Result<(), String> {
     if present() {
         Ok(())
     } else {
-        Err("containernetworking-plugins or iptables could not be installed".into())
+        Err(format!("{} could not be installed", packages.join(" and ")))
     }
 }
 
+/// Debian's CNI plugins, and iptables, which the firewall and portmap plugins exec.
+fn ensure_cni() -> Result<(), String> {
+    ensure_installed(
+        || {
+            std::path::Path::new(CNI_BIN).join("portmap").exists()
+                && Command::new("iptables").arg("-V").output().is_ok()
+        },
+        &["containernetworking-plugins", "iptables"],
+    )
+}
+
 fn ensure_netavark() -> Result<(), String> {
-    let present = || std::path::Path::new(NETAVARK).exists();
-    if !present() {
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "netavark", "iptables"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-    if present() {
-        Ok(())
-    } else {
-        Err("the netavark package could not be installed".into())
-    }
+    ensure_installed(
+        || std::path::Path::new(NETAVARK).exists(),
+        &["netavark", "iptables"],
+    )
 }
 
 /// Podman's network options for one container: two ports (tcp+udp each), a fixed address.

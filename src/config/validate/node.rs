@@ -1,0 +1,278 @@
+//! Node-wide settings: agent, consul, network, envoy, and static ports across groups.
+
+use super::*;
+
+pub(super) fn check_agent(c: &mut Checker, agent: &Agent) {
+    if let Some(name) = &agent.node_name {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.');
+        if !ok {
+            c.err(
+                path!["agent", "node_name"],
+                format!("node_name \"{name}\" must be 1-63 letters, digits, '-' or '.', starting with a letter or digit"),
+            );
+        }
+    }
+    c.absolute(path!["agent", "data_dir"], "data_dir", &agent.data_dir);
+    c.absolute(path!["agent", "run_dir"], "run_dir", &agent.run_dir);
+    c.one_of(
+        path!["agent", "log_level"],
+        "log_level",
+        &agent.log_level,
+        &["trace", "debug", "info", "warn", "error"],
+    );
+}
+
+pub(super) fn check_consul(c: &mut Checker, consul: &Consul) {
+    check_consul_address(c, &consul.address);
+    if consul.token.is_some() && consul.token_file.is_some() {
+        c.err(
+            path!["consul", "token_file"],
+            "set either consul.token or consul.token_file, not both",
+        );
+    }
+    if consul.token.as_deref() == Some("") {
+        c.err(
+            path!["consul", "token"],
+            "consul.token is empty; remove it to use no token",
+        );
+    }
+    for (key, value) in [
+        ("token_file", &consul.token_file),
+        ("ca_file", &consul.ca_file),
+        ("cert_file", &consul.cert_file),
+        ("key_file", &consul.key_file),
+        ("grpc_ca_file", &consul.grpc_ca_file),
+    ] {
+        c.absolute_opt(path!["consul", key], key, value);
+    }
+    match (&consul.cert_file, &consul.key_file) {
+        (Some(_), None) => c.err(
+            path!["consul", "cert_file"],
+            "consul.cert_file needs consul.key_file",
+        ),
+        (None, Some(_)) => c.err(
+            path!["consul", "key_file"],
+            "consul.key_file needs consul.cert_file",
+        ),
+        _ => {}
+    }
+    if let Some(grpc) = &consul.grpc_address {
+        let ok = match grpc.split_once("://") {
+            Some(("unix", path)) => path.starts_with('/'),
+            Some(("http" | "https", host)) => host_port(host).is_some(),
+            Some(_) => false,
+            None => host_port(grpc).is_some(),
+        };
+        if !ok {
+            c.err(
+                path!["consul", "grpc_address"],
+                format!(
+                    "grpc_address \"{grpc}\" must be host:port, http(s)://host:port or unix:///path"
+                ),
+            );
+        }
+    }
+    if consul.sync_interval.0.as_secs() < 1 {
+        c.err(
+            path!["consul", "sync_interval"],
+            "sync_interval must be at least 1s",
+        );
+    }
+    c.one_of(
+        path!["consul", "acl", "mode"],
+        "consul.acl.mode",
+        &consul.acl.mode,
+        &["agent-token", "login", "service-identity"],
+    );
+    if consul.acl.mode == "login" && consul.acl.jwt_file.is_none() {
+        c.err(
+            path!["consul", "acl", "mode"],
+            "consul.acl.mode = \"login\" needs consul.acl.jwt_file",
+        );
+    }
+    c.absolute_opt(
+        path!["consul", "acl", "jwt_file"],
+        "jwt_file",
+        &consul.acl.jwt_file,
+    );
+    let p = &consul.preflight;
+    for (key, value) in [
+        ("token_timeout", p.token_timeout),
+        ("token_base", p.token_base),
+        ("service_timeout", p.service_timeout),
+        ("service_base", p.service_base),
+    ] {
+        if value.is_zero() {
+            c.err(
+                path!["consul", "preflight", key],
+                format!("preflight {key} must be greater than 0"),
+            );
+        }
+    }
+}
+
+fn check_consul_address(c: &mut Checker, address: &str) {
+    let ok = match address.split_once("://") {
+        Some(("http" | "https", rest)) => host_port(rest.trim_end_matches('/')).is_some(),
+        Some(("unix", path)) => path.starts_with('/'),
+        _ => false,
+    };
+    if !ok {
+        c.err(
+            path!["consul", "address"],
+            format!("consul.address \"{address}\" must be http://host:port, https://host:port or unix:///path"),
+        );
+    }
+}
+
+/// `host:port` with a non-empty host and a valid port (IPv6 in brackets).
+fn host_port(text: &str) -> Option<(&str, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    let host_ok = !host.is_empty() && !host.contains('/') && !host.contains(char::is_whitespace);
+    host_ok.then_some((host, port))
+}
+
+pub(super) type NetworkFacts = (Option<Ipv4Net>, Option<(u16, u16)>, Option<Ipv4Addr>);
+
+pub(super) fn check_network(c: &mut Checker, net: &Network) -> NetworkFacts {
+    let bridge = &net.bridge;
+    if bridge.is_empty() || bridge.len() > MAX_IFNAME {
+        c.err(
+            path!["network", "bridge"],
+            format!("bridge name \"{bridge}\" must be 1-{MAX_IFNAME} characters (the Linux interface name limit)"),
+        );
+    } else if !is_ifname(bridge) {
+        c.err(
+            path!["network", "bridge"],
+            format!("bridge name \"{bridge}\" may only hold letters, digits, '-', '_' and '.'"),
+        );
+    }
+    let subnet = match Ipv4Net::parse(&net.subnet) {
+        Err(e) => {
+            c.err(path!["network", "subnet"], format!("subnet {e}"));
+            None
+        }
+        Ok(s) if s.network() != s.addr => {
+            c.err(
+                path!["network", "subnet"],
+                format!(
+                    "subnet {s} has host bits set; did you mean {}/{}?",
+                    s.network(),
+                    s.prefix
+                ),
+            );
+            None
+        }
+        Ok(s) if !(8..=30).contains(&s.prefix) => {
+            c.err(
+                path!["network", "subnet"],
+                format!("subnet {s} must have a prefix length between /8 and /30"),
+            );
+            None
+        }
+        Ok(s) => Some(s),
+    };
+    let dynamic = parse_port_range(&net.dynamic_ports);
+    if dynamic.is_none() {
+        c.err(
+            path!["network", "dynamic_ports"],
+            format!(
+                "dynamic_ports \"{}\" must be \"LOW-HIGH\" with 1 <= LOW <= HIGH <= 65535",
+                net.dynamic_ports
+            ),
+        );
+    }
+    c.one_of(
+        path!["network", "firewall"],
+        "firewall",
+        &net.firewall,
+        &["nftables", "none"],
+    );
+    let advertise =
+        net.advertise_address
+            .as_ref()
+            .and_then(|text| match text.parse::<Ipv4Addr>() {
+                Ok(ip) if !ip.is_unspecified() => Some(ip),
+                _ => {
+                    c.err(
+                        path!["network", "advertise_address"],
+                        format!("advertise_address \"{text}\" must be a unicast IPv4 address"),
+                    );
+                    None
+                }
+            });
+    (subnet, dynamic, advertise)
+}
+
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let (low, high) = text.split_once('-')?;
+    let low: u16 = low.trim().parse().ok()?;
+    let high: u16 = high.trim().parse().ok()?;
+    (low >= 1 && low <= high).then_some((low, high))
+}
+
+pub(super) fn check_envoy(c: &mut Checker, envoy: &Envoy) {
+    c.absolute(path!["envoy", "binary"], "envoy.binary", &envoy.binary);
+    c.absolute(
+        path!["envoy", "consul_binary"],
+        "envoy.consul_binary",
+        &envoy.consul_binary,
+    );
+    c.one_of(
+        path!["envoy", "bootstrap"],
+        "envoy.bootstrap",
+        &envoy.bootstrap,
+        &["native", "consul-cli"],
+    );
+    c.one_of(
+        path!["envoy", "log_level"],
+        "envoy.log_level",
+        &envoy.log_level,
+        &[
+            "trace", "debug", "info", "warning", "warn", "error", "critical", "off",
+        ],
+    );
+    if envoy.concurrency == 0 {
+        c.err(
+            path!["envoy", "concurrency"],
+            "envoy.concurrency must be at least 1",
+        );
+    }
+}
+
+/// Static host ports are node-wide: two groups cannot both take one, and the dynamic range
+/// is kept for allocation.
+pub(super) fn check_static_ports(c: &mut Checker, groups: &[Group], (low, high): (u16, u16)) {
+    let mut owners: BTreeMap<u16, (&str, &str)> = BTreeMap::new();
+    for (gi, group) in groups.iter().enumerate() {
+        let Some(network) = &group.network else {
+            continue;
+        };
+        for (pi, port) in network.ports.iter().enumerate() {
+            let Some(host) = port.static_port.filter(|p| *p > 0) else {
+                continue;
+            };
+            let at = path!["group", gi, "network", "port", pi, "static"];
+            if (low..=high).contains(&host) {
+                c.err(
+                    at.clone(),
+                    format!("static port {host} is inside network.dynamic_ports {low}-{high}, which is kept for dynamic ports"),
+                );
+            }
+            if let Some((owner_group, owner_label)) =
+                owners.insert(host, (&group.name, &port.label))
+            {
+                c.err(
+                    at,
+                    format!("static port {host} is already used by group \"{owner_group}\" port \"{owner_label}\""),
+                );
+            }
+        }
+    }
+}

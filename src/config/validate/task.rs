@@ -1,0 +1,190 @@
+//! Tasks and sidecar_task overrides: names, commands, users, signals, restart, logs.
+
+use super::*;
+
+pub(super) fn check_tasks(c: &mut Checker, gi: usize, group: &Group) {
+    let mut names = BTreeSet::new();
+    let reserved: BTreeMap<String, &str> = group
+        .services
+        .iter()
+        .filter(|s| {
+            s.connect
+                .as_ref()
+                .is_some_and(|k| k.sidecar_service.is_some())
+        })
+        .map(|s| (format!("{PROXY_PREFIX}-{}", s.name), s.name.as_str()))
+        .collect();
+    for (ti, task) in group.tasks.iter().enumerate() {
+        let at = |key| path!["group", gi, "task", ti, key];
+        if !is_task_name(&task.name) {
+            c.err(
+                at("name"),
+                format!("task name \"{}\" must be 1-63 letters, digits, '_', '-' or '.', starting with a letter or digit", task.name),
+            );
+        } else if task.name == ALLOC_DIR_NAME {
+            c.err(
+                at("name"),
+                "task name \"alloc\" is reserved: it is the group's shared directory",
+            );
+        } else if let Some(service) = reserved.get(&task.name) {
+            c.err(
+                at("name"),
+                format!(
+                    "task name \"{}\" is reserved for the sidecar of service \"{service}\"",
+                    task.name
+                ),
+            );
+        } else if !names.insert(task.name.as_str()) {
+            c.err(
+                at("name"),
+                format!(
+                    "duplicate task name \"{}\" in group \"{}\"",
+                    task.name, group.name
+                ),
+            );
+        }
+        c.one_of(at("driver"), "driver", &task.driver, &["exec", "raw_exec"]);
+        check_command(c, at("command"), &task.command);
+        c.env_names(at("env"), &task.env);
+        if let Some(user) = &task.user {
+            check_user(c, at("user"), user);
+        }
+        if let Some(lc) = &task.lifecycle {
+            c.one_of(
+                path!["group", gi, "task", ti, "lifecycle", "hook"],
+                "lifecycle hook",
+                &lc.hook,
+                &["prestart", "poststart", "poststop"],
+            );
+            if lc.hook == "poststop" && lc.sidecar {
+                c.err(
+                    path!["group", gi, "task", ti, "lifecycle", "sidecar"],
+                    "a poststop task cannot be a sidecar",
+                );
+            }
+        }
+        if let Some(restart) = &task.restart {
+            check_restart(c, at("restart"), restart);
+        }
+        if let Some(logs) = &task.logs {
+            check_logs(c, at("logs"), logs);
+        }
+        check_signal(c, at("kill_signal"), &task.kill_signal);
+    }
+}
+
+pub(super) fn check_sidecar_task(c: &mut Checker, at: Vec<Seg>, task: &SidecarTask) {
+    let sub = |key: &'static str| {
+        let mut p = at.clone();
+        p.push(Seg::Key(key));
+        p
+    };
+    if let Some(name) = &task.name
+        && (!is_task_name(name) || name == ALLOC_DIR_NAME)
+    {
+        c.err(
+            sub("name"),
+            format!("task name \"{name}\" must be 1-63 letters, digits, '_', '-' or '.', starting with a letter or digit, and not \"alloc\""),
+        );
+    }
+    if let Some(cmd) = &task.command {
+        check_command(c, sub("command"), cmd);
+    }
+    c.env_names(sub("env"), &task.env);
+    if let Some(user) = &task.user {
+        check_user(c, sub("user"), user);
+    }
+    if let Some(signal) = &task.kill_signal {
+        check_signal(c, sub("kill_signal"), signal);
+    }
+    if let Some(logs) = &task.logs {
+        check_logs(c, sub("logs"), logs);
+    }
+}
+
+/// Commands are exec'd without a PATH search, so they must be absolute, or start in one of
+/// the task's own directories.
+fn check_command(c: &mut Checker, at: Vec<Seg>, command: &str) {
+    const DIR_VARS: &[&str] = &[
+        "${NOMAD_TASK_DIR}/",
+        "${NOMAD_ALLOC_DIR}/",
+        "${NOMAD_SECRETS_DIR}/",
+    ];
+    if DIR_VARS.iter().any(|v| command.starts_with(v)) {
+        return;
+    }
+    if !command.starts_with('/') {
+        c.err(
+            at,
+            format!("command \"{command}\" must be an absolute path (tasks do not search PATH), or start with ${{NOMAD_TASK_DIR}}/"),
+        );
+    }
+}
+
+fn check_user(c: &mut Checker, at: Vec<Seg>, user: &str) {
+    let numeric = !user.is_empty() && user.chars().all(|ch| ch.is_ascii_digit());
+    let named = user.len() <= 32
+        && user.starts_with(|ch: char| ch.is_ascii_lowercase() || ch == '_')
+        && user
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-');
+    if !numeric && !named {
+        c.err(
+            at,
+            format!("user \"{user}\" is neither a user name nor a numeric uid"),
+        );
+    }
+}
+
+fn check_signal(c: &mut Checker, at: Vec<Seg>, signal: &str) {
+    if !KILL_SIGNALS.contains(&signal) {
+        c.err(
+            at,
+            format!(
+                "kill_signal \"{signal}\" must be one of {}",
+                KILL_SIGNALS.join(", ")
+            ),
+        );
+    }
+}
+
+pub(super) fn check_restart(c: &mut Checker, at: Vec<Seg>, restart: &Restart) {
+    let sub = |key: &'static str| {
+        let mut p = at.clone();
+        p.push(Seg::Key(key));
+        p
+    };
+    c.one_of(
+        sub("mode"),
+        "restart mode",
+        &restart.mode,
+        &["fail", "delay"],
+    );
+    let needed = restart.delay.0.saturating_mul(restart.attempts);
+    if needed > restart.interval.0 {
+        c.err(
+            sub("interval"),
+            format!(
+                "Nomad can't restart the TaskGroup {} times in an interval of {} with a delay of {}",
+                restart.attempts, restart.interval, restart.delay
+            ),
+        );
+    }
+}
+
+fn check_logs(c: &mut Checker, at: Vec<Seg>, logs: &Logs) {
+    let sub = |key: &'static str| {
+        let mut p = at.clone();
+        p.push(Seg::Key(key));
+        p
+    };
+    if logs.max_files == 0 {
+        c.err(sub("max_files"), "logs max_files must be at least 1");
+    }
+    if logs.max_file_size == 0 {
+        c.err(
+            sub("max_file_size"),
+            "logs max_file_size must be at least 1 (MB)",
+        );
+    }
+}
