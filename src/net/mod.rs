@@ -97,8 +97,12 @@ fn nat_spec(bridge: &BridgePlan, groups: &[GroupPlan]) -> NatSpec {
 /// Brings the host to the plan's network: bridge, every bridge group's namespace, veth,
 /// address and route, the NAT table; removes our namespaces, veths and rules no group owns.
 pub fn apply(plan: &Plan) -> Result<(), NetError> {
-    let mut host = HostNetwork::prepare(plan)?;
     let bridge_groups: Vec<&GroupPlan> = plan.groups.iter().filter(|g| g.netns.is_some()).collect();
+    if bridge_groups.is_empty() {
+        // Nothing needs the bridge: leave no bridge, namespace or rule of ours behind.
+        return teardown(plan);
+    }
+    let mut host = HostNetwork::prepare(plan)?;
     for group in &bridge_groups {
         host.ensure_group(group)?;
     }

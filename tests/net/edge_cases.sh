@@ -12,6 +12,22 @@ if nft list tables | grep -q outpost; then fail "firewall = none must leave no o
 ip netns | grep -q outpost-a || fail "groups stay up without the firewall"
 "$OUTPOST" teardown -c "$WORK/nofw.toml"
 
+# A config without bridge groups needs no bridge: applying it after a bridge config removes
+# the bridge, the namespaces and the rules.
+cat > "$WORK/host-only.toml" <<TOML
+[agent]
+data_dir = "$WORK/data"
+[[group]]
+name = "h"
+[[group.task]]
+name = "t"
+command = "/bin/true"
+TOML
+dump > "$WORK/empty.json"
+"$OUTPOST" apply -c "$WORK/outpost.toml"
+"$OUTPOST" apply -c "$WORK/host-only.toml"
+wait_for_dump "$WORK/empty.json"
+
 ip link add outpost type veth peer name outpost-peer
 dump > "$WORK/before.json"
 if "$OUTPOST" apply -c "$WORK/outpost.toml" 2> "$WORK/err"; then fail "apply must refuse a non-bridge named like the bridge"; fi
@@ -19,4 +35,4 @@ grep -q 'network.bridge outpost: an interface with that name exists and is a vet
     || fail "unclear error: $(cat "$WORK/err")"
 dump > "$WORK/after.json"
 diff -u "$WORK/before.json" "$WORK/after.json" || fail "a refused apply changed the host"
-echo "edge cases: firewall none, bridge name conflict refused without changes"
+echo "edge cases: firewall none, host-only config leaves nothing, bridge name conflict refused without changes"
