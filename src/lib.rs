@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod consul;
 pub mod net;
 pub mod plan;
 pub mod state;

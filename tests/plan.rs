@@ -43,6 +43,18 @@ fn countdash_plan_matches_snapshot() {
     check_snapshot("countdash.plan.json", &plan::render::json(&p));
 }
 
+/// Every registration body of countdash, by service ID, as Consul will receive it.
+#[test]
+fn countdash_registration_bodies_match_expected() {
+    let p = plan_for("examples/countdash.toml", &NodeState::default());
+    let mut bodies = miniserde::json::Object::new();
+    for service in p.groups.iter().flat_map(|g| &g.services) {
+        bodies.insert(service.id.clone(), service.registration.clone());
+    }
+    let text = miniserde::json::to_string(&miniserde::json::Value::Object(bodies));
+    check_snapshot("countdash.registrations.json", &(text + "\n"));
+}
+
 #[test]
 fn quickstart_plan_matches_snapshot() {
     let p = plan_for("examples/quickstart.toml", &NodeState::default());

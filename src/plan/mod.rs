@@ -108,6 +108,8 @@ pub struct ServicePlan {
     /// The port registered in Consul: the host port of a label, or the number as written.
     pub port: Option<u16>,
     pub sidecar: Option<SidecarPlan>,
+    /// The body of `PUT /v1/agent/service/register` (null for none).
+    pub registration: miniserde::json::Value,
 }
 
 #[derive(Debug, Serialize)]
@@ -437,7 +439,7 @@ impl Context<'_> {
             .services
             .iter()
             .enumerate()
-            .map(|(si, s)| self.service(group, si, s, &ports))
+            .map(|(si, s)| self.service(group, si, s, &ports, &alloc_id))
             .collect();
         let group_env = self.group_env(group, &alloc_id, &alloc_dir, &ports, lease);
         let restart = group.restart.clone().unwrap_or_default();
@@ -501,6 +503,7 @@ impl Context<'_> {
         si: usize,
         service: &Service,
         ports: &[PortPlan],
+        alloc_id: &str,
     ) -> ServicePlan {
         let id = service_id(&group.name, service);
         let port = service.port.as_ref().and_then(|p| {
@@ -537,12 +540,40 @@ impl Context<'_> {
                 task,
             }
         });
+        let host_port_of =
+            |label: &str| ports.iter().find(|p| p.label == label).map(|p| p.host_port);
+        let registration = crate::consul::registration::service_body(
+            &crate::consul::registration::ServiceInputs {
+                service,
+                id: &id,
+                port,
+                port_is_label: service
+                    .port
+                    .as_ref()
+                    .is_some_and(|p| ports.iter().any(|planned| planned.label == p.0)),
+                advertise: &self.advertise,
+                host_port_of: &host_port_of,
+                sidecar: sidecar
+                    .as_ref()
+                    .map(|s| crate::consul::registration::SidecarInputs {
+                        host_port: s.host_port,
+                        netns_port: s.netns_port,
+                    }),
+                stats_tags: vec![
+                    format!("nomad.alloc_id={alloc_id}"),
+                    format!("nomad.group={}", group.name),
+                    format!("nomad.job={}", self.node_name),
+                    "nomad.namespace=default".to_string(),
+                ],
+            },
+        );
         ServicePlan {
             name: service.name.clone(),
             id,
             connect: connect.into(),
             port,
             sidecar,
+            registration,
         }
     }
 

@@ -1,0 +1,4 @@
+//! The local Consul agent: what outpost registers there. The HTTP client, ACL tokens,
+//! preflight checks and the anti-entropy sync build on the registration bodies here.
+
+pub mod registration;

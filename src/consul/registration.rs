@@ -1,0 +1,392 @@
+//! The body of `PUT /v1/agent/service/register` for a group service, as Nomad builds it
+//! (reference/nomad-connect.md §6.2–6.4), with outpost's IDs and `external-source`.
+//! Pure: derived from the config and the plan. Empty fields are left out, as Nomad's
+//! client does (`omitempty`).
+
+use crate::config::{Check, Service, Upstream};
+use miniserde::json::{Array, Number, Object, Value};
+
+/// What a service's body needs from the plan.
+pub struct ServiceInputs<'a> {
+    pub service: &'a Service,
+    pub id: &'a str,
+    /// Registered port: a label's host port, or the number as written.
+    pub port: Option<u16>,
+    /// True when `port` names a label (then the address is the advertise address; a
+    /// literal number leaves the address to Consul, as Nomad does).
+    pub port_is_label: bool,
+    pub advertise: &'a str,
+    /// Host port of a port label of the group, for checks.
+    pub host_port_of: &'a dyn Fn(&str) -> Option<u16>,
+    pub sidecar: Option<SidecarInputs>,
+    /// `envoy_stats_tags` Nomad adds (`nomad.alloc_id=…`, `nomad.group=…`, …).
+    pub stats_tags: Vec<String>,
+}
+
+pub struct SidecarInputs {
+    pub host_port: u16,
+    pub netns_port: u16,
+}
+
+/// An object builder that leaves out empty values.
+struct Obj(Object);
+
+impl Obj {
+    fn new() -> Obj {
+        Obj(Object::new())
+    }
+    fn set(mut self, key: &str, value: Value) -> Obj {
+        let empty = match &value {
+            Value::Null => true,
+            Value::String(s) => s.is_empty(),
+            Value::Array(a) => a.is_empty(),
+            Value::Object(o) => o.is_empty(),
+            Value::Bool(b) => !b,
+            Value::Number(Number::U64(0)) | Value::Number(Number::I64(0)) => true,
+            Value::Number(_) => false,
+        };
+        if !empty {
+            self.0.insert(key.to_string(), value);
+        }
+        self
+    }
+    fn str(self, key: &str, value: &str) -> Obj {
+        self.set(key, Value::String(value.to_string()))
+    }
+    fn opt_str(self, key: &str, value: &Option<String>) -> Obj {
+        match value {
+            Some(v) => self.str(key, v),
+            None => self,
+        }
+    }
+    fn num(self, key: &str, value: u64) -> Obj {
+        self.set(key, Value::Number(Number::U64(value)))
+    }
+    fn build(self) -> Value {
+        Value::Object(self.0)
+    }
+}
+
+fn strings(items: &[String]) -> Value {
+    Value::Array(items.iter().map(|s| Value::String(s.clone())).collect())
+}
+
+fn string_map(map: &std::collections::BTreeMap<String, String>) -> Value {
+    Value::Object(
+        map.iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    )
+}
+
+/// TOML to JSON for free-form `config` tables (datetimes are rejected by validation).
+pub fn toml_to_json(value: &toml::Value) -> Value {
+    match value {
+        toml::Value::String(s) => Value::String(s.clone()),
+        toml::Value::Integer(i) => Value::Number(Number::I64(*i)),
+        toml::Value::Float(f) => Value::Number(Number::F64(*f)),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(items) => Value::Array(items.iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+fn table_to_object(table: &toml::Table) -> Object {
+    table
+        .iter()
+        .map(|(k, v)| (k.clone(), toml_to_json(v)))
+        .collect()
+}
+
+/// The registration body for one service.
+pub fn service_body(input: &ServiceInputs) -> Value {
+    let s = input.service;
+    let mut meta = s.meta.clone();
+    meta.insert("external-source".into(), "outpost".into());
+    let address = if input.port_is_label {
+        input.advertise
+    } else {
+        ""
+    };
+    let checks: Array = s
+        .checks
+        .iter()
+        .filter(|c| !c.expose)
+        .map(|c| check_body(input, c))
+        .collect();
+    let mut body = Obj::new()
+        .str("ID", input.id)
+        .str("Name", &s.name)
+        .set("Tags", strings(&s.tags))
+        .str("Address", address)
+        .num("Port", u64::from(input.port.unwrap_or(0)))
+        .set("Meta", string_map(&meta))
+        .set("Checks", Value::Array(checks));
+    let connect = s.connect.as_ref();
+    if connect.is_some_and(|c| c.native) {
+        body = body.set(
+            "Connect",
+            Obj::new().set("Native", Value::Bool(true)).build(),
+        );
+    }
+    if let (Some(sidecar), Some(side)) = (
+        connect.and_then(|c| c.sidecar_service.as_ref()),
+        &input.sidecar,
+    ) {
+        let proxy = sidecar.proxy.as_ref();
+        let mut config = proxy
+            .map(|p| table_to_object(&p.config))
+            .unwrap_or_default();
+        config
+            .entry("bind_address".into())
+            .or_insert_with(|| Value::String("0.0.0.0".into()));
+        config.insert(
+            "bind_port".into(),
+            Value::Number(Number::U64(u64::from(side.netns_port))),
+        );
+        let tags = stats_tags(&config, &input.stats_tags);
+        config.insert("envoy_stats_tags".into(), tags);
+        let upstreams: Array = proxy
+            .map(|p| p.upstreams.iter().map(upstream_body).collect())
+            .unwrap_or_default();
+        let expose_paths: Array = proxy
+            .and_then(|p| p.expose.as_ref())
+            .map(|e| {
+                e.paths
+                    .iter()
+                    .map(|ep| {
+                        Obj::new()
+                            .num(
+                                "ListenerPort",
+                                u64::from((input.host_port_of)(&ep.listener_port).unwrap_or(0)),
+                            )
+                            .str("Path", &ep.path)
+                            .num("LocalPathPort", u64::from(ep.local_path_port))
+                            .str("Protocol", &ep.protocol)
+                            .build()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let tproxy = proxy.and_then(|p| p.transparent_proxy.as_ref());
+        let proxy_body = Obj::new()
+            .str("Mode", if tproxy.is_some() { "transparent" } else { "" })
+            .set(
+                "TransparentProxy",
+                match tproxy {
+                    Some(t) => Obj::new()
+                        .num(
+                            "OutboundListenerPort",
+                            u64::from(t.outbound_port.unwrap_or(15001)),
+                        )
+                        .build(),
+                    None => Value::Null,
+                },
+            )
+            .opt_str(
+                "LocalServiceAddress",
+                &proxy.and_then(|p| p.local_service_address.clone()),
+            )
+            .num(
+                "LocalServicePort",
+                u64::from(proxy.and_then(|p| p.local_service_port).unwrap_or(0)),
+            )
+            .set("Config", Value::Object(config))
+            .set("Upstreams", Value::Array(upstreams))
+            .set(
+                "Expose",
+                Obj::new().set("Paths", Value::Array(expose_paths)).build(),
+            )
+            .build();
+        let mut sidecar_checks = Array::new();
+        sidecar_checks.push(
+            Obj::new()
+                .str("Name", &format!("Connect Sidecar Aliasing {}", input.id))
+                .str("AliasService", input.id)
+                .build(),
+        );
+        if !sidecar.disable_default_tcp_check {
+            sidecar_checks.push(
+                Obj::new()
+                    .str("Name", "Connect Sidecar Listening")
+                    .str("TCP", &format!("{}:{}", input.advertise, side.host_port))
+                    .str("Interval", "10s")
+                    .build(),
+            );
+        }
+        let sidecar_body = Obj::new()
+            .set("Tags", strings(&sidecar.tags))
+            .num("Port", u64::from(side.host_port))
+            .str("Address", input.advertise)
+            .set("Meta", string_map(&sidecar.meta))
+            .set("Proxy", proxy_body)
+            .set("Checks", Value::Array(sidecar_checks))
+            .build();
+        body = body.set(
+            "Connect",
+            Obj::new().set("SidecarService", sidecar_body).build(),
+        );
+    }
+    body.build()
+}
+
+/// The user's `envoy_stats_tags`, plus each of Nomad's four tags whose prefix is missing;
+/// sorted when the user gave none (Nomad's rule).
+fn stats_tags(config: &Object, ours: &[String]) -> Value {
+    let user: Vec<String> = match config.get("envoy_stats_tags") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut tags = user.clone();
+    for tag in ours {
+        let prefix = tag.split('=').next().unwrap_or(tag);
+        if !user.iter().any(|u| u.starts_with(&format!("{prefix}="))) {
+            tags.push(tag.clone());
+        }
+    }
+    if user.is_empty() {
+        tags.sort();
+    }
+    strings(&tags)
+}
+
+fn upstream_body(up: &Upstream) -> Value {
+    Obj::new()
+        .str("DestinationName", &up.destination_name)
+        .opt_str("DestinationNamespace", &up.destination_namespace)
+        .opt_str("DestinationPartition", &up.destination_partition)
+        .opt_str("DestinationPeer", &up.destination_peer)
+        .opt_str("DestinationType", &up.destination_type)
+        .opt_str("Datacenter", &up.datacenter)
+        .opt_str("LocalBindAddress", &up.local_bind_address)
+        .num("LocalBindPort", u64::from(up.local_bind_port.unwrap_or(0)))
+        .opt_str("LocalBindSocketPath", &up.local_bind_socket_path)
+        .opt_str("LocalBindSocketMode", &up.local_bind_socket_mode)
+        .set("Config", Value::Object(table_to_object(&up.config)))
+        .set(
+            "MeshGateway",
+            match &up.mesh_gateway {
+                Some(m) => Obj::new().str("Mode", &m.mode).build(),
+                None => Value::Null,
+            },
+        )
+        .build()
+}
+
+/// Nomad's default check name.
+pub fn check_name(service: &Service, check: &Check) -> String {
+    check
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("service: \"{}\" check", service.name))
+}
+
+/// `_outpost-check-<hash>`: stable for the same service and check definition.
+pub fn check_id(service_id: &str, service: &Service, check: &Check) -> String {
+    let key = format!(
+        "{service_id}\u{0}{}\u{0}{}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}",
+        check_name(service, check),
+        check.check_type,
+        check.path,
+        check.port,
+        check.interval,
+        check.timeout,
+        check.command
+    );
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("_outpost-check-{hash:016x}")
+}
+
+fn check_body(input: &ServiceInputs, check: &Check) -> Value {
+    let port = match &check.port {
+        Some(p) => (input.host_port_of)(&p.0).or_else(|| p.as_number()),
+        None => input.port,
+    }
+    .unwrap_or(0);
+    let target = format!("{}:{port}", input.advertise);
+    let mut body = Obj::new()
+        .str("CheckID", &check_id(input.id, input.service, check))
+        .str("Name", &check_name(input.service, check))
+        .opt_str("Status", &check.initial_status)
+        .num(
+            "SuccessBeforePassing",
+            u64::from(check.success_before_passing),
+        )
+        .num(
+            "FailuresBeforeWarning",
+            u64::from(check.failures_before_warning),
+        )
+        .num(
+            "FailuresBeforeCritical",
+            u64::from(check.failures_before_critical),
+        );
+    let interval = check.interval.map(|d| d.to_string()).unwrap_or_default();
+    let timeout = check.timeout.map(|d| d.to_string()).unwrap_or_default();
+    body = match check.check_type.as_str() {
+        "http" => {
+            let scheme = if check.protocol.as_deref() == Some("https") {
+                "https"
+            } else {
+                "http"
+            };
+            let header = Value::Object(
+                check
+                    .header
+                    .iter()
+                    .map(|(k, v)| (k.clone(), strings(v)))
+                    .collect(),
+            );
+            body.str(
+                "HTTP",
+                &format!(
+                    "{scheme}://{target}{}",
+                    check.path.as_deref().unwrap_or("/")
+                ),
+            )
+            .opt_str("Method", &check.method)
+            .opt_str("Body", &check.body)
+            .set("Header", header)
+            .opt_str("TLSServerName", &check.tls_server_name)
+            .set("TLSSkipVerify", Value::Bool(check.tls_skip_verify))
+            .str("Interval", &interval)
+            .str("Timeout", &timeout)
+        }
+        "tcp" => body
+            .str("TCP", &target)
+            .str("Interval", &interval)
+            .str("Timeout", &timeout),
+        "grpc" => {
+            let grpc = match &check.grpc_service {
+                Some(svc) => format!("{target}/{svc}"),
+                None => target,
+            };
+            body.str("GRPC", &grpc)
+                .set("GRPCUseTLS", Value::Bool(check.grpc_use_tls))
+                .str("Interval", &interval)
+                .str("Timeout", &timeout)
+        }
+        // Script checks run in the task's namespace; Consul sees a TTL check that outpost
+        // updates, with Nomad's TTL of interval + 31s.
+        "script" => {
+            let ttl = check
+                .interval
+                .map(|i| crate::config::Dur(i.0 + std::time::Duration::from_secs(31)));
+            body.str("TTL", &ttl.map(|d| d.to_string()).unwrap_or_default())
+        }
+        _ => body.str("TTL", &check.ttl.map(|d| d.to_string()).unwrap_or_default()),
+    };
+    body.build()
+}
