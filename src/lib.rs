@@ -6,6 +6,7 @@ pub mod config;
 pub mod consul;
 pub mod net;
 pub mod plan;
+pub mod retry;
 pub mod state;
 
 /// `outpost version` output, from build.rs.

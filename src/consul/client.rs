@@ -1,0 +1,196 @@
+//! A blocking HTTP client for the local Consul agent (ureq; rustls with ring and the CA
+//! from a file, no bundled roots). Errors are classified for the retry logic: connection
+//! failures, timeouts and 5xx are retryable; 403 `ACL not found` is its own case (token
+//! replication lag can explain it); other 4xx are final and carry Consul's own text.
+//! The token is sent as `X-Consul-Token` and never appears in an error or a log line.
+
+use crate::config::Consul;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+
+/// Default per-call timeout; the agent is local, so anything slower is a failure.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsulError {
+    /// Could not connect, or no answer in time: retry.
+    Unreachable(String),
+    /// 5xx: retry.
+    Server { status: u16, body: String },
+    /// 403 `ACL not found`: the token is unknown to this agent (maybe not replicated yet).
+    AclNotFound(String),
+    /// Any other non-200 answer: do not retry; Consul's text says why.
+    Rejected { status: u16, body: String },
+}
+
+impl ConsulError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ConsulError::Unreachable(_) | ConsulError::Server { .. }
+        )
+    }
+}
+
+impl fmt::Display for ConsulError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConsulError::Unreachable(why) => write!(f, "Consul is unreachable: {why}"),
+            // The Go client's wording, which users know from Nomad and Consul logs.
+            ConsulError::Server { status, body } | ConsulError::Rejected { status, body } => {
+                write!(f, "Unexpected response code: {status} ({})", body.trim())
+            }
+            ConsulError::AclNotFound(body) => {
+                write!(f, "Unexpected response code: 403 ({})", body.trim())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConsulError {}
+
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    token: Option<String>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the token.
+        write!(
+            f,
+            "Client({}, token: {})",
+            self.base,
+            if self.token.is_some() { "set" } else { "none" }
+        )
+    }
+}
+
+fn read_pem(path: &str, what: &str) -> Result<Vec<PemItem<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {what} {path}: {e}"))?;
+    ureq::tls::parse_pem(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{what} {path} is not valid PEM: {e}"))
+}
+
+fn tls_config(cfg: &Consul) -> Result<TlsConfig, String> {
+    let mut roots: Vec<Certificate<'static>> = Vec::new();
+    if let Some(ca) = &cfg.ca_file {
+        for item in read_pem(ca, "consul.ca_file")? {
+            if let PemItem::Certificate(c) = item {
+                roots.push(c);
+            }
+        }
+        if roots.is_empty() {
+            return Err(format!("consul.ca_file {ca} holds no certificate"));
+        }
+    }
+    let client_cert = match (&cfg.cert_file, &cfg.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<Certificate<'static>> = read_pem(cert, "consul.cert_file")?
+                .into_iter()
+                .filter_map(|i| match i {
+                    PemItem::Certificate(c) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            let key: PrivateKey<'static> = read_pem(key, "consul.key_file")?
+                .into_iter()
+                .find_map(|i| match i {
+                    PemItem::PrivateKey(k) => Some(k),
+                    _ => None,
+                })
+                .ok_or_else(|| format!("consul.key_file {key} holds no private key"))?;
+            Some(ClientCert::new_with_certs(&chain, key))
+        }
+        _ => None,
+    };
+    // Without a CA file, trust nothing rather than panic on ureq's disabled WebPKI roots:
+    // an https address then needs consul.ca_file (validation cannot know the scheme's
+    // needs, so the error comes on first use, naming the setting).
+    Ok(TlsConfig::builder()
+        .root_certs(RootCerts::new_with_certs(&roots))
+        .client_cert(client_cert)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build())
+}
+
+impl Client {
+    pub fn new(cfg: &Consul) -> Result<Client, String> {
+        let base = match cfg.address.split_once("://") {
+            Some(("http" | "https", _)) => cfg.address.trim_end_matches('/').to_string(),
+            Some(("unix", _)) => {
+                return Err("consul.address unix:// is not supported yet by outpost's HTTP client; use http://127.0.0.1:8500".into());
+            }
+            _ => return Err(format!("consul.address {} is not http(s)://", cfg.address)),
+        };
+        let token = match (&cfg.token, &cfg.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| format!("cannot read consul.token_file {file}: {e}"))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(CALL_TIMEOUT))
+            .tls_config(tls_config(cfg)?)
+            .build();
+        Ok(Client {
+            agent: ureq::Agent::new_with_config(config),
+            base,
+            token: token.filter(|t| !t.is_empty()),
+        })
+    }
+
+    /// The same agent with another token (a workload token).
+    pub fn with_token(&self, token: &str) -> Client {
+        Client {
+            agent: self.agent.clone(),
+            base: self.base.clone(),
+            token: Some(token.to_string()),
+        }
+    }
+
+    pub fn get(&self, path_and_query: &str) -> Result<String, ConsulError> {
+        let mut req = self.agent.get(format!("{}{path_and_query}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t);
+        }
+        answer(req.call())
+    }
+
+    pub fn put(&self, path_and_query: &str, body: &str) -> Result<String, ConsulError> {
+        let mut req = self
+            .agent
+            .put(format!("{}{path_and_query}", self.base))
+            .header("Content-Type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t);
+        }
+        answer(req.send(body))
+    }
+}
+
+fn answer(
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<String, ConsulError> {
+    let mut response = result.map_err(|e| ConsulError::Unreachable(e.to_string()))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| ConsulError::Unreachable(format!("reading the answer: {e}")))?;
+    match status {
+        200 => Ok(body),
+        403 if body.contains("ACL not found") => Err(ConsulError::AclNotFound(body)),
+        500..=599 => Err(ConsulError::Server { status, body }),
+        _ => Err(ConsulError::Rejected { status, body }),
+    }
+}

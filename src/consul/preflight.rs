@@ -1,0 +1,90 @@
+//! Preflight checks before an Envoy bootstrap (reference/nomad-connect.md §3.7–3.9,
+//! consul-api.md §4.3): a new token is read back with `?stale` until the local agent can
+//! resolve it (a stale read is not negatively cached), then the sidecar's registration is
+//! read back from the local agent. On timeout the error names the step, the time waited
+//! and Consul's last answer, never the token.
+
+use super::client::{Client, ConsulError};
+use crate::config::Preflight;
+use crate::retry::{Backoff, retry_until};
+use log::debug;
+use std::time::Duration;
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct PreflightError(pub String);
+
+impl std::fmt::Display for PreflightError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PreflightError {}
+
+/// `GET /v1/acl/token/self?stale` with `client`'s token until it answers 200. ACLs
+/// disabled (401) passes: there is no token to wait for.
+pub fn token(client: &Client, p: &Preflight, what: &str) -> Result<(), PreflightError> {
+    // Nomad: first try at once, then a constant 2 x base.
+    let backoff = Backoff {
+        base: p.token_base.0 * 2,
+        factor: 1,
+        max: p.token_base.0 * 2,
+        jitter: Duration::ZERO,
+    };
+    let result = retry_until(
+        p.token_timeout.0,
+        backoff,
+        || match client.get("/v1/acl/token/self?stale") {
+            Err(ConsulError::Rejected { status: 401, .. }) => Ok(()),
+            other => other.map(|_| ()),
+        },
+        |e| {
+            debug!("token preflight for {what}: {e}; retrying");
+            e.is_retryable() || matches!(e, ConsulError::AclNotFound(_))
+        },
+    );
+    result.map_err(|gave_up| {
+        PreflightError(format!(
+            "ACL token preflight for {what}: the local Consul agent did not resolve the token within {:.1}s ({} attempts); last answer: {}",
+            gave_up.waited.as_secs_f64(),
+            gave_up.attempts,
+            gave_up.last
+        ))
+    })
+}
+
+/// `GET /v1/agent/service/<id>` until the local agent has the sidecar registration.
+pub fn service(client: &Client, p: &Preflight, sidecar_id: &str) -> Result<(), PreflightError> {
+    // Nomad: 1s doubling with up to 500ms jitter, within the 60s budget.
+    let backoff = Backoff {
+        base: p.service_base.0,
+        factor: 2,
+        max: p.service_timeout.0,
+        jitter: Duration::from_millis(500),
+    };
+    let result = retry_until(
+        p.service_timeout.0,
+        backoff,
+        || {
+            client
+                .get(&format!("/v1/agent/service/{sidecar_id}"))
+                .map(|_| ())
+        },
+        |e| {
+            debug!("service preflight for {sidecar_id}: {e}; retrying");
+            e.is_retryable()
+                || matches!(
+                    e,
+                    ConsulError::AclNotFound(_) | ConsulError::Rejected { status: 404, .. }
+                )
+        },
+    );
+    result.map_err(|gave_up| {
+        PreflightError(format!(
+            "service preflight: the local Consul agent did not show {sidecar_id} within {:.1}s ({} attempts); last answer: {}",
+            gave_up.waited.as_secs_f64(),
+            gave_up.attempts,
+            gave_up.last
+        ))
+    })
+}

@@ -1,0 +1,300 @@
+//! Registration, sync and preflight against the Consul agent double (tests/support).
+
+mod support;
+
+use miniserde::json::Value;
+use outpost::config::{self, ValidConfig};
+use outpost::consul::client::{Client, ConsulError};
+use outpost::consul::preflight;
+use outpost::consul::sync::{self, Wanted};
+use outpost::plan::{self, HostFacts, Plan};
+use outpost::state::NodeState;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+use support::consul_double::ConsulDouble;
+
+const TOKEN: &str = "5f1e2d3c-secret-token-value-0001";
+
+fn consul_config(url: &str, extra: &str) -> ValidConfig {
+    config::parse(
+        &format!("[consul]\naddress = \"{url}\"\n{extra}"),
+        "test.toml",
+    )
+    .expect("valid")
+}
+
+fn countdash_plan() -> Plan {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/countdash.toml");
+    let valid = config::load(&path).expect("countdash is valid");
+    let facts = HostFacts {
+        hostname: "gateway-7".into(),
+        default_address: Ipv4Addr::new(192, 0, 2, 10),
+        default_address_source: "test".into(),
+    };
+    plan::build(&valid, &NodeState::default(), &facts).expect("plan")
+}
+
+fn wanted(plan: &Plan) -> Vec<Wanted<'_>> {
+    plan.groups
+        .iter()
+        .flat_map(|g| &g.services)
+        .map(|s| Wanted {
+            id: &s.id,
+            body: &s.registration,
+        })
+        .collect()
+}
+
+fn str_at<'a>(obj: &'a miniserde::json::Object, path: &[&str]) -> Option<&'a str> {
+    let mut cur = obj;
+    for (i, key) in path.iter().enumerate() {
+        match cur.get(*key)? {
+            Value::Object(o) if i + 1 < path.len() => cur = o,
+            Value::String(s) if i + 1 == path.len() => return Some(s),
+            _ => return None,
+        }
+    }
+    None
+}
+
+#[test]
+fn countdash_bodies_are_accepted_and_sidecars_expanded_as_consul_does() {
+    let double = ConsulDouble::start();
+    let client = Client::new(&consul_config(&double.url(), "").config.consul).unwrap();
+    let plan = countdash_plan();
+    let done = sync::sync(&client, &wanted(&plan), true).expect("sync");
+    assert_eq!(
+        done.registered,
+        [
+            "_outpost-api-count-api-9001",
+            "_outpost-dashboard-count-dashboard-http"
+        ]
+    );
+    assert_eq!(
+        double.service_ids(),
+        [
+            "_outpost-api-count-api-9001",
+            "_outpost-api-count-api-9001-sidecar-proxy",
+            "_outpost-dashboard-count-dashboard-http",
+            "_outpost-dashboard-count-dashboard-http-sidecar-proxy"
+        ]
+    );
+    let sidecar = double
+        .service("_outpost-api-count-api-9001-sidecar-proxy")
+        .unwrap();
+    assert_eq!(str_at(&sidecar, &["Kind"]), Some("connect-proxy"));
+    assert_eq!(
+        str_at(&sidecar, &["Service"]),
+        Some("count-api-sidecar-proxy")
+    );
+    assert_eq!(
+        str_at(&sidecar, &["Proxy", "DestinationServiceName"]),
+        Some("count-api")
+    );
+    assert_eq!(
+        str_at(&sidecar, &["Proxy", "LocalServiceAddress"]),
+        Some("127.0.0.1")
+    );
+    assert!(matches!(
+        sidecar.get("Proxy").and_then(|p| match p {
+            Value::Object(p) => p.get("LocalServicePort"),
+            _ => None,
+        }),
+        Some(Value::Number(miniserde::json::Number::U64(9001)))
+    ));
+    assert_eq!(
+        str_at(&sidecar, &["Meta", "external-source"]),
+        Some("outpost")
+    );
+
+    // Nothing changed: a second sync registers nothing.
+    let again = sync::sync(&client, &wanted(&plan), true).expect("sync");
+    assert_eq!(again, sync::Synced::default());
+}
+
+#[test]
+fn an_agent_restart_is_repaired_and_a_removed_group_deregistered_sidecar_first() {
+    let double = ConsulDouble::start();
+    let client = Client::new(&consul_config(&double.url(), "").config.consul).unwrap();
+    let plan = countdash_plan();
+    sync::sync(&client, &wanted(&plan), true).unwrap();
+
+    double.restart();
+    assert!(double.service_ids().is_empty());
+    let repaired = sync::sync(&client, &wanted(&plan), true).unwrap();
+    assert_eq!(repaired.registered.len(), 2);
+    assert_eq!(double.service_ids().len(), 4);
+
+    // The dashboard group is gone from the config.
+    let only_api: Vec<Wanted> = wanted(&plan)
+        .into_iter()
+        .filter(|w| w.id.contains("-api-"))
+        .collect();
+    let removed = sync::sync(&client, &only_api, true).unwrap();
+    assert_eq!(
+        removed.deregistered,
+        ["_outpost-dashboard-count-dashboard-http"]
+    );
+    assert_eq!(double.service_ids().len(), 2);
+    let deregs: Vec<String> = double
+        .log()
+        .into_iter()
+        .filter(|l| l.path.starts_with("/v1/agent/service/deregister/"))
+        .map(|l| l.path)
+        .collect();
+    assert_eq!(
+        deregs,
+        [
+            "/v1/agent/service/deregister/_outpost-dashboard-count-dashboard-http-sidecar-proxy",
+            "/v1/agent/service/deregister/_outpost-dashboard-count-dashboard-http"
+        ]
+    );
+    // Without orphan removal (start-up probation) nothing of ours is removed.
+    sync::sync(&client, &wanted(&plan), true).unwrap();
+    let kept = sync::sync(&client, &only_api, false).unwrap();
+    assert!(kept.deregistered.is_empty());
+    assert_eq!(double.service_ids().len(), 4);
+}
+
+#[test]
+fn the_double_rejects_what_consul_rejects_and_errors_are_classified() {
+    let double = ConsulDouble::start();
+    let client = Client::new(&consul_config(&double.url(), "").config.consul).unwrap();
+    let put = |body: &str| client.put("/v1/agent/service/register", body);
+    assert_eq!(
+        put(r#"{"ID":"x","Port":1}"#),
+        Err(ConsulError::Rejected {
+            status: 400,
+            body: "Missing service name".into()
+        })
+    );
+    assert_eq!(
+        put(r#"{"Name":"x","Kind":"sidecar"}"#),
+        Err(ConsulError::Rejected {
+            status: 400,
+            body: "Invalid service kind: \"sidecar\"".into()
+        })
+    );
+    assert!(matches!(
+        put(r#"{"Name":"x","Prot":1}"#),
+        Err(ConsulError::Rejected { status: 400, .. })
+    ));
+    assert!(matches!(
+        put(r#"{"Name":"x","Port":"80"}"#),
+        Err(ConsulError::Rejected { status: 400, .. })
+    ));
+    assert_eq!(
+        client.put("/v1/agent/service/deregister/nope", ""),
+        Err(ConsulError::Rejected {
+            status: 404,
+            body: "Unknown service ID \"nope\". Ensure that the service ID is passed, not the service name.".into()
+        })
+    );
+    let e = client.get("/v1/agent/service/nope").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Unexpected response code: 404 (unknown service ID: nope)"
+    );
+    assert!(!e.is_retryable());
+
+    double.fail_next(1);
+    let e = client.get("/v1/agent/services").unwrap_err();
+    assert!(matches!(e, ConsulError::Server { status: 500, .. }) && e.is_retryable());
+    assert!(client.get("/v1/agent/services").is_ok());
+
+    let dead = Client::new(&consul_config("http://127.0.0.1:9", "").config.consul).unwrap();
+    assert!(matches!(
+        dead.get("/v1/agent/self"),
+        Err(ConsulError::Unreachable(_))
+    ));
+}
+
+#[test]
+fn token_preflight_waits_out_replication_lag_without_negative_caching() {
+    let double = ConsulDouble::start();
+    double.enable_acls();
+    double.add_token(TOKEN, Duration::from_secs(3));
+    let valid = consul_config(&double.url(), &format!("token = \"{TOKEN}\""));
+    let client = Client::new(&valid.config.consul).unwrap();
+    preflight::token(&client, &valid.config.consul.preflight, "service count-api")
+        .expect("preflight passes once replicated");
+    let reads: Vec<_> = double
+        .log()
+        .into_iter()
+        .filter(|l| l.path == "/v1/acl/token/self")
+        .collect();
+    assert!(
+        reads.len() > 1,
+        "the token was not visible at first: {reads:?}"
+    );
+    assert!(reads.iter().all(|l| l.query == "stale" && l.sent_token));
+    assert!(!double.log().iter().any(|l| l.negative_cached));
+    assert_eq!(reads.last().map(|l| l.status), Some(200));
+}
+
+#[test]
+fn token_preflight_timeout_names_the_step_and_the_wait_but_not_the_token() {
+    let double = ConsulDouble::start();
+    double.enable_acls();
+    double.add_token(TOKEN, Duration::from_secs(60));
+    let valid = consul_config(
+        &double.url(),
+        &format!(
+            "token = \"{TOKEN}\"\n[consul.preflight]\ntoken_timeout = \"1s\"\ntoken_base = \"100ms\""
+        ),
+    );
+    let client = Client::new(&valid.config.consul).unwrap();
+    let err =
+        preflight::token(&client, &valid.config.consul.preflight, "service count-api").unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("ACL token preflight for service count-api: the local Consul agent did not resolve the token within 1.0s"), "{text}");
+    assert!(
+        text.ends_with("last answer: Unexpected response code: 403 (ACL not found)"),
+        "{text}"
+    );
+    assert!(!text.contains(TOKEN));
+    assert!(!format!("{client:?}").contains(TOKEN));
+}
+
+#[test]
+fn a_non_stale_read_of_an_unreplicated_token_is_cached_negative() {
+    // The failure mode preflight avoids: the double must reproduce it.
+    let double = ConsulDouble::start();
+    double.enable_acls();
+    double.add_token(TOKEN, Duration::from_millis(200));
+    let valid = consul_config(&double.url(), &format!("token = \"{TOKEN}\""));
+    let client = Client::new(&valid.config.consul).unwrap();
+    assert!(matches!(
+        client.get("/v1/acl/token/self"),
+        Err(ConsulError::AclNotFound(_))
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(matches!(
+        client.get("/v1/acl/token/self?stale"),
+        Err(ConsulError::AclNotFound(_))
+    ));
+    assert!(double.log().iter().any(|l| l.negative_cached));
+}
+
+#[test]
+fn service_preflight_reads_back_the_sidecar() {
+    let double = ConsulDouble::start();
+    let valid = consul_config(
+        &double.url(),
+        "[consul.preflight]\nservice_timeout = \"3s\"\nservice_base = \"100ms\"",
+    );
+    let client = Client::new(&valid.config.consul).unwrap();
+    let p = &valid.config.consul.preflight;
+    let err =
+        preflight::service(&client, p, "_outpost-api-count-api-9001-sidecar-proxy").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("did not show _outpost-api-count-api-9001-sidecar-proxy within 3.0s"),
+        "{err}"
+    );
+    let plan = countdash_plan();
+    sync::sync(&client, &wanted(&plan), true).unwrap();
+    preflight::service(&client, p, "_outpost-api-count-api-9001-sidecar-proxy")
+        .expect("registered");
+}

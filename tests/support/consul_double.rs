@@ -1,0 +1,868 @@
+//! A Consul agent double for tests: the HTTP endpoints outpost uses, with the payload
+//! shapes, status codes and plain-text error bodies of reference/consul-api.md (§3, §4, §7).
+//!
+//! It checks what it receives strictly: a body must be a JSON object of known keys with the
+//! right types, `Name` is required, `Kind` must be a known kind. A sidecar is expanded the
+//! way the agent does it (§3.1). Deliberately stricter than Consul: unknown keys are
+//! rejected, so a typo in outpost's bodies cannot pass unnoticed.
+//!
+//! Faults: ACL replication lag for new tokens (403 `ACL not found` until visible; a
+//! non-stale read of a token that is not yet visible caches the negative answer for 30 s, as
+//! real agents do), 5xx bursts, latency, and a restart that forgets every registration.
+//! Every request is logged for assertions; token values are never recorded.
+
+#![allow(dead_code)]
+
+use miniserde::json::{self, Array, Number, Object, Value};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// One logged request. `token` is `Some("<redacted>")`-style: whether one was sent, never
+/// its value.
+#[derive(Clone, Debug)]
+pub struct Logged {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub sent_token: bool,
+    pub status: u16,
+    /// Set when this request put a token into the negative cache.
+    pub negative_cached: bool,
+}
+
+struct Token {
+    visible_at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    services: BTreeMap<String, Object>,
+    checks: BTreeMap<String, Object>,
+    acl_enabled: bool,
+    tokens: BTreeMap<String, Token>,
+    negative_cache: BTreeMap<String, Instant>,
+    fail_next: usize,
+    latency: Duration,
+    log: Vec<Logged>,
+    restarts: usize,
+}
+
+#[derive(Clone)]
+pub struct ConsulDouble {
+    state: Arc<Mutex<State>>,
+    pub address: String,
+}
+
+impl ConsulDouble {
+    /// Starts a double on 127.0.0.1 with a random port. ACLs off.
+    pub fn start() -> ConsulDouble {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the double");
+        let address = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let double = ConsulDouble {
+            state: Arc::new(Mutex::new(State::default())),
+            address,
+        };
+        let served = double.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let d = served.clone();
+                std::thread::spawn(move || d.serve(stream));
+            }
+        });
+        double
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn enable_acls(&self) {
+        self.lock().acl_enabled = true;
+    }
+
+    /// A token that servers know; the local agent sees it only after `lag`.
+    pub fn add_token(&self, secret: &str, lag: Duration) {
+        self.lock().tokens.insert(
+            secret.to_string(),
+            Token {
+                visible_at: Instant::now() + lag,
+            },
+        );
+    }
+
+    pub fn fail_next(&self, n: usize) {
+        self.lock().fail_next = n;
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+
+    /// An agent restart: registrations, checks and the negative cache are gone.
+    pub fn restart(&self) {
+        let mut s = self.lock();
+        s.services.clear();
+        s.checks.clear();
+        s.negative_cache.clear();
+        s.restarts += 1;
+    }
+
+    pub fn log(&self) -> Vec<Logged> {
+        self.lock().log.clone()
+    }
+
+    pub fn service_ids(&self) -> Vec<String> {
+        self.lock().services.keys().cloned().collect()
+    }
+
+    pub fn service(&self, id: &str) -> Option<Object> {
+        self.lock().services.get(id).cloned()
+    }
+
+    fn serve(&self, stream: TcpStream) {
+        let mut reader = BufReader::new(match stream.try_clone() {
+            Ok(s) => s,
+            Err(_) => return,
+        });
+        let mut writer = stream;
+        loop {
+            let Some(request) = read_request(&mut reader) else {
+                return;
+            };
+            let latency = self.lock().latency;
+            if !latency.is_zero() {
+                std::thread::sleep(latency);
+            }
+            let (status, body, extra) = self.handle(&request);
+            let reason = match status {
+                200 => "OK",
+                400 => "Bad Request",
+                401 => "Unauthorized",
+                403 => "Forbidden",
+                404 => "Not Found",
+                405 => "Method Not Allowed",
+                _ => "Internal Server Error",
+            };
+            let content_type = if status == 200 {
+                "application/json"
+            } else {
+                "text/plain; charset=utf-8"
+            };
+            let mut head = format!(
+                "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nX-Consul-Index: 1\r\nX-Consul-KnownLeader: true\r\nX-Consul-LastContact: 0\r\n",
+                body.len()
+            );
+            for (k, v) in extra {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            if writer
+                .write_all(head.as_bytes())
+                .and_then(|()| writer.write_all(body.as_bytes()))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    fn handle(&self, r: &Request) -> (u16, String, Vec<(String, String)>) {
+        let mut negative_cached = false;
+        let (status, body, extra) = {
+            let mut s = self.lock();
+            if s.fail_next > 0 {
+                s.fail_next -= 1;
+                (
+                    500,
+                    "rpc error making call: No cluster leader".to_string(),
+                    Vec::new(),
+                )
+            } else {
+                route(&mut s, r, &mut negative_cached)
+            }
+        };
+        self.lock().log.push(Logged {
+            method: r.method.clone(),
+            path: r.path.clone(),
+            query: r.query.clone(),
+            sent_token: r.token.is_some(),
+            status,
+            negative_cached,
+        });
+        (status, body, extra)
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    token: Option<String>,
+    body: String,
+}
+
+impl Request {
+    fn has_query(&self, key: &str) -> bool {
+        self.query
+            .split('&')
+            .any(|kv| kv == key || kv.starts_with(&format!("{key}=")))
+    }
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let mut content_length = 0;
+    let mut token = None;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let (name, value) = header.split_once(':')?;
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => content_length = value.trim().parse().ok()?,
+            "x-consul-token" => token = Some(value.trim().to_string()),
+            _ => {}
+        }
+    }
+    let mut body = vec![0; content_length];
+    reader.read_exact(&mut body).ok()?;
+    Some(Request {
+        method,
+        path: path.to_string(),
+        query: query.to_string(),
+        token,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+type Reply = (u16, String, Vec<(String, String)>);
+
+fn text(status: u16, body: &str) -> Reply {
+    (status, body.to_string(), Vec::new())
+}
+
+fn ok_json(value: Value) -> Reply {
+    (200, json::to_string(&value), Vec::new())
+}
+
+fn method_not_allowed(method: &str, allow: &str) -> Reply {
+    (
+        405,
+        format!("method {method} not allowed"),
+        vec![("Allow".into(), allow.into())],
+    )
+}
+
+fn route(s: &mut State, r: &Request, negative_cached: &mut bool) -> Reply {
+    let path = r.path.as_str();
+    let expect = |m: &str| r.method == m;
+    if path == "/v1/agent/self" {
+        return if expect("GET") {
+            ok_json(agent_self())
+        } else {
+            method_not_allowed(&r.method, "GET")
+        };
+    }
+    if path == "/v1/agent/service/register" {
+        if !expect("PUT") {
+            return method_not_allowed(&r.method, "PUT");
+        }
+        if let Err(reply) = authorize_write(s, r) {
+            return reply;
+        }
+        return register(s, &r.body);
+    }
+    if let Some(id) = path.strip_prefix("/v1/agent/service/deregister/") {
+        if !expect("PUT") {
+            return method_not_allowed(&r.method, "PUT");
+        }
+        if let Err(reply) = authorize_write(s, r) {
+            return reply;
+        }
+        return deregister(s, id);
+    }
+    if path == "/v1/agent/services" {
+        if !expect("GET") {
+            return method_not_allowed(&r.method, "GET");
+        }
+        return ok_json(Value::Object(
+            s.services
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::Object(v.clone())))
+                .collect(),
+        ));
+    }
+    if path == "/v1/agent/checks" {
+        if !expect("GET") {
+            return method_not_allowed(&r.method, "GET");
+        }
+        return ok_json(Value::Object(
+            s.checks
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::Object(v.clone())))
+                .collect(),
+        ));
+    }
+    if let Some(id) = path.strip_prefix("/v1/agent/service/") {
+        if !expect("GET") {
+            return method_not_allowed(&r.method, "GET");
+        }
+        return match s.services.get(id) {
+            Some(svc) => ok_json(Value::Object(svc.clone())),
+            None => text(404, &format!("unknown service ID: {id}")),
+        };
+    }
+    if path == "/v1/acl/token/self" {
+        if !expect("GET") {
+            return method_not_allowed(&r.method, "GET");
+        }
+        return token_self(s, r, negative_cached);
+    }
+    text(404, "Invalid URL path: not a recognized HTTP API endpoint")
+}
+
+fn agent_self() -> Value {
+    let parsed: Result<Value, _> = json::from_str(
+        r#"{"Config":{"Datacenter":"dc1","PrimaryDatacenter":"dc1","NodeName":"edge-01","NodeID":"6a3c4e1d-8f7b-4c2a-9e5d-1b2c3d4e5f60","Server":false,"Version":"1.22.0"},
+            "DebugConfig":{"GRPCPort":8502,"GRPCTLSPort":-1,"Datacenter":"dc1","NodeName":"edge-01","ACLsEnabled":false},
+            "Member":{"Name":"edge-01","Addr":"127.0.0.1","Port":8301,"Status":1},
+            "Meta":{},
+            "xDS":{"SupportedProxies":{"envoy":["1.33.2","1.32.5","1.31.8","1.30.10"]},"Port":8502,"Ports":{"Plaintext":8502,"TLS":-1}}}"#,
+    );
+    parsed.unwrap_or(Value::Null)
+}
+
+/// A token is usable when ACLs are off, or it is known, visible and not negatively cached.
+fn token_state(s: &mut State, token: Option<&str>) -> Result<(), ()> {
+    if !s.acl_enabled {
+        return Ok(());
+    }
+    let Some(secret) = token else { return Err(()) };
+    if s.negative_cache
+        .get(secret)
+        .is_some_and(|until| Instant::now() < *until)
+    {
+        return Err(());
+    }
+    match s.tokens.get(secret) {
+        Some(t) if Instant::now() >= t.visible_at => Ok(()),
+        _ => Err(()),
+    }
+}
+
+fn authorize_write(s: &mut State, r: &Request) -> Result<(), Reply> {
+    if !s.acl_enabled {
+        return Ok(());
+    }
+    match r.token.as_deref() {
+        None => Err(text(
+            403,
+            "Permission denied: anonymous token lacks permission 'service:write'. The anonymous token is used implicitly when a request does not specify a token.",
+        )),
+        Some(t) => token_state(s, Some(t)).map_err(|()| text(403, "ACL not found")),
+    }
+}
+
+fn token_self(s: &mut State, r: &Request, negative_cached: &mut bool) -> Reply {
+    if !s.acl_enabled {
+        return text(401, "ACL support disabled");
+    }
+    let Some(secret) = r.token.clone() else {
+        return text(403, "ACL not found");
+    };
+    match token_state(s, Some(&secret)) {
+        Ok(()) => ok_json(
+            json::from_str(r#"{"AccessorID":"a1b2c3d4-0000-4000-8000-000000000001","Description":"outpost test token","Policies":[],"Local":false}"#)
+                .unwrap_or(Value::Null),
+        ),
+        Err(()) => {
+            // Only a non-stale read of a token the agent cannot resolve is cached.
+            if !r.has_query("stale") && !s.negative_cache.contains_key(&secret) {
+                s.negative_cache.insert(secret, Instant::now() + NEGATIVE_CACHE_TTL);
+                *negative_cached = true;
+            }
+            text(403, "ACL not found")
+        }
+    }
+}
+
+const SERVICE_KEYS: &[&str] = &[
+    "Kind",
+    "ID",
+    "Name",
+    "Tags",
+    "Meta",
+    "Port",
+    "Address",
+    "SocketPath",
+    "TaggedAddresses",
+    "EnableTagOverride",
+    "Weights",
+    "Check",
+    "Checks",
+    "Proxy",
+    "Connect",
+    "Namespace",
+    "Partition",
+    "Locality",
+];
+const SIDECAR_KEYS: &[&str] = &[
+    "ID", "Name", "Kind", "Tags", "Meta", "Port", "Address", "Proxy", "Checks", "Check", "Token",
+];
+const PROXY_KEYS: &[&str] = &[
+    "DestinationServiceName",
+    "DestinationServiceID",
+    "LocalServiceAddress",
+    "LocalServicePort",
+    "LocalServiceSocketPath",
+    "Mode",
+    "TransparentProxy",
+    "Config",
+    "Upstreams",
+    "MeshGateway",
+    "Expose",
+    "AccessLogs",
+    "EnvoyExtensions",
+];
+const UPSTREAM_KEYS: &[&str] = &[
+    "DestinationType",
+    "DestinationNamespace",
+    "DestinationPartition",
+    "DestinationPeer",
+    "DestinationName",
+    "Datacenter",
+    "LocalBindAddress",
+    "LocalBindPort",
+    "LocalBindSocketPath",
+    "LocalBindSocketMode",
+    "Config",
+    "MeshGateway",
+    "CentrallyConfigured",
+];
+const CHECK_KEYS: &[&str] = &[
+    "CheckID",
+    "Name",
+    "ScriptArgs",
+    "Interval",
+    "Timeout",
+    "TTL",
+    "HTTP",
+    "Header",
+    "Method",
+    "Body",
+    "TCP",
+    "UDP",
+    "Status",
+    "Notes",
+    "TLSServerName",
+    "TLSSkipVerify",
+    "GRPC",
+    "GRPCUseTLS",
+    "AliasNode",
+    "AliasService",
+    "SuccessBeforePassing",
+    "FailuresBeforeWarning",
+    "FailuresBeforeCritical",
+    "DeregisterCriticalServiceAfter",
+];
+const KINDS: &[&str] = &[
+    "",
+    "connect-proxy",
+    "mesh-gateway",
+    "terminating-gateway",
+    "ingress-gateway",
+    "api-gateway",
+];
+
+fn bad(reason: &str) -> Reply {
+    text(400, &format!("Request decode failed: {reason}"))
+}
+
+fn check_keys(obj: &Object, allowed: &[&str], what: &str) -> Result<(), Reply> {
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(bad(&format!("{what}: unknown field \"{k}\""))),
+        None => Ok(()),
+    }
+}
+
+fn get_str<'a>(obj: &'a Object, key: &str) -> Result<Option<&'a str>, Reply> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(v)) => Ok(Some(v)),
+        Some(_) => Err(bad(&format!("{key}: expected a string"))),
+    }
+}
+
+fn get_port(obj: &Object, key: &str) -> Result<u64, Reply> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(Number::U64(n))) if *n <= 65535 => Ok(*n),
+        Some(_) => Err(bad(&format!("{key}: expected a port number"))),
+    }
+}
+
+fn get_obj<'a>(obj: &'a Object, key: &str) -> Result<Option<&'a Object>, Reply> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(o)) => Ok(Some(o)),
+        Some(_) => Err(bad(&format!("{key}: expected an object"))),
+    }
+}
+
+fn get_array<'a>(obj: &'a Object, key: &str) -> Result<Option<&'a Array>, Reply> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => Ok(Some(a)),
+        Some(_) => Err(bad(&format!("{key}: expected an array"))),
+    }
+}
+
+fn string_list(obj: &Object, key: &str) -> Result<Array, Reply> {
+    let mut out = Array::new();
+    for item in get_array(obj, key)?.into_iter().flatten() {
+        match item {
+            Value::String(_) => out.push(item.clone()),
+            _ => return Err(bad(&format!("{key}: expected strings"))),
+        }
+    }
+    Ok(out)
+}
+
+fn string_map(obj: &Object, key: &str) -> Result<Object, Reply> {
+    let mut out = Object::new();
+    for (k, v) in get_obj(obj, key)?.into_iter().flatten() {
+        match v {
+            Value::String(_) => {
+                out.insert(k.clone(), v.clone());
+            }
+            _ => return Err(bad(&format!("{key}.{k}: expected a string"))),
+        }
+    }
+    Ok(out)
+}
+
+fn validate_proxy(proxy: &Object) -> Result<(), Reply> {
+    check_keys(proxy, PROXY_KEYS, "Proxy")?;
+    get_port(proxy, "LocalServicePort")?;
+    for key in [
+        "DestinationServiceName",
+        "DestinationServiceID",
+        "LocalServiceAddress",
+        "Mode",
+    ] {
+        get_str(proxy, key)?;
+    }
+    if let Some(mode) = get_str(proxy, "Mode")?
+        && !["", "direct", "transparent"].contains(&mode)
+    {
+        return Err(bad(&format!("Proxy.Mode: invalid mode \"{mode}\"")));
+    }
+    get_obj(proxy, "Config")?;
+    for up in get_array(proxy, "Upstreams")?.into_iter().flatten() {
+        let Value::Object(up) = up else {
+            return Err(bad("Proxy.Upstreams: expected objects"));
+        };
+        check_keys(up, UPSTREAM_KEYS, "Upstream")?;
+        if get_str(up, "DestinationName")?.is_none_or(str::is_empty) {
+            return Err(text(
+                400,
+                "Invalid Proxy configuration: upstream destination name is required",
+            ));
+        }
+        get_port(up, "LocalBindPort")?;
+    }
+    Ok(())
+}
+
+fn validate_checks(obj: &Object) -> Result<Vec<Object>, Reply> {
+    let mut checks = Vec::new();
+    for c in get_array(obj, "Checks")?.into_iter().flatten() {
+        let Value::Object(c) = c else {
+            return Err(bad("Checks: expected objects"));
+        };
+        check_keys(c, CHECK_KEYS, "Check")?;
+        let kinds = [
+            "HTTP",
+            "TCP",
+            "GRPC",
+            "TTL",
+            "AliasService",
+            "ScriptArgs",
+            "UDP",
+        ];
+        if !kinds.iter().any(|k| c.contains_key(*k)) {
+            return Err(text(400, "Invalid check: TTL must be > 0 for TTL checks"));
+        }
+        if (c.contains_key("HTTP") || c.contains_key("TCP") || c.contains_key("GRPC"))
+            && !c.contains_key("Interval")
+        {
+            return Err(text(
+                400,
+                "Invalid check: Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or GRPC checks",
+            ));
+        }
+        checks.push(c.clone());
+    }
+    Ok(checks)
+}
+
+fn register(s: &mut State, body: &str) -> Reply {
+    let Ok(Value::Object(reg)) = json::from_str::<Value>(body) else {
+        return bad("expected a JSON object");
+    };
+    if let Err(reply) = check_keys(&reg, SERVICE_KEYS, "service") {
+        return reply;
+    }
+    match build_services(&reg) {
+        Ok(list) => {
+            for (service, checks) in list {
+                let id = match service.get("ID") {
+                    Some(Value::String(id)) => id.clone(),
+                    _ => continue,
+                };
+                let name = match service.get("Service") {
+                    Some(Value::String(n)) => n.clone(),
+                    _ => String::new(),
+                };
+                // replace-existing-checks: the service's checks are exactly these now.
+                s.checks.retain(
+                    |_, c| !matches!(c.get("ServiceID"), Some(Value::String(sid)) if *sid == id),
+                );
+                for (i, check) in checks.iter().enumerate() {
+                    let check_id = match check.get("CheckID") {
+                        Some(Value::String(c)) => c.clone(),
+                        _ if checks.len() == 1 => format!("service:{id}"),
+                        _ => format!("service:{id}:{}", i + 1),
+                    };
+                    let mut hc = Object::new();
+                    hc.insert("Node".into(), Value::String("edge-01".into()));
+                    hc.insert("CheckID".into(), Value::String(check_id.clone()));
+                    hc.insert(
+                        "Name".into(),
+                        check
+                            .get("Name")
+                            .cloned()
+                            .unwrap_or(Value::String(String::new())),
+                    );
+                    hc.insert(
+                        "Status".into(),
+                        check
+                            .get("Status")
+                            .cloned()
+                            .unwrap_or(Value::String("critical".into())),
+                    );
+                    hc.insert("ServiceID".into(), Value::String(id.clone()));
+                    hc.insert("ServiceName".into(), Value::String(name.clone()));
+                    s.checks.insert(check_id, hc);
+                }
+                s.services.insert(id, service);
+            }
+            (200, String::new(), Vec::new())
+        }
+        Err(reply) => reply,
+    }
+}
+
+/// The parent (and its sidecar, expanded as the agent does) as AgentService objects.
+fn build_services(reg: &Object) -> Result<Vec<(Object, Vec<Object>)>, Reply> {
+    let Some(name) = get_str(reg, "Name")?.filter(|n| !n.is_empty()) else {
+        return Err(text(400, "Missing service name"));
+    };
+    let kind = get_str(reg, "Kind")?.unwrap_or("");
+    if !KINDS.contains(&kind) {
+        return Err(text(400, &format!("Invalid service kind: \"{kind}\"")));
+    }
+    let id = get_str(reg, "ID")?.unwrap_or(name).to_string();
+    let port = get_port(reg, "Port")?;
+    let address = get_str(reg, "Address")?.unwrap_or("").to_string();
+    let tags = string_list(reg, "Tags")?;
+    let meta = string_map(reg, "Meta")?;
+    let checks = validate_checks(reg)?;
+    if let Some(proxy) = get_obj(reg, "Proxy")? {
+        validate_proxy(proxy)?;
+        if kind == "connect-proxy" && get_str(proxy, "DestinationServiceName")?.is_none() {
+            return Err(text(
+                400,
+                "Invalid Proxy configuration: DestinationServiceName must be set",
+            ));
+        }
+    }
+    let mut parent = agent_service(kind, &id, name, &tags, &meta, port, &address);
+    if let Some(proxy) = get_obj(reg, "Proxy")? {
+        parent.insert("Proxy".into(), Value::Object(proxy.clone()));
+    }
+    let mut out = Vec::new();
+    let connect = get_obj(reg, "Connect")?;
+    if let Some(connect) = connect {
+        check_keys(connect, &["Native", "SidecarService"], "Connect")?;
+        if let Some(Value::Bool(true)) = connect.get("Native") {
+            let mut c = Object::new();
+            c.insert("Native".into(), Value::Bool(true));
+            parent.insert("Connect".into(), Value::Object(c));
+        }
+        if let Some(sidecar) = get_obj(connect, "SidecarService")? {
+            out.push(expand_sidecar(
+                sidecar, &id, name, &tags, &meta, port, &address,
+            )?);
+        }
+    }
+    out.insert(0, (parent, checks));
+    Ok(out)
+}
+
+fn agent_service(
+    kind: &str,
+    id: &str,
+    name: &str,
+    tags: &Array,
+    meta: &Object,
+    port: u64,
+    address: &str,
+) -> Object {
+    let mut svc = Object::new();
+    if !kind.is_empty() {
+        svc.insert("Kind".into(), Value::String(kind.into()));
+    }
+    svc.insert("ID".into(), Value::String(id.into()));
+    svc.insert("Service".into(), Value::String(name.into()));
+    svc.insert("Tags".into(), Value::Array(tags.clone()));
+    svc.insert("Meta".into(), Value::Object(meta.clone()));
+    svc.insert("Port".into(), Value::Number(Number::U64(port)));
+    svc.insert("Address".into(), Value::String(address.into()));
+    let mut weights = Object::new();
+    weights.insert("Passing".into(), Value::Number(Number::U64(1)));
+    weights.insert("Warning".into(), Value::Number(Number::U64(1)));
+    svc.insert("Weights".into(), Value::Object(weights));
+    svc.insert("EnableTagOverride".into(), Value::Bool(false));
+    svc.insert("Datacenter".into(), Value::String("dc1".into()));
+    svc
+}
+
+/// The agent's sidecar defaults (agent/sidecar_service.go, §3.1).
+fn expand_sidecar(
+    sidecar: &Object,
+    parent_id: &str,
+    parent_name: &str,
+    parent_tags: &Array,
+    parent_meta: &Object,
+    parent_port: u64,
+    parent_address: &str,
+) -> Result<(Object, Vec<Object>), Reply> {
+    check_keys(sidecar, SIDECAR_KEYS, "SidecarService")?;
+    let id = format!("{parent_id}-sidecar-proxy");
+    let name = get_str(sidecar, "Name")?
+        .map(str::to_string)
+        .unwrap_or(format!("{parent_name}-sidecar-proxy"));
+    let mut tags = string_list(sidecar, "Tags")?;
+    if tags.is_empty() {
+        tags = parent_tags.clone();
+    }
+    let mut meta = string_map(sidecar, "Meta")?;
+    if meta.is_empty() {
+        meta = parent_meta.clone();
+    }
+    let port = get_port(sidecar, "Port")?;
+    if port == 0 {
+        return Err(text(
+            400,
+            "no port provided for sidecar_service and none left in the configured range [21000, 21255]",
+        ));
+    }
+    let address = get_str(sidecar, "Address")?
+        .unwrap_or(parent_address)
+        .to_string();
+    let mut proxy = match get_obj(sidecar, "Proxy")? {
+        Some(p) => {
+            validate_proxy(p)?;
+            p.clone()
+        }
+        None => Object::new(),
+    };
+    proxy.insert(
+        "DestinationServiceName".into(),
+        Value::String(parent_name.into()),
+    );
+    proxy.insert(
+        "DestinationServiceID".into(),
+        Value::String(parent_id.into()),
+    );
+    if !proxy.contains_key("LocalServiceAddress") {
+        proxy.insert(
+            "LocalServiceAddress".into(),
+            Value::String("127.0.0.1".into()),
+        );
+    }
+    if !proxy.contains_key("LocalServicePort") {
+        proxy.insert(
+            "LocalServicePort".into(),
+            Value::Number(Number::U64(parent_port)),
+        );
+    }
+    proxy
+        .entry("MeshGateway".into())
+        .or_insert_with(|| Value::Object(Object::new()));
+    proxy
+        .entry("Expose".into())
+        .or_insert_with(|| Value::Object(Object::new()));
+    let mut svc = agent_service("connect-proxy", &id, &name, &tags, &meta, port, &address);
+    svc.insert("Proxy".into(), Value::Object(proxy));
+    let mut checks = validate_checks(sidecar)?;
+    if checks.is_empty() {
+        let mut tcp = Object::new();
+        tcp.insert(
+            "Name".into(),
+            Value::String("Connect Sidecar Listening".into()),
+        );
+        tcp.insert("TCP".into(), Value::String(format!("{address}:{port}")));
+        tcp.insert("Interval".into(), Value::String("10s".into()));
+        let mut alias = Object::new();
+        alias.insert(
+            "Name".into(),
+            Value::String(format!("Connect Sidecar Aliasing {parent_id}")),
+        );
+        alias.insert("AliasService".into(), Value::String(parent_id.into()));
+        checks = vec![tcp, alias];
+    }
+    Ok((svc, checks))
+}
+
+fn deregister(s: &mut State, id: &str) -> Reply {
+    if s.services.remove(id).is_none() {
+        return text(
+            404,
+            &format!(
+                "Unknown service ID \"{id}\". Ensure that the service ID is passed, not the service name."
+            ),
+        );
+    }
+    // The agent removes a locally registered sidecar with its parent.
+    let sidecar = format!("{id}-sidecar-proxy");
+    s.services.remove(&sidecar);
+    s.checks.retain(|_, c| {
+        let sid = match c.get("ServiceID") {
+            Some(Value::String(v)) => v.as_str(),
+            _ => "",
+        };
+        sid != id && sid != sidecar
+    });
+    (200, String::new(), Vec::new())
+}
