@@ -2,9 +2,49 @@
 //! `teardown`; the long-running loop (timers, signals, reload) builds on these.
 
 use crate::config::ValidConfig;
+use crate::consul::client::Client;
+use crate::consul::sync::{self, Wanted};
 use crate::plan::{self, HostFacts, Plan};
 use crate::{net, state};
 use log::{info, warn};
+
+/// Every service the plan registers in Consul, with its body.
+fn wanted_services(plan: &Plan) -> Vec<Wanted<'_>> {
+    plan.groups
+        .iter()
+        .flat_map(|g| &g.services)
+        .map(|s| Wanted {
+            id: &s.id,
+            body: &s.registration,
+        })
+        .collect()
+}
+
+/// Registers `wanted` and removes outpost's services that are not in it. Without any
+/// services to register, an unreachable Consul is only a warning: such groups need no
+/// Consul.
+fn sync_consul(valid: &ValidConfig, wanted: &[Wanted]) -> Result<(), String> {
+    let client = Client::new(&valid.config.consul)?;
+    match sync::sync(&client, wanted, true) {
+        Ok(done) => {
+            info!(
+                "Consul: {} service(s) registered, {} deregistered, {} unchanged",
+                done.registered.len(),
+                done.deregistered.len(),
+                wanted.len() - done.registered.len()
+            );
+            Ok(())
+        }
+        Err(e) if wanted.is_empty() && e.is_retryable() => {
+            warn!("Consul: cannot check for leftover registrations ({e}); groups need no Consul");
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "Consul registration at {}: {e}",
+            valid.config.consul.address
+        )),
+    }
+}
 
 /// Plans from the config and the node state, records the plan's leases before touching the
 /// host (so a crash mid-apply re-plans the same addresses and ports), then reconciles.
@@ -30,6 +70,8 @@ pub fn apply(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
         plan.groups.len(),
         plan.bridge.name
     );
+    // After the network: a service must not be advertised before its port is mapped.
+    sync_consul(valid, &wanted_services(&plan))?;
     Ok(plan)
 }
 
@@ -41,6 +83,8 @@ pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), String> {
         state::NodeState::default()
     });
     let plan = plan::build(valid, &previous, host).map_err(|e| format!("cannot plan: {e}"))?;
+    // Deregister first, so nothing is routed to groups that are going away.
+    sync_consul(valid, &[])?;
     net::teardown(&plan).map_err(|e| e.to_string())?;
     if state_path.exists() {
         let empty = state::from_plan(&Plan {
