@@ -298,3 +298,119 @@ fn service_preflight_reads_back_the_sidecar() {
     preflight::service(&client, p, "_outpost-api-count-api-9001-sidecar-proxy")
         .expect("registered");
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made for this test.
+struct TestPki {
+    ca_pem: String,
+    server_cert_pem: String,
+    server_key_pem: String,
+    client_cert_pem: String,
+    client_key_pem: String,
+}
+
+fn test_pki() -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["outpost-client".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &ca)
+        .unwrap();
+    TestPki {
+        ca_pem: ca.pem(),
+        server_cert_pem: server.pem(),
+        server_key_pem: server_key.serialize_pem(),
+        client_cert_pem: client.pem(),
+        client_key_pem: client_key.serialize_pem(),
+    }
+}
+
+fn tls_server(pki: &TestPki) -> std::sync::Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(pki.server_cert_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    std::sync::Arc::new(config)
+}
+
+#[test]
+fn https_with_a_client_certificate_works_and_without_one_is_refused() {
+    let pki = test_pki();
+    let dir = std::env::temp_dir().join(format!("outpost-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let ca = write("ca.pem", &pki.ca_pem);
+    let cert = write("client.pem", &pki.client_cert_pem);
+    let key = write("client-key.pem", &pki.client_key_pem);
+    let double = ConsulDouble::start_tls(tls_server(&pki));
+
+    let with_cert = consul_config(
+        &double.url(),
+        &format!("ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\""),
+    );
+    let client = Client::new(&with_cert.config.consul).expect("client");
+    let plan = countdash_plan();
+    sync::sync(&client, &wanted(&plan), true).expect("registration over mutual TLS");
+    assert_eq!(double.service_ids().len(), 4);
+
+    let without_cert = consul_config(&double.url(), &format!("ca_file = \"{ca}\""));
+    let refused = Client::new(&without_cert.config.consul)
+        .unwrap()
+        .get("/v1/agent/services");
+    assert!(
+        matches!(refused, Err(ConsulError::Unreachable(_))),
+        "{refused:?}"
+    );
+
+    let no_ca = consul_config(&double.url(), "");
+    let untrusted = Client::new(&no_ca.config.consul)
+        .unwrap()
+        .get("/v1/agent/services");
+    assert!(
+        matches!(untrusted, Err(ConsulError::Unreachable(_))),
+        "{untrusted:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unreadable_tls_files_are_reported_by_setting_name() {
+    let valid = consul_config(
+        "https://127.0.0.1:8501",
+        "ca_file = \"/nonexistent/ca.pem\"",
+    );
+    let err = Client::new(&valid.config.consul).unwrap_err();
+    assert!(
+        err.starts_with("cannot read consul.ca_file /nonexistent/ca.pem:"),
+        "{err}"
+    );
+}

@@ -16,7 +16,7 @@
 use miniserde::json::{self, Array, Number, Object, Value};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,29 +56,54 @@ struct State {
 pub struct ConsulDouble {
     state: Arc<Mutex<State>>,
     pub address: String,
+    tls: bool,
 }
 
 impl ConsulDouble {
     /// Starts a double on 127.0.0.1 with a random port. ACLs off.
     pub fn start() -> ConsulDouble {
+        Self::start_with(None)
+    }
+
+    /// Serves HTTPS with `tls` (Consul's `verify_incoming`: a client certificate is
+    /// required when the config says so).
+    pub fn start_tls(tls: Arc<rustls::ServerConfig>) -> ConsulDouble {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> ConsulDouble {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the double");
         let address = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
         let double = ConsulDouble {
             state: Arc::new(Mutex::new(State::default())),
             address,
+            tls: tls.is_some(),
         };
         let served = double.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let d = served.clone();
-                std::thread::spawn(move || d.serve(stream));
+                let tls = tls.clone();
+                std::thread::spawn(move || match tls {
+                    None => d.serve(stream),
+                    Some(config) => {
+                        let Ok(conn) = rustls::ServerConnection::new(config) else {
+                            return;
+                        };
+                        d.serve(rustls::StreamOwned::new(conn, stream))
+                    }
+                });
             }
         });
         double
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.address)
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.address
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -128,12 +153,8 @@ impl ConsulDouble {
         self.lock().services.get(id).cloned()
     }
 
-    fn serve(&self, stream: TcpStream) {
-        let mut reader = BufReader::new(match stream.try_clone() {
-            Ok(s) => s,
-            Err(_) => return,
-        });
-        let mut writer = stream;
+    fn serve(&self, stream: impl Read + Write) {
+        let mut reader = BufReader::new(stream);
         loop {
             let Some(request) = read_request(&mut reader) else {
                 return;
@@ -165,9 +186,11 @@ impl ConsulDouble {
                 head.push_str(&format!("{k}: {v}\r\n"));
             }
             head.push_str("\r\n");
+            let writer = reader.get_mut();
             if writer
                 .write_all(head.as_bytes())
                 .and_then(|()| writer.write_all(body.as_bytes()))
+                .and_then(|()| writer.flush())
                 .is_err()
             {
                 return;
@@ -218,7 +241,7 @@ impl Request {
     }
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+fn read_request(reader: &mut BufReader<impl Read>) -> Option<Request> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
