@@ -414,3 +414,103 @@ fn unreadable_tls_files_are_reported_by_setting_name() {
         "{err}"
     );
 }
+
+const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjb3VudC1hcGkifQ.c2lnbmF0dXJl";
+
+#[test]
+fn login_mode_mints_a_token_per_service_that_preflights_registers_and_logs_out() {
+    use outpost::consul::acl;
+    let double = ConsulDouble::start();
+    double.enable_acls();
+    double.add_token(TOKEN, Duration::ZERO);
+    double.add_auth_method("nomad-workloads", JWT);
+    double.set_minted_lag(Duration::from_millis(1500));
+    let dir = std::env::temp_dir().join(format!("outpost-acl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jwt_file = dir.join("jwt");
+    std::fs::write(&jwt_file, JWT).unwrap();
+    let valid = consul_config(
+        &double.url(),
+        &format!(
+            "token = \"{TOKEN}\"\n[consul.acl]\nmode = \"login\"\njwt_file = \"{}\"",
+            jwt_file.display()
+        ),
+    );
+    let consul = &valid.config.consul;
+    let client = Client::new(consul).unwrap();
+
+    let token = acl::obtain(&client, &consul.acl, "count-api", "edge-01")
+        .unwrap()
+        .expect("login mode mints");
+    assert!(!format!("{token:?}").contains(&token.secret));
+    let workload = client.with_token(&token.secret);
+    preflight::token(&workload, &consul.preflight, "service count-api")
+        .expect("visible after the lag");
+    assert!(!double.log().iter().any(|l| l.negative_cached));
+
+    let plan = countdash_plan();
+    let api: Vec<Wanted> = wanted(&plan)
+        .into_iter()
+        .filter(|w| w.id.contains("-api-"))
+        .collect();
+    sync::sync(&workload, &api, false).expect("registered with the workload token");
+
+    let secrets = dir.join("secrets");
+    acl::store_secret(&secrets, "si_token", &token.secret).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&secrets).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::metadata(secrets.join("si_token"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    acl::release(&client, &consul.acl, &token).unwrap();
+    assert_eq!(double.live_minted(), 0, "logged out");
+    acl::release(&client, &consul.acl, &token).expect("releasing twice is fine");
+
+    std::fs::write(&jwt_file, "not-the-jwt").unwrap();
+    let err = acl::obtain(&client, &consul.acl, "count-api", "edge-01").unwrap_err();
+    assert!(err.starts_with("ACL login with auth method nomad-workloads for service count-api: Unexpected response code: 403"), "{err}");
+    assert!(!err.contains("not-the-jwt") && !err.contains(TOKEN));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn service_identity_mode_creates_a_local_token_and_deletes_it() {
+    use outpost::consul::acl;
+    let double = ConsulDouble::start();
+    double.enable_acls();
+    double.add_token(TOKEN, Duration::ZERO);
+    let valid = consul_config(
+        &double.url(),
+        &format!("token = \"{TOKEN}\"\n[consul.acl]\nmode = \"service-identity\""),
+    );
+    let consul = &valid.config.consul;
+    let client = Client::new(consul).unwrap();
+    let token = acl::obtain(&client, &consul.acl, "count-dashboard", "edge-01")
+        .unwrap()
+        .expect("minted");
+    assert_eq!(double.live_minted(), 1);
+    preflight::token(
+        &client.with_token(&token.secret),
+        &consul.preflight,
+        "service count-dashboard",
+    )
+    .unwrap();
+    acl::release(&client, &consul.acl, &token).unwrap();
+    assert_eq!(double.live_minted(), 0, "deleted");
+
+    // agent-token mode mints nothing.
+    let agent = consul_config(&double.url(), &format!("token = \"{TOKEN}\""));
+    assert_eq!(
+        acl::obtain(&client, &agent.config.consul.acl, "x", "n").unwrap(),
+        None
+    );
+}

@@ -167,10 +167,28 @@ impl Client {
     }
 
     pub fn put(&self, path_and_query: &str, body: &str) -> Result<String, ConsulError> {
-        let mut req = self
-            .agent
-            .put(format!("{}{path_and_query}", self.base))
-            .header("Content-Type", "application/json");
+        self.send("PUT", path_and_query, body)
+    }
+
+    pub fn post(&self, path_and_query: &str, body: &str) -> Result<String, ConsulError> {
+        self.send("POST", path_and_query, body)
+    }
+
+    pub fn delete(&self, path_and_query: &str) -> Result<String, ConsulError> {
+        let mut req = self.agent.delete(format!("{}{path_and_query}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t);
+        }
+        answer(req.call())
+    }
+
+    fn send(&self, method: &str, path_and_query: &str, body: &str) -> Result<String, ConsulError> {
+        let url = format!("{}{path_and_query}", self.base);
+        let mut req = match method {
+            "POST" => self.agent.post(url),
+            _ => self.agent.put(url),
+        }
+        .header("Content-Type", "application/json");
         if let Some(t) = &self.token {
             req = req.header("X-Consul-Token", t);
         }

@@ -1,6 +1,7 @@
 //! The local Consul agent: what outpost registers there. The HTTP client, ACL tokens,
 //! preflight checks and the anti-entropy sync build on the registration bodies here.
 
+pub mod acl;
 pub mod client;
 pub mod preflight;
 pub mod registration;

@@ -39,8 +39,21 @@ struct Token {
     visible_at: Instant,
 }
 
+/// An auth method the double accepts logins for: its name and the one JWT it trusts.
+#[derive(Clone)]
+struct AuthMethod {
+    name: String,
+    jwt: String,
+}
+
 #[derive(Default)]
 struct State {
+    auth_method: Option<AuthMethod>,
+    /// Lag applied to tokens the double mints (login, token create).
+    minted_lag: Duration,
+    /// accessor -> secret of tokens minted here, and whether login made them.
+    minted: BTreeMap<String, (String, bool)>,
+    next_accessor: u64,
     services: BTreeMap<String, Object>,
     checks: BTreeMap<String, Object>,
     acl_enabled: bool,
@@ -122,6 +135,24 @@ impl ConsulDouble {
                 visible_at: Instant::now() + lag,
             },
         );
+    }
+
+    /// An auth method for `POST /v1/acl/login`, trusting exactly `jwt`.
+    pub fn add_auth_method(&self, name: &str, jwt: &str) {
+        self.lock().auth_method = Some(AuthMethod {
+            name: name.into(),
+            jwt: jwt.into(),
+        });
+    }
+
+    /// Replication lag for tokens minted by login or token create.
+    pub fn set_minted_lag(&self, lag: Duration) {
+        self.lock().minted_lag = lag;
+    }
+
+    /// Secrets of tokens minted here and still alive.
+    pub fn live_minted(&self) -> usize {
+        self.lock().minted.len()
     }
 
     pub fn fail_next(&self, n: usize) {
@@ -354,6 +385,44 @@ fn route(s: &mut State, r: &Request, negative_cached: &mut bool) -> Reply {
             None => text(404, &format!("unknown service ID: {id}")),
         };
     }
+    if path == "/v1/acl/login" {
+        if !expect("POST") {
+            return method_not_allowed(&r.method, "POST");
+        }
+        return login(s, &r.body);
+    }
+    if path == "/v1/acl/logout" {
+        if !expect("POST") {
+            return method_not_allowed(&r.method, "POST");
+        }
+        return logout(s, r);
+    }
+    if path == "/v1/acl/token" {
+        if !expect("PUT") {
+            return method_not_allowed(&r.method, "PUT");
+        }
+        if let Err(reply) = authorize_write(s, r) {
+            return reply;
+        }
+        return create_token(s, &r.body);
+    }
+    if let Some(accessor) = path.strip_prefix("/v1/acl/token/")
+        && accessor != "self"
+    {
+        if !expect("DELETE") {
+            return method_not_allowed(&r.method, "DELETE");
+        }
+        if let Err(reply) = authorize_write(s, r) {
+            return reply;
+        }
+        return match s.minted.remove(accessor) {
+            Some((secret, _)) => {
+                s.tokens.remove(&secret);
+                (200, "true".into(), Vec::new())
+            }
+            None => text(404, "Cannot find token to delete"),
+        };
+    }
     if path == "/v1/acl/token/self" {
         if !expect("GET") {
             return method_not_allowed(&r.method, "GET");
@@ -426,6 +495,128 @@ fn token_self(s: &mut State, r: &Request, negative_cached: &mut bool) -> Reply {
             text(403, "ACL not found")
         }
     }
+}
+
+fn mint(s: &mut State, login: bool, description: &str, identities: Value) -> Reply {
+    s.next_accessor += 1;
+    let accessor = format!("00000000-0000-4000-8000-{:012x}", s.next_accessor);
+    let secret = format!("11111111-2222-4333-8444-{:012x}", s.next_accessor * 7919);
+    let visible_at = Instant::now() + s.minted_lag;
+    s.tokens.insert(secret.clone(), Token { visible_at });
+    s.minted.insert(accessor.clone(), (secret.clone(), login));
+    let mut token = Object::new();
+    token.insert("AccessorID".into(), Value::String(accessor));
+    token.insert("SecretID".into(), Value::String(secret));
+    token.insert("Description".into(), Value::String(description.into()));
+    token.insert("ServiceIdentities".into(), identities);
+    token.insert("Local".into(), Value::Bool(true));
+    ok_json(Value::Object(token))
+}
+
+/// `POST /v1/acl/login` (§4.1). Errors for an unknown method or an untrusted JWT are the
+/// double's wording: the reference gives none.
+fn login(s: &mut State, body: &str) -> Reply {
+    if !s.acl_enabled {
+        return text(401, "ACL support disabled");
+    }
+    let Ok(Value::Object(req)) = json::from_str::<Value>(body) else {
+        return bad("expected a JSON object");
+    };
+    if let Err(reply) = check_keys(&req, &["AuthMethod", "BearerToken", "Meta"], "login") {
+        return reply;
+    }
+    let (Ok(Some(method)), Ok(Some(jwt))) =
+        (get_str(&req, "AuthMethod"), get_str(&req, "BearerToken"))
+    else {
+        return bad("AuthMethod and BearerToken are required");
+    };
+    let Some(known) = s.auth_method.clone().filter(|m| m.name == method) else {
+        return text(
+            403,
+            &format!("Permission denied: auth method \"{method}\" not found"),
+        );
+    };
+    if known.jwt != jwt {
+        return text(
+            403,
+            "Permission denied: failed to validate the bearer token",
+        );
+    }
+    let service = match string_map(&req, "Meta") {
+        Ok(meta) => match meta.get("requested_by") {
+            Some(Value::String(by)) => by.trim_start_matches("outpost_service_").to_string(),
+            _ => String::new(),
+        },
+        Err(reply) => return reply,
+    };
+    let mut identity = Object::new();
+    identity.insert("ServiceName".into(), Value::String(service));
+    mint(
+        s,
+        true,
+        "token created via login",
+        Value::Array(vec![Value::Object(identity)].into_iter().collect()),
+    )
+}
+
+fn logout(s: &mut State, r: &Request) -> Reply {
+    if !s.acl_enabled {
+        return text(401, "ACL support disabled");
+    }
+    let Some(secret) = r.token.clone() else {
+        return text(403, "ACL not found");
+    };
+    // The token is resolved first: an unknown one is "ACL not found".
+    if token_state(s, Some(&secret)).is_err() {
+        return text(403, "ACL not found");
+    }
+    let accessor = s
+        .minted
+        .iter()
+        .find(|(_, (sec, login))| *sec == secret && *login)
+        .map(|(a, _)| a.clone());
+    match accessor {
+        Some(a) => {
+            s.minted.remove(&a);
+            s.tokens.remove(&secret);
+            (200, "true".into(), Vec::new())
+        }
+        None => text(
+            403,
+            "Permission denied: only tokens created by login can be destroyed by logout",
+        ),
+    }
+}
+
+fn create_token(s: &mut State, body: &str) -> Reply {
+    let Ok(Value::Object(req)) = json::from_str::<Value>(body) else {
+        return text(400, "Token decoding failed: expected a JSON object");
+    };
+    let allowed = [
+        "Description",
+        "ServiceIdentities",
+        "Local",
+        "Policies",
+        "Roles",
+        "ExpirationTTL",
+    ];
+    if let Some(k) = req.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return text(
+            400,
+            &format!("Token decoding failed: unknown field \"{k}\""),
+        );
+    }
+    let Some(Value::Array(ids)) = req.get("ServiceIdentities") else {
+        return text(
+            400,
+            "Token decoding failed: ServiceIdentities required by this double",
+        );
+    };
+    let description = match req.get("Description") {
+        Some(Value::String(d)) => d.clone(),
+        _ => String::new(),
+    };
+    mint(s, false, &description, Value::Array(ids.clone()))
 }
 
 const SERVICE_KEYS: &[&str] = &[
