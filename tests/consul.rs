@@ -16,6 +16,41 @@ use support::consul_double::ConsulDouble;
 
 const TOKEN: &str = "5f1e2d3c-secret-token-value-0001";
 
+/// Every log line outpost writes in this test binary, at every level.
+struct Capture;
+static LINES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        LINES
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", record.level(), record.args()));
+    }
+    fn flush(&self) {}
+}
+
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        log::set_boxed_logger(Box::new(Capture)).unwrap();
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+}
+
+fn assert_logs_free_of(secrets: &[&str]) {
+    let lines = LINES.lock().unwrap();
+    assert!(!lines.is_empty(), "the flows under test log something");
+    for line in lines.iter() {
+        for secret in secrets {
+            assert!(!line.contains(secret), "a secret reached the log: {line}");
+        }
+    }
+}
+
 fn consul_config(url: &str, extra: &str) -> ValidConfig {
     config::parse(
         &format!("[consul]\naddress = \"{url}\"\n{extra}"),
@@ -420,6 +455,7 @@ const JWT: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjb3VudC1hcGkifQ.c2lnbmF0dXJl"
 #[test]
 fn login_mode_mints_a_token_per_service_that_preflights_registers_and_logs_out() {
     use outpost::consul::acl;
+    capture_logs();
     let double = ConsulDouble::start();
     double.enable_acls();
     double.add_token(TOKEN, Duration::ZERO);
@@ -479,6 +515,7 @@ fn login_mode_mints_a_token_per_service_that_preflights_registers_and_logs_out()
     let err = acl::obtain(&client, &consul.acl, "count-api", "edge-01").unwrap_err();
     assert!(err.starts_with("ACL login with auth method nomad-workloads for service count-api: Unexpected response code: 403"), "{err}");
     assert!(!err.contains("not-the-jwt") && !err.contains(TOKEN));
+    assert_logs_free_of(&[TOKEN, JWT, &token.secret]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -512,5 +549,130 @@ fn service_identity_mode_creates_a_local_token_and_deletes_it() {
     assert_eq!(
         acl::obtain(&client, &agent.config.consul.acl, "x", "n").unwrap(),
         None
+    );
+}
+
+#[test]
+fn anti_entropy_repairs_an_agent_restart_within_seconds() {
+    use outpost::consul::anti_entropy::{AntiEntropy, QUICK_CHECK, Tick};
+    use std::time::Instant;
+    capture_logs();
+    let double = ConsulDouble::start();
+    double.enable_acls();
+    double.add_token(TOKEN, Duration::ZERO);
+    let valid = consul_config(&double.url(), &format!("token = \"{TOKEN}\""));
+    let client = Client::new(&valid.config.consul).unwrap();
+    let plan = countdash_plan();
+    let wanted = wanted(&plan);
+    let mut ae = AntiEntropy::new(
+        Duration::from_secs(30),
+        QUICK_CHECK,
+        Duration::from_secs(60),
+        Instant::now(),
+    );
+    assert_eq!(
+        ae.tick(&client, &wanted, Instant::now()),
+        Tick::Synced {
+            registered: 2,
+            deregistered: 0
+        }
+    );
+
+    double.restart();
+    let restarted = Instant::now();
+    while double.service_ids().len() < 4 && restarted.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(ae.next_due().saturating_duration_since(Instant::now()));
+        ae.tick(&client, &wanted, Instant::now());
+    }
+    assert_eq!(
+        double.service_ids().len(),
+        4,
+        "re-registered within 5s of the restart"
+    );
+    assert_logs_free_of(&[TOKEN]);
+}
+
+#[test]
+fn anti_entropy_removes_orphans_only_after_probation_sidecar_first() {
+    use outpost::consul::anti_entropy::{AntiEntropy, Tick};
+    use std::time::Instant;
+    let double = ConsulDouble::start();
+    let client = Client::new(&consul_config(&double.url(), "").config.consul).unwrap();
+    let plan = countdash_plan();
+    let all = wanted(&plan);
+    let only_api: Vec<Wanted> = wanted(&plan)
+        .into_iter()
+        .filter(|w| w.id.contains("-api-"))
+        .collect();
+    let t0 = Instant::now();
+    let full = Duration::from_secs(30);
+    let mut ae = AntiEntropy::new(full, Duration::from_secs(2), Duration::from_secs(60), t0);
+    ae.tick(&client, &all, t0);
+    // Within probation a full sync keeps services no group owns.
+    assert_eq!(
+        ae.tick(&client, &only_api, t0 + full),
+        Tick::Synced {
+            registered: 0,
+            deregistered: 0
+        }
+    );
+    assert_eq!(double.service_ids().len(), 4);
+    // After it, they go: sidecar first.
+    assert_eq!(
+        ae.tick(&client, &only_api, t0 + full * 3),
+        Tick::Synced {
+            registered: 0,
+            deregistered: 1
+        }
+    );
+    assert_eq!(double.service_ids().len(), 2);
+    let deregs: Vec<String> = double
+        .log()
+        .into_iter()
+        .filter(|l| l.path.contains("/deregister/"))
+        .map(|l| l.path)
+        .collect();
+    assert!(
+        deregs[0].ends_with("-http-sidecar-proxy") && deregs[1].ends_with("-count-dashboard-http"),
+        "{deregs:?}"
+    );
+}
+
+#[test]
+fn anti_entropy_backs_off_linearly_after_failures_and_recovers() {
+    use outpost::consul::anti_entropy::{AntiEntropy, Tick};
+    use std::time::Instant;
+    let double = ConsulDouble::start();
+    let client = Client::new(&consul_config(&double.url(), "").config.consul).unwrap();
+    let plan = countdash_plan();
+    let wanted = wanted(&plan);
+    let t0 = Instant::now();
+    let mut ae = AntiEntropy::new(
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+        t0,
+    );
+    double.fail_next(3);
+    assert_eq!(ae.tick(&client, &wanted, t0), Tick::Failed);
+    assert_eq!(ae.next_due() - t0, Duration::from_secs(1));
+    let t1 = ae.next_due();
+    assert_eq!(ae.tick(&client, &wanted, t1), Tick::Failed);
+    assert_eq!(ae.next_due() - t1, Duration::from_secs(2));
+    let t2 = ae.next_due();
+    assert_eq!(ae.tick(&client, &wanted, t2), Tick::Failed);
+    assert_eq!(ae.next_due() - t2, Duration::from_secs(3));
+    let t3 = ae.next_due();
+    assert_eq!(
+        ae.tick(&client, &wanted, t3),
+        Tick::Synced {
+            registered: 2,
+            deregistered: 0
+        }
+    );
+    assert_eq!(
+        ae.next_due() - t3,
+        Duration::from_secs(2),
+        "back to the quick check"
     );
 }

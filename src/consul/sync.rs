@@ -78,6 +78,16 @@ pub fn deregister(client: &Client, id: &str) -> Result<(), ConsulError> {
     Ok(())
 }
 
+/// Whether a registration body asks for a sidecar.
+pub fn has_sidecar(body: &Value) -> bool {
+    match body {
+        Value::Object(b) => object(b, "Connect")
+            .and_then(|c| object(c, "SidecarService"))
+            .is_some(),
+        _ => false,
+    }
+}
+
 fn field<'a>(obj: &'a Object, key: &str) -> Option<&'a Value> {
     obj.get(key).filter(|v| !matches!(v, Value::Null))
 }
