@@ -2,48 +2,138 @@
 //! `teardown`; the long-running loop (timers, signals, reload) builds on these.
 
 use crate::config::ValidConfig;
+use crate::consul::acl::{self, WorkloadToken};
 use crate::consul::client::Client;
+use crate::consul::preflight;
 use crate::consul::sync::{self, Wanted};
-use crate::plan::{self, HostFacts, Plan};
+use crate::plan::{self, GroupPlan, HostFacts, Plan, ServicePlan};
 use crate::{net, state};
 use log::{info, warn};
+use std::path::{Path, PathBuf};
 
-/// Every service the plan registers in Consul, with its body.
-fn wanted_services(plan: &Plan) -> Vec<Wanted<'_>> {
-    plan.groups
-        .iter()
-        .flat_map(|g| &g.services)
-        .map(|s| Wanted {
-            id: &s.id,
-            body: &s.registration,
-        })
-        .collect()
+/// Where a service's workload token is kept: the group's secrets directory on tmpfs.
+fn token_path(group: &GroupPlan, service_id: &str) -> PathBuf {
+    Path::new(&group.alloc_dir)
+        .join("secrets")
+        .join(format!("{service_id}.token"))
 }
 
-/// Registers `wanted` and removes outpost's services that are not in it. Without any
-/// services to register, an unreachable Consul is only a warning: such groups need no
-/// Consul.
-fn sync_consul(valid: &ValidConfig, wanted: &[Wanted]) -> Result<(), String> {
-    let client = Client::new(&valid.config.consul)?;
-    match sync::sync(&client, wanted, true) {
-        Ok(done) => {
-            info!(
-                "Consul: {} service(s) registered, {} deregistered, {} unchanged",
-                done.registered.len(),
-                done.deregistered.len(),
-                wanted.len() - done.registered.len()
-            );
-            Ok(())
+fn read_token(path: &Path) -> Option<WorkloadToken> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (accessor, secret) = text.split_once('\n')?;
+    Some(WorkloadToken {
+        accessor: accessor.to_string(),
+        secret: secret.trim().to_string(),
+    })
+}
+
+/// The token `service` registers with: none in agent-token mode; otherwise the stored one
+/// if Consul still resolves it, else a new one, stored and read back (preflight) first.
+fn workload_token(
+    base: &Client,
+    valid: &ValidConfig,
+    plan: &Plan,
+    group: &GroupPlan,
+    service: &ServicePlan,
+) -> Result<Option<WorkloadToken>, String> {
+    let consul = &valid.config.consul;
+    if consul.acl.mode == "agent-token" {
+        return Ok(None);
+    }
+    let what = format!("service {}", service.name);
+    let path = token_path(group, &service.id);
+    if let Some(kept) = read_token(&path) {
+        if preflight::token(&base.with_token(&kept.secret), &consul.preflight, &what).is_ok() {
+            return Ok(Some(kept));
         }
-        Err(e) if wanted.is_empty() && e.is_retryable() => {
-            warn!("Consul: cannot check for leftover registrations ({e}); groups need no Consul");
-            Ok(())
-        }
-        Err(e) => Err(format!(
+        warn!("the stored token of {what} is no longer valid; getting a new one");
+    }
+    let Some(token) = acl::obtain(base, &consul.acl, &service.name, &plan.node_name)? else {
+        return Ok(None);
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("token");
+    acl::store_secret(dir, name, &format!("{}\n{}", token.accessor, token.secret))
+        .map_err(|e| format!("cannot store the token of {what} in {}: {e}", dir.display()))?;
+    info!(
+        "{what}: new Consul token {} ({} mode)",
+        token.accessor, consul.acl.mode
+    );
+    preflight::token(&base.with_token(&token.secret), &consul.preflight, &what)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(token))
+}
+
+/// Registers the plan's services (each with its workload token) and removes outpost's
+/// services no group owns. Without any services, an unreachable Consul is only a warning:
+/// such groups need no Consul.
+fn sync_consul(valid: &ValidConfig, plan: &Plan) -> Result<(), String> {
+    let base = Client::new(&valid.config.consul)?;
+    let at = |e: &dyn std::fmt::Display| {
+        format!(
             "Consul registration at {}: {e}",
             valid.config.consul.address
-        )),
+        )
+    };
+    let mut registered = 0;
+    let mut keep = Vec::new();
+    for group in &plan.groups {
+        for service in &group.services {
+            let token = workload_token(&base, valid, plan, group, service)?;
+            let client = match &token {
+                Some(t) => base.with_token(&t.secret),
+                None => base.clone(),
+            };
+            let wanted = [Wanted {
+                id: &service.id,
+                body: &service.registration,
+            }];
+            registered += sync::sync(&client, &wanted, false)
+                .map_err(|e| at(&e))?
+                .registered
+                .len();
+            keep.push(service.id.as_str());
+        }
     }
+    let removed = match sync::agent_services(&base) {
+        Ok(services) => sync::remove_unowned(&base, &services, &keep).map_err(|e| at(&e))?,
+        Err(e) if keep.is_empty() && e.is_retryable() => {
+            warn!("Consul: cannot check for leftover registrations ({e}); groups need no Consul");
+            return Ok(());
+        }
+        Err(e) => return Err(at(&e)),
+    };
+    info!(
+        "Consul: {registered} service(s) registered, {} deregistered, {} unchanged",
+        removed.len(),
+        keep.len() - registered
+    );
+    Ok(())
+}
+
+/// Deregisters everything of ours, then gives back the workload tokens kept on disk.
+fn release_consul(valid: &ValidConfig, plan: &Plan) -> Result<(), String> {
+    sync_consul(valid, &plan.without_groups())?;
+    let base = Client::new(&valid.config.consul)?;
+    for group in &plan.groups {
+        let dir = Path::new(&group.alloc_dir).join("secrets");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "token") {
+                continue;
+            }
+            if let Some(token) = read_token(&path) {
+                acl::release(&base, &valid.config.consul.acl, &token)
+                    .map_err(|e| format!("releasing Consul token {}: {e}", token.accessor))?;
+                info!("released Consul token {}", token.accessor);
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    Ok(())
 }
 
 /// Plans from the config and the node state, records the plan's leases before touching the
@@ -71,7 +161,7 @@ pub fn apply(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
         plan.bridge.name
     );
     // After the network: a service must not be advertised before its port is mapped.
-    sync_consul(valid, &wanted_services(&plan))?;
+    sync_consul(valid, &plan)?;
     Ok(plan)
 }
 
@@ -84,7 +174,7 @@ pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), String> {
     });
     let plan = plan::build(valid, &previous, host).map_err(|e| format!("cannot plan: {e}"))?;
     // Deregister first, so nothing is routed to groups that are going away.
-    sync_consul(valid, &[])?;
+    release_consul(valid, &plan)?;
     net::teardown(&plan).map_err(|e| e.to_string())?;
     if state_path.exists() {
         let empty = state::from_plan(&Plan {

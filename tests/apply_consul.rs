@@ -109,3 +109,99 @@ fn apply_registers_services_after_the_network_and_teardown_removes_them() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn login_mode_registers_each_service_with_its_own_token_reused_across_applies_and_released() {
+    if !is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test needs root (namespaces)"
+        );
+        eprintln!("skipping: not root");
+        return;
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+    assert!(
+        Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    const AGENT_TOKEN: &str = "agent-token-0001-do-not-log";
+    const JWT: &str = "header.payload.signature-for-outpost";
+    let double = ConsulDouble::start();
+    double.enable_acls();
+    double.add_token(AGENT_TOKEN, std::time::Duration::ZERO);
+    double.add_auth_method("nomad-workloads", JWT);
+    double.set_minted_lag(std::time::Duration::from_millis(1200));
+    let dir = std::env::temp_dir().join(format!("outpost-login-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("jwt"), JWT).unwrap();
+    let countdash = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/countdash.toml"
+    ))
+    .unwrap();
+    let config = countdash
+        .replace(
+            "address = \"http://127.0.0.1:8500\"",
+            &format!(
+                "address = \"{}\"\ntoken = \"{AGENT_TOKEN}\"\n[consul.acl]\nmode = \"login\"\njwt_file = \"{}\"\n[consul.preflight]\ntoken_base = \"100ms\"",
+                double.url(),
+                dir.join("jwt").display()
+            ),
+        )
+        .replace(
+            "[agent]\n",
+            &format!("[agent]\ndata_dir = \"{0}/data\"\nrun_dir = \"{0}/run\"\n", dir.display()),
+        );
+    let file = dir.join("outpost.toml");
+    std::fs::write(&file, config).unwrap();
+
+    let out = outpost(&format!("apply -c {}", file.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(double.live_minted(), 2, "one token per service");
+    assert_eq!(double.service_ids().len(), 4);
+    assert!(
+        !double.log().iter().any(|l| l.negative_cached),
+        "preflight reads are stale"
+    );
+    let token_file = dir.join("run/alloc/api/secrets/_outpost-api-count-api-9001.token");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(token_file.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    for secret in [AGENT_TOKEN, JWT, "11111111-2222-4333-8444-"] {
+        assert!(!stderr.contains(secret), "a secret reached the log");
+    }
+
+    let again = outpost(&format!("apply -c {}", file.display()));
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(double.live_minted(), 2, "the stored tokens are reused");
+
+    let down = outpost(&format!("teardown -c {}", file.display()));
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(double.service_ids().is_empty());
+    assert_eq!(double.live_minted(), 0, "tokens logged out");
+    assert!(!token_file.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -51,6 +51,7 @@ impl fmt::Display for ConsulError {
 
 impl std::error::Error for ConsulError {}
 
+#[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
     base: String,

@@ -54,16 +54,29 @@ pub fn sync(
         }
     }
     if remove_orphans {
-        let keep: BTreeSet<&str> = wanted.iter().map(|w| w.id).collect();
-        for id in services.keys() {
-            let ours = id.starts_with(ID_PREFIX) && !id.ends_with(SIDECAR_SUFFIX);
-            if ours && !keep.contains(id.as_str()) {
-                deregister(client, id)?;
-                done.deregistered.push(id.clone());
-            }
-        }
+        let keep: Vec<&str> = wanted.iter().map(|w| w.id).collect();
+        done.deregistered = remove_unowned(client, &services, &keep)?;
     }
     Ok(done)
+}
+
+/// Deregisters `_outpost-*` services in `services` whose ID is not in `keep` (their
+/// sidecars first). Returns the parent IDs removed.
+pub fn remove_unowned(
+    client: &Client,
+    services: &Object,
+    keep: &[&str],
+) -> Result<Vec<String>, ConsulError> {
+    let keep: BTreeSet<&str> = keep.iter().copied().collect();
+    let mut removed = Vec::new();
+    for id in services.keys() {
+        let ours = id.starts_with(ID_PREFIX) && !id.ends_with(SIDECAR_SUFFIX);
+        if ours && !keep.contains(id.as_str()) {
+            deregister(client, id)?;
+            removed.push(id.clone());
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes a service and its sidecar, sidecar first. Absent is fine.

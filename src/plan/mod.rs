@@ -158,6 +158,22 @@ pub struct RestartPlan {
     pub mode: String,
 }
 
+impl Plan {
+    /// The same node-level plan with no groups (what remains once everything is removed).
+    pub fn without_groups(&self) -> Plan {
+        Plan {
+            node_name: self.node_name.clone(),
+            advertise_address: self.advertise_address.clone(),
+            advertise_address_source: self.advertise_address_source.clone(),
+            data_dir: self.data_dir.clone(),
+            run_dir: self.run_dir.clone(),
+            bridge: self.bridge.clone(),
+            dynamic_ports: self.dynamic_ports.clone(),
+            groups: Vec::new(),
+        }
+    }
+}
+
 /// Envoy's admin and ready ports inside the namespace for the `i`th service of a group
 /// (DESIGN.md: admin 127.0.0.2:19000+i, ready 127.0.0.1:19100+i).
 pub fn envoy_ports(service_index: usize) -> (u16, u16) {
