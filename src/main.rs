@@ -51,8 +51,10 @@ struct PlanCmd {
 
 #[derive(FromArgs)]
 /// Make the host match the plan once, then exit: bridge, each group's namespace, veth,
-/// address, route and port mappings; removes outpost's namespaces, veths and rules that no
-/// group owns. Idempotent. Needs root. (Consul and processes arrive with the agent.)
+/// address, route and port mappings, then the group services in the local Consul agent
+/// (with workload tokens per consul.acl.mode); removes outpost's namespaces, veths, rules
+/// and registrations that no group owns. Idempotent. Needs root. (Running the tasks and
+/// Envoy arrives with the agent.)
 #[argh(subcommand, name = "apply")]
 struct ApplyCmd {
     /// the config file
@@ -61,8 +63,9 @@ struct ApplyCmd {
 }
 
 #[derive(FromArgs)]
-/// Remove everything outpost set up on this host: every outpost namespace (and its veth),
-/// the nf_tables table, the bridge (unless other interfaces use it), and the leases.
+/// Remove everything outpost set up on this host: its Consul registrations and workload
+/// tokens, every outpost namespace (and its veth), the nf_tables table, the bridge (unless
+/// other interfaces use it), and the leases.
 #[argh(subcommand, name = "teardown")]
 struct TeardownCmd {
     /// the config file
