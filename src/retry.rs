@@ -63,8 +63,11 @@ pub struct GaveUp<E> {
 }
 
 /// Calls `attempt` until it returns `Ok`, `retryable` says no, or `budget` is spent.
-/// Sleeps between attempts by `backoff`; never sleeps past the budget.
-pub fn retry_until<T, E>(
+/// Sleeps between attempts by `backoff`; never sleeps past the budget. Each retry is logged
+/// with `what` failed, why and the next delay: at info when the error is new (the first, or
+/// a different one), at debug when it repeats.
+pub fn retry_until<T, E: std::fmt::Display>(
+    what: &str,
     budget: Duration,
     backoff: Backoff,
     mut attempt: impl FnMut() -> Result<T, E>,
@@ -73,6 +76,7 @@ pub fn retry_until<T, E>(
     let start = Instant::now();
     let mut jitter = Jitter::new();
     let mut n = 0;
+    let mut previous = String::new();
     loop {
         n += 1;
         let last = match attempt() {
@@ -88,6 +92,16 @@ pub fn retry_until<T, E>(
             });
         }
         let delay = backoff.delay(n, jitter.sample()).min(budget - spent);
+        let error = last.to_string();
+        if error == previous {
+            log::debug!(
+                "{what}: {error}; attempt {n}, retrying in {:.1}s",
+                delay.as_secs_f64()
+            );
+        } else {
+            log::info!("{what}: {error}; retrying in {:.1}s", delay.as_secs_f64());
+            previous = error;
+        }
         std::thread::sleep(delay);
     }
 }
@@ -132,6 +146,7 @@ mod tests {
         };
         let mut calls = 0;
         let r: Result<u32, GaveUp<&str>> = retry_until(
+            "test",
             Duration::from_secs(5),
             quick,
             || {
@@ -142,12 +157,22 @@ mod tests {
         );
         assert_eq!(r.unwrap(), 3);
 
-        let r: Result<(), GaveUp<&str>> =
-            retry_until(Duration::from_secs(5), quick, || Err("final"), |_| false);
+        let r: Result<(), GaveUp<&str>> = retry_until(
+            "test",
+            Duration::from_secs(5),
+            quick,
+            || Err("final"),
+            |_| false,
+        );
         assert_eq!(r.unwrap_err().attempts, 1);
 
-        let r: Result<(), GaveUp<&str>> =
-            retry_until(Duration::from_millis(30), quick, || Err("down"), |_| true);
+        let r: Result<(), GaveUp<&str>> = retry_until(
+            "test",
+            Duration::from_millis(30),
+            quick,
+            || Err("down"),
+            |_| true,
+        );
         let gave_up = r.unwrap_err();
         assert!(gave_up.attempts > 1 && gave_up.waited >= Duration::from_millis(30));
     }

@@ -252,8 +252,25 @@ fn token_preflight_waits_out_replication_lag_without_negative_caching() {
     double.add_token(TOKEN, Duration::from_secs(3));
     let valid = consul_config(&double.url(), &format!("token = \"{TOKEN}\""));
     let client = Client::new(&valid.config.consul).unwrap();
-    preflight::token(&client, &valid.config.consul.preflight, "service count-api")
+    capture_logs();
+    preflight::token(&client, &valid.config.consul.preflight, "service lag-test")
         .expect("preflight passes once replicated");
+    // Logged once per state change: one info line, the repeats at debug.
+    let lines = LINES.lock().unwrap().clone();
+    let step = "ACL token preflight for service lag-test: Unexpected response code: 403 (ACL not found); retrying in";
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with(&format!("INFO {step}")))
+            .count(),
+        1,
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("DEBUG ACL token preflight for service lag-test"))
+    );
     let reads: Vec<_> = double
         .log()
         .into_iter()

@@ -7,7 +7,6 @@
 use super::client::{Client, ConsulError};
 use crate::config::Preflight;
 use crate::retry::{Backoff, retry_until};
-use log::debug;
 use std::time::Duration;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -31,17 +30,16 @@ pub fn token(client: &Client, p: &Preflight, what: &str) -> Result<(), Preflight
         max: p.token_base.0 * 2,
         jitter: Duration::ZERO,
     };
+    let step = format!("ACL token preflight for {what}");
     let result = retry_until(
+        &step,
         p.token_timeout.0,
         backoff,
         || match client.get("/v1/acl/token/self?stale") {
             Err(ConsulError::Rejected { status: 401, .. }) => Ok(()),
             other => other.map(|_| ()),
         },
-        |e| {
-            debug!("token preflight for {what}: {e}; retrying");
-            e.is_retryable() || matches!(e, ConsulError::AclNotFound(_))
-        },
+        |e| e.is_retryable() || matches!(e, ConsulError::AclNotFound(_)),
     );
     result.map_err(|gave_up| {
         PreflightError(format!(
@@ -62,7 +60,9 @@ pub fn service(client: &Client, p: &Preflight, sidecar_id: &str) -> Result<(), P
         max: p.service_timeout.0,
         jitter: Duration::from_millis(500),
     };
+    let step = format!("service preflight for {sidecar_id}");
     let result = retry_until(
+        &step,
         p.service_timeout.0,
         backoff,
         || {
@@ -71,7 +71,6 @@ pub fn service(client: &Client, p: &Preflight, sidecar_id: &str) -> Result<(), P
                 .map(|_| ())
         },
         |e| {
-            debug!("service preflight for {sidecar_id}: {e}; retrying");
             e.is_retryable()
                 || matches!(
                     e,
