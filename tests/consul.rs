@@ -361,15 +361,24 @@ struct TestPki {
 }
 
 fn test_pki() -> TestPki {
+    test_pki_for(&["127.0.0.1", "localhost"])
+}
+
+fn test_pki_for(server_names: &[&str]) -> TestPki {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
+    let server = CertificateParams::new(
+        server_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap()
+    .signed_by(&server_key, &ca)
+    .unwrap();
     let client_key = KeyPair::generate().unwrap();
     let client = CertificateParams::new(vec!["outpost-client".to_string()])
         .unwrap()
@@ -692,4 +701,38 @@ fn anti_entropy_backs_off_linearly_after_failures_and_recovers() {
         Duration::from_secs(2),
         "back to the quick check"
     );
+}
+
+#[test]
+fn tls_server_name_verifies_the_certificate_against_that_name() {
+    let pki = test_pki_for(&["consul.service.test"]);
+    let dir = std::env::temp_dir().join(format!("outpost-sni-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let ca = path("ca.pem", &pki.ca_pem);
+    let cert = path("client.pem", &pki.client_cert_pem);
+    let key = path("client-key.pem", &pki.client_key_pem);
+    let double = ConsulDouble::start_tls(tls_server(&pki));
+    let files = format!("ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"");
+    let named = consul_config(
+        &double.url(),
+        &format!("{files}\ntls_server_name = \"consul.service.test\""),
+    );
+    Client::new(&named.config.consul)
+        .unwrap()
+        .get("/v1/agent/self")
+        .expect("verified as consul.service.test");
+    let unnamed = consul_config(&double.url(), &files);
+    let mismatch = Client::new(&unnamed.config.consul)
+        .unwrap()
+        .get("/v1/agent/self");
+    assert!(
+        matches!(mismatch, Err(ConsulError::Unreachable(_))),
+        "127.0.0.1 is not in the certificate: {mismatch:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

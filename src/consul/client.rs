@@ -8,7 +8,37 @@ use crate::config::Consul;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+use ureq::http::Uri;
 use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+
+/// `consul.tls_server_name`: requests name that server (so TLS verifies it and sends it as
+/// SNI) while this resolver sends them to the configured host.
+#[derive(Debug)]
+struct ServerNameResolver {
+    server_name: String,
+    real_host: String,
+    inner: DefaultResolver,
+}
+
+impl Resolver for ServerNameResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        if uri.host() != Some(self.server_name.as_str()) {
+            return self.inner.resolve(uri, config, timeout);
+        }
+        let port = uri.port_u16().unwrap_or(443);
+        let real: Uri = format!("https://{}:{port}/", self.real_host)
+            .parse()
+            .map_err(|_| ureq::Error::HostNotFound)?;
+        self.inner.resolve(&real, config, timeout)
+    }
+}
 
 /// Default per-call timeout; the agent is local, so anything slower is a failure.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -143,8 +173,21 @@ impl Client {
             .timeout_global(Some(CALL_TIMEOUT))
             .tls_config(tls_config(cfg)?)
             .build();
+        let (agent, base) = match (&cfg.tls_server_name, base.strip_prefix("https://")) {
+            (Some(name), Some(authority)) => {
+                let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "443"));
+                let resolver = ServerNameResolver {
+                    server_name: name.clone(),
+                    real_host: host.to_string(),
+                    inner: DefaultResolver::default(),
+                };
+                let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolver);
+                (agent, format!("https://{name}:{port}"))
+            }
+            _ => (ureq::Agent::new_with_config(config), base),
+        };
         Ok(Client {
-            agent: ureq::Agent::new_with_config(config),
+            agent,
             base,
             token: token.filter(|t| !t.is_empty()),
         })
