@@ -84,29 +84,11 @@ pub fn from_plan(plan: &crate::plan::Plan) -> NodeState {
     }
 }
 
-/// Writes the state atomically (temporary file, fsync, rename, fsync of the directory), so a
-/// power cut leaves either the old or the new file. Creates `data_dir` (0700) if needed.
+/// Writes the state atomically and privately (see `files::write_private`), so a power cut
+/// leaves either the old or the new file.
 pub fn save(path: &Path, state: &NodeState) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let tmp = dir.join(format!(".{FILE_NAME}.tmp"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(miniserde::json::to_string(state).as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    let text = miniserde::json::to_string(state) + "\n";
+    crate::files::write_private(path, text.as_bytes())
 }
 
 #[cfg(test)]

@@ -4,18 +4,41 @@
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use support::consul_double::ConsulDouble;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
+/// Root, this thread in a private network namespace with lo up, and a Consul double
+/// serving there. `None` when the test must be skipped.
+fn sandbox(what: &str) -> Option<ConsulDouble> {
+    if !support::root_or_skip(what) {
+        return None;
+    }
+    // Only this thread (and what it spawns) moves to the new network namespace.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+    let lo = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("ip");
+    assert!(lo.success());
+    Some(ConsulDouble::start())
+}
+
+/// examples/countdash.toml with its Consul address line replaced by `consul_lines` and
+/// `agent_lines` added to [agent], written to `dir/outpost.toml`.
+fn countdash_config(dir: &Path, consul_lines: &str, agent_lines: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let countdash = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/countdash.toml"
+    ))
+    .unwrap();
+    let config = countdash
+        .replace("address = \"http://127.0.0.1:8500\"", consul_lines)
+        .replace("[agent]\n", &format!("[agent]\n{agent_lines}\n"));
+    let file = dir.join("outpost.toml");
+    std::fs::write(&file, config).unwrap();
+    file
 }
 
 /// Runs `outpost <args>` in a new mount namespace with a private /run, in this thread's
@@ -41,42 +64,15 @@ fn outpost(args: &str) -> std::process::Output {
 
 #[test]
 fn apply_registers_services_after_the_network_and_teardown_removes_them() {
-    if !is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "this test needs root (namespaces)"
-        );
-        eprintln!("skipping: not root");
+    let Some(double) = sandbox("apply with Consul") else {
         return;
-    }
-    // Only this thread (and what it spawns) moves to the new network namespace.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-    assert!(
-        Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let double = ConsulDouble::start();
+    };
     let dir = std::env::temp_dir().join(format!("outpost-apply-consul-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let countdash = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/countdash.toml"
-    ))
-    .unwrap();
-    let config = countdash
-        .replace(
-            "address = \"http://127.0.0.1:8500\"",
-            &format!("address = \"{}\"", double.url()),
-        )
-        .replace(
-            "[agent]\n",
-            &format!("[agent]\ndata_dir = \"{}\"\n", dir.display()),
-        );
-    let file = dir.join("outpost.toml");
-    std::fs::write(&file, config).unwrap();
+    let file = countdash_config(
+        &dir,
+        &format!("address = \"{}\"", double.url()),
+        &format!("data_dir = \"{}\"", dir.display()),
+    );
 
     let out = outpost(&format!("apply -c {}", file.display()));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -112,25 +108,11 @@ fn apply_registers_services_after_the_network_and_teardown_removes_them() {
 
 #[test]
 fn login_mode_registers_each_service_with_its_own_token_reused_across_applies_and_released() {
-    if !is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "this test needs root (namespaces)"
-        );
-        eprintln!("skipping: not root");
-        return;
-    }
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-    assert!(
-        Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .unwrap()
-            .success()
-    );
     const AGENT_TOKEN: &str = "agent-token-0001-do-not-log";
     const JWT: &str = "header.payload.signature-for-outpost";
-    let double = ConsulDouble::start();
+    let Some(double) = sandbox("apply in login mode") else {
+        return;
+    };
     double.enable_acls();
     double.add_token(AGENT_TOKEN, std::time::Duration::ZERO);
     double.add_auth_method("nomad-workloads", JWT);
@@ -138,26 +120,18 @@ fn login_mode_registers_each_service_with_its_own_token_reused_across_applies_an
     let dir = std::env::temp_dir().join(format!("outpost-login-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("jwt"), JWT).unwrap();
-    let countdash = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/countdash.toml"
-    ))
-    .unwrap();
-    let config = countdash
-        .replace(
-            "address = \"http://127.0.0.1:8500\"",
-            &format!(
-                "address = \"{}\"\ntoken = \"{AGENT_TOKEN}\"\n[consul.acl]\nmode = \"login\"\njwt_file = \"{}\"\n[consul.preflight]\ntoken_base = \"100ms\"",
-                double.url(),
-                dir.join("jwt").display()
-            ),
-        )
-        .replace(
-            "[agent]\n",
-            &format!("[agent]\ndata_dir = \"{0}/data\"\nrun_dir = \"{0}/run\"\n", dir.display()),
-        );
-    let file = dir.join("outpost.toml");
-    std::fs::write(&file, config).unwrap();
+    let file = countdash_config(
+        &dir,
+        &format!(
+            "address = \"{}\"\ntoken = \"{AGENT_TOKEN}\"\n[consul.acl]\nmode = \"login\"\njwt_file = \"{}\"\n[consul.preflight]\ntoken_base = \"100ms\"",
+            double.url(),
+            dir.join("jwt").display()
+        ),
+        &format!(
+            "data_dir = \"{0}/data\"\nrun_dir = \"{0}/run\"",
+            dir.display()
+        ),
+    );
 
     let out = outpost(&format!("apply -c {}", file.display()));
     let stderr = String::from_utf8_lossy(&out.stderr);

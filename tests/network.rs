@@ -3,16 +3,13 @@
 //! touches this machine's network. Needs root, iproute2, nftables and python3; without
 //! root the tests fail in CI (CI=true) and are skipped with a message elsewhere.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
 fn run_scenario(name: &str) {
-    if !nix_is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "network tests need root (they create namespaces, links and nf_tables rules)"
-        );
-        eprintln!("skipping network scenario {name}: not root");
+    if !support::root_or_skip(&format!("network scenario {name}")) {
         return;
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/net");
@@ -38,17 +35,6 @@ fn run_scenario(name: &str) {
         out.status
     );
     eprintln!("{stdout}");
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 #[test]

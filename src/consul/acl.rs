@@ -8,8 +8,6 @@ use super::client::{Client, ConsulError};
 use crate::config::Acl;
 use miniserde::json::{self, Object, Value};
 use std::fmt;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 /// A token minted for one service.
@@ -120,18 +118,5 @@ pub fn release(client: &Client, acl: &Acl, token: &WorkloadToken) -> Result<(), 
 
 /// Writes a secret to `dir/name`: the directory 0700, the file 0600, replaced whole.
 pub fn store_secret(dir: &Path, name: &str, secret: &str) -> std::io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(secret.as_bytes())?;
-    drop(file);
-    std::fs::rename(&tmp, dir.join(name))
+    crate::files::write_private(&dir.join(name), secret.as_bytes())
 }
