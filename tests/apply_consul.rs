@@ -179,3 +179,26 @@ fn login_mode_registers_each_service_with_its_own_token_reused_across_applies_an
     assert!(!token_file.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn apply_with_consul_down_sets_up_the_network_and_fails_clearly() {
+    let Some(_double) = sandbox("apply with Consul down") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("outpost-consul-down-{}", std::process::id()));
+    let file = countdash_config(
+        &dir,
+        "address = \"http://127.0.0.1:9\"\ntoken = \"down-test-token-value\"",
+        &format!("data_dir = \"{}\"", dir.display()),
+    );
+    let out = outpost(&format!("apply -c {}", file.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("network applied: 2 group(s)"), "{stderr}");
+    assert!(
+        stderr.contains("Consul registration at http://127.0.0.1:9: Consul is unreachable"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("down-test-token-value"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
