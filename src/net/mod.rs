@@ -487,6 +487,7 @@ pub fn self_check(plan: &Plan) -> SelfCheck {
     if !plan.groups.iter().any(|g| g.netns.is_some()) {
         return check;
     }
+    check.errors.extend(probe_link_support());
     if let Err(e) = std::fs::create_dir_all(netns::NETNS_DIR) {
         check.errors.push(format!(
             "cannot create {}: {e}; outpost needs root and a writable /run",
@@ -509,6 +510,37 @@ pub fn self_check(plan: &Plan) -> SelfCheck {
         Err(_) => check.notes.push("br_netfilter is not loaded: bridged traffic between groups bypasses the host firewall (outpost does not need it)".into()),
     }
     check
+}
+
+/// Creates a bridge and a veth pair in a throwaway network namespace (a probe thread's
+/// own, gone when the thread ends): the one sure test that the kernel supports both, however
+/// its modules are packaged (built-in drivers may leave no trace in /sys/module). Nothing on
+/// the host changes. Without the right to unshare there is no verdict here; `apply` will say.
+fn probe_link_support() -> Vec<String> {
+    let probe = || -> Vec<String> {
+        if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+            return Vec::new();
+        }
+        let Ok(mut sock) = link::open() else {
+            return Vec::new();
+        };
+        let missing = |e: &io::Error| e.raw_os_error() == Some(nix::libc::EOPNOTSUPP);
+        let mut errors = Vec::new();
+        if let Err(e) = link::create_bridge(&mut sock, "opprobe0", [0x02, 0, 0, 0, 0, 1])
+            && missing(&e)
+        {
+            errors.push("the kernel has no bridge support: build it with CONFIG_BRIDGE or load the module (modprobe bridge)".to_string());
+        }
+        let own_ns = std::fs::File::open("/proc/thread-self/ns/net");
+        if let Ok(ns) = own_ns
+            && let Err(e) = link::create_veth(&mut sock, "opprobe1", 0, "opprobe2", ns.as_raw_fd())
+            && missing(&e)
+        {
+            errors.push("the kernel has no veth support: build it with CONFIG_VETH or load the module (modprobe veth)".to_string());
+        }
+        errors
+    };
+    std::thread::scope(|scope| scope.spawn(probe).join().unwrap_or_default())
 }
 
 fn firewall_probe() -> io::Result<()> {
