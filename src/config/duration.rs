@@ -1,6 +1,5 @@
 //! Durations written as Go duration strings (`"5s"`, `"500ms"`, `"1m30s"`), as in Nomad job
-//! specs. Parsing happens during deserialisation so a bad value is reported at its own
-//! line and column.
+//! specs. A bad value is reported at its own line and column by the config reader.
 
 use std::fmt;
 use std::time::Duration;
@@ -115,13 +114,6 @@ impl fmt::Display for Dur {
             write!(f, ".{}", digits.trim_end_matches('0'))?;
         }
         f.write_str("s")
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Dur {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        parse(&text).map(Dur).map_err(serde::de::Error::custom)
     }
 }
 

@@ -5,7 +5,9 @@
 
 pub mod duration;
 pub mod ipv4;
+mod load;
 pub mod locate;
+mod read;
 mod schema;
 pub(crate) mod validate;
 
@@ -66,10 +68,20 @@ pub fn parse(source: &str, file: &str) -> Result<ValidConfig, Vec<Diagnostic>> {
         position: Some(locator.line_col(offset)),
         message,
     };
-    let config: Config = toml::from_str(source).map_err(|e| {
+    let root = toml::de::DeTable::parse(source).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
         vec![at(offset, e.message().trim_end().to_string())]
     })?;
+    let errors = read::Errors::default();
+    let config: Config = load::config(read::Table::root(&root, &errors));
+    let mut read_errors = errors.take();
+    if !read_errors.is_empty() {
+        read_errors.sort_by_key(|(offset, _)| *offset);
+        return Err(read_errors
+            .into_iter()
+            .map(|(offset, message)| at(offset, message))
+            .collect());
+    }
     let located = |problems: Vec<validate::Problem>| {
         let mut located: Vec<(usize, Diagnostic)> = problems
             .into_iter()

@@ -79,30 +79,6 @@ fn string_map(map: &std::collections::BTreeMap<String, String>) -> Value {
     )
 }
 
-/// TOML to JSON for free-form `config` tables (datetimes are rejected by validation).
-pub fn toml_to_json(value: &toml::Value) -> Value {
-    match value {
-        toml::Value::String(s) => Value::String(s.clone()),
-        toml::Value::Integer(i) => Value::Number(Number::I64(*i)),
-        toml::Value::Float(f) => Value::Number(Number::F64(*f)),
-        toml::Value::Boolean(b) => Value::Bool(*b),
-        toml::Value::Datetime(d) => Value::String(d.to_string()),
-        toml::Value::Array(items) => Value::Array(items.iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => Value::Object(
-            t.iter()
-                .map(|(k, v)| (k.clone(), toml_to_json(v)))
-                .collect(),
-        ),
-    }
-}
-
-fn table_to_object(table: &toml::Table) -> Object {
-    table
-        .iter()
-        .map(|(k, v)| (k.clone(), toml_to_json(v)))
-        .collect()
-}
-
 /// The registration body for one service.
 pub fn service_body(input: &ServiceInputs) -> Value {
     let s = input.service;
@@ -139,9 +115,7 @@ pub fn service_body(input: &ServiceInputs) -> Value {
         &input.sidecar,
     ) {
         let proxy = sidecar.proxy.as_ref();
-        let mut config = proxy
-            .map(|p| table_to_object(&p.config))
-            .unwrap_or_default();
+        let mut config = proxy.map(|p| p.config.clone()).unwrap_or_default();
         config
             .entry("bind_address".into())
             .or_insert_with(|| Value::String("0.0.0.0".into()));
@@ -273,7 +247,7 @@ fn upstream_body(up: &Upstream) -> Value {
         .num("LocalBindPort", u64::from(up.local_bind_port.unwrap_or(0)))
         .opt_str("LocalBindSocketPath", &up.local_bind_socket_path)
         .opt_str("LocalBindSocketMode", &up.local_bind_socket_mode)
-        .set("Config", Value::Object(table_to_object(&up.config)))
+        .set("Config", Value::Object(up.config.clone()))
         .set(
             "MeshGateway",
             match &up.mesh_gateway {

@@ -167,7 +167,6 @@ fn check_proxy(
             "local_service_port must be between 1 and 65535",
         );
     }
-    c.no_datetimes(at(path!["config"]), "proxy.config", &proxy.config);
     for (ui, up) in proxy.upstreams.iter().enumerate() {
         let up_at = |key| at(path!["upstreams", ui, key]);
         if up.local_bind_socket_path.is_none() && up.local_bind_port.unwrap_or(0) == 0 {
@@ -195,7 +194,6 @@ fn check_proxy(
                 &["local", "remote", "none"],
             );
         }
-        c.no_datetimes(up_at("config"), "upstream config", &up.config);
     }
     if let Some(expose) = &proxy.expose {
         for (ei, ep) in expose.paths.iter().enumerate() {
@@ -343,19 +341,16 @@ fn check_gateway(c: &mut Checker, at: Vec<Seg>, service: &Service, gateway: &Gat
             "service.port must be set for mesh gateway service",
         );
     }
-    if let Some(proxy) = &gateway.proxy {
-        if let Some(kind) = &proxy.envoy_dns_discovery_type {
-            c.one_of(
-                sub(path!["proxy", "envoy_dns_discovery_type"]),
-                "envoy_dns_discovery_type",
-                kind,
-                &["STRICT_DNS", "LOGICAL_DNS"],
-            );
-        }
-        c.no_datetimes(
-            sub(path!["proxy", "config"]),
-            "gateway proxy config",
-            &proxy.config,
+    if let Some(kind) = gateway
+        .proxy
+        .as_ref()
+        .and_then(|p| p.envoy_dns_discovery_type.as_ref())
+    {
+        c.one_of(
+            sub(path!["proxy", "envoy_dns_discovery_type"]),
+            "envoy_dns_discovery_type",
+            kind,
+            &["STRICT_DNS", "LOGICAL_DNS"],
         );
     }
     if let Some(ingress) = &gateway.ingress {

@@ -95,15 +95,6 @@ impl Checker {
             }
         }
     }
-
-    fn no_datetimes(&mut self, path: Vec<Seg>, what: &str, table: &toml::Table) {
-        if table.values().any(holds_datetime) {
-            self.err(
-                path,
-                format!("{what} cannot hold a date or time: it is passed to Consul as JSON"),
-            );
-        }
-    }
 }
 
 pub fn validate(config: Config) -> Result<ValidConfig, Vec<Problem>> {
@@ -127,15 +118,6 @@ pub fn validate(config: Config) -> Result<ValidConfig, Vec<Problem>> {
             advertise_address,
         }),
         _ => Err(c.problems),
-    }
-}
-
-fn holds_datetime(value: &toml::Value) -> bool {
-    match value {
-        toml::Value::Datetime(_) => true,
-        toml::Value::Array(items) => items.iter().any(holds_datetime),
-        toml::Value::Table(t) => t.values().any(holds_datetime),
-        _ => false,
     }
 }
 
