@@ -56,6 +56,14 @@ impl<'a> Locator<'a> {
         }
     }
 
+    /// A locator over a tree the caller already parsed from `source`.
+    pub fn from_parsed(source: &'a str, root: toml::Spanned<DeTable<'a>>) -> Locator<'a> {
+        Locator {
+            source,
+            root: Some(root),
+        }
+    }
+
     /// The span of the deepest part of `path` that exists in the source: the value itself,
     /// or the table that should have held a missing key. Never fails: the worst case is the
     /// start of the file.
@@ -94,12 +102,7 @@ impl<'a> Locator<'a> {
 
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.source.len());
-        let before = self.source.get(..offset).unwrap_or(self.source);
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let col = before[line_start..].chars().count() + 1;
-        (line, col)
+        line_col(self.source, offset)
     }
 }
 
@@ -112,6 +115,16 @@ fn find_key<'t, 'a>(
         .iter()
         .find(|(k, _)| k.get_ref().as_ref() == key)
         .map(|(k, v)| (k.span(), v))
+}
+
+/// 1-based line and column (in characters) of a byte offset in `source`.
+pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(source.len());
+    let before = source.get(..offset).unwrap_or(source);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before[line_start..].chars().count() + 1;
+    (line, col)
 }
 
 #[cfg(test)]

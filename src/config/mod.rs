@@ -62,10 +62,9 @@ pub fn load(path: &Path) -> Result<ValidConfig, Vec<Diagnostic>> {
 
 /// Parses and validates config text; `file` is only used in diagnostics.
 pub fn parse(source: &str, file: &str) -> Result<ValidConfig, Vec<Diagnostic>> {
-    let locator = locate::Locator::new(source);
     let at = |offset: usize, message: String| Diagnostic {
         file: file.to_string(),
-        position: Some(locator.line_col(offset)),
+        position: Some(locate::line_col(source, offset)),
         message,
     };
     let root = toml::de::DeTable::parse(source).map_err(|e| {
@@ -82,6 +81,8 @@ pub fn parse(source: &str, file: &str) -> Result<ValidConfig, Vec<Diagnostic>> {
             .map(|(offset, message)| at(offset, message))
             .collect());
     }
+    // Semantic errors are located by path in the same tree.
+    let locator = locate::Locator::from_parsed(source, root);
     let located = |problems: Vec<validate::Problem>| {
         let mut located: Vec<(usize, Diagnostic)> = problems
             .into_iter()
