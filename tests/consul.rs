@@ -736,3 +736,29 @@ fn tls_server_name_verifies_the_certificate_against_that_name() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_unix_socket_address_reaches_the_agent() {
+    let dir = std::env::temp_dir().join(format!("outpost-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let double = ConsulDouble::start_unix(&dir.join("consul.sock"));
+    let valid = consul_config(&double.url(), "");
+    assert!(valid.config.consul.address.starts_with("unix:///"));
+    let client = Client::new(&valid.config.consul).unwrap();
+    let plan = countdash_plan();
+    sync::sync(&client, &wanted(&plan), true).expect("registration over the unix socket");
+    assert_eq!(double.service_ids().len(), 4);
+    let again = sync::sync(&client, &wanted(&plan), true).unwrap();
+    assert_eq!(again, sync::Synced::default());
+
+    let gone = consul_config(&format!("unix://{}/nothing.sock", dir.display()), "");
+    let err = Client::new(&gone.config.consul)
+        .unwrap()
+        .get("/v1/agent/self")
+        .unwrap_err();
+    assert!(
+        matches!(err, ConsulError::Unreachable(_)) && err.is_retryable(),
+        "{err:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

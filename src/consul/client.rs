@@ -11,7 +11,67 @@ use std::time::Duration;
 use ureq::http::Uri;
 use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, DefaultConnector, LazyBuffers, NextTimeout, Transport,
+};
+
+/// `consul.address = "unix:///path"`: every request goes to that socket, whatever the URL's
+/// host. The agent is local, so fixed socket timeouts stand in for ureq's per-phase ones.
+#[derive(Debug)]
+struct UnixConnector {
+    path: std::path::PathBuf,
+}
+
+#[derive(Debug)]
+struct UnixTransport {
+    stream: std::os::unix::net::UnixStream,
+    buffers: LazyBuffers,
+}
+
+impl Connector for UnixConnector {
+    type Out = UnixTransport;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        _chained: Option<()>,
+    ) -> Result<Option<UnixTransport>, ureq::Error> {
+        let stream = std::os::unix::net::UnixStream::connect(&self.path)?;
+        stream.set_read_timeout(Some(CALL_TIMEOUT))?;
+        stream.set_write_timeout(Some(CALL_TIMEOUT))?;
+        let buffers = LazyBuffers::new(
+            details.config.input_buffer_size(),
+            details.config.output_buffer_size(),
+        );
+        Ok(Some(UnixTransport { stream, buffers }))
+    }
+}
+
+impl Transport for UnixTransport {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        &mut self.buffers
+    }
+
+    fn transmit_output(&mut self, amount: usize, _timeout: NextTimeout) -> Result<(), ureq::Error> {
+        use std::io::Write;
+        let output = &self.buffers.output()[..amount];
+        self.stream.write_all(output)?;
+        Ok(())
+    }
+
+    fn await_input(&mut self, _timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        use std::io::Read;
+        let input = self.buffers.input_append_buf();
+        let amount = self.stream.read(input)?;
+        self.buffers.input_appended(amount);
+        Ok(amount > 0)
+    }
+
+    fn is_open(&mut self) -> bool {
+        // Not pooled: a new connection per request costs microseconds on a local socket.
+        false
+    }
+}
 
 /// `consul.tls_server_name`: requests name that server (so TLS verifies it and sends it as
 /// SNI) while this resolver sends them to the configured host.
@@ -151,12 +211,18 @@ fn tls_config(cfg: &Consul) -> Result<TlsConfig, String> {
 
 impl Client {
     pub fn new(cfg: &Consul) -> Result<Client, String> {
-        let base = match cfg.address.split_once("://") {
-            Some(("http" | "https", _)) => cfg.address.trim_end_matches('/').to_string(),
-            Some(("unix", _)) => {
-                return Err("consul.address unix:// is not supported yet by outpost's HTTP client; use http://127.0.0.1:8500".into());
+        let (base, unix_socket) = match cfg.address.split_once("://") {
+            Some(("http" | "https", _)) => (cfg.address.trim_end_matches('/').to_string(), None),
+            Some(("unix", path)) => (
+                "http://localhost".to_string(),
+                Some(std::path::PathBuf::from(path)),
+            ),
+            _ => {
+                return Err(format!(
+                    "consul.address {} is not http(s):// or unix://",
+                    cfg.address
+                ));
             }
-            _ => return Err(format!("consul.address {} is not http(s)://", cfg.address)),
         };
         let token = match (&cfg.token, &cfg.token_file) {
             (Some(t), _) => Some(t.clone()),
@@ -174,6 +240,15 @@ impl Client {
             .tls_config(tls_config(cfg)?)
             .build();
         let (agent, base) = match (&cfg.tls_server_name, base.strip_prefix("https://")) {
+            _ if unix_socket.is_some() => {
+                let connector = UnixConnector {
+                    path: unix_socket.unwrap_or_default(),
+                };
+                (
+                    ureq::Agent::with_parts(config, connector, DefaultResolver::default()),
+                    base,
+                )
+            }
             (Some(name), Some(authority)) => {
                 let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "443"));
                 let resolver = ServerNameResolver {

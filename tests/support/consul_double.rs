@@ -84,6 +84,25 @@ impl ConsulDouble {
         Self::start_with(Some(tls))
     }
 
+    /// Serves plain HTTP on a unix socket at `path` (Consul's `addresses.http = "unix://…"`).
+    pub fn start_unix(path: &std::path::Path) -> ConsulDouble {
+        let _ = std::fs::remove_file(path);
+        let listener = std::os::unix::net::UnixListener::bind(path).expect("bind the unix socket");
+        let double = ConsulDouble {
+            state: Arc::new(Mutex::new(State::default())),
+            address: format!("unix://{}", path.display()),
+            tls: false,
+        };
+        let served = double.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let d = served.clone();
+                std::thread::spawn(move || d.serve(stream));
+            }
+        });
+        double
+    }
+
     fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> ConsulDouble {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the double");
         let address = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
@@ -112,11 +131,11 @@ impl ConsulDouble {
     }
 
     pub fn url(&self) -> String {
-        format!(
-            "{}://{}",
-            if self.tls { "https" } else { "http" },
-            self.address
-        )
+        if self.address.starts_with("unix://") {
+            return self.address.clone();
+        }
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
