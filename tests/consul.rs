@@ -516,6 +516,19 @@ fn login_mode_mints_a_token_per_service_that_preflights_registers_and_logs_out()
         .filter(|w| w.id.contains("-api-"))
         .collect();
     sync::sync(&workload, &api, false).expect("registered with the workload token");
+    // The bootstrap's first call (what `consul connect envoy -bootstrap` does first): with
+    // the token preflighted, it succeeds on the first try.
+    let sidecar = "/v1/agent/service/_outpost-api-count-api-9001-sidecar-proxy";
+    workload
+        .get(sidecar)
+        .expect("the first bootstrap read succeeds");
+    let reads: Vec<_> = double
+        .log()
+        .into_iter()
+        .filter(|l| l.path == sidecar)
+        .collect();
+    assert_eq!(reads.len(), 1);
+    assert!(reads[0].sent_token && reads[0].status == 200);
 
     let secrets = dir.join("secrets");
     acl::store_secret(&secrets, "si_token", &token.secret).unwrap();
