@@ -46,15 +46,24 @@ fn workload_token(
         if preflight::token(&base.with_token(&kept.secret), &consul.preflight, &what).is_ok() {
             return Ok(Some(kept));
         }
-        warn!("the stored token of {what} is no longer valid; getting a new one");
+        warn!("the stored token of {what} is not usable; replacing it");
+        // Give it back first, so a token that was merely slow to replicate is not leaked.
+        if let Err(e) = acl::release(base, &consul.acl, &kept) {
+            warn!(
+                "could not release the old token {} of {what}: {e}",
+                kept.accessor
+            );
+        }
     }
     let Some(token) = acl::obtain(base, &consul.acl, &service.name, &plan.node_name)? else {
         return Ok(None);
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("token");
-    acl::store_secret(dir, name, &format!("{}\n{}", token.accessor, token.secret))
-        .map_err(|e| format!("cannot store the token of {what} in {}: {e}", dir.display()))?;
+    acl::store_secret(&path, &format!("{}\n{}", token.accessor, token.secret)).map_err(|e| {
+        format!(
+            "cannot store the token of {what} in {}: {e}",
+            path.display()
+        )
+    })?;
     info!(
         "{what}: new Consul token {} ({} mode)",
         token.accessor, consul.acl.mode
@@ -64,10 +73,15 @@ fn workload_token(
     Ok(Some(token))
 }
 
+/// Whether the config registers anything in Consul (if not, groups need no Consul).
+fn has_services(plan: &Plan) -> bool {
+    plan.groups.iter().any(|g| !g.services.is_empty())
+}
+
 /// Registers the plan's services (each with its workload token) and removes outpost's
-/// services no group owns. Without any services, an unreachable Consul is only a warning:
-/// such groups need no Consul.
-fn sync_consul(valid: &ValidConfig, plan: &Plan) -> Result<(), String> {
+/// services no group owns. With `consul_optional` (a config without services) an
+/// unreachable Consul is only a warning.
+fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Result<(), String> {
     let base = Client::new(&valid.config.consul)?;
     let at = |e: &dyn std::fmt::Display| {
         format!(
@@ -97,7 +111,7 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan) -> Result<(), String> {
     }
     let removed = match sync::agent_services(&base) {
         Ok(services) => sync::remove_unowned(&base, &services, &keep).map_err(|e| at(&e))?,
-        Err(e) if keep.is_empty() && e.is_retryable() => {
+        Err(e) if consul_optional && e.is_retryable() => {
             warn!("Consul: cannot check for leftover registrations ({e}); groups need no Consul");
             return Ok(());
         }
@@ -113,7 +127,8 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan) -> Result<(), String> {
 
 /// Deregisters everything of ours, then gives back the workload tokens kept on disk.
 fn release_consul(valid: &ValidConfig, plan: &Plan) -> Result<(), String> {
-    sync_consul(valid, &plan.without_groups())?;
+    // Consul is needed when the config has services: they may be registered.
+    sync_consul(valid, &plan.without_groups(), !has_services(plan))?;
     let base = Client::new(&valid.config.consul)?;
     for group in &plan.groups {
         let dir = Path::new(&group.alloc_dir).join("secrets");
@@ -161,7 +176,7 @@ pub fn apply(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
         plan.bridge.name
     );
     // After the network: a service must not be advertised before its port is mapped.
-    sync_consul(valid, &plan)?;
+    sync_consul(valid, &plan, !has_services(&plan))?;
     Ok(plan)
 }
 
@@ -173,17 +188,17 @@ pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), String> {
         state::NodeState::default()
     });
     let plan = plan::build(valid, &previous, host).map_err(|e| format!("cannot plan: {e}"))?;
-    // Deregister first, so nothing is routed to groups that are going away.
-    release_consul(valid, &plan)?;
+    // Deregister first, so nothing is routed to groups that are going away. If Consul does
+    // not answer, the network still goes; the tokens stay on disk for the next teardown.
+    let consul = release_consul(valid, &plan);
     net::teardown(&plan).map_err(|e| e.to_string())?;
     if state_path.exists() {
-        let empty = state::from_plan(&Plan {
-            groups: Vec::new(),
-            ..plan
-        });
-        state::save(&state_path, &empty)
+        state::save(&state_path, &state::from_plan(&plan.without_groups()))
             .map_err(|e| format!("cannot write state file {}: {e}", state_path.display()))?;
     }
+    consul.map_err(|e| {
+        format!("{e}; the network was removed: run teardown again once Consul answers, to deregister and release tokens")
+    })?;
     info!("teardown complete");
     Ok(())
 }

@@ -200,5 +200,20 @@ fn apply_with_consul_down_sets_up_the_network_and_fails_clearly() {
         "{stderr}"
     );
     assert!(!stderr.contains("down-test-token-value"));
+
+    // Teardown with Consul still down: the network goes, the Consul part is reported.
+    let down = outpost(&format!("teardown -c {}", file.display()));
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert!(!down.status.success());
+    assert!(stderr.contains("deleted bridge outpost"), "{stderr}");
+    assert!(
+        stderr.contains("the network was removed: run teardown again once Consul answers"),
+        "{stderr}"
+    );
+    let bridge = Command::new("ip")
+        .args(["link", "show", "outpost"])
+        .output()
+        .unwrap();
+    assert!(!bridge.status.success(), "the bridge is gone");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -531,7 +531,7 @@ fn login_mode_mints_a_token_per_service_that_preflights_registers_and_logs_out()
     assert!(reads[0].sent_token && reads[0].status == 200);
 
     let secrets = dir.join("secrets");
-    acl::store_secret(&secrets, "si_token", &token.secret).unwrap();
+    acl::store_secret(&secrets.join("si_token"), &token.secret).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&secrets).unwrap().permissions().mode() & 0o777,

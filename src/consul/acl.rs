@@ -116,7 +116,7 @@ pub fn release(client: &Client, acl: &Acl, token: &WorkloadToken) -> Result<(), 
     }
 }
 
-/// Writes a secret to `dir/name`: the directory 0700, the file 0600, replaced whole.
-pub fn store_secret(dir: &Path, name: &str, secret: &str) -> std::io::Result<()> {
-    crate::files::write_private(&dir.join(name), secret.as_bytes())
+/// Writes a secret to `path`: its directory 0700, the file 0600, replaced whole.
+pub fn store_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    crate::files::write_private(path, secret.as_bytes())
 }
