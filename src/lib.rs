@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod config;
 pub mod consul;
+pub mod envoy;
 pub mod files;
 pub mod net;
 pub mod plan;

@@ -1,0 +1,4 @@
+//! Envoy: its bootstrap, rendered natively (the `consul connect envoy -bootstrap` output).
+
+pub mod bootstrap;
+mod json;

@@ -1,0 +1,142 @@
+//! The native bootstrap against Consul's own `consul connect envoy -bootstrap` outputs
+//! (../shared/reference/consul-envoy-golden, read in place, never copied). Each case must
+//! be byte-equal to its golden. Our own snapshots in tests/expected/envoy cover the same
+//! inputs when ../shared is absent; cases that need Consul's test CA run only with it.
+
+use outpost::envoy::bootstrap::{AgentAddress, Inputs, render};
+use std::path::{Path, PathBuf};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/consul-envoy-golden")
+}
+
+fn base() -> Inputs {
+    Inputs {
+        proxy_id: "test-proxy".into(),
+        cluster: "test".into(),
+        node_name: None,
+        namespace: "default".into(),
+        partition: "default".into(),
+        datacenter: "dc1".into(),
+        admin_address: "::1".into(),
+        admin_port: 19000,
+        admin_access_log_path: "/dev/null".into(),
+        agent: AgentAddress::Tcp {
+            address: "::1".into(),
+            port: 8502,
+        },
+        agent_tls_ca: None,
+        token: String::new(),
+        omit_deprecated_tags: false,
+    }
+}
+
+fn test_ca() -> Option<String> {
+    std::fs::read_to_string(golden_dir().join("inputs/test/ca/root.cer")).ok()
+}
+
+/// Compares with the golden when ../shared is there, and with our snapshot when we keep one.
+fn check(case: &str, inputs: &Inputs, snapshot: bool) {
+    let rendered = render(inputs);
+    if let Ok(golden) = std::fs::read_to_string(golden_dir().join(format!("{case}.golden"))) {
+        assert!(
+            rendered == golden,
+            "{case}: not byte-equal to Consul's golden\n--- ours\n{rendered}"
+        );
+    } else {
+        eprintln!("{case}: ../shared absent, golden comparison skipped");
+    }
+    if snapshot {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/expected/envoy/{case}.json"));
+        if std::env::var_os("UPDATE_EXPECTED").is_some() {
+            std::fs::write(&path, &rendered).unwrap();
+        }
+        assert_eq!(
+            rendered,
+            std::fs::read_to_string(&path).unwrap_or_default(),
+            "{case}: snapshot"
+        );
+    }
+}
+
+#[test]
+fn defaults() {
+    check("defaults-with-dual-stack", &base(), true);
+}
+
+#[test]
+fn admin_bind() {
+    let i = Inputs {
+        admin_address: "127.0.0.1".into(),
+        admin_port: 9999,
+        ..base()
+    };
+    check("admin-bind-flag-with-dual-stack", &i, true);
+}
+
+#[test]
+fn node_name_in_metadata() {
+    let i = Inputs {
+        node_name: Some("test-node".into()),
+        ..base()
+    };
+    check("defaults-nodemeta-dualstack", &i, true);
+}
+
+#[test]
+fn unix_socket_agent_is_a_pipe() {
+    let i = Inputs {
+        agent: AgentAddress::Unix {
+            path: "/var/run/consul.sock".into(),
+        },
+        ..base()
+    };
+    check("grpc-addr-unix-dualstack", &i, true);
+}
+
+#[test]
+fn token_goes_into_the_initial_metadata() {
+    let i = Inputs {
+        token: "c9a52720-bf6c-4aa6-b8bc-66881a5ade95".into(),
+        ..base()
+    };
+    check("token-file-env-dualstack", &i, true);
+}
+
+#[test]
+fn tls_to_the_agent_inlines_the_ca() {
+    let Some(ca) = test_ca() else {
+        eprintln!("../shared absent: TLS cases need Consul's test CA; skipped");
+        return;
+    };
+    let tcp = Inputs {
+        agent: AgentAddress::Tcp {
+            address: "127.0.0.1".into(),
+            port: 8502,
+        },
+        agent_tls_ca: Some(ca.clone()),
+        ..base()
+    };
+    check("existing-ca-file-dualstack", &tcp, false);
+    let unix = Inputs {
+        agent: AgentAddress::Unix {
+            path: "/var/run/consul.sock".into(),
+        },
+        agent_tls_ca: Some(ca),
+        ..base()
+    };
+    check("grpc-addr-unix-with-tls-dualstack", &unix, false);
+}
+
+#[test]
+fn deprecated_tags_can_be_omitted() {
+    let with = render(&base());
+    let without = render(&Inputs {
+        omit_deprecated_tags: true,
+        ..base()
+    });
+    assert!(with.contains("\"tag_name\": \"consul.service\""));
+    assert!(!without.contains("\"tag_name\": \"consul.service\""));
+    assert!(without.contains("\"tag_name\": \"consul.destination.service\""));
+}
