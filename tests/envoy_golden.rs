@@ -28,6 +28,9 @@ fn base() -> Inputs {
         agent_tls_ca: None,
         token: String::new(),
         omit_deprecated_tags: false,
+        extra_static_clusters_json: None,
+        extra_static_listeners_json: None,
+        extra_stats_sinks_json: None,
     }
 }
 
@@ -37,7 +40,7 @@ fn test_ca() -> Option<String> {
 
 /// Compares with the golden when ../shared is there, and with our snapshot when we keep one.
 fn check(case: &str, inputs: &Inputs, snapshot: bool) {
-    let rendered = render(inputs);
+    let rendered = render(inputs).expect("renders");
     if let Ok(golden) = std::fs::read_to_string(golden_dir().join(format!("{case}.golden"))) {
         assert!(
             rendered == golden,
@@ -131,12 +134,52 @@ fn tls_to_the_agent_inlines_the_ca() {
 
 #[test]
 fn deprecated_tags_can_be_omitted() {
-    let with = render(&base());
+    let with = render(&base()).unwrap();
     let without = render(&Inputs {
         omit_deprecated_tags: true,
         ..base()
-    });
+    })
+    .unwrap();
     assert!(with.contains("\"tag_name\": \"consul.service\""));
     assert!(!without.contains("\"tag_name\": \"consul.service\""));
     assert!(without.contains("\"tag_name\": \"consul.destination.service\""));
+}
+
+#[test]
+fn admin_access_log_path() {
+    let i = Inputs {
+        admin_access_log_path: "/some/path/access.log".into(),
+        ..base()
+    };
+    check("access-log-path-dualstack", &i, true);
+}
+
+#[test]
+fn extra_static_clusters_listeners_and_sinks_are_inserted_verbatim() {
+    // The Consul test's strings carry newlines and tabs around each object.
+    let i = Inputs {
+        extra_static_clusters_json: Some(
+            "\n\t\t\t\t{\n\t\t\t\t\t\"name\": \"fake_cluster_1\"\n\t\t\t\t}\n\t\t\t".into(),
+        ),
+        extra_static_listeners_json: Some(
+            "\n\t\t\t\t{\n\t\t\t\t\t\"name\": \"fake_listener_1\"\n\t\t\t\t}\n\t\t\t".into(),
+        ),
+        extra_stats_sinks_json: Some(
+            "\n\t\t\t\t{\n\t\t\t\t\t\"name\": \"fake_sink_1\"\n\t\t\t\t}\n\t\t\t".into(),
+        ),
+        ..base()
+    };
+    check("extra_-single-dualstack", &i, true);
+}
+
+#[test]
+fn an_invalid_fragment_is_an_error_naming_the_setting() {
+    let i = Inputs {
+        extra_static_clusters_json: Some(r#"{"name": "x",}"#.into()),
+        ..base()
+    };
+    assert_eq!(
+        render(&i).unwrap_err(),
+        "Proxy.Config envoy_extra_static_clusters_json is not valid JSON: expected a key in quotes at byte 14"
+    );
 }

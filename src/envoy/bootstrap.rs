@@ -7,7 +7,7 @@
 //! and ADS over delta gRPC with the token in the initial metadata. `Proxy.Config` knobs and
 //! gateways build on it.
 
-use super::json::{J, obj, s};
+use super::json::{self, J, obj, s};
 
 /// Where Envoy reaches the Consul agent's xDS (gRPC) server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +34,20 @@ pub struct Inputs {
     pub agent_tls_ca: Option<String>,
     pub token: String,
     pub omit_deprecated_tags: bool,
+    /// `Proxy.Config` fragments inserted verbatim (comma-separated JSON values).
+    pub extra_static_clusters_json: Option<String>,
+    pub extra_static_listeners_json: Option<String>,
+    pub extra_stats_sinks_json: Option<String>,
+}
+
+/// A verbatim fragment, validated: `None` when unset or blank.
+fn fragment(key: &str, text: &Option<String>) -> Result<Option<Vec<J>>, String> {
+    match text.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) => json::parse_list(text)
+            .map(Some)
+            .map_err(|e| format!("Proxy.Config {key} is not valid JSON: {e}")),
+    }
 }
 
 /// Consul's stats tag rules, in its order (reference/consul-api.md §1.8): (tag, regex).
@@ -247,15 +261,31 @@ fn stats_tags(i: &Inputs) -> J {
     ])
 }
 
-/// The bootstrap document, printed as Consul prints it (ends with `}` and two newlines).
-pub fn render(i: &Inputs) -> String {
+/// The bootstrap document, printed as Consul prints it (ends with `}` and two newlines), or
+/// what is wrong with a verbatim fragment.
+pub fn render(i: &Inputs) -> Result<String, String> {
+    let extra_clusters = fragment(
+        "envoy_extra_static_clusters_json",
+        &i.extra_static_clusters_json,
+    )?;
+    let extra_listeners = fragment(
+        "envoy_extra_static_listeners_json",
+        &i.extra_static_listeners_json,
+    )?;
+    let extra_sinks = fragment("envoy_extra_stats_sinks_json", &i.extra_stats_sinks_json)?;
+    let mut clusters = vec![local_agent(i)];
+    clusters.extend(extra_clusters.into_iter().flatten());
+    let mut static_resources = obj([("clusters", J::Arr(clusters))]);
+    if let Some(listeners) = extra_listeners {
+        static_resources.push("listeners", J::Arr(listeners));
+    }
     let mut metadata = obj([]);
     if let Some(node) = &i.node_name {
         metadata.push("node_name", s(node));
     }
     metadata.push("namespace", s(&i.namespace));
     metadata.push("partition", s(&i.partition));
-    let doc = obj([
+    let mut doc = obj([
         (
             "admin",
             obj([
@@ -301,38 +331,38 @@ pub fn render(i: &Inputs) -> String {
                 ])]),
             )]),
         ),
-        (
-            "static_resources",
-            obj([("clusters", J::Arr(vec![local_agent(i)]))]),
-        ),
-        ("stats_config", stats_tags(i)),
-        (
-            "dynamic_resources",
-            obj([
-                ("lds_config", ads_source()),
-                ("cds_config", ads_source()),
-                (
-                    "ads_config",
-                    obj([
-                        ("api_type", s("DELTA_GRPC")),
-                        ("transport_api_version", s("V3")),
-                        (
-                            "grpc_services",
-                            obj([
-                                (
-                                    "initial_metadata",
-                                    J::Arr(vec![obj([
-                                        ("key", s("x-consul-token")),
-                                        ("value", s(&i.token)),
-                                    ])]),
-                                ),
-                                ("envoy_grpc", obj([("cluster_name", s("local_agent"))])),
-                            ]),
-                        ),
-                    ]),
-                ),
-            ]),
-        ),
+        ("static_resources", static_resources),
     ]);
-    doc.pretty() + "\n\n"
+    if let Some(sinks) = extra_sinks {
+        doc.push("stats_sinks", J::Arr(sinks));
+    }
+    doc.push("stats_config", stats_tags(i));
+    doc.push(
+        "dynamic_resources",
+        obj([
+            ("lds_config", ads_source()),
+            ("cds_config", ads_source()),
+            (
+                "ads_config",
+                obj([
+                    ("api_type", s("DELTA_GRPC")),
+                    ("transport_api_version", s("V3")),
+                    (
+                        "grpc_services",
+                        obj([
+                            (
+                                "initial_metadata",
+                                J::Arr(vec![obj([
+                                    ("key", s("x-consul-token")),
+                                    ("value", s(&i.token)),
+                                ])]),
+                            ),
+                            ("envoy_grpc", obj([("cluster_name", s("local_agent"))])),
+                        ]),
+                    ),
+                ]),
+            ),
+        ]),
+    );
+    Ok(doc.pretty() + "\n\n")
 }
