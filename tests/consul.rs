@@ -775,3 +775,58 @@ fn a_unix_socket_address_reaches_the_agent() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_sidecar_bootstrap_is_rendered_from_the_agents_own_view() {
+    use outpost::consul::agent;
+    use outpost::envoy::bootstrap::{AgentAddress, Inputs, Options, render};
+    let double = ConsulDouble::start();
+    let client = Client::new(&consul_config(&double.url(), "").config.consul).unwrap();
+    let plan = countdash_plan();
+    sync::sync(&client, &wanted(&plan), true).unwrap();
+    let sidecar_id = "_outpost-dashboard-count-dashboard-http-sidecar-proxy";
+
+    let me = agent::agent_info(&client).unwrap();
+    assert_eq!(
+        (me.datacenter.as_str(), me.grpc_port, me.grpc_tls_port),
+        ("dc1", 8502, -1)
+    );
+    let proxy = agent::proxy_info(&client, sidecar_id).unwrap();
+    assert_eq!(proxy.kind, "connect-proxy");
+    assert_eq!(proxy.destination_service_name, "count-dashboard");
+    let options = Options {
+        admin_address: "127.0.0.2".into(),
+        admin_port: 19000,
+        admin_access_log_path: "/dev/null".into(),
+        agent: AgentAddress::Tcp {
+            address: "127.0.0.1".into(),
+            port: me.grpc_port as u16,
+        },
+        agent_tls_ca: None,
+        token: "workload-token-value".into(),
+        node_name: None,
+        omit_deprecated_tags: false,
+    };
+    let text = render(&Inputs::for_proxy(&me, &proxy, options)).unwrap();
+    for expected in [
+        "\"id\": \"_outpost-dashboard-count-dashboard-http-sidecar-proxy\"",
+        "\"cluster\": \"count-dashboard\"",
+        "\"fixed_value\": \"count-dashboard\"",
+        "\"fixed_value\": \"dc1\"",
+        "\"address\": \"127.0.0.2\"",
+        "\"port_value\": 8502",
+        "\"value\": \"workload-token-value\"",
+    ] {
+        assert!(text.contains(expected), "missing {expected}:\n{text}");
+    }
+    assert!(
+        miniserde::json::from_str::<Value>(&text).is_ok(),
+        "valid JSON"
+    );
+
+    let missing = agent::proxy_info(&client, "nope-sidecar-proxy").unwrap_err();
+    assert_eq!(
+        missing.to_string(),
+        "Unexpected response code: 404 (unknown service ID: nope-sidecar-proxy)"
+    );
+}

@@ -2,6 +2,7 @@
 //! preflight checks and the anti-entropy sync build on the registration bodies here.
 
 pub mod acl;
+pub mod agent;
 pub mod anti_entropy;
 pub mod client;
 pub mod preflight;

@@ -8,6 +8,7 @@
 //! gateways build on it.
 
 use super::json::{self, J, obj, s};
+use crate::consul::agent::{AgentInfo, ProxyInfo};
 
 /// Where Envoy reaches the Consul agent's xDS (gRPC) server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +39,55 @@ pub struct Inputs {
     pub extra_static_clusters_json: Option<String>,
     pub extra_static_listeners_json: Option<String>,
     pub extra_stats_sinks_json: Option<String>,
+}
+
+/// How Envoy should reach the agent and be administered: outpost's plan (admin and xDS
+/// addresses) or `envoy-bootstrap`'s flags.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub admin_address: String,
+    pub admin_port: u16,
+    pub admin_access_log_path: String,
+    pub agent: AgentAddress,
+    pub agent_tls_ca: Option<String>,
+    pub token: String,
+    pub node_name: Option<String>,
+    pub omit_deprecated_tags: bool,
+}
+
+impl Inputs {
+    /// Inputs for a sidecar from the agent's own view of it: the Envoy cluster is the
+    /// destination service (the service itself for a gateway), the fragments come from
+    /// its `Proxy.Config`.
+    pub fn for_proxy(agent: &AgentInfo, proxy: &ProxyInfo, options: Options) -> Inputs {
+        let text = |key: &str| match proxy.config.get(key) {
+            Some(miniserde::json::Value::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let cluster = if proxy.destination_service_name.is_empty() {
+            proxy.service.clone()
+        } else {
+            proxy.destination_service_name.clone()
+        };
+        Inputs {
+            proxy_id: proxy.id.clone(),
+            cluster,
+            node_name: options.node_name,
+            namespace: proxy.namespace.clone(),
+            partition: proxy.partition.clone(),
+            datacenter: agent.datacenter.clone(),
+            admin_address: options.admin_address,
+            admin_port: options.admin_port,
+            admin_access_log_path: options.admin_access_log_path,
+            agent: options.agent,
+            agent_tls_ca: options.agent_tls_ca,
+            token: options.token,
+            omit_deprecated_tags: options.omit_deprecated_tags,
+            extra_static_clusters_json: text("envoy_extra_static_clusters_json"),
+            extra_static_listeners_json: text("envoy_extra_static_listeners_json"),
+            extra_stats_sinks_json: text("envoy_extra_stats_sinks_json"),
+        }
+    }
 }
 
 /// A verbatim fragment, validated: `None` when unset or blank.
