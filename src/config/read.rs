@@ -203,7 +203,14 @@ impl<'a> Table<'a> {
         }
     }
 
-    pub fn strings(&self, key: &'static str) -> Vec<String> {
+    /// An array whose items `item` converts; an item it refuses is reported as not
+    /// `expected`.
+    fn list<T>(
+        &self,
+        key: &'static str,
+        expected: &str,
+        item: impl Fn(&DeValue) -> Option<T>,
+    ) -> Vec<T> {
         let Some(v) = self.get(key) else {
             return Vec::new();
         };
@@ -213,34 +220,24 @@ impl<'a> Table<'a> {
         };
         items
             .iter()
-            .filter_map(|item| match item.get_ref().as_str() {
-                Some(s) => Some(s.to_string()),
-                None => {
-                    self.type_error(item, "a string");
-                    None
+            .filter_map(|i| {
+                let converted = item(i.get_ref());
+                if converted.is_none() {
+                    self.type_error(i, expected);
                 }
+                converted
             })
             .collect()
     }
 
+    pub fn strings(&self, key: &'static str) -> Vec<String> {
+        self.list(key, "a string", |v| v.as_str().map(str::to_string))
+    }
+
     pub fn u16s(&self, key: &'static str) -> Vec<u16> {
-        let Some(v) = self.get(key) else {
-            return Vec::new();
-        };
-        let Some(items) = v.get_ref().as_array() else {
-            self.type_error(v, "a sequence");
-            return Vec::new();
-        };
-        items
-            .iter()
-            .filter_map(|item| match integer(item.get_ref()) {
-                Some(i) if (0..=65535).contains(&i) => Some(i as u16),
-                _ => {
-                    self.type_error(item, "u16");
-                    None
-                }
-            })
-            .collect()
+        self.list(key, "u16", |v| {
+            integer(v).and_then(|i| u16::try_from(i).ok())
+        })
     }
 
     /// A table of strings (env, meta).
