@@ -209,7 +209,7 @@ impl<'a> Table<'a> {
         &self,
         key: &'static str,
         expected: &str,
-        item: impl Fn(&DeValue) -> Option<T>,
+        item: impl Fn(&'a Val<'a>) -> Option<T>,
     ) -> Vec<T> {
         let Some(v) = self.get(key) else {
             return Vec::new();
@@ -221,7 +221,7 @@ impl<'a> Table<'a> {
         items
             .iter()
             .filter_map(|i| {
-                let converted = item(i.get_ref());
+                let converted = item(i);
                 if converted.is_none() {
                     self.type_error(i, expected);
                 }
@@ -231,12 +231,14 @@ impl<'a> Table<'a> {
     }
 
     pub fn strings(&self, key: &'static str) -> Vec<String> {
-        self.list(key, "a string", |v| v.as_str().map(str::to_string))
+        self.list(key, "a string", |v| {
+            v.get_ref().as_str().map(str::to_string)
+        })
     }
 
     pub fn u16s(&self, key: &'static str) -> Vec<u16> {
         self.list(key, "u16", |v| {
-            integer(v).and_then(|i| u16::try_from(i).ok())
+            integer(v.get_ref()).and_then(|i| u16::try_from(i).ok())
         })
     }
 
@@ -316,28 +318,14 @@ impl<'a> Table<'a> {
 
     /// An array of tables (`[[group]]`).
     pub fn tables(&self, key: &'static str) -> Vec<Table<'a>> {
-        let Some(v) = self.get(key) else {
-            return Vec::new();
-        };
-        let Some(items) = v.get_ref().as_array() else {
-            self.type_error(v, "a sequence");
-            return Vec::new();
-        };
-        items
-            .iter()
-            .filter_map(|item| match item.get_ref().as_table() {
-                Some(t) => Some(Table {
-                    table: t,
-                    at: item.span().start,
-                    used: RefCell::new(Vec::new()),
-                    errors: self.errors,
-                }),
-                None => {
-                    self.type_error(item, "a map");
-                    None
-                }
+        self.list(key, "a map", |item| {
+            item.get_ref().as_table().map(|t| Table {
+                table: t,
+                at: item.span().start,
+                used: RefCell::new(Vec::new()),
+                errors: self.errors,
             })
-            .collect()
+        })
     }
 
     /// A map of tables keyed by name (`envoy_gateway_bind_addresses`).
