@@ -3,7 +3,7 @@
 //! be byte-equal to its golden. Our own snapshots in tests/expected/envoy cover the same
 //! inputs when ../shared is absent; cases that need Consul's test CA run only with it.
 
-use outpost::envoy::bootstrap::{AgentAddress, Inputs, render};
+use outpost::envoy::bootstrap::{AgentAddress, Inputs, Options, render};
 use std::path::{Path, PathBuf};
 
 fn golden_dir() -> PathBuf {
@@ -14,24 +14,33 @@ fn base() -> Inputs {
     Inputs {
         proxy_id: "test-proxy".into(),
         cluster: "test".into(),
-        node_name: None,
         namespace: "default".into(),
         partition: "default".into(),
         datacenter: "dc1".into(),
-        admin_address: "::1".into(),
-        admin_port: 19000,
-        admin_access_log_path: "/dev/null".into(),
-        agent: AgentAddress::Tcp {
-            address: "::1".into(),
-            port: 8502,
+        options: Options {
+            admin_address: "::1".into(),
+            admin_port: 19000,
+            admin_access_log_path: "/dev/null".into(),
+            agent: AgentAddress::Tcp {
+                address: "::1".into(),
+                port: 8502,
+            },
+            agent_tls_ca: None,
+            token: String::new(),
+            node_name: None,
+            omit_deprecated_tags: false,
         },
-        agent_tls_ca: None,
-        token: String::new(),
-        omit_deprecated_tags: false,
         extra_static_clusters_json: None,
         extra_static_listeners_json: None,
         extra_stats_sinks_json: None,
     }
+}
+
+/// The base inputs with `change` applied.
+fn with(change: impl FnOnce(&mut Inputs)) -> Inputs {
+    let mut i = base();
+    change(&mut i);
+    i
 }
 
 fn test_ca() -> Option<String> {
@@ -70,40 +79,32 @@ fn defaults() {
 
 #[test]
 fn admin_bind() {
-    let i = Inputs {
-        admin_address: "127.0.0.1".into(),
-        admin_port: 9999,
-        ..base()
-    };
+    let i = with(|i| {
+        i.options.admin_address = "127.0.0.1".into();
+        i.options.admin_port = 9999;
+    });
     check("admin-bind-flag-with-dual-stack", &i, true);
 }
 
 #[test]
 fn node_name_in_metadata() {
-    let i = Inputs {
-        node_name: Some("test-node".into()),
-        ..base()
-    };
+    let i = with(|i| i.options.node_name = Some("test-node".into()));
     check("defaults-nodemeta-dualstack", &i, true);
 }
 
 #[test]
 fn unix_socket_agent_is_a_pipe() {
-    let i = Inputs {
-        agent: AgentAddress::Unix {
+    let i = with(|i| {
+        i.options.agent = AgentAddress::Unix {
             path: "/var/run/consul.sock".into(),
-        },
-        ..base()
-    };
+        }
+    });
     check("grpc-addr-unix-dualstack", &i, true);
 }
 
 #[test]
 fn token_goes_into_the_initial_metadata() {
-    let i = Inputs {
-        token: "c9a52720-bf6c-4aa6-b8bc-66881a5ade95".into(),
-        ..base()
-    };
+    let i = with(|i| i.options.token = "c9a52720-bf6c-4aa6-b8bc-66881a5ade95".into());
     check("token-file-env-dualstack", &i, true);
 }
 
@@ -113,44 +114,35 @@ fn tls_to_the_agent_inlines_the_ca() {
         eprintln!("../shared absent: TLS cases need Consul's test CA; skipped");
         return;
     };
-    let tcp = Inputs {
-        agent: AgentAddress::Tcp {
+    let tcp = with(|i| {
+        i.options.agent = AgentAddress::Tcp {
             address: "127.0.0.1".into(),
             port: 8502,
-        },
-        agent_tls_ca: Some(ca.clone()),
-        ..base()
-    };
+        };
+        i.options.agent_tls_ca = Some(ca.clone());
+    });
     check("existing-ca-file-dualstack", &tcp, false);
-    let unix = Inputs {
-        agent: AgentAddress::Unix {
+    let unix = with(|i| {
+        i.options.agent = AgentAddress::Unix {
             path: "/var/run/consul.sock".into(),
-        },
-        agent_tls_ca: Some(ca),
-        ..base()
-    };
+        };
+        i.options.agent_tls_ca = Some(ca);
+    });
     check("grpc-addr-unix-with-tls-dualstack", &unix, false);
 }
 
 #[test]
 fn deprecated_tags_can_be_omitted() {
-    let with = render(&base()).unwrap();
-    let without = render(&Inputs {
-        omit_deprecated_tags: true,
-        ..base()
-    })
-    .unwrap();
-    assert!(with.contains("\"tag_name\": \"consul.service\""));
+    let all = render(&base()).unwrap();
+    let without = render(&with(|i| i.options.omit_deprecated_tags = true)).unwrap();
+    assert!(all.contains("\"tag_name\": \"consul.service\""));
     assert!(!without.contains("\"tag_name\": \"consul.service\""));
     assert!(without.contains("\"tag_name\": \"consul.destination.service\""));
 }
 
 #[test]
 fn admin_access_log_path() {
-    let i = Inputs {
-        admin_access_log_path: "/some/path/access.log".into(),
-        ..base()
-    };
+    let i = with(|i| i.options.admin_access_log_path = "/some/path/access.log".into());
     check("access-log-path-dualstack", &i, true);
 }
 

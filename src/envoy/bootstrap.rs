@@ -23,18 +23,10 @@ pub struct Inputs {
     pub proxy_id: String,
     /// The Envoy cluster: the destination service of a sidecar, the gateway's name.
     pub cluster: String,
-    pub node_name: Option<String>,
     pub namespace: String,
     pub partition: String,
     pub datacenter: String,
-    pub admin_address: String,
-    pub admin_port: u16,
-    pub admin_access_log_path: String,
-    pub agent: AgentAddress,
-    /// TLS to the agent's gRPC, with the CA PEM to trust (empty when none is given).
-    pub agent_tls_ca: Option<String>,
-    pub token: String,
-    pub omit_deprecated_tags: bool,
+    pub options: Options,
     /// `Proxy.Config` fragments inserted verbatim (comma-separated JSON values).
     pub extra_static_clusters_json: Option<String>,
     pub extra_static_listeners_json: Option<String>,
@@ -49,6 +41,7 @@ pub struct Options {
     pub admin_port: u16,
     pub admin_access_log_path: String,
     pub agent: AgentAddress,
+    /// TLS to the agent's gRPC, with the CA PEM to trust (empty when none is given).
     pub agent_tls_ca: Option<String>,
     pub token: String,
     pub node_name: Option<String>,
@@ -72,17 +65,10 @@ impl Inputs {
         Inputs {
             proxy_id: proxy.id.clone(),
             cluster,
-            node_name: options.node_name,
             namespace: proxy.namespace.clone(),
             partition: proxy.partition.clone(),
             datacenter: agent.datacenter.clone(),
-            admin_address: options.admin_address,
-            admin_port: options.admin_port,
-            admin_access_log_path: options.admin_access_log_path,
-            agent: options.agent,
-            agent_tls_ca: options.agent_tls_ca,
-            token: options.token,
-            omit_deprecated_tags: options.omit_deprecated_tags,
+            options,
             extra_static_clusters_json: text("envoy_extra_static_clusters_json"),
             extra_static_listeners_json: text("envoy_extra_static_listeners_json"),
             extra_stats_sinks_json: text("envoy_extra_stats_sinks_json"),
@@ -227,7 +213,7 @@ fn ads_source() -> J {
 }
 
 fn local_agent(i: &Inputs) -> J {
-    let address = match &i.agent {
+    let address = match &i.options.agent {
         AgentAddress::Tcp { address, port } => socket_address(address, *port),
         AgentAddress::Unix { path } => obj([("pipe", obj([("path", s(path))]))]),
     };
@@ -237,7 +223,7 @@ fn local_agent(i: &Inputs) -> J {
         ("connect_timeout", s("1s")),
         ("type", s("STATIC")),
     ]);
-    if let Some(ca) = &i.agent_tls_ca {
+    if let Some(ca) = &i.options.agent_tls_ca {
         cluster.push(
             "transport_socket",
             obj([
@@ -290,7 +276,7 @@ fn local_agent(i: &Inputs) -> J {
 fn stats_tags(i: &Inputs) -> J {
     let rule = |(tag, regex): &(&str, &str)| obj([("regex", s(regex)), ("tag_name", s(tag))]);
     let mut tags: Vec<J> = CURRENT_TAGS.iter().map(rule).collect();
-    if !i.omit_deprecated_tags {
+    if !i.options.omit_deprecated_tags {
         tags.extend(DEPRECATED_TAGS.iter().map(rule));
     }
     let fixed = [
@@ -330,7 +316,7 @@ pub fn render(i: &Inputs) -> Result<String, String> {
         static_resources.push("listeners", J::Arr(listeners));
     }
     let mut metadata = obj([]);
-    if let Some(node) = &i.node_name {
+    if let Some(node) = &i.options.node_name {
         metadata.push("node_name", s(node));
     }
     metadata.push("namespace", s(&i.namespace));
@@ -352,12 +338,15 @@ pub fn render(i: &Inputs) -> Result<String, String> {
                                         "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
                                     ),
                                 ),
-                                ("path", s(&i.admin_access_log_path)),
+                                ("path", s(&i.options.admin_access_log_path)),
                             ]),
                         ),
                     ])]),
                 ),
-                ("address", socket_address(&i.admin_address, i.admin_port)),
+                (
+                    "address",
+                    socket_address(&i.options.admin_address, i.options.admin_port),
+                ),
             ]),
         ),
         (
@@ -404,7 +393,7 @@ pub fn render(i: &Inputs) -> Result<String, String> {
                                 "initial_metadata",
                                 J::Arr(vec![obj([
                                     ("key", s("x-consul-token")),
-                                    ("value", s(&i.token)),
+                                    ("value", s(&i.options.token)),
                                 ])]),
                             ),
                             ("envoy_grpc", obj([("cluster_name", s("local_agent"))])),
