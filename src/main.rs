@@ -22,6 +22,7 @@ enum Command {
     Plan(PlanCmd),
     Apply(ApplyCmd),
     Teardown(TeardownCmd),
+    EnvoyBootstrap(Box<outpost::envoy::command::EnvoyBootstrap>),
     Version(VersionCmd),
 }
 
@@ -87,6 +88,7 @@ fn main() -> ExitCode {
             agent::apply(valid, host).map(|_| ())
         }),
         Command::Teardown(cmd) => with_agent(&cmd.config, agent::teardown),
+        Command::EnvoyBootstrap(cmd) => envoy_bootstrap(&cmd),
         Command::Version(_) => {
             println!("{}", outpost::version_text());
             ExitCode::SUCCESS
@@ -171,6 +173,24 @@ fn plan(cmd: &PlanCmd) -> ExitCode {
         }
         Err(e) => {
             eprintln!("outpost: cannot plan: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Like `consul connect envoy -bootstrap`: warnings and errors as plain lines on stderr,
+/// the JSON on stdout, exit 1 on error.
+fn envoy_bootstrap(cmd: &outpost::envoy::command::EnvoyBootstrap) -> ExitCode {
+    match outpost::envoy::command::run(cmd, &|var| std::env::var(var).ok()) {
+        Ok(out) => {
+            for w in &out.warnings {
+                eprintln!("{w}");
+            }
+            print!("{}", out.json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }

@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 use support::consul_double::ConsulDouble;
+use support::pki::{test_pki, test_pki_for, tls_server};
 
 const TOKEN: &str = "5f1e2d3c-secret-token-value-0001";
 
@@ -349,74 +350,6 @@ fn service_preflight_reads_back_the_sidecar() {
     sync::sync(&client, &wanted(&plan), true).unwrap();
     preflight::service(&client, p, "_outpost-api-count-api-9001-sidecar-proxy")
         .expect("registered");
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, made for this test.
-struct TestPki {
-    ca_pem: String,
-    server_cert_pem: String,
-    server_key_pem: String,
-    client_cert_pem: String,
-    client_key_pem: String,
-}
-
-fn test_pki() -> TestPki {
-    test_pki_for(&["127.0.0.1", "localhost"])
-}
-
-fn test_pki_for(server_names: &[&str]) -> TestPki {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(
-        server_names
-            .iter()
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>(),
-    )
-    .unwrap()
-    .signed_by(&server_key, &ca)
-    .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let client = CertificateParams::new(vec!["outpost-client".to_string()])
-        .unwrap()
-        .signed_by(&client_key, &ca)
-        .unwrap();
-    TestPki {
-        ca_pem: ca.pem(),
-        server_cert_pem: server.pem(),
-        server_key_pem: server_key.serialize_pem(),
-        client_cert_pem: client.pem(),
-        client_key_pem: client_key.serialize_pem(),
-    }
-}
-
-fn tls_server(pki: &TestPki) -> std::sync::Arc<rustls::ServerConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        std::sync::Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![CertificateDer::from_pem_slice(pki.server_cert_pem.as_bytes()).unwrap()],
-            PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    std::sync::Arc::new(config)
 }
 
 #[test]
@@ -778,36 +711,21 @@ fn a_unix_socket_address_reaches_the_agent() {
 
 #[test]
 fn a_sidecar_bootstrap_is_rendered_from_the_agents_own_view() {
-    use outpost::consul::agent;
-    use outpost::envoy::bootstrap::{AgentAddress, Inputs, Options, render};
+    use outpost::envoy::command::{EnvoyBootstrap, run};
     let double = ConsulDouble::start();
     let client = Client::new(&consul_config(&double.url(), "").config.consul).unwrap();
     let plan = countdash_plan();
     sync::sync(&client, &wanted(&plan), true).unwrap();
     let sidecar_id = "_outpost-dashboard-count-dashboard-http-sidecar-proxy";
-
-    let me = agent::agent_info(&client).unwrap();
-    assert_eq!(
-        (me.datacenter.as_str(), me.grpc_port, me.grpc_tls_port),
-        ("dc1", 8502, -1)
-    );
-    let proxy = agent::proxy_info(&client, sidecar_id).unwrap();
-    assert_eq!(proxy.kind, "connect-proxy");
-    assert_eq!(proxy.destination_service_name, "count-dashboard");
-    let options = Options {
-        admin_address: "127.0.0.2".into(),
-        admin_port: 19000,
-        admin_access_log_path: "/dev/null".into(),
-        agent: AgentAddress::Tcp {
-            address: "127.0.0.1".into(),
-            port: me.grpc_port as u16,
-        },
-        agent_tls_ca: None,
-        token: "workload-token-value".into(),
-        node_name: None,
-        omit_deprecated_tags: false,
+    let cmd = EnvoyBootstrap {
+        proxy_id: Some(sidecar_id.into()),
+        http_addr: Some(double.url()),
+        admin_bind: Some("127.0.0.2:19000".into()),
+        token: Some("workload-token-value".into()),
+        ..EnvoyBootstrap::default()
     };
-    let text = render(&Inputs::for_proxy(&me, &proxy, options)).unwrap();
+    let out = run(&cmd, &|_| None).unwrap();
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
     for expected in [
         "\"id\": \"_outpost-dashboard-count-dashboard-http-sidecar-proxy\"",
         "\"cluster\": \"count-dashboard\"",
@@ -816,17 +734,48 @@ fn a_sidecar_bootstrap_is_rendered_from_the_agents_own_view() {
         "\"address\": \"127.0.0.2\"",
         "\"port_value\": 8502",
         "\"value\": \"workload-token-value\"",
+        "\"tag_name\": \"nomad.group\"",
     ] {
-        assert!(text.contains(expected), "missing {expected}:\n{text}");
+        assert!(
+            out.json.contains(expected),
+            "missing {expected}:\n{}",
+            out.json
+        );
     }
+    // Nomad's stats tags, from the registration's Proxy.Config, come before the rules.
+    let first_rule = out.json.find("\"regex\"").unwrap();
+    assert!(out.json.find("\"tag_name\": \"nomad.group\"").unwrap() < first_rule);
     assert!(
-        miniserde::json::from_str::<Value>(&text).is_ok(),
+        miniserde::json::from_str::<Value>(&out.json).is_ok(),
         "valid JSON"
     );
-
-    let missing = agent::proxy_info(&client, "nope-sidecar-proxy").unwrap_err();
+    // The calls Consul's command makes, in its order.
+    let paths: Vec<String> = double
+        .log()
+        .into_iter()
+        .skip_while(|l| l.path != "/v1/agent/self")
+        .map(|l| l.path)
+        .collect();
     assert_eq!(
-        missing.to_string(),
-        "Unexpected response code: 404 (unknown service ID: nope-sidecar-proxy)"
+        paths,
+        [
+            "/v1/agent/self",
+            "/v1/acl/token/self",
+            &format!("/v1/agent/service/{sidecar_id}"),
+            "/v1/config/proxy-defaults/global"
+        ]
+    );
+
+    let missing = run(
+        &EnvoyBootstrap {
+            proxy_id: Some("nope-sidecar-proxy".into()),
+            ..cmd
+        },
+        &|_| None,
+    )
+    .unwrap_err();
+    assert_eq!(
+        missing,
+        "failed fetch proxy config from local agent: Unexpected response code: 404 (unknown service ID: nope-sidecar-proxy)"
     );
 }

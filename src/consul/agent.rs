@@ -4,13 +4,28 @@
 use super::client::{Client, ConsulError};
 use miniserde::json::{self, Number, Object, Value};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentInfo {
     pub datacenter: String,
     pub node_name: String,
-    /// The xDS plaintext and TLS gRPC ports (0 or negative: not served).
-    pub grpc_port: i64,
-    pub grpc_tls_port: i64,
+    /// `Config.BindAddr`: an IPv6 address means a dual-stack agent (loopback defaults `::1`).
+    pub bind_addr: String,
+    /// `xDS.Ports` (Consul ≥ 1.14), absent when the agent serves no xDS.
+    pub xds_ports: Option<XdsPorts>,
+    /// `DebugConfig.GRPCPort`, what older agents offer instead.
+    pub debug_grpc_port: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdsPorts {
+    pub plaintext: i64,
+    pub tls: i64,
+}
+
+impl AgentInfo {
+    pub fn dual_stack(&self) -> bool {
+        self.bind_addr.parse::<std::net::Ipv6Addr>().is_ok()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -18,13 +33,16 @@ pub struct ProxyInfo {
     pub id: String,
     pub kind: String,
     pub service: String,
+    /// Whether the answer has a `Proxy` block (sidecars and gateways do).
+    pub is_proxy: bool,
     pub destination_service_name: String,
+    pub datacenter: String,
     pub namespace: String,
     pub partition: String,
     pub config: Object,
 }
 
-fn parse_object(text: &str, what: &str) -> Result<Object, ConsulError> {
+pub(crate) fn parse_object(text: &str, what: &str) -> Result<Object, ConsulError> {
     match json::from_str::<Value>(text) {
         Ok(Value::Object(o)) => Ok(o),
         _ => Err(ConsulError::Rejected {
@@ -59,44 +77,46 @@ fn int(o: Option<&Object>, key: &str) -> Option<i64> {
 pub fn agent_info(client: &Client) -> Result<AgentInfo, ConsulError> {
     let me = parse_object(&client.get("/v1/agent/self")?, "agent/self")?;
     let config = object(&me, "Config");
-    let xds_ports = object(&me, "xDS").and_then(|x| object(x, "Ports"));
-    let debug = object(&me, "DebugConfig");
+    let ports = object(&me, "xDS").and_then(|x| object(x, "Ports"));
     Ok(AgentInfo {
         datacenter: string(config, "Datacenter"),
         node_name: string(config, "NodeName"),
-        grpc_port: int(xds_ports, "Plaintext")
-            .or_else(|| int(debug, "GRPCPort"))
-            .unwrap_or(-1),
-        grpc_tls_port: int(xds_ports, "TLS")
-            .or_else(|| int(debug, "GRPCTLSPort"))
-            .unwrap_or(-1),
+        bind_addr: string(config, "BindAddr"),
+        xds_ports: ports.map(|p| XdsPorts {
+            plaintext: int(Some(p), "Plaintext").unwrap_or(0),
+            tls: int(Some(p), "TLS").unwrap_or(0),
+        }),
+        debug_grpc_port: int(object(&me, "DebugConfig"), "GRPCPort"),
     })
 }
 
 /// The proxy's registration as the local agent has it (404 until it is registered).
-pub fn proxy_info(client: &Client, proxy_id: &str) -> Result<ProxyInfo, ConsulError> {
+/// `scope` is the `?ns=…&partition=…` query, or empty.
+pub fn proxy_info(client: &Client, proxy_id: &str, scope: &str) -> Result<ProxyInfo, ConsulError> {
     let svc = parse_object(
-        &client.get(&format!("/v1/agent/service/{proxy_id}"))?,
+        &client.get(&format!("/v1/agent/service/{proxy_id}{scope}"))?,
         "agent/service",
     )?;
-    let proxy = object(&svc, "Proxy");
-    let or_default = |s: String| {
-        if s.is_empty() {
-            "default".to_string()
-        } else {
-            s
+    Ok(ProxyInfo::from_service(&svc))
+}
+
+impl ProxyInfo {
+    /// From an AgentService (or catalog NodeService) object.
+    pub fn from_service(svc: &Object) -> ProxyInfo {
+        let proxy = object(svc, "Proxy");
+        ProxyInfo {
+            id: string(Some(svc), "ID"),
+            kind: string(Some(svc), "Kind"),
+            service: string(Some(svc), "Service"),
+            is_proxy: proxy.is_some(),
+            destination_service_name: string(proxy, "DestinationServiceName"),
+            datacenter: string(Some(svc), "Datacenter"),
+            namespace: string(Some(svc), "Namespace"),
+            partition: string(Some(svc), "Partition"),
+            config: proxy
+                .and_then(|p| object(p, "Config"))
+                .cloned()
+                .unwrap_or_default(),
         }
-    };
-    Ok(ProxyInfo {
-        id: string(Some(&svc), "ID"),
-        kind: string(Some(&svc), "Kind"),
-        service: string(Some(&svc), "Service"),
-        destination_service_name: string(proxy, "DestinationServiceName"),
-        namespace: or_default(string(Some(&svc), "Namespace")),
-        partition: or_default(string(Some(&svc), "Partition")),
-        config: proxy
-            .and_then(|p| object(p, "Config"))
-            .cloned()
-            .unwrap_or_default(),
-    })
+    }
 }

@@ -160,8 +160,28 @@ impl fmt::Debug for Client {
     }
 }
 
+/// The PEM items of a file, or of every file in a directory (a CA path).
 fn read_pem(path: &str, what: &str) -> Result<Vec<PemItem<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {what} {path}: {e}"))?;
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
+    };
+    let bytes = if std::path::Path::new(path).is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .map_err(|e| format!("cannot read {what} {path}: {e}"))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        let mut all = Vec::new();
+        for file in files {
+            all.extend(read(&file)?);
+            all.push(b'\n');
+        }
+        all
+    } else {
+        read(std::path::Path::new(path))?
+    };
     ureq::tls::parse_pem(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{what} {path} is not valid PEM: {e}"))

@@ -1,4 +1,9 @@
-//! Envoy: its bootstrap, rendered natively (the `consul connect envoy -bootstrap` output).
+//! Envoy: its bootstrap, rendered natively (the `consul connect envoy -bootstrap` output),
+//! and the `envoy-bootstrap` command that exposes it.
 
+pub mod access_logs;
 pub mod bootstrap;
+pub mod command;
 mod json;
+pub mod proxy_config;
+mod stats;

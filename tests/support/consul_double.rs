@@ -63,6 +63,29 @@ struct State {
     latency: Duration,
     log: Vec<Logged>,
     restarts: usize,
+    agent_self: AgentSelf,
+    proxy_defaults: Option<Object>,
+}
+
+/// What `/v1/agent/self` reports about addresses and gRPC.
+#[derive(Clone)]
+pub struct AgentSelf {
+    /// `Config.BindAddr`; an IPv6 address makes `consul connect envoy` use `::1` defaults.
+    pub bind_addr: String,
+    /// `xDS.Ports` (Plaintext, TLS); `None` leaves the xDS section out (gRPC disabled).
+    pub xds_ports: Option<(i64, i64)>,
+    /// `DebugConfig.GRPCPort`.
+    pub debug_grpc_port: i64,
+}
+
+impl Default for AgentSelf {
+    fn default() -> Self {
+        AgentSelf {
+            bind_addr: "127.0.0.1".into(),
+            xds_ports: Some((8502, -1)),
+            debug_grpc_port: 8502,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -183,6 +206,15 @@ impl ConsulDouble {
     }
 
     /// An agent restart: registrations, checks and the negative cache are gone.
+    pub fn set_agent_self(&self, agent_self: AgentSelf) {
+        self.lock().agent_self = agent_self;
+    }
+
+    /// Writes `proxy-defaults/global` (as `PUT /v1/config` would).
+    pub fn set_proxy_defaults(&self, entry: Object) {
+        self.lock().proxy_defaults = Some(entry);
+    }
+
     pub fn restart(&self) {
         let mut s = self.lock();
         s.services.clear();
@@ -289,6 +321,35 @@ impl Request {
             .split('&')
             .any(|kv| kv == key || kv.starts_with(&format!("{key}=")))
     }
+
+    /// A query parameter's value, percent-decoded.
+    fn query_value(&self, key: &str) -> Option<String> {
+        let raw = self
+            .query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))?;
+        let bytes = raw.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                    out.push(u8::from_str_radix(hex, 16).ok()?);
+                    i += 3;
+                }
+                b'+' => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                b => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8(out).ok()
+    }
 }
 
 fn read_request(reader: &mut BufReader<impl Read>) -> Option<Request> {
@@ -350,7 +411,7 @@ fn route(s: &mut State, r: &Request, negative_cached: &mut bool) -> Reply {
     let expect = |m: &str| r.method == m;
     if path == "/v1/agent/self" {
         return if expect("GET") {
-            ok_json(agent_self())
+            ok_json(agent_self(&s.agent_self))
         } else {
             method_not_allowed(&r.method, "GET")
         };
@@ -377,12 +438,62 @@ fn route(s: &mut State, r: &Request, negative_cached: &mut bool) -> Reply {
         if !expect("GET") {
             return method_not_allowed(&r.method, "GET");
         }
-        return ok_json(Value::Object(
-            s.services
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::Object(v.clone())))
-                .collect(),
-        ));
+        return match filtered_services(s, r) {
+            Ok(list) => ok_json(Value::Object(
+                list.into_iter()
+                    .map(|svc| {
+                        let id = match svc.get("ID") {
+                            Some(Value::String(id)) => id.clone(),
+                            _ => String::new(),
+                        };
+                        (id, Value::Object(svc))
+                    })
+                    .collect(),
+            )),
+            Err(reply) => reply,
+        };
+    }
+    if let Some(node) = path.strip_prefix("/v1/catalog/node-services/") {
+        if !expect("GET") {
+            return method_not_allowed(&r.method, "GET");
+        }
+        if node != "edge-01" {
+            return ok_json(
+                json::from_str(r#"{"Node":null,"Services":[]}"#).unwrap_or(Value::Null),
+            );
+        }
+        return match filtered_services(s, r) {
+            Ok(list) => {
+                let mut answer = Object::new();
+                let mut n = Object::new();
+                n.insert("Node".into(), Value::String("edge-01".into()));
+                n.insert("Datacenter".into(), Value::String("dc1".into()));
+                answer.insert("Node".into(), Value::Object(n));
+                // Catalog entries carry no Datacenter of their own; the node has it.
+                let services = list
+                    .into_iter()
+                    .map(|mut svc| {
+                        svc.remove("Datacenter");
+                        Value::Object(svc)
+                    })
+                    .collect();
+                answer.insert("Services".into(), Value::Array(services));
+                ok_json(Value::Object(answer))
+            }
+            Err(reply) => reply,
+        };
+    }
+    if path == "/v1/config/proxy-defaults/global" {
+        if !expect("GET") {
+            return method_not_allowed(&r.method, "GET");
+        }
+        return match &s.proxy_defaults {
+            Some(entry) => ok_json(Value::Object(entry.clone())),
+            None => text(
+                404,
+                "Config entry not found for \"proxy-defaults\" / \"global\"",
+            ),
+        };
     }
     if path == "/v1/agent/checks" {
         if !expect("GET") {
@@ -451,15 +562,69 @@ fn route(s: &mut State, r: &Request, negative_cached: &mut bool) -> Reply {
     text(404, "Invalid URL path: not a recognized HTTP API endpoint")
 }
 
-fn agent_self() -> Value {
-    let parsed: Result<Value, _> = json::from_str(
-        r#"{"Config":{"Datacenter":"dc1","PrimaryDatacenter":"dc1","NodeName":"edge-01","NodeID":"6a3c4e1d-8f7b-4c2a-9e5d-1b2c3d4e5f60","Server":false,"Version":"1.22.0"},
-            "DebugConfig":{"GRPCPort":8502,"GRPCTLSPort":-1,"Datacenter":"dc1","NodeName":"edge-01","ACLsEnabled":false},
-            "Member":{"Name":"edge-01","Addr":"127.0.0.1","Port":8301,"Status":1},
-            "Meta":{},
-            "xDS":{"SupportedProxies":{"envoy":["1.33.2","1.32.5","1.31.8","1.30.10"]},"Port":8502,"Ports":{"Plaintext":8502,"TLS":-1}}}"#,
-    );
+fn agent_self(a: &AgentSelf) -> Value {
+    let xds = match a.xds_ports {
+        Some((plain, tls)) => format!(
+            r#","xDS":{{"SupportedProxies":{{"envoy":["1.33.2","1.32.5","1.31.8","1.30.10"]}},"Port":{},"Ports":{{"Plaintext":{plain},"TLS":{tls}}}}}"#,
+            if tls > 0 { tls } else { plain }
+        ),
+        None => String::new(),
+    };
+    let parsed: Result<Value, _> = json::from_str(&format!(
+        r#"{{"Config":{{"Datacenter":"dc1","PrimaryDatacenter":"dc1","NodeName":"edge-01","NodeID":"6a3c4e1d-8f7b-4c2a-9e5d-1b2c3d4e5f60","BindAddr":"{bind}","Server":false,"Version":"1.22.0"}},
+            "DebugConfig":{{"GRPCPort":{grpc},"GRPCTLSPort":-1,"Datacenter":"dc1","NodeName":"edge-01","ACLsEnabled":false}},
+            "Member":{{"Name":"edge-01","Addr":"127.0.0.1","Port":8301,"Status":1}},
+            "Meta":{{}}{xds}}}"#,
+        bind = a.bind_addr,
+        grpc = a.debug_grpc_port,
+    ));
     parsed.unwrap_or(Value::Null)
+}
+
+/// `filter` of the agent and catalog listings: the two bexpr forms `consul connect envoy`
+/// sends (Kind == `x`, ID == "x"); anything else is refused rather than half-evaluated.
+fn filter_matches(filter: &str, svc: &Object) -> Result<bool, Reply> {
+    let parse = |field: &str| -> Option<String> {
+        let rest = filter
+            .trim()
+            .strip_prefix(field)?
+            .trim_start()
+            .strip_prefix("==")?
+            .trim();
+        let quoted = rest
+            .strip_prefix('`')
+            .and_then(|r| r.strip_suffix('`'))
+            .or_else(|| rest.strip_prefix('"').and_then(|r| r.strip_suffix('"')))?;
+        Some(quoted.to_string())
+    };
+    let field_is = |key: &str, want: &str| match svc.get(key) {
+        Some(Value::String(v)) => v == want,
+        _ => want.is_empty(),
+    };
+    if let Some(kind) = parse("Kind") {
+        return Ok(field_is("Kind", &kind));
+    }
+    if let Some(id) = parse("ID") {
+        return Ok(field_is("ID", &id));
+    }
+    Err(text(
+        400,
+        &format!("Failed to create boolexpr evaluator: unsupported filter {filter:?}"),
+    ))
+}
+
+fn filtered_services(s: &State, r: &Request) -> Result<Vec<Object>, Reply> {
+    let mut out = Vec::new();
+    for svc in s.services.values() {
+        let keep = match r.query_value("filter") {
+            Some(f) => filter_matches(&f, svc)?,
+            None => true,
+        };
+        if keep {
+            out.push(svc.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// A token is usable when ACLs are off, or it is known, visible and not negatively cached.
@@ -940,8 +1105,15 @@ fn build_services(reg: &Object) -> Result<Vec<(Object, Vec<Object>)>, Reply> {
         }
     }
     let mut parent = agent_service(kind, &id, name, &tags, &meta, port, &address);
-    if let Some(proxy) = get_obj(reg, "Proxy")? {
-        parent.insert("Proxy".into(), Value::Object(proxy.clone()));
+    match get_obj(reg, "Proxy")? {
+        Some(proxy) => {
+            parent.insert("Proxy".into(), Value::Object(proxy.clone()));
+        }
+        // The agent gives every proxy and gateway a Proxy block, empty or not.
+        None if !kind.is_empty() => {
+            parent.insert("Proxy".into(), Value::Object(Object::new()));
+        }
+        None => {}
     }
     let mut out = Vec::new();
     let connect = get_obj(reg, "Connect")?;

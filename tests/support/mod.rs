@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod consul_double;
+pub mod pki;
 
 /// Whether a test that needs root may run. Without root it fails in CI (CI=true), where the
 /// machine is ours to use, and is skipped with a message elsewhere.
