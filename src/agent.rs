@@ -6,6 +6,7 @@ use crate::consul::acl::{self, WorkloadToken};
 use crate::consul::client::Client;
 use crate::consul::preflight;
 use crate::consul::sync::{self, Wanted};
+use crate::envoy::sidecar::{Job, Renderer};
 use crate::plan::{self, GroupPlan, HostFacts, Plan, ServicePlan};
 use crate::{net, state};
 use log::{info, warn};
@@ -78,10 +79,13 @@ fn has_services(plan: &Plan) -> bool {
     plan.groups.iter().any(|g| !g.services.is_empty())
 }
 
+/// The workload token (secret) each registered service got, by service ID.
+type Tokens = std::collections::BTreeMap<String, String>;
+
 /// Registers the plan's services (each with its workload token) and removes outpost's
 /// services no group owns. With `consul_optional` (a config without services) an
 /// unreachable Consul is only a warning.
-fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Result<(), String> {
+fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Result<Tokens, String> {
     let base = Client::new(&valid.config.consul)?;
     let at = |e: &dyn std::fmt::Display| {
         format!(
@@ -91,9 +95,13 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Resul
     };
     let mut registered = 0;
     let mut keep = Vec::new();
+    let mut tokens = Tokens::new();
     for group in &plan.groups {
         for service in &group.services {
             let token = workload_token(&base, valid, plan, group, service)?;
+            if let Some(t) = &token {
+                tokens.insert(service.id.clone(), t.secret.clone());
+            }
             let client = match &token {
                 Some(t) => base.with_token(&t.secret),
                 None => base.clone(),
@@ -113,7 +121,7 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Resul
         Ok(services) => sync::remove_unowned(&base, &services, &keep).map_err(|e| at(&e))?,
         Err(e) if consul_optional && e.is_retryable() => {
             warn!("Consul: cannot check for leftover registrations ({e}); groups need no Consul");
-            return Ok(());
+            return Ok(tokens);
         }
         Err(e) => return Err(at(&e)),
     };
@@ -122,8 +130,81 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Resul
         removed.len(),
         keep.len() - registered
     );
+    Ok(tokens)
+}
+
+/// Where Envoy in the group's namespace reaches Consul's xDS: `consul.grpc_address`, else
+/// the group's socket (served by the relay), by absolute path so Envoy's cwd does not matter.
+fn grpc_addr(valid: &ValidConfig, group: &GroupPlan) -> String {
+    match &valid.config.consul.grpc_address {
+        Some(address) => address.clone(),
+        None => format!("unix://{}/alloc/tmp/consul_grpc.sock", group.alloc_dir),
+    }
+}
+
+/// Writes each sidecar's Envoy bootstrap into its task's secrets, as Nomad does before
+/// starting Envoy: with the service's workload token, else the agent's own.
+fn write_bootstraps(valid: &ValidConfig, plan: &Plan, tokens: &Tokens) -> Result<(), String> {
+    let consul = &valid.config.consul;
+    let renderer = match valid.config.envoy.bootstrap.as_str() {
+        "consul-cli" => Renderer::ConsulCli {
+            binary: valid.config.envoy.consul_binary.clone(),
+        },
+        _ => Renderer::Native,
+    };
+    let agent_token = match (&consul.token, &consul.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .ok()
+            .map(|t| t.trim().to_string()),
+        (None, None) => None,
+    };
+    for group in &plan.groups {
+        for service in &group.services {
+            let Some(sidecar) = &service.sidecar else {
+                continue;
+            };
+            let Some(task) = group.tasks.iter().find(|t| t.name == sidecar.task) else {
+                continue;
+            };
+            let nomad_env = IDENTITY_VARS
+                .iter()
+                .filter_map(|k| task.env.get(*k).map(|v| (k.to_string(), v.clone())))
+                .collect();
+            let job = Job {
+                consul,
+                preflight: &consul.preflight,
+                renderer: renderer.clone(),
+                proxy_id: &sidecar.id,
+                gateway: None,
+                admin_bind: &sidecar.envoy_admin,
+                ready_bind: &sidecar.envoy_ready,
+                grpc_addr: grpc_addr(valid, group),
+                token: tokens
+                    .get(&service.id)
+                    .cloned()
+                    .or_else(|| agent_token.clone()),
+                task_dir: Path::new(&task.dir),
+                alloc_dir: Path::new(&group.alloc_dir),
+                nomad_env,
+            };
+            job.write()?;
+        }
+    }
     Ok(())
 }
+
+/// The identity variables Nomad gives the bootstrap command, in its order.
+const IDENTITY_VARS: [&str; 8] = [
+    "NOMAD_ALLOC_ID",
+    "NOMAD_SHORT_ALLOC_ID",
+    "NOMAD_ALLOC_NAME",
+    "NOMAD_GROUP_NAME",
+    "NOMAD_JOB_NAME",
+    "NOMAD_JOB_ID",
+    "NOMAD_NAMESPACE",
+    "NOMAD_REGION",
+];
 
 /// Deregisters everything of ours, then gives back the workload tokens kept on disk.
 fn release_consul(valid: &ValidConfig, plan: &Plan) -> Result<(), String> {
@@ -176,7 +257,8 @@ pub fn apply(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
         plan.bridge.name
     );
     // After the network: a service must not be advertised before its port is mapped.
-    sync_consul(valid, &plan, !has_services(&plan))?;
+    let tokens = sync_consul(valid, &plan, !has_services(&plan))?;
+    write_bootstraps(valid, &plan, &tokens)?;
     Ok(plan)
 }
 
@@ -199,6 +281,14 @@ pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), String> {
     consul.map_err(|e| {
         format!("{e}; the network was removed: run teardown again once Consul answers, to deregister and release tokens")
     })?;
+    // Tokens are released: the groups' directories (bootstraps, logs) can go.
+    for group in &plan.groups {
+        match std::fs::remove_dir_all(&group.alloc_dir) {
+            Ok(()) => info!("removed {}", group.alloc_dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!("cannot remove {}: {e}", group.alloc_dir),
+        }
+    }
     info!("teardown complete");
     Ok(())
 }

@@ -159,6 +159,51 @@ fn login_mode_registers_each_service_with_its_own_token_reused_across_applies_an
     for secret in [AGENT_TOKEN, JWT, "11111111-2222-4333-8444-"] {
         assert!(!stderr.contains(secret), "a secret reached the log");
     }
+    // Each sidecar's bootstrap, rendered natively with the service's own token.
+    for (group, proxy) in [
+        ("api", "_outpost-api-count-api-9001-sidecar-proxy"),
+        (
+            "dashboard",
+            "_outpost-dashboard-count-dashboard-http-sidecar-proxy",
+        ),
+    ] {
+        let task = dir.join(format!("run/alloc/{group}/connect-proxy-count-{group}"));
+        let bootstrap = task.join("secrets/envoy_bootstrap.json");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&bootstrap), 0o600);
+        assert_eq!(mode(&task.join("secrets")), 0o700);
+        let json = std::fs::read_to_string(&bootstrap).unwrap();
+        assert!(json.contains(&format!("\"id\": \"{proxy}\"")), "{json}");
+        let socket = dir.join(format!("run/alloc/{group}/alloc/tmp/consul_grpc.sock"));
+        assert!(json.contains(&format!("\"path\": \"{}\"", socket.display())));
+        let token_line = json
+            .lines()
+            .skip_while(|l| !l.contains("x-consul-token"))
+            .nth(1)
+            .unwrap();
+        assert!(
+            !token_line.contains(AGENT_TOKEN) && !token_line.contains("\"\""),
+            "the workload token, not the agent's: {token_line}"
+        );
+        let cmd = std::fs::read_to_string(task.join("secrets/.envoy_bootstrap.cmd")).unwrap();
+        assert!(
+            cmd.starts_with(&format!(
+                "envoy-bootstrap --grpc-addr unix://{} --http-addr {} --admin-bind 127.0.0.2:",
+                socket.display(),
+                double.url()
+            )),
+            "{cmd}"
+        );
+        assert!(
+            cmd.contains(&format!("--proxy-id {proxy} --token <redacted>\n")),
+            "{cmd}"
+        );
+        let env = std::fs::read_to_string(task.join("secrets/.envoy_bootstrap.env")).unwrap();
+        assert!(env.starts_with("[\n    \"NOMAD_ALLOC_ID="), "{env}");
+        assert!(
+            env.ends_with("\"CONSUL_HTTP_SSL=false\",\n    \"CONSUL_HTTP_SSL_VERIFY=true\"\n]\n")
+        );
+    }
 
     let again = outpost(&format!("apply -c {}", file.display()));
     assert!(
@@ -177,6 +222,10 @@ fn login_mode_registers_each_service_with_its_own_token_reused_across_applies_an
     assert!(double.service_ids().is_empty());
     assert_eq!(double.live_minted(), 0, "tokens logged out");
     assert!(!token_file.exists());
+    assert!(
+        !dir.join("run/alloc/api").exists(),
+        "bootstraps and logs go with the group"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -215,5 +264,171 @@ fn apply_with_consul_down_sets_up_the_network_and_fails_clearly() {
         .output()
         .unwrap();
     assert!(!bridge.status.success(), "the bridge is gone");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A stand-in `consul` that records its argv and environment, then prints `{}` as a
+/// bootstrap would.
+fn stub_consul(dir: &Path) -> PathBuf {
+    let path = dir.join("consul");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done > {0}/argv.$$\ntr '\\0' '\\n' < /proc/$$/environ > {0}/env.$$\necho '{{}}'\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// What the stub recorded for the run whose argv holds `proxy_id`: (argv, env).
+fn recorded(dir: &Path, proxy_id: &str) -> (Vec<String>, Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("argv.") else {
+            continue;
+        };
+        let argv: Vec<String> = std::fs::read_to_string(entry.path())
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if argv.iter().any(|a| a == proxy_id) {
+            let env = std::fs::read_to_string(dir.join(format!("env.{pid}")))
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect();
+            return (argv, env);
+        }
+    }
+    panic!("the stub consul never ran for {proxy_id}");
+}
+
+#[test]
+fn consul_cli_mode_runs_consul_with_nomads_argv_and_minimal_environment() {
+    if !support::root_or_skip("consul-cli bootstrap") {
+        return;
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+    assert!(
+        Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let dir = std::env::temp_dir().join(format!("outpost-consul-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = support::pki::test_pki();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (ca, cert, key) = (
+        write("ca.pem", &pki.ca_pem),
+        write("client.pem", &pki.client_cert_pem),
+        write("client.key", &pki.client_key_pem),
+    );
+    let double = ConsulDouble::start_tls(support::pki::tls_server(&pki));
+    let consul = stub_consul(&dir);
+    let file = countdash_config(
+        &dir,
+        &format!(
+            "address = \"{}\"\ntoken = \"agent-token-for-envoy\"\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\ngrpc_ca_file = \"{ca}\"",
+            double.url()
+        ),
+        &format!(
+            "data_dir = \"{0}/data\"\nrun_dir = \"{0}/run\"",
+            dir.display()
+        ),
+    );
+    let config = std::fs::read_to_string(&file).unwrap().replace(
+        "[envoy]\n",
+        &format!(
+            "[envoy]\nbootstrap = \"consul-cli\"\nconsul_binary = \"{}\"\n",
+            consul.display()
+        ),
+    );
+    std::fs::write(&file, config).unwrap();
+
+    let out = outpost(&format!("apply -c {}", file.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("agent-token-for-envoy"));
+
+    let proxy = "_outpost-api-count-api-9001-sidecar-proxy";
+    let (argv, env) = recorded(&dir, proxy);
+    let socket = format!(
+        "unix://{}/run/alloc/api/alloc/tmp/consul_grpc.sock",
+        dir.display()
+    );
+    let url = double.url();
+    let expected: Vec<&str> = vec![
+        "connect",
+        "envoy",
+        "-grpc-addr",
+        &socket,
+        "-http-addr",
+        &url,
+        "-admin-bind",
+        "127.0.0.2:19000",
+        "-address",
+        "127.0.0.1:19100",
+        "-proxy-id",
+        proxy,
+        "-bootstrap",
+        "-token",
+        "agent-token-for-envoy",
+        "-grpc-ca-file",
+        &ca,
+        "-ca-file",
+        &ca,
+        "-client-cert",
+        &cert,
+        "-client-key",
+        &key,
+    ];
+    assert_eq!(argv, expected);
+    // Exactly these variables (a process's environment has no order; the .env file keeps
+    // Nomad's).
+    let mut names: Vec<&str> = env.iter().map(|kv| kv.split('=').next().unwrap()).collect();
+    names.sort_unstable();
+    let mut expected_names = [
+        "NOMAD_ALLOC_ID",
+        "NOMAD_SHORT_ALLOC_ID",
+        "NOMAD_ALLOC_NAME",
+        "NOMAD_GROUP_NAME",
+        "NOMAD_JOB_NAME",
+        "NOMAD_JOB_ID",
+        "NOMAD_NAMESPACE",
+        "NOMAD_REGION",
+        "CONSUL_HTTP_SSL",
+        "CONSUL_HTTP_SSL_VERIFY",
+    ];
+    expected_names.sort_unstable();
+    assert_eq!(names, expected_names);
+    assert!(env.contains(&"CONSUL_HTTP_SSL=true".to_string()));
+    assert!(env.contains(&"NOMAD_GROUP_NAME=api".to_string()));
+    // The same files as in native mode; the .cmd without the token.
+    let secrets = dir.join("run/alloc/api/connect-proxy-count-api/secrets");
+    assert_eq!(
+        std::fs::read_to_string(secrets.join("envoy_bootstrap.json")).unwrap(),
+        "{}\n"
+    );
+    let cmd = std::fs::read_to_string(secrets.join(".envoy_bootstrap.cmd")).unwrap();
+    assert!(cmd.starts_with("connect envoy -grpc-addr "), "{cmd}");
+    assert!(cmd.contains("-token <redacted> ") && !cmd.contains("agent-token-for-envoy"));
+
+    let down = outpost(&format!("teardown -c {}", file.display()));
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -774,8 +774,12 @@ fn a_sidecar_bootstrap_is_rendered_from_the_agents_own_view() {
         &|_| None,
     )
     .unwrap_err();
+    assert!(
+        missing.retryable,
+        "a proxy not yet registered is worth waiting for"
+    );
     assert_eq!(
-        missing,
+        missing.message,
         "failed fetch proxy config from local agent: Unexpected response code: 404 (unknown service ID: nope-sidecar-proxy)"
     );
 }

@@ -129,6 +129,44 @@ pub struct Output {
     pub warnings: Vec<String>,
 }
 
+/// Why the command failed; `retryable` when waiting may help (the proxy not registered
+/// yet, Consul unreachable or failing), which is how the agent's bootstrap loop decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            message,
+            retryable: false,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        message.to_string().into()
+    }
+}
+
+/// A Consul error in `context`; a 404 is worth waiting for (the registration is on its way).
+fn consul_failure(context: &str, e: ConsulError) -> Failure {
+    let retryable = e.is_retryable() || matches!(e, ConsulError::Rejected { status: 404, .. });
+    Failure {
+        message: format!("{context}: {e}"),
+        retryable,
+    }
+}
+
 /// Where a setting comes from: the flag, else the environment variable.
 fn pick(flag: &Option<String>, env: &dyn Fn(&str) -> Option<String>, var: &str) -> Option<String> {
     flag.clone().or_else(|| env(var)).filter(|v| !v.is_empty())
@@ -251,7 +289,7 @@ fn resolve_proxy_id(
     kind: Option<&str>,
     proxy_id: Option<String>,
     sidecar_for: Option<String>,
-) -> Result<String, String> {
+) -> Result<String, Failure> {
     if let Some(id) = proxy_id {
         return Ok(id);
     }
@@ -271,12 +309,13 @@ fn resolve_proxy_id(
             .collect();
         ids.sort();
         return match ids.len() {
-            0 => Err(format!("No sidecar proxy registered for {parent}")),
+            0 => Err(format!("No sidecar proxy registered for {parent}").into()),
             1 => Ok(ids.remove(0)),
             _ => Err(format!(
                 "More than one sidecar proxy registered for {parent}.\n    Start proxy with -proxy-id and one of the following IDs: {}",
                 ids.join(", ")
-            )),
+            )
+            .into()),
         };
     }
     let Some(kind) = kind else {
@@ -291,11 +330,12 @@ fn resolve_proxy_id(
     let found = services(client, &filter)?;
     let mut ids: Vec<&String> = found.keys().collect();
     match ids.len() {
-        0 => Err(format!("No {kind} services registered with this agent")),
+        0 => Err(format!("No {kind} services registered with this agent").into()),
         1 => Ok(ids.remove(0).clone()),
         _ => Err(format!(
             "Cannot lookup the {kind}'s proxy ID because multiple are registered with the agent"
-        )),
+        )
+        .into()),
     }
 }
 
@@ -312,10 +352,10 @@ fn destination_id(svc: Option<&Value>) -> String {
     }
 }
 
-fn services(client: &Client, query: &str) -> Result<Object, String> {
+fn services(client: &Client, query: &str) -> Result<Object, Failure> {
     let text = client
         .get(&format!("/v1/agent/services{query}"))
-        .map_err(|e| format!("Failed looking up services: {e}"))?;
+        .map_err(|e| consul_failure("Failed looking up services", e))?;
     match miniserde::json::from_str::<Value>(&text) {
         Ok(Value::Object(o)) => Ok(o),
         _ => Err("Failed looking up services: the answer is not a JSON object".into()),
@@ -352,7 +392,7 @@ fn register_gateway(
     client: &Client,
     kind: &str,
     id: &str,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let name = cmd.service.clone().unwrap_or_else(|| kind.to_string());
     let (lan_ip, port) = lan_address(cmd.address.as_deref())?;
     let mut body = Object::new();
@@ -418,7 +458,7 @@ fn register_gateway(
             "/v1/agent/service/register",
             &miniserde::json::to_string(&Value::Object(body)),
         )
-        .map_err(|e| format!("Error registering service {name:?}: {e}"))?;
+        .map_err(|e| consul_failure(&format!("Error registering service {name:?}"), e))?;
     Ok(())
 }
 
@@ -426,10 +466,10 @@ fn register_gateway(
 fn xds_address(
     explicit: Option<String>,
     has_grpc_ca: bool,
-    agent: &dyn Fn() -> Result<AgentInfo, String>,
+    agent: &dyn Fn() -> Result<AgentInfo, Failure>,
     loopback: &str,
     warnings: &mut Vec<String>,
-) -> Result<(AgentAddress, bool), String> {
+) -> Result<(AgentAddress, bool), Failure> {
     let loopback = if loopback.contains(':') {
         format!("[{loopback}]")
     } else {
@@ -441,7 +481,7 @@ fn xds_address(
             let me = match agent() {
                 Ok(me) => me,
                 // An agent token without agent:read: Consul carries on with the default.
-                Err(e) if e.contains("Permission denied") => AgentInfo {
+                Err(e) if e.message.contains("Permission denied") => AgentInfo {
                     debug_grpc_port: Some(0),
                     ..AgentInfo::default()
                 },
@@ -488,7 +528,7 @@ fn xds_address(
 }
 
 /// Runs the command: the flags, then the environment, then the agent's answers.
-pub fn run(cmd: &EnvoyBootstrap, env: &dyn Fn(&str) -> Option<String>) -> Result<Output, String> {
+pub fn run(cmd: &EnvoyBootstrap, env: &dyn Fn(&str) -> Option<String>) -> Result<Output, Failure> {
     let mut warnings = Vec::new();
     let proxy_id = pick(&cmd.proxy_id, env, "CONNECT_PROXY_ID");
     let sidecar_for = pick(&cmd.sidecar_for, env, "CONNECT_SIDECAR_FOR");
@@ -542,11 +582,11 @@ pub fn run(cmd: &EnvoyBootstrap, env: &dyn Fn(&str) -> Option<String>) -> Result
 
     // The agent's own view, read once: dual-stack defaults and the xDS port.
     let agent_self = std::cell::OnceCell::new();
-    let agent = || -> Result<AgentInfo, String> {
+    let agent = || -> Result<AgentInfo, Failure> {
         agent_self
             .get_or_init(|| agent::agent_info(&client))
             .clone()
-            .map_err(|e: ConsulError| format!("Error looking up xDS port: {e}"))
+            .map_err(|e| consul_failure("Error looking up xDS port", e))
     };
     let grpc_addr = pick(&cmd.grpc_addr, env, "CONSUL_GRPC_ADDR");
     let dual_stack = if cmd.admin_bind.is_none() || grpc_addr.is_none() {
@@ -662,7 +702,7 @@ fn lookup(
     node_name: Option<&str>,
     namespace: &str,
     partition: &str,
-) -> Result<ProxyInfo, String> {
+) -> Result<ProxyInfo, Failure> {
     let mut scope = String::new();
     for (key, value) in [("ns", namespace), ("partition", partition)] {
         if !value.is_empty() {
@@ -670,7 +710,7 @@ fn lookup(
             scope.push_str(&format!("{key}={}", percent_encode(value)));
         }
     }
-    let failed = |e: ConsulError| format!("failed fetch proxy config from local agent: {e}");
+    let failed = |e: ConsulError| consul_failure("failed fetch proxy config from local agent", e);
     let proxy = match node_name {
         None => agent::proxy_info(client, proxy_id, &scope).map_err(failed)?,
         Some(node) => {
@@ -718,7 +758,7 @@ fn catalog_proxy(text: &str) -> Option<ProxyInfo> {
 
 /// `AccessLogs` of `proxy-defaults/global`; an error answer (404: no entry) means none,
 /// only an unreachable agent fails.
-fn proxy_defaults(client: &Client, partition: &str) -> Result<Option<AccessLogs>, String> {
+fn proxy_defaults(client: &Client, partition: &str) -> Result<Option<AccessLogs>, Failure> {
     let query = if partition.is_empty() {
         String::new()
     } else {
@@ -729,7 +769,9 @@ fn proxy_defaults(client: &Client, partition: &str) -> Result<Option<AccessLogs>
             Ok(Value::Object(entry)) => Ok(AccessLogs::from_entry(&entry)),
             _ => Ok(None),
         },
-        Err(e @ ConsulError::Unreachable(_)) => Err(format!("failed fetch proxy-defaults: {e}")),
+        Err(e @ ConsulError::Unreachable(_)) => {
+            Err(consul_failure("failed fetch proxy-defaults", e))
+        }
         Err(_) => Ok(None),
     }
 }

@@ -6,4 +6,5 @@ pub mod bootstrap;
 pub mod command;
 mod json;
 pub mod proxy_config;
+pub mod sidecar;
 mod stats;
