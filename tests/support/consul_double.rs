@@ -137,6 +137,8 @@ impl ConsulDouble {
         let served = double.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
+                // Go's net package sets TCP_NODELAY on every connection; so does Consul.
+                let _ = stream.set_nodelay(true);
                 let d = served.clone();
                 let tls = tls.clone();
                 std::thread::spawn(move || match tls {
@@ -268,10 +270,10 @@ impl ConsulDouble {
                 head.push_str(&format!("{k}: {v}\r\n"));
             }
             head.push_str("\r\n");
+            head.push_str(&body);
             let writer = reader.get_mut();
             if writer
                 .write_all(head.as_bytes())
-                .and_then(|()| writer.write_all(body.as_bytes()))
                 .and_then(|()| writer.flush())
                 .is_err()
             {
