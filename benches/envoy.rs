@@ -4,7 +4,7 @@
 //! Prints a table and, last, `envoy-bootstrap: p50_us=… p90_us=… render_p50_us=… n=…`.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod support;
 
 use outpost::config::Consul;
