@@ -15,6 +15,9 @@ fn every_command_has_help() {
         vec!["--help"],
         vec!["validate", "--help"],
         vec!["plan", "--help"],
+        vec!["apply", "--help"],
+        vec!["teardown", "--help"],
+        vec!["envoy-bootstrap", "--help"],
         vec!["version", "--help"],
     ] {
         let out = outpost(&args);
@@ -23,7 +26,14 @@ fn every_command_has_help() {
         assert!(text.starts_with("Usage: "), "{args:?}: {text}");
     }
     let top = String::from_utf8_lossy(&outpost(&["--help"]).stdout).to_string();
-    for command in ["validate", "plan", "version"] {
+    for command in [
+        "validate",
+        "plan",
+        "apply",
+        "teardown",
+        "envoy-bootstrap",
+        "version",
+    ] {
         assert!(
             top.contains(command),
             "top-level help lists {command}: {top}"
@@ -47,4 +57,53 @@ fn version_names_version_commit_and_target() {
 #[test]
 fn unknown_command_fails() {
     assert!(!outpost(&["frobnicate"]).status.success());
+}
+
+#[test]
+fn envoy_bootstrap_help_lists_consuls_flags_with_their_defaults() {
+    let text = String::from_utf8_lossy(&outpost(&["envoy-bootstrap", "--help"]).stdout).to_string();
+    for flag in [
+        "--proxy-id",
+        "--sidecar-for",
+        "--gateway",
+        "--register",
+        "--service",
+        "--address",
+        "--admin-bind",
+        "--admin-access-log-path",
+        "--grpc-addr",
+        "--grpc-ca-file",
+        "--grpc-ca-path",
+        "--http-addr",
+        "--token",
+        "--token-file",
+        "--ca-file",
+        "--client-cert",
+        "--client-key",
+        "--namespace",
+        "--partition",
+        "--node-name",
+        "--envoy-ready-bind-address",
+        "--envoy-ready-bind-port",
+        "--prometheus-backend-port",
+        "--prometheus-scrape-path",
+        "--prometheus-ca-file",
+        "--prometheus-ca-path",
+        "--prometheus-cert-file",
+        "--prometheus-key-file",
+        "--omit-deprecated-tags",
+    ] {
+        assert!(
+            text.contains(&format!("  {flag} ")),
+            "{flag} missing:\n{text}"
+        );
+    }
+    for default in [
+        "\"http://127.0.0.1:8500\"",
+        "\"/dev/null\"",
+        "\"/metrics\"",
+        "\":8443\"",
+    ] {
+        assert!(text.contains(default), "default {default} missing:\n{text}");
+    }
 }
