@@ -10,6 +10,7 @@ pub mod net;
 pub mod plan;
 pub mod retry;
 pub mod state;
+pub mod supervise;
 
 /// `outpost version` output, from build.rs.
 pub fn version_text() -> String {

@@ -1,0 +1,361 @@
+//! Starting, watching and stopping one task process (reference/nomad-connect.md §3.1, §8):
+//! everything the child needs is prepared before `fork` (argv, env, the namespace fd, log
+//! files, the user); the child only enters the namespace, drops privileges, wires its
+//! stdio and execs. Processes get their own session, so they outlive the agent; a process
+//! is known again after an agent restart by its pid and start time (`/proc/<pid>/stat`),
+//! never by pid alone (pids are reused).
+
+use nix::libc;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::unistd::{ForkResult, Pid, fork};
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub dir: PathBuf,
+    /// The group's network namespace (`/run/netns/outpost-<group>`); `None`: the host's.
+    pub netns: Option<PathBuf>,
+    pub user: Option<String>,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// A running process, identified beyond its pid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: i32,
+    /// Field 22 of `/proc/<pid>/stat`: clock ticks after boot.
+    pub start_time: u64,
+}
+
+/// The start time of `pid`, if it exists (and is not a zombie).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+impl Proc {
+    /// Whether this very process still runs (same pid and start time).
+    pub fn alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        if self.alive() {
+            let _ = kill(Pid::from_raw(self.pid), signal);
+        }
+    }
+}
+
+fn cstring(text: &str, what: &str) -> Result<CString, String> {
+    CString::new(text).map_err(|_| format!("{what} contains a NUL byte"))
+}
+
+fn open_log(path: &Path) -> Result<File, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+}
+
+/// uid, gid and supplementary groups of `user` (a name or a number).
+fn credentials(user: &str) -> Result<(u32, u32), String> {
+    let found = match user.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(uid.into()),
+        Err(_) => nix::unistd::User::from_name(user),
+    };
+    match found {
+        Ok(Some(u)) => Ok((u.uid.as_raw(), u.gid.as_raw())),
+        Ok(None) => Err(format!("user {user:?} does not exist")),
+        Err(e) => Err(format!("cannot look up user {user:?}: {e}")),
+    }
+}
+
+/// Starts the process; the error says why it could not (a missing binary, a bad user, a
+/// namespace that is gone), as the exec failure is reported back over a pipe.
+pub fn spawn(spec: &Spec) -> Result<Proc, String> {
+    let program = spec.argv.first().ok_or("empty command")?;
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| cstring(a, "an argument"))
+        .collect::<Result<_, _>>()?;
+    let env: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstring(&format!("{k}={v}"), "an environment variable"))
+        .collect::<Result<_, _>>()?;
+    let dir = cstring(&spec.dir.to_string_lossy(), "the directory")?;
+    std::fs::create_dir_all(&spec.dir)
+        .map_err(|e| format!("cannot create {}: {e}", spec.dir.display()))?;
+    let netns = match &spec.netns {
+        Some(path) => Some(
+            File::open(path)
+                .map_err(|e| format!("cannot open namespace {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let stdout = open_log(&spec.stdout)?;
+    let stderr = open_log(&spec.stderr)?;
+    let devnull = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    let creds = spec.user.as_deref().map(credentials).transpose()?;
+    let (report_read, report_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+
+    // SAFETY: the child calls only async-signal-safe functions (sigprocmask, setsid,
+    // setns, chdir, dup2, setgroups/setgid/setuid, execve, write, _exit) on data
+    // prepared above, then execs or exits.
+    match unsafe { fork() } {
+        Err(e) => Err(format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            drop(report_read);
+            let errno = child(
+                &argv,
+                &env,
+                &dir,
+                netns.as_ref(),
+                &stdout,
+                &stderr,
+                &devnull,
+                creds,
+            );
+            let bytes = errno.to_ne_bytes();
+            // SAFETY: plain syscalls on valid fds in the forked child.
+            unsafe {
+                libc::write(report_write.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
+                libc::_exit(127);
+            }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(report_write);
+            let mut buf = [0u8; 8];
+            let mut report = File::from(report_read);
+            let n = report.read(&mut buf).unwrap_or(0);
+            if n == 8 {
+                let _ = nix::sys::wait::waitpid(child, None);
+                let report = u64::from_ne_bytes(buf);
+                let why = std::io::Error::from_raw_os_error((report & 0xffff_ffff) as i32);
+                let step = STEPS[(report >> 32) as usize % STEPS.len()];
+                return Err(format!("cannot start {program}: {step} failed: {why}"));
+            }
+            let pid = child.as_raw();
+            let start_time = start_time(pid).unwrap_or(0);
+            Ok(Proc { pid, start_time })
+        }
+    }
+}
+
+const STEPS: [&str; 6] = ["setns", "chdir", "dup2", "setgid", "setuid", "execve"];
+
+/// The child's side; returns `errno | step << 32` only when something failed.
+#[allow(clippy::too_many_arguments)]
+fn child(
+    argv: &[CString],
+    env: &[CString],
+    dir: &CString,
+    netns: Option<&File>,
+    stdout: &File,
+    stderr: &File,
+    devnull: &File,
+    creds: Option<(u32, u32)>,
+) -> u64 {
+    let fail = |step: u64| -> u64 {
+        (std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as u32 as u64) | step << 32
+    };
+    // The agent blocks the signals it reads from a signalfd; the task must not inherit that.
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // SAFETY: async-signal-safe syscalls on fds and C strings owned by the caller.
+    unsafe {
+        libc::setsid();
+        if let Some(ns) = netns
+            && libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0
+        {
+            return fail(0);
+        }
+        if libc::chdir(dir.as_ptr()) != 0 {
+            return fail(1);
+        }
+        if libc::dup2(devnull.as_raw_fd(), 0) < 0
+            || libc::dup2(stdout.as_raw_fd(), 1) < 0
+            || libc::dup2(stderr.as_raw_fd(), 2) < 0
+        {
+            return fail(2);
+        }
+        if let Some((uid, gid)) = creds {
+            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 {
+                return fail(3);
+            }
+            if libc::setuid(uid) != 0 {
+                return fail(4);
+            }
+        }
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+        env_ptrs.push(std::ptr::null());
+        libc::execve(argv[0].as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
+    }
+    fail(5)
+}
+
+/// Stops `proc`: `signal`, then SIGKILL after `timeout` if it still runs. Reaps it if it
+/// is our child.
+pub fn stop(proc: &Proc, signal: Signal, timeout: Duration) {
+    proc.signal(signal);
+    let deadline = Instant::now() + timeout;
+    while proc.alive() && Instant::now() < deadline {
+        reap(proc.pid);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if proc.alive() {
+        proc.signal(Signal::SIGKILL);
+    }
+    for _ in 0..100 {
+        reap(proc.pid);
+        if !proc.alive() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Collects the exit of `pid` if it is our child: `Some(exit code)` once it exited
+/// (128+n for a signal), `None` while it runs or when it is not ours.
+pub fn reap(pid: i32) -> Option<i32> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) => Some(code),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Some(128 + sig as i32),
+        _ => None,
+    }
+}
+
+/// A pidfd for `pid`: readable once the process exits, for processes that are not our
+/// children too (adopted after an agent restart).
+pub fn pidfd(pid: i32) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh fd we own.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Parses a signal name as Nomad writes it (`SIGINT`, `SIGTERM`, …).
+pub fn parse_signal(name: &str) -> Signal {
+    name.parse().unwrap_or(Signal::SIGTERM)
+}
+
+/// Copy-and-truncate rotation of a log the task keeps open with O_APPEND: when `current`
+/// (`<task>.stdout.0`) passes `max_bytes`, older files move up one index (`.1` is the most
+/// recent old one) and those beyond `max_files` go. The task keeps writing, unaware, and
+/// this works whether or not the agent that started it is still the same.
+pub fn rotate(current: &Path, max_files: u32, max_bytes: u64) -> std::io::Result<bool> {
+    let size = match std::fs::metadata(current) {
+        Ok(m) => m.len(),
+        Err(_) => return Ok(false),
+    };
+    if size <= max_bytes || max_files < 2 {
+        if size > max_bytes {
+            OpenOptions::new().write(true).open(current)?.set_len(0)?;
+            return Ok(true);
+        }
+        return Ok(false);
+    }
+    let name = current.to_string_lossy();
+    let base = name.strip_suffix(".0").unwrap_or(&name).to_string();
+    let _ = std::fs::remove_file(format!("{base}.{}", max_files - 1));
+    for i in (1..max_files - 1).rev() {
+        let _ = std::fs::rename(format!("{base}.{i}"), format!("{base}.{}", i + 1));
+    }
+    std::fs::copy(current, format!("{base}.1"))?;
+    OpenOptions::new().write(true).open(current)?.set_len(0)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &Path, argv: &[&str]) -> Spec {
+        Spec {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            env: vec![("GREETING".into(), "hello".into())],
+            dir: dir.to_path_buf(),
+            netns: None,
+            user: None,
+            stdout: dir.join("logs/t.stdout.0"),
+            stderr: dir.join("logs/t.stderr.0"),
+        }
+    }
+
+    #[test]
+    fn runs_with_its_env_dir_and_logs_then_stops() {
+        let dir = std::env::temp_dir().join(format!("outpost-supervise-{}", std::process::id()));
+        let p = spawn(&spec(
+            &dir,
+            &["/bin/sh", "-c", "echo $GREETING; pwd; exec sleep 30"],
+        ))
+        .unwrap();
+        assert!(p.alive());
+        std::thread::sleep(Duration::from_millis(200));
+        let out = std::fs::read_to_string(dir.join("logs/t.stdout.0")).unwrap();
+        assert_eq!(out, format!("hello\n{}\n", dir.display()));
+        stop(&p, Signal::SIGTERM, Duration::from_secs(2));
+        assert!(!p.alive());
+
+        let missing = spawn(&spec(&dir, &["/no/such/binary"])).unwrap_err();
+        assert_eq!(
+            missing,
+            "cannot start /no/such/binary: execve failed: No such file or directory (os error 2)"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rotation_keeps_max_files() {
+        let dir = std::env::temp_dir().join(format!("outpost-rotate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let current = dir.join("t.stdout.0");
+        for round in 0..4 {
+            std::fs::write(&current, format!("round {round} {}", "x".repeat(100))).unwrap();
+            assert!(rotate(&current, 3, 50).unwrap());
+        }
+        assert_eq!(std::fs::metadata(&current).unwrap().len(), 0);
+        assert!(
+            std::fs::read_to_string(dir.join("t.stdout.1"))
+                .unwrap()
+                .starts_with("round 3")
+        );
+        assert!(
+            std::fs::read_to_string(dir.join("t.stdout.2"))
+                .unwrap()
+                .starts_with("round 2")
+        );
+        assert!(!dir.join("t.stdout.3").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
