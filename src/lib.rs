@@ -2,6 +2,7 @@
 //! See DESIGN.md for the architecture (plan, then apply) and the module map.
 
 pub mod agent;
+pub mod alloc;
 pub mod config;
 pub mod consul;
 pub mod envoy;

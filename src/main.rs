@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     Validate(ValidateCmd),
     Plan(PlanCmd),
+    Run(RunCmd),
+    Status(StatusCmd),
     Apply(ApplyCmd),
     Teardown(TeardownCmd),
     EnvoyBootstrap(Box<outpost::envoy::command::EnvoyBootstrap>),
@@ -46,6 +48,30 @@ struct PlanCmd {
     #[argh(option, short = 'c')]
     config: PathBuf,
     /// print every detail as JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs)]
+/// Run the agent: set up every group (network, Consul registration, Envoy bootstraps),
+/// start Envoy and the tasks in each group's namespace, and keep them running. SIGHUP
+/// reloads the config; SIGTERM stops the agent and leaves the groups running (the next
+/// `run` adopts them); `outpost teardown` stops everything. Needs root.
+#[argh(subcommand, name = "run")]
+struct RunCmd {
+    /// the config file
+    #[argh(option, short = 'c')]
+    config: PathBuf,
+}
+
+#[derive(FromArgs)]
+/// Ask the running agent what it is doing: groups, tasks, pids, restarts, Consul sync.
+#[argh(subcommand, name = "status")]
+struct StatusCmd {
+    /// the config file (for its run_dir)
+    #[argh(option, short = 'c')]
+    config: PathBuf,
+    /// print the status as JSON
     #[argh(switch)]
     json: bool,
 }
@@ -84,6 +110,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate(cmd) => validate(&cmd),
         Command::Plan(cmd) => plan(&cmd),
+        Command::Run(cmd) => with_agent(&cmd.config, |valid, host| {
+            agent::run::run(&cmd.config, valid, host.clone())
+        }),
+        Command::Status(cmd) => status(&cmd),
         Command::Apply(cmd) => with_agent(&cmd.config, |valid, host| {
             agent::apply(valid, host).map(|_| ())
         }),
@@ -194,4 +224,47 @@ fn envoy_bootstrap(cmd: &outpost::envoy::command::EnvoyBootstrap) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn status(cmd: &StatusCmd) -> ExitCode {
+    let valid = match load(&cmd.config) {
+        Ok(valid) => valid,
+        Err(code) => return code,
+    };
+    let status = match agent::run::query_status(&valid.config.agent.run_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("outpost: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cmd.json {
+        println!("{}", miniserde::json::to_string(&status));
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "agent pid {}, config {}, Consul {}",
+        status.pid,
+        status.config,
+        match (&status.consul_last_error, status.consul_synced) {
+            (Some(e), _) => format!("failing: {e}"),
+            (None, true) => "in sync".to_string(),
+            (None, false) => "not needed or not yet synced".to_string(),
+        }
+    );
+    for g in &status.groups {
+        println!("group {} ({})", g.name, g.phase);
+        for t in &g.tasks {
+            let pid = t.pid.map_or(String::new(), |p| format!(" pid {p}"));
+            let err = t
+                .last_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" last: {e}"));
+            println!(
+                "  {:<28} {:<18} {}{pid} restarts {}{err}",
+                t.name, t.lifecycle, t.state, t.restarts
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }

@@ -12,6 +12,8 @@ use crate::{net, state};
 use log::{info, warn};
 use std::path::{Path, PathBuf};
 
+pub mod run;
+
 /// Where a service's workload token is kept: the group's secrets directory on tmpfs.
 fn token_path(group: &GroupPlan, service_id: &str) -> PathBuf {
     Path::new(&group.alloc_dir)
@@ -144,7 +146,11 @@ fn grpc_addr(valid: &ValidConfig, group: &GroupPlan) -> String {
 
 /// Writes each sidecar's Envoy bootstrap into its task's secrets, as Nomad does before
 /// starting Envoy: with the service's workload token, else the agent's own.
-fn write_bootstraps(valid: &ValidConfig, plan: &Plan, tokens: &Tokens) -> Result<(), String> {
+fn write_bootstraps<'a>(
+    valid: &ValidConfig,
+    groups: impl Iterator<Item = &'a GroupPlan>,
+    tokens: &Tokens,
+) -> Result<(), String> {
     let consul = &valid.config.consul;
     let renderer = match valid.config.envoy.bootstrap.as_str() {
         "consul-cli" => Renderer::ConsulCli {
@@ -159,7 +165,7 @@ fn write_bootstraps(valid: &ValidConfig, plan: &Plan, tokens: &Tokens) -> Result
             .map(|t| t.trim().to_string()),
         (None, None) => None,
     };
-    for group in &plan.groups {
+    for group in groups {
         for service in &group.services {
             let Some(sidecar) = &service.sidecar else {
                 continue;
@@ -235,6 +241,21 @@ fn release_consul(valid: &ValidConfig, plan: &Plan) -> Result<(), String> {
 /// Plans from the config and the node state, records the plan's leases before touching the
 /// host (so a crash mid-apply re-plans the same addresses and ports), then reconciles.
 pub fn apply(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
+    let plan = prepare(valid, host)?;
+    net::apply(&plan).map_err(|e| e.to_string())?;
+    info!(
+        "network applied: {} group(s), bridge {}",
+        plan.groups.len(),
+        plan.bridge.name
+    );
+    // After the network: a service must not be advertised before its port is mapped.
+    let tokens = sync_consul(valid, &plan, !has_services(&plan))?;
+    write_bootstraps(valid, plan.groups.iter(), &tokens)?;
+    Ok(plan)
+}
+
+/// The plan, checked against the host, with its leases recorded before anything changes.
+fn prepare(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
     let state_path = state::path_in(&valid.config.agent.data_dir);
     let previous = state::load(&state_path)?;
     let plan = plan::build(valid, &previous, host).map_err(|e| format!("cannot plan: {e}"))?;
@@ -250,16 +271,33 @@ pub fn apply(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
         state::save(&state_path, &next)
             .map_err(|e| format!("cannot write state file {}: {e}", state_path.display()))?;
     }
-    net::apply(&plan).map_err(|e| e.to_string())?;
-    info!(
-        "network applied: {} group(s), bridge {}",
-        plan.groups.len(),
-        plan.bridge.name
-    );
-    // After the network: a service must not be advertised before its port is mapped.
-    let tokens = sync_consul(valid, &plan, !has_services(&plan))?;
-    write_bootstraps(valid, &plan, &tokens)?;
     Ok(plan)
+}
+
+/// Stops a running agent (it would restart what we stop), then every recorded task, main
+/// tasks before sidecars.
+fn stop_everything(plan: &Plan) {
+    if let Some(pid) = run::running_agent(&plan.run_dir) {
+        info!("stopping the running agent (pid {pid})");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        for _ in 0..200 {
+            if run::running_agent(&plan.run_dir).is_none() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let records = run::load_records(&plan.run_dir);
+    for group in &plan.groups {
+        let mut runner = crate::alloc::Runner::new(group);
+        if runner.adopt(&run::group_records(&records, &group.name)) > 0 {
+            runner.stop();
+        }
+    }
+    let _ = std::fs::remove_file(run::records_path(&plan.run_dir));
 }
 
 /// Removes everything outpost made on this host and releases every lease.
@@ -270,6 +308,7 @@ pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), String> {
         state::NodeState::default()
     });
     let plan = plan::build(valid, &previous, host).map_err(|e| format!("cannot plan: {e}"))?;
+    stop_everything(&plan);
     // Deregister first, so nothing is routed to groups that are going away. If Consul does
     // not answer, the network still goes; the tokens stay on disk for the next teardown.
     let consul = release_consul(valid, &plan);

@@ -1,0 +1,441 @@
+//! One group's lifecycle, in Nomad's order (reference/nomad-connect.md §3.1): sidecars
+//! (prestart sidecar tasks: Envoy) started and waited for until their admin `/ready`
+//! answers, then prestart tasks run to completion, then main and poststart tasks. Each task
+//! is restarted by the group's restart policy (attempts within interval, delay, mode);
+//! sidecars and main tasks restart even after exit 0, as in a Nomad service job. Stopping
+//! goes in reverse: main tasks, then sidecars, each with its kill signal and timeout.
+//!
+//! Network and Consul are the agent's business; a runner only starts and watches processes,
+//! and can take over processes an earlier agent started (`adopt`).
+
+use crate::config::duration;
+use crate::plan::{GroupPlan, TaskPlan};
+use crate::supervise::{self, Proc, Spec};
+use log::{info, warn};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where a group is in its start sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for something outside (Consul registration, bootstraps).
+    Waiting,
+    Sidecars,
+    Prestart,
+    Main,
+    Running,
+    Stopped,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    Pending,
+    Running(Proc),
+    /// Will be started again at this instant (restart delay).
+    Restarting(Instant),
+    /// A prestart task that finished with exit 0.
+    Done,
+    /// Restart policy `fail` gave up, or it could not be started at all.
+    Failed,
+}
+
+#[derive(Debug)]
+pub struct Task {
+    pub plan_name: String,
+    pub lifecycle: String,
+    pub spec: Spec,
+    pub state: TaskState,
+    pub restarts: u32,
+    pub last_error: Option<String>,
+    pub kill_signal: nix::sys::signal::Signal,
+    pub kill_timeout: Duration,
+    /// Envoy's admin address for sidecars (`/ready` is asked there, in the namespace).
+    pub ready_check: Option<String>,
+    window_start: Instant,
+    window_count: u32,
+}
+
+/// The restart policy (Nomad's `restart` block).
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub attempts: u32,
+    pub interval: Duration,
+    pub delay: Duration,
+    pub fail: bool,
+}
+
+#[derive(Debug)]
+pub struct Runner {
+    pub name: String,
+    pub netns: Option<String>,
+    pub phase: Phase,
+    pub tasks: Vec<Task>,
+    policy: Policy,
+    phase_since: Instant,
+}
+
+/// How long sidecars may take to answer `/ready` before the group goes on anyway.
+const READY_WAIT: Duration = Duration::from_secs(30);
+
+fn dur(text: &str, default: Duration) -> Duration {
+    duration::parse(text).unwrap_or(default)
+}
+
+fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Task {
+    let logs = Path::new(&group.alloc_dir).join("alloc/logs");
+    Task {
+        plan_name: t.name.clone(),
+        lifecycle: t.lifecycle.clone(),
+        spec: Spec {
+            argv: t.argv.clone(),
+            env: t.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            dir: PathBuf::from(&t.dir),
+            netns: group.netns.as_ref().map(|n| PathBuf::from(&n.path)),
+            user: t.user.clone(),
+            stdout: logs.join(format!("{}.stdout.0", t.name)),
+            stderr: logs.join(format!("{}.stderr.0", t.name)),
+        },
+        state: TaskState::Pending,
+        restarts: 0,
+        last_error: None,
+        kill_signal: supervise::parse_signal(&t.kill_signal),
+        kill_timeout: dur(&t.kill_timeout, Duration::from_secs(5)),
+        ready_check: ready,
+        window_start: Instant::now(),
+        window_count: 0,
+    }
+}
+
+impl Runner {
+    pub fn new(group: &GroupPlan) -> Runner {
+        let tasks = group
+            .tasks
+            .iter()
+            .map(|t| {
+                let ready = group
+                    .services
+                    .iter()
+                    .filter_map(|s| s.sidecar.as_ref())
+                    .find(|s| s.task == t.name)
+                    .map(|s| s.envoy_admin.clone());
+                task_from_plan(group, t, ready)
+            })
+            .collect();
+        let restart = group.tasks.first().map(|t| &t.restart);
+        let policy = Policy {
+            attempts: restart.map_or(2, |r| r.attempts),
+            interval: restart.map_or(Duration::from_secs(1800), |r| {
+                dur(&r.interval, Duration::from_secs(1800))
+            }),
+            delay: restart.map_or(Duration::from_secs(15), |r| {
+                dur(&r.delay, Duration::from_secs(15))
+            }),
+            fail: restart.is_none_or(|r| r.mode == "fail"),
+        };
+        Runner {
+            name: group.name.clone(),
+            netns: group.netns.as_ref().map(|n| n.name.clone()),
+            phase: Phase::Waiting,
+            tasks,
+            policy,
+            phase_since: Instant::now(),
+        }
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        if self.phase != phase {
+            info!("group {}: {:?} → {:?}", self.name, self.phase, phase);
+            self.phase = phase;
+            self.phase_since = Instant::now();
+        }
+    }
+
+    /// Takes over the processes an earlier agent started, when they still run; a group
+    /// whose tasks all run is `Running` without restarting anything.
+    pub fn adopt(&mut self, records: &[(String, Proc, u32)]) -> usize {
+        let mut adopted = 0;
+        for task in &mut self.tasks {
+            if let Some((_, proc, restarts)) = records.iter().find(|(n, _, _)| *n == task.plan_name)
+                && proc.alive()
+            {
+                task.state = TaskState::Running(*proc);
+                task.restarts = *restarts;
+                adopted += 1;
+            }
+        }
+        let all = self
+            .tasks
+            .iter()
+            .all(|t| matches!(t.state, TaskState::Running(_)) || is_prestart(t));
+        if adopted > 0 && all {
+            for t in &mut self.tasks {
+                if is_prestart(t) && t.state == TaskState::Pending {
+                    t.state = TaskState::Done;
+                }
+            }
+            self.set_phase(Phase::Running);
+        }
+        adopted
+    }
+
+    /// The processes to record, so the next agent can adopt them.
+    pub fn records(&self) -> Vec<(String, Proc, u32)> {
+        self.tasks
+            .iter()
+            .filter_map(|t| match t.state {
+                TaskState::Running(p) => Some((t.plan_name.clone(), p, t.restarts)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The group may start (its services are registered, its bootstraps written).
+    pub fn release(&mut self) {
+        if self.phase == Phase::Waiting {
+            self.set_phase(Phase::Sidecars);
+        }
+    }
+
+    /// Advances the start sequence and restarts what exited. Returns whether anything
+    /// changed (the agent then records the processes).
+    pub fn tick(&mut self, now: Instant) -> bool {
+        let mut changed = self.watch(now);
+        changed |= self.restart_due(now);
+        match self.phase {
+            Phase::Sidecars => {
+                changed |= self.start_where(|t| t.lifecycle == "prestart sidecar");
+                if self.sidecars_ready() || now - self.phase_since > READY_WAIT {
+                    if !self.sidecars_ready() {
+                        warn!(
+                            "group {}: sidecars not ready after {READY_WAIT:?}; starting the tasks anyway",
+                            self.name
+                        );
+                    }
+                    self.set_phase(Phase::Prestart);
+                }
+            }
+            Phase::Prestart => {
+                changed |= self.start_where(|t| t.lifecycle == "prestart");
+                let done = self
+                    .tasks
+                    .iter()
+                    .filter(|t| t.lifecycle == "prestart")
+                    .all(|t| matches!(t.state, TaskState::Done | TaskState::Failed));
+                if done {
+                    self.set_phase(Phase::Main);
+                }
+            }
+            Phase::Main => {
+                changed |= self.start_where(|t| t.lifecycle == "main");
+                changed |= self.start_where(|t| t.lifecycle.starts_with("poststart"));
+                self.set_phase(Phase::Running);
+            }
+            Phase::Waiting | Phase::Running | Phase::Stopped => {}
+        }
+        changed
+    }
+
+    fn sidecars_ready(&self) -> bool {
+        self.tasks
+            .iter()
+            .filter(|t| t.lifecycle == "prestart sidecar")
+            .all(|t| match (&t.state, &t.ready_check, &self.netns) {
+                (TaskState::Running(_), Some(admin), Some(ns)) => envoy_ready(ns, admin),
+                (TaskState::Running(_), _, _) => true,
+                _ => false,
+            })
+    }
+
+    fn start_where(&mut self, pick: impl Fn(&Task) -> bool) -> bool {
+        let mut changed = false;
+        for task in self.tasks.iter_mut().filter(|t| pick(t)) {
+            if task.state == TaskState::Pending {
+                start(&self.name, task);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Notices exits: reaps our children, checks adopted ones by start time.
+    fn watch(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        let policy = self.policy.clone();
+        for task in &mut self.tasks {
+            let TaskState::Running(proc) = task.state else {
+                continue;
+            };
+            let code = supervise::reap(proc.pid);
+            if code.is_none() && proc.alive() {
+                continue;
+            }
+            changed = true;
+            let how = code.map_or("exited".to_string(), |c| format!("exited with {c}"));
+            if task.lifecycle == "prestart" && code == Some(0) {
+                info!("group {}: task {} {how}; done", self.name, task.plan_name);
+                task.state = TaskState::Done;
+                continue;
+            }
+            task.last_error = Some(how.clone());
+            task.state = next_after_exit(task, &policy, now);
+            match task.state {
+                TaskState::Restarting(at) => info!(
+                    "group {}: task {} {how}; restarting in {:.1}s (restart {} of {} in this interval)",
+                    self.name,
+                    task.plan_name,
+                    (at - now).as_secs_f64(),
+                    task.window_count,
+                    policy.attempts
+                ),
+                _ => warn!(
+                    "group {}: task {} {how}; restart policy exhausted (mode fail), not restarting",
+                    self.name, task.plan_name
+                ),
+            }
+        }
+        changed
+    }
+
+    fn restart_due(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        for task in &mut self.tasks {
+            if let TaskState::Restarting(at) = task.state
+                && at <= now
+            {
+                task.restarts += 1;
+                start(&self.name, task);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The earliest restart, for the agent's poll timeout.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.tasks
+            .iter()
+            .filter_map(|t| match t.state {
+                TaskState::Restarting(at) => Some(at),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Stops every task: main and poststart first, then prestart sidecars last.
+    pub fn stop(&mut self) {
+        for sidecars_now in [false, true] {
+            for task in &mut self.tasks {
+                if task.lifecycle.contains("sidecar") != sidecars_now {
+                    continue;
+                }
+                if let TaskState::Running(proc) = task.state {
+                    info!(
+                        "group {}: stopping task {} (pid {})",
+                        self.name, task.plan_name, proc.pid
+                    );
+                    supervise::stop(&proc, task.kill_signal, task.kill_timeout);
+                }
+                task.state = TaskState::Pending;
+            }
+        }
+        self.set_phase(Phase::Stopped);
+    }
+
+    /// Rotates each task's logs by its `logs` block.
+    pub fn rotate_logs(&self, max_files: u32, max_bytes: u64) {
+        for task in &self.tasks {
+            for log in [&task.spec.stdout, &task.spec.stderr] {
+                if let Err(e) = supervise::rotate(log, max_files, max_bytes) {
+                    warn!("cannot rotate {}: {e}", log.display());
+                }
+            }
+        }
+    }
+}
+
+fn is_prestart(t: &Task) -> bool {
+    t.lifecycle == "prestart"
+}
+
+/// Nomad's directory layout: `alloc/{data,logs,tmp}` shared by the group, and
+/// `<task>/{local,secrets,tmp}` per task, `secrets` private.
+fn make_dirs(task: &Task) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    if let Some(logs) = task.spec.stdout.parent()
+        && let Some(alloc) = logs.parent()
+    {
+        for sub in ["data", "logs", "tmp"] {
+            builder.create(alloc.join(sub))?;
+        }
+    }
+    for sub in ["local", "tmp"] {
+        builder.create(task.spec.dir.join(sub))?;
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(task.spec.dir.join("secrets"))
+}
+
+fn start(group: &str, task: &mut Task) {
+    if let Err(e) = make_dirs(task) {
+        warn!(
+            "group {group}: task {}: cannot create its directories: {e}",
+            task.plan_name
+        );
+    }
+    match supervise::spawn(&task.spec) {
+        Ok(proc) => {
+            info!(
+                "group {group}: started task {} (pid {})",
+                task.plan_name, proc.pid
+            );
+            task.state = TaskState::Running(proc);
+        }
+        Err(e) => {
+            warn!("group {group}: task {}: {e}", task.plan_name);
+            task.last_error = Some(e);
+            task.state = TaskState::Failed;
+        }
+    }
+}
+
+/// Nomad's restart tracker: `attempts` restarts within `interval`, each after `delay`;
+/// then `delay` mode waits for the interval to end, `fail` mode gives up.
+fn next_after_exit(task: &mut Task, policy: &Policy, now: Instant) -> TaskState {
+    if now.duration_since(task.window_start) > policy.interval {
+        task.window_start = now;
+        task.window_count = 0;
+    }
+    if task.window_count < policy.attempts {
+        task.window_count += 1;
+        return TaskState::Restarting(now + policy.delay);
+    }
+    if policy.fail {
+        return TaskState::Failed;
+    }
+    let window_end = task.window_start + policy.interval;
+    task.window_start = window_end;
+    task.window_count = 0;
+    TaskState::Restarting(window_end.max(now + policy.delay))
+}
+
+/// Whether Envoy's admin answers `GET /ready` with 200, asked inside the namespace.
+fn envoy_ready(netns: &str, admin: &str) -> bool {
+    use std::io::{Read, Write};
+    let admin = admin.to_string();
+    crate::net::netns::run_in(netns, move || {
+        let addr: std::net::SocketAddr = admin
+            .parse()
+            .map_err(|_| std::io::Error::other("bad admin address"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        s.write_all(b"GET /ready HTTP/1.0\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
+    })
+    .unwrap_or(false)
+}
