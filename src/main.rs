@@ -227,11 +227,13 @@ fn envoy_bootstrap(cmd: &outpost::envoy::command::EnvoyBootstrap) -> ExitCode {
 }
 
 fn status(cmd: &StatusCmd) -> ExitCode {
-    let valid = match load(&cmd.config) {
-        Ok(valid) => valid,
-        Err(code) => return code,
+    // The file may have been broken since the agent read it (a failed reload keeps the
+    // running config): find its run_dir anyway.
+    let run_dir = match config::load(&cmd.config) {
+        Ok(valid) => valid.config.agent.run_dir.clone(),
+        Err(_) => config::run_dir_hint(&cmd.config),
     };
-    let status = match agent::run::query_status(&valid.config.agent.run_dir) {
+    let status = match agent::run::query_status(&run_dir) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("outpost: {e}");

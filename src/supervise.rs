@@ -183,10 +183,17 @@ fn child(
     let fail = |step: u64| -> u64 {
         (std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as u32 as u64) | step << 32
     };
-    // The agent blocks the signals it reads from a signalfd; the task must not inherit that.
+    // The agent blocks the signals it reads from a signalfd, and may itself have been
+    // started with some ignored (a shell's `&` ignores SIGINT): the task gets neither, or
+    // its kill_signal would do nothing.
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     // SAFETY: async-signal-safe syscalls on fds and C strings owned by the caller.
     unsafe {
+        for signo in 1..32 {
+            if signo != libc::SIGKILL && signo != libc::SIGSTOP {
+                libc::signal(signo, libc::SIG_DFL);
+            }
+        }
         libc::setsid();
         if let Some(ns) = netns
             && libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0

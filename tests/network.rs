@@ -56,3 +56,8 @@ fn apply_killed_midway_is_repaired_by_the_next_apply() {
 fn firewall_none_and_a_conflicting_bridge_name() {
     run_scenario("edge_cases.sh");
 }
+
+#[test]
+fn run_keeps_tasks_across_agent_restarts_restarts_crashes_and_reloads() {
+    run_scenario("agent.sh");
+}

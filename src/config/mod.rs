@@ -104,3 +104,21 @@ pub fn parse(source: &str, file: &str) -> Result<ValidConfig, Vec<Diagnostic>> {
         Err(located(unresolved))
     }
 }
+
+/// `[agent] run_dir` read line by line from a file that may not validate (for `status`,
+/// which only needs to find the agent's socket); the default when it is not there.
+pub fn run_dir_hint(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut in_agent = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_agent = line == "[agent]";
+        } else if in_agent
+            && let Some(value) = line.strip_prefix("run_dir")
+            && let Some(value) = value.trim_start().strip_prefix('=')
+        {
+            return value.trim().trim_matches('"').to_string();
+        }
+    }
+    Agent::default().run_dir
+}

@@ -3,6 +3,8 @@
 
 serve tcp|udp PORT NAME   answer every connection/datagram with "NAME <peer ip>"
 ask tcp|udp HOST PORT     print the answer (exit 1 on timeout or refusal)
+load tcp HOST PORT STOP   connect and read again and again until the file STOP exists;
+                          print "ok=N failed=M"
 dump                      a normalised view of links, addresses, routes and nf_tables,
                           free of ifindexes and random MACs, to compare states
 """
@@ -42,6 +44,25 @@ def ask(proto, host, port):
         print(f"ask {proto} {host}:{port}: {e}", file=sys.stderr)
         sys.exit(1)
     print(data.decode().strip())
+
+
+def load(proto, host, port, stop_file):
+    import time
+    ok = failed = 0
+    while not os.path.exists(stop_file):
+        try:
+            s = socket.create_connection((host, int(port)), timeout=2)
+            s.settimeout(2)
+            data = s.recv(512)
+            s.close()
+            if data:
+                ok += 1
+            else:
+                failed += 1
+        except OSError:
+            failed += 1
+        time.sleep(0.01)
+    print(f"ok={ok} failed={failed}", flush=True)
 
 
 def run_json(*args):
@@ -94,4 +115,4 @@ def dump():
 
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
-    {"serve": serve, "ask": ask, "dump": dump}[cmd](*args)
+    {"serve": serve, "ask": ask, "load": load, "dump": dump}[cmd](*args)
