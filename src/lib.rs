@@ -9,6 +9,7 @@ pub mod envoy;
 pub mod files;
 pub mod net;
 pub mod plan;
+pub mod relay;
 pub mod retry;
 pub mod state;
 pub mod supervise;

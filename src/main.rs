@@ -25,6 +25,7 @@ enum Command {
     Apply(ApplyCmd),
     Teardown(TeardownCmd),
     EnvoyBootstrap(Box<outpost::envoy::command::EnvoyBootstrap>),
+    Relay(outpost::relay::RelayCmd),
     Version(VersionCmd),
 }
 
@@ -119,6 +120,18 @@ fn main() -> ExitCode {
         }),
         Command::Teardown(cmd) => with_agent(&cmd.config, agent::teardown),
         Command::EnvoyBootstrap(cmd) => envoy_bootstrap(&cmd),
+        Command::Relay(cmd) => {
+            let _ = simple_logger::SimpleLogger::new()
+                .with_level(log::LevelFilter::Info)
+                .init();
+            match outpost::relay::serve(&cmd.listen, &cmd.to) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("relay {}: {e}", cmd.listen.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Version(_) => {
             println!("{}", outpost::version_text());
             ExitCode::SUCCESS

@@ -139,9 +139,55 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Resul
 /// the group's socket (served by the relay), by absolute path so Envoy's cwd does not matter.
 fn grpc_addr(valid: &ValidConfig, group: &GroupPlan) -> String {
     match &valid.config.consul.grpc_address {
-        Some(address) => address.clone(),
-        None => format!("unix://{}/alloc/tmp/consul_grpc.sock", group.alloc_dir),
+        Some(address) if address.starts_with("unix://") => address.clone(),
+        _ => format!("unix://{}/alloc/tmp/consul_grpc.sock", group.alloc_dir),
     }
+}
+
+/// The group's xDS socket when a relay must serve it: the group has sidecars and Consul's
+/// gRPC is on TCP (a `unix://` grpc_address is used directly).
+pub fn relay_socket(valid: &ValidConfig, group: &GroupPlan) -> Option<PathBuf> {
+    let sidecars = group.services.iter().any(|s| s.sidecar.is_some());
+    let direct = valid
+        .config
+        .consul
+        .grpc_address
+        .as_deref()
+        .is_some_and(|a| a.starts_with("unix://"));
+    (sidecars && !direct).then(|| Path::new(&group.alloc_dir).join("alloc/tmp/consul_grpc.sock"))
+}
+
+/// Where the relays forward: `consul.grpc_address`, else the agent's host with its xDS
+/// port (TLS port first), else 8502.
+pub fn relay_target(valid: &ValidConfig, client: &Client) -> String {
+    let consul = &valid.config.consul;
+    if let Some(address) = &consul.grpc_address {
+        let bare = address
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        return bare.to_string();
+    }
+    let host = match consul.address.split_once("://") {
+        Some(("http" | "https", rest)) => rest
+            .rsplit_once(':')
+            .map_or(rest, |(h, _)| h)
+            .trim_end_matches('/')
+            .to_string(),
+        _ => "127.0.0.1".to_string(),
+    };
+    let port = match crate::consul::agent::agent_info(client) {
+        Ok(me) => match (me.xds_ports, me.debug_grpc_port) {
+            (Some(p), _) if p.tls > 0 => p.tls,
+            (Some(p), _) if p.plaintext > 0 => p.plaintext,
+            (_, Some(p)) if p > 0 => p,
+            _ => 8502,
+        },
+        Err(e) => {
+            warn!("cannot read the agent's gRPC port ({e}); using 8502");
+            8502
+        }
+    };
+    format!("{host}:{port}")
 }
 
 /// Writes each sidecar's Envoy bootstrap into its task's secrets, as Nomad does before
@@ -276,7 +322,7 @@ fn prepare(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
 
 /// Stops a running agent (it would restart what we stop), then every recorded task, main
 /// tasks before sidecars.
-fn stop_everything(plan: &Plan) {
+fn stop_everything(valid: &ValidConfig, plan: &Plan) {
     if let Some(pid) = run::running_agent(&plan.run_dir) {
         info!("stopping the running agent (pid {pid})");
         let _ = nix::sys::signal::kill(
@@ -292,7 +338,7 @@ fn stop_everything(plan: &Plan) {
     }
     let records = run::load_records(&plan.run_dir);
     for group in &plan.groups {
-        let mut runner = crate::alloc::Runner::new(group);
+        let mut runner = crate::alloc::Runner::new(group, relay_socket(valid, group));
         if runner.adopt(&run::group_records(&records, &group.name)) > 0 {
             runner.stop();
         }
@@ -308,7 +354,7 @@ pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), String> {
         state::NodeState::default()
     });
     let plan = plan::build(valid, &previous, host).map_err(|e| format!("cannot plan: {e}"))?;
-    stop_everything(&plan);
+    stop_everything(valid, &plan);
     // Deregister first, so nothing is routed to groups that are going away. If Consul does
     // not answer, the network still goes; the tokens stay on disk for the next teardown.
     let consul = release_consul(valid, &plan);

@@ -9,7 +9,9 @@
 //! broken file changes nothing (and says why); otherwise groups are added, changed and
 //! removed.
 
-use super::{Tokens, has_services, prepare, sync_consul, write_bootstraps};
+use super::{
+    Tokens, has_services, prepare, relay_socket, relay_target, sync_consul, write_bootstraps,
+};
 use crate::alloc::{Phase, Runner, TaskState};
 use crate::config::{self, ValidConfig};
 use crate::plan::{GroupPlan, HostFacts, Plan};
@@ -126,7 +128,7 @@ impl Agent {
         let records = load_records(&plan.run_dir);
         let mut runners = Vec::new();
         for group in &plan.groups {
-            let mut runner = Runner::new(group);
+            let mut runner = Runner::new(group, relay_socket(&valid, group));
             let adopted = runner.adopt(&group_records(&records, &group.name));
             if adopted > 0 {
                 info!(
@@ -204,11 +206,16 @@ impl Agent {
             .filter(|g| waiting.contains(&g.name));
         match write_bootstraps(&self.valid, groups, &self.tokens) {
             Ok(()) => {
+                let client = crate::consul::client::Client::new(&self.valid.config.consul);
+                let target = client.map(|c| relay_target(&self.valid, &c)).ok();
                 for r in self
                     .runners
                     .iter_mut()
                     .filter(|r| waiting.contains(&r.name))
                 {
+                    if let Some(to) = &target {
+                        r.set_relay_target(to);
+                    }
                     r.release();
                 }
             }
@@ -290,7 +297,7 @@ impl Agent {
                 continue;
             }
             info!("reload: starting group {}", group.name);
-            let mut runner = Runner::new(group);
+            let mut runner = Runner::new(group, relay_socket(&valid, group));
             if group.services.is_empty() {
                 runner.release();
             }
