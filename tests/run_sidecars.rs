@@ -142,6 +142,13 @@ fn run_registers_bootstraps_and_starts_the_sidecars_in_the_groups_namespaces() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", agent.id()))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        .unwrap_or_default();
+    eprintln!("agent RSS with both groups running: {rss} KiB");
     eprintln!(
         "run → both sidecars running: {:?} (status polled every 20 ms)",
         sidecars_up
