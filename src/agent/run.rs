@@ -477,8 +477,6 @@ pub fn run(path: &Path, checked: &ValidConfig, host: HostFacts) -> Result<(), St
             ready_sent = true;
         }
         if now - last_rotate > ROTATE_EVERY {
-            let logs = &agent.valid.config;
-            let _ = logs;
             for (runner, group) in agent.runners.iter().zip(agent.plan.groups.iter()) {
                 if let Some(t) = group.tasks.first() {
                     runner.rotate_logs(t.logs.max_files, u64::from(t.logs.max_file_size_mb) << 20);
