@@ -323,6 +323,16 @@ impl Runner {
         changed
     }
 
+    /// Envoy tasks whose restart is due now (their bootstrap is rewritten first).
+    pub fn sidecar_restarts_due(&self, now: Instant) -> Vec<String> {
+        self.tasks
+            .iter()
+            .filter(|t| t.lifecycle == "prestart sidecar" && t.plan_name != RELAY_TASK)
+            .filter(|t| matches!(t.state, TaskState::Restarting(at) if at <= now))
+            .map(|t| t.plan_name.clone())
+            .collect()
+    }
+
     /// The earliest restart, for the agent's poll timeout.
     pub fn next_due(&self) -> Option<Instant> {
         self.tasks

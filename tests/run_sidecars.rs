@@ -26,8 +26,8 @@ fn text(v: Option<&Value>) -> String {
     }
 }
 
-/// (group, task, state) for every task the agent reports.
-fn tasks(config: &Path) -> Vec<(String, String, String)> {
+/// (group, task, state, pid) for every task the agent reports.
+fn tasks(config: &Path) -> Vec<(String, String, String, i64)> {
     let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
         .args(["status", "--json", "-c"])
         .arg(config)
@@ -42,10 +42,16 @@ fn tasks(config: &Path) -> Vec<(String, String, String)> {
         for g in groups {
             if let Some(Value::Array(ts)) = field(g, "tasks") {
                 for t in ts {
+                    let pid = match field(t, "pid") {
+                        Some(Value::Number(miniserde::json::Number::U64(p))) => *p as i64,
+                        Some(Value::Number(miniserde::json::Number::I64(p))) => *p,
+                        _ => 0,
+                    };
                     all.push((
                         text(field(g, "name")),
                         text(field(t, "name")),
                         text(field(t, "state")),
+                        pid,
                     ));
                 }
             }
@@ -54,9 +60,14 @@ fn tasks(config: &Path) -> Vec<(String, String, String)> {
     all
 }
 
-fn running(all: &[(String, String, String)], group: &str, task: &str) -> bool {
+fn running(all: &[(String, String, String, i64)], group: &str, task: &str) -> bool {
+    pid(all, group, task).is_some()
+}
+
+fn pid(all: &[(String, String, String, i64)], group: &str, task: &str) -> Option<i64> {
     all.iter()
-        .any(|(g, t, s)| g == group && t == task && s == "running")
+        .find(|(g, t, s, _)| g == group && t == task && s == "running")
+        .map(|(_, _, _, p)| *p)
 }
 
 #[test]
@@ -104,6 +115,10 @@ fn run_registers_bootstraps_and_starts_the_sidecars_in_the_groups_namespaces() {
         .replace(
             "\"/usr/local/bin/counter-dashboard\"",
             "\"/bin/sleep\"\nargs = [\"1000\"]",
+        )
+        .replace(
+            "name = \"api\"\n",
+            "name = \"api\"\n[group.restart]\ndelay = \"100ms\"\nmode = \"delay\"\n",
         )
         .replace(
             "[agent]\n",
@@ -201,6 +216,32 @@ fn run_registers_bootstraps_and_starts_the_sidecars_in_the_groups_namespaces() {
         let env = field(&record, "env");
         assert!(!text(field(env.unwrap(), "NOMAD_ALLOC_ID")).is_empty());
     }
+
+    // A crashed Envoy is started again, with a bootstrap written anew for that start.
+    use std::os::unix::fs::MetadataExt;
+    let bootstrap = dir.join("run/alloc/api/connect-proxy-count-api/secrets/envoy_bootstrap.json");
+    let before = std::fs::metadata(&bootstrap).unwrap().ino();
+    let envoy_pid = pid(&all, "api", "connect-proxy-count-api").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(envoy_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut again = None;
+    for _ in 0..250 {
+        again = pid(&tasks(&file), "api", "connect-proxy-count-api").filter(|p| *p != envoy_pid);
+        if again.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    assert!(again.is_some(), "Envoy was not restarted\n{log}");
+    assert_ne!(
+        std::fs::metadata(&bootstrap).unwrap().ino(),
+        before,
+        "the bootstrap is rewritten before the restart\n{log}"
+    );
 
     let agent_pid = agent.id().to_string();
     let down = Command::new("nsenter")

@@ -192,10 +192,12 @@ pub fn relay_target(valid: &ValidConfig, client: &Client) -> String {
 
 /// Writes each sidecar's Envoy bootstrap into its task's secrets, as Nomad does before
 /// starting Envoy: with the service's workload token, else the agent's own.
+/// `only_task`: just that sidecar task's bootstrap (before it restarts).
 fn write_bootstraps<'a>(
     valid: &ValidConfig,
     groups: impl Iterator<Item = &'a GroupPlan>,
     tokens: &Tokens,
+    only_task: Option<&str>,
 ) -> Result<(), String> {
     let consul = &valid.config.consul;
     let renderer = match valid.config.envoy.bootstrap.as_str() {
@@ -216,6 +218,9 @@ fn write_bootstraps<'a>(
             let Some(sidecar) = &service.sidecar else {
                 continue;
             };
+            if only_task.is_some_and(|only| only != sidecar.task) {
+                continue;
+            }
             let Some(task) = group.tasks.iter().find(|t| t.name == sidecar.task) else {
                 continue;
             };
@@ -296,7 +301,7 @@ pub fn apply(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
     );
     // After the network: a service must not be advertised before its port is mapped.
     let tokens = sync_consul(valid, &plan, !has_services(&plan))?;
-    write_bootstraps(valid, plan.groups.iter(), &tokens)?;
+    write_bootstraps(valid, plan.groups.iter(), &tokens, None)?;
     Ok(plan)
 }
 

@@ -204,7 +204,7 @@ impl Agent {
             .groups
             .iter()
             .filter(|g| waiting.contains(&g.name));
-        match write_bootstraps(&self.valid, groups, &self.tokens) {
+        match write_bootstraps(&self.valid, groups, &self.tokens, None) {
             Ok(()) => {
                 let client = crate::consul::client::Client::new(&self.valid.config.consul);
                 let target = client.map(|c| relay_target(&self.valid, &c)).ok();
@@ -222,6 +222,19 @@ impl Agent {
             Err(e) => {
                 warn!("{e}; retrying");
                 self.consul.next_try = Instant::now() + CONSUL_RETRY;
+            }
+        }
+    }
+
+    /// Envoy gets a fresh bootstrap before each restart, as Nomad's hook runs on every
+    /// start (the token may have changed; secrets are never reused from an old start).
+    fn refresh_bootstraps(&self, now: Instant) {
+        for runner in &self.runners {
+            for task in runner.sidecar_restarts_due(now) {
+                let group = self.plan.groups.iter().filter(|g| g.name == runner.name);
+                if let Err(e) = write_bootstraps(&self.valid, group, &self.tokens, Some(&task)) {
+                    warn!("group {}: {e}", runner.name);
+                }
             }
         }
     }
@@ -464,6 +477,7 @@ pub fn run(path: &Path, checked: &ValidConfig, host: HostFacts) -> Result<(), St
     loop {
         let now = Instant::now();
         agent.consul_step(now);
+        agent.refresh_bootstraps(now);
         let mut changed = false;
         for r in &mut agent.runners {
             changed |= r.tick(now);
