@@ -106,7 +106,10 @@ fn run_registers_bootstraps_and_starts_the_sidecars_in_the_groups_namespaces() {
     ))
     .unwrap();
     let config = countdash
-        .replace("http://127.0.0.1:8500", &double.url())
+        .replace(
+            "address = \"http://127.0.0.1:8500\"",
+            &format!("address = \"{}\"\nsync_interval = \"1s\"", double.url()),
+        )
         .replace("/usr/bin/envoy", &envoy.display().to_string())
         .replace(
             "\"/usr/local/bin/counting-service\"",
@@ -242,6 +245,18 @@ fn run_registers_bootstraps_and_starts_the_sidecars_in_the_groups_namespaces() {
         before,
         "the bootstrap is rewritten before the restart\n{log}"
     );
+
+    // Consul restarts and forgets every registration: the next sync puts them back.
+    double.restart();
+    let mut back = 0;
+    for _ in 0..250 {
+        back = double.service_ids().len();
+        if back == 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(back, 4, "re-registered after a Consul restart");
 
     let agent_pid = agent.id().to_string();
     let down = Command::new("nsenter")
