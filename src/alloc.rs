@@ -51,6 +51,9 @@ pub struct Task {
     pub kill_timeout: Duration,
     /// Envoy's admin address for sidecars (`/ready` is asked there, in the namespace).
     pub ready_check: Option<String>,
+    /// The task's `logs` block: files kept per stream and bytes per file.
+    log_files: u32,
+    log_bytes: u64,
     window_start: Instant,
     window_count: u32,
 }
@@ -101,6 +104,8 @@ fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Tas
         kill_signal: supervise::parse_signal(&t.kill_signal),
         kill_timeout: dur(&t.kill_timeout, Duration::from_secs(5)),
         ready_check: ready,
+        log_files: t.logs.max_files,
+        log_bytes: u64::from(t.logs.max_file_size_mb) << 20,
         window_start: Instant::now(),
         window_count: 0,
     }
@@ -365,10 +370,10 @@ impl Runner {
     }
 
     /// Rotates each task's logs by its `logs` block.
-    pub fn rotate_logs(&self, max_files: u32, max_bytes: u64) {
+    pub fn rotate_logs(&self) {
         for task in &self.tasks {
             for log in [&task.spec.stdout, &task.spec.stderr] {
-                if let Err(e) = supervise::rotate(log, max_files, max_bytes) {
+                if let Err(e) = supervise::rotate(log, task.log_files, task.log_bytes) {
                     warn!("cannot rotate {}: {e}", log.display());
                 }
             }
@@ -409,6 +414,9 @@ fn relay_task(group: &GroupPlan, socket: PathBuf) -> Task {
         kill_signal: nix::sys::signal::Signal::SIGTERM,
         kill_timeout: Duration::from_secs(2),
         ready_check: None,
+        // The relay logs only connection failures: two files of 1 MiB are plenty.
+        log_files: 2,
+        log_bytes: 1 << 20,
         window_start: Instant::now(),
         window_count: 0,
     }

@@ -116,9 +116,11 @@ fn main() -> ExitCode {
         }),
         Command::Status(cmd) => status(&cmd),
         Command::Apply(cmd) => with_agent(&cmd.config, |valid, host| {
-            agent::apply(valid, host).map(|_| ())
+            agent::apply(&valid, host).map(|_| ())
         }),
-        Command::Teardown(cmd) => with_agent(&cmd.config, agent::teardown),
+        Command::Teardown(cmd) => {
+            with_agent(&cmd.config, |valid, host| agent::teardown(&valid, host))
+        }
         Command::EnvoyBootstrap(cmd) => envoy_bootstrap(&cmd),
         Command::Relay(cmd) => {
             let _ = simple_logger::SimpleLogger::new()
@@ -151,7 +153,7 @@ fn load(path: &std::path::Path) -> Result<config::ValidConfig, ExitCode> {
 /// Loads the config, starts logging at its level, and runs one agent action.
 fn with_agent(
     path: &std::path::Path,
-    action: impl FnOnce(&config::ValidConfig, &plan::HostFacts) -> Result<(), String>,
+    action: impl FnOnce(config::ValidConfig, &plan::HostFacts) -> Result<(), String>,
 ) -> ExitCode {
     let valid = match load(path) {
         Ok(valid) => valid,
@@ -164,7 +166,7 @@ fn with_agent(
         .parse()
         .unwrap_or(log::LevelFilter::Info);
     let _ = simple_logger::SimpleLogger::new().with_level(level).init();
-    match action(&valid, &net::host_facts()) {
+    match action(valid, &net::host_facts()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");

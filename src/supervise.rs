@@ -285,13 +285,18 @@ pub fn rotate(current: &Path, max_files: u32, max_bytes: u64) -> std::io::Result
         Ok(m) => m.len(),
         Err(_) => return Ok(false),
     };
-    if size <= max_bytes || max_files < 2 {
-        if size > max_bytes {
-            OpenOptions::new().write(true).open(current)?.set_len(0)?;
-            return Ok(true);
-        }
+    if size <= max_bytes {
         return Ok(false);
     }
+    if max_files >= 2 {
+        keep_copy(current, max_files)?;
+    }
+    OpenOptions::new().write(true).open(current)?.set_len(0)?;
+    Ok(true)
+}
+
+/// Moves `.1`… up one index (dropping the oldest) and copies `current` to `.1`.
+fn keep_copy(current: &Path, max_files: u32) -> std::io::Result<()> {
     let name = current.to_string_lossy();
     let base = name.strip_suffix(".0").unwrap_or(&name).to_string();
     let _ = std::fs::remove_file(format!("{base}.{}", max_files - 1));
@@ -299,8 +304,7 @@ pub fn rotate(current: &Path, max_files: u32, max_bytes: u64) -> std::io::Result
         let _ = std::fs::rename(format!("{base}.{i}"), format!("{base}.{}", i + 1));
     }
     std::fs::copy(current, format!("{base}.1"))?;
-    OpenOptions::new().write(true).open(current)?.set_len(0)?;
-    Ok(true)
+    Ok(())
 }
 
 #[cfg(test)]

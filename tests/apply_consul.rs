@@ -8,20 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use support::consul_double::ConsulDouble;
 
-/// Root, this thread in a private network namespace with lo up, and a Consul double
-/// serving there. `None` when the test must be skipped.
+/// Root, this thread in a private network namespace, and a Consul double serving there.
+/// `None` when the test must be skipped.
 fn sandbox(what: &str) -> Option<ConsulDouble> {
-    if !support::root_or_skip(what) {
-        return None;
-    }
-    // Only this thread (and what it spawns) moves to the new network namespace.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-    let lo = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()
-        .expect("ip");
-    assert!(lo.success());
-    Some(ConsulDouble::start())
+    support::private_network(what).then(ConsulDouble::start)
 }
 
 /// examples/countdash.toml with its Consul address line replaced by `consul_lines` and
@@ -310,17 +300,9 @@ fn recorded(dir: &Path, proxy_id: &str) -> (Vec<String>, Vec<String>) {
 
 #[test]
 fn consul_cli_mode_runs_consul_with_nomads_argv_and_minimal_environment() {
-    if !support::root_or_skip("consul-cli bootstrap") {
+    if !support::private_network("consul-cli bootstrap") {
         return;
     }
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-    assert!(
-        Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .unwrap()
-            .success()
-    );
     let dir = std::env::temp_dir().join(format!("outpost-consul-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pki = support::pki::test_pki();

@@ -206,13 +206,7 @@ fn write_bootstraps<'a>(
         },
         _ => Renderer::Native,
     };
-    let agent_token = match (&consul.token, &consul.token_file) {
-        (Some(t), _) => Some(t.clone()),
-        (None, Some(file)) => std::fs::read_to_string(file)
-            .ok()
-            .map(|t| t.trim().to_string()),
-        (None, None) => None,
-    };
+    let agent_token = crate::consul::client::agent_token(consul)?;
     for group in groups {
         for service in &group.services {
             let Some(sidecar) = &service.sidecar else {

@@ -120,6 +120,15 @@ fn notify(message: &str) {
     }
 }
 
+/// A group's runner; a group without services needs no Consul and may start at once.
+fn new_runner(valid: &ValidConfig, group: &GroupPlan) -> Runner {
+    let mut runner = Runner::new(group, relay_socket(valid, group));
+    if group.services.is_empty() {
+        runner.release();
+    }
+    runner
+}
+
 impl Agent {
     fn start(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<Agent, String> {
         let plan = prepare(&valid, &host)?;
@@ -128,16 +137,13 @@ impl Agent {
         let records = load_records(&plan.run_dir);
         let mut runners = Vec::new();
         for group in &plan.groups {
-            let mut runner = Runner::new(group, relay_socket(&valid, group));
+            let mut runner = new_runner(&valid, group);
             let adopted = runner.adopt(&group_records(&records, &group.name));
             if adopted > 0 {
                 info!(
                     "group {}: adopted {adopted} running task(s) from the previous agent",
                     group.name
                 );
-            }
-            if group.services.is_empty() {
-                runner.release();
             }
             runners.push(runner);
         }
@@ -310,11 +316,7 @@ impl Agent {
                 continue;
             }
             info!("reload: starting group {}", group.name);
-            let mut runner = Runner::new(group, relay_socket(&valid, group));
-            if group.services.is_empty() {
-                runner.release();
-            }
-            kept.push(runner);
+            kept.push(new_runner(&valid, group));
         }
         self.runners = kept;
         self.valid = valid;
@@ -420,15 +422,8 @@ fn write_pid_file(run_dir: &str) -> Result<(), String> {
 }
 
 /// Runs the agent until SIGTERM/SIGINT.
-pub fn run(path: &Path, checked: &ValidConfig, host: HostFacts) -> Result<(), String> {
-    let run_dir = checked.config.agent.run_dir.clone();
-    // The agent keeps its own copy, replaced on reload.
-    let valid = config::load(path).map_err(|d| {
-        d.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
+pub fn run(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<(), String> {
+    let run_dir = valid.config.agent.run_dir.clone();
     if let Some(pid) = running_agent(&run_dir) {
         return Err(format!(
             "an outpost agent (pid {pid}) already runs for {run_dir}; stop it first"
@@ -491,10 +486,8 @@ pub fn run(path: &Path, checked: &ValidConfig, host: HostFacts) -> Result<(), St
             ready_sent = true;
         }
         if now - last_rotate > ROTATE_EVERY {
-            for (runner, group) in agent.runners.iter().zip(agent.plan.groups.iter()) {
-                if let Some(t) = group.tasks.first() {
-                    runner.rotate_logs(t.logs.max_files, u64::from(t.logs.max_file_size_mb) << 20);
-                }
+            for runner in &agent.runners {
+                runner.rotate_logs();
             }
             last_rotate = now;
         }

@@ -229,6 +229,17 @@ fn tls_config(cfg: &Consul) -> Result<TlsConfig, String> {
         .build())
 }
 
+/// The agent's own token: `consul.token`, else the contents of `consul.token_file`.
+pub fn agent_token(cfg: &Consul) -> Result<Option<String>, String> {
+    match (&cfg.token, &cfg.token_file) {
+        (Some(t), _) => Ok(Some(t.clone())),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map(|t| Some(t.trim().to_string()))
+            .map_err(|e| format!("cannot read consul.token_file {file}: {e}")),
+        (None, None) => Ok(None),
+    }
+}
+
 impl Client {
     pub fn new(cfg: &Consul) -> Result<Client, String> {
         let (base, unix_socket) = match cfg.address.split_once("://") {
@@ -244,16 +255,7 @@ impl Client {
                 ));
             }
         };
-        let token = match (&cfg.token, &cfg.token_file) {
-            (Some(t), _) => Some(t.clone()),
-            (None, Some(file)) => Some(
-                std::fs::read_to_string(file)
-                    .map_err(|e| format!("cannot read consul.token_file {file}: {e}"))?
-                    .trim()
-                    .to_string(),
-            ),
-            (None, None) => None,
-        };
+        let token = agent_token(cfg)?;
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(CALL_TIMEOUT))

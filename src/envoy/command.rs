@@ -363,7 +363,7 @@ fn services(client: &Client, query: &str) -> Result<Object, Failure> {
 }
 
 /// Query values: everything but unreserved characters escaped.
-pub(crate) fn percent_encode(text: &str) -> String {
+fn percent_encode(text: &str) -> String {
     let mut out = String::new();
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

@@ -24,3 +24,19 @@ pub fn root_or_skip(what: &str) -> bool {
     }
     root
 }
+
+/// Root, and this thread in a private network namespace with lo up (a Consul double
+/// started afterwards serves there). `false` when the test must be skipped.
+pub fn private_network(what: &str) -> bool {
+    if !root_or_skip(what) {
+        return false;
+    }
+    // Only this thread (and what it spawns) moves to the new network namespace.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+    let lo = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("ip");
+    assert!(lo.success());
+    true
+}
