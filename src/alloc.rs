@@ -279,6 +279,7 @@ impl Runner {
     fn watch(&mut self, now: Instant) -> bool {
         let mut changed = false;
         let policy = self.policy.clone();
+        let mut jitter = crate::retry::Jitter::new();
         for task in &mut self.tasks {
             let TaskState::Running(proc) = task.state else {
                 continue;
@@ -295,8 +296,17 @@ impl Runner {
                 continue;
             }
             task.last_error = Some(how.clone());
-            task.state = next_after_exit(task, &policy, now);
+            task.state = next_after_exit(task, &policy, now, jitter.sample());
             match task.state {
+                // delay mode, attempts used up: the window was moved to the interval's end.
+                TaskState::Restarting(at) if task.window_count == 0 => warn!(
+                    "group {}: task {} {how}; {} restart(s) used in {:?}, restarting in {:.1}s, once the restart interval ends",
+                    self.name,
+                    task.plan_name,
+                    policy.attempts,
+                    policy.interval,
+                    (at - now).as_secs_f64(),
+                ),
                 TaskState::Restarting(at) => info!(
                     "group {}: task {} {how}; restarting in {:.1}s (restart {} of {} in this interval)",
                     self.name,
@@ -473,16 +483,18 @@ fn start(group: &str, task: &mut Task) {
     }
 }
 
-/// Nomad's restart tracker: `attempts` restarts within `interval`, each after `delay`;
-/// then `delay` mode waits for the interval to end, `fail` mode gives up.
-fn next_after_exit(task: &mut Task, policy: &Policy, now: Instant) -> TaskState {
+/// Nomad's restart tracker: `attempts` restarts within `interval`, each after `delay` plus
+/// up to 25% jitter (`random` in 0..1); then `delay` mode waits for the interval to end,
+/// `fail` mode gives up.
+fn next_after_exit(task: &mut Task, policy: &Policy, now: Instant, random: f64) -> TaskState {
     if now.duration_since(task.window_start) > policy.interval {
         task.window_start = now;
         task.window_count = 0;
     }
     if task.window_count < policy.attempts {
         task.window_count += 1;
-        return TaskState::Restarting(now + policy.delay);
+        let jitter = policy.delay.mul_f64(0.25 * random.clamp(0.0, 1.0));
+        return TaskState::Restarting(now + policy.delay + jitter);
     }
     if policy.fail {
         return TaskState::Failed;

@@ -1,16 +1,31 @@
-//! `outpost run` with Connect sidecars, end to end as root: the Consul double in this test
-//! thread's network namespace, the agent in a private mount namespace, a stub Envoy
-//! (tests/support/stub_envoy.py) that records how it was started and answers `/ready` on
-//! its admin address. Both groups' services are registered, their bootstraps written, the
-//! xDS relays and the Envoys started in the groups' namespaces, and teardown removes it all.
+//! `outpost run` with Connect sidecars, end to end as root. Each test gets:
+//! - a private network namespace (this test thread's) with an "uplink" interface whose
+//!   address is the advertise address, and the Consul double listening on 127.0.0.1 there;
+//! - a private mount namespace with its own /run, held by a `sleep` so that the agent can be
+//!   stopped and started again inside it;
+//! - countdash with stand-ins (tests/support/countdash.py) for the two programs, and a stub
+//!   Envoy (tests/support/stub_envoy.py) that reads its registration through the xDS socket and
+//!   relays TCP for the public listener and the upstream.
+//!
+//! So a request to host:9002 goes dashboard → its Envoy's upstream listener 127.0.0.1:8080 →
+//! the api sidecar's host port → api's Envoy public listener → api on 127.0.0.1:9001.
 
 mod support;
 
 use miniserde::json::Value;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::consul_double::ConsulDouble;
+use support::consul_double::{AgentSelf, ConsulDouble};
+
+const API_PROXY: &str = "_outpost-api-count-api-9001-sidecar-proxy";
+const DASHBOARD_PROXY: &str = "_outpost-dashboard-count-dashboard-http-sidecar-proxy";
+/// The address of the uplink interface, the advertise address of the node.
+const UPLINK: &str = "192.0.2.10";
 
 fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     match v {
@@ -26,94 +41,160 @@ fn text(v: Option<&Value>) -> String {
     }
 }
 
-/// (group, task, state, pid) for every task the agent reports.
-fn tasks(config: &Path) -> Vec<(String, String, String, i64)> {
-    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .args(["status", "--json", "-c"])
-        .arg(config)
-        .output()
-        .unwrap();
-    let Ok(status) = miniserde::json::from_str::<Value>(&String::from_utf8_lossy(&out.stdout))
-    else {
-        return Vec::new();
-    };
-    let mut all = Vec::new();
-    if let Some(Value::Array(groups)) = field(&status, "groups") {
-        for g in groups {
-            if let Some(Value::Array(ts)) = field(g, "tasks") {
-                for t in ts {
-                    let pid = match field(t, "pid") {
-                        Some(Value::Number(miniserde::json::Number::U64(p))) => *p as i64,
-                        Some(Value::Number(miniserde::json::Number::I64(p))) => *p,
-                        _ => 0,
-                    };
-                    all.push((
-                        text(field(g, "name")),
-                        text(field(t, "name")),
-                        text(field(t, "state")),
-                        pid,
-                    ));
-                }
-            }
+#[derive(Debug, Clone, PartialEq)]
+struct TaskStatus {
+    group: String,
+    task: String,
+    state: String,
+    pid: i64,
+    restarts: i64,
+}
+
+fn number(v: Option<&Value>) -> i64 {
+    match v {
+        Some(Value::Number(miniserde::json::Number::U64(p))) => *p as i64,
+        Some(Value::Number(miniserde::json::Number::I64(p))) => *p,
+        _ => 0,
+    }
+}
+
+fn pid(all: &[TaskStatus], group: &str, task: &str) -> Option<i64> {
+    all.iter()
+        .find(|t| t.group == group && t.task == task && t.state == "running")
+        .map(|t| t.pid)
+}
+
+/// The tasks of countdash, as `(group, task)`.
+const TASKS: [(&str, &str); 6] = [
+    ("api", "consul-grpc-relay"),
+    ("api", "connect-proxy-count-api"),
+    ("api", "web"),
+    ("dashboard", "consul-grpc-relay"),
+    ("dashboard", "connect-proxy-count-dashboard"),
+    ("dashboard", "dashboard"),
+];
+
+fn all_running(all: &[TaskStatus]) -> bool {
+    TASKS.iter().all(|(g, t)| pid(all, g, t).is_some())
+}
+
+/// One HTTP/1.0 GET; the body of a 200 answer, else why not.
+fn get(addr: &str) -> Result<String, String> {
+    let mut s = std::net::TcpStream::connect_timeout(
+        &addr.parse().map_err(|e| format!("{e}"))?,
+        Duration::from_secs(2),
+    )
+    .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)
+        .map_err(|e| format!("read: {e}"))?;
+    match reply.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.0 200") => Ok(body.to_string()),
+        _ => Err(format!("answer: {reply:?}")),
+    }
+}
+
+/// `get` until it answers (the programs need a moment to listen after they started).
+fn get_within(addr: &str, secs: u64) -> Result<String, String> {
+    let start = Instant::now();
+    loop {
+        match get(addr) {
+            Ok(body) => return Ok(body),
+            Err(e) if start.elapsed() > Duration::from_secs(secs) => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
-    all
 }
 
-fn running(all: &[(String, String, String, i64)], group: &str, task: &str) -> bool {
-    pid(all, group, task).is_some()
+struct Mesh {
+    dir: PathBuf,
+    double: ConsulDouble,
+    file: PathBuf,
+    records: PathBuf,
+    /// Holds the private mount namespace (its own /run) between agents.
+    holder: Child,
 }
 
-fn pid(all: &[(String, String, String, i64)], group: &str, task: &str) -> Option<i64> {
-    all.iter()
-        .find(|(g, t, s, _)| g == group && t == task && s == "running")
-        .map(|(_, _, _, p)| *p)
-}
-
-#[test]
-fn run_registers_bootstraps_and_starts_the_sidecars_in_the_groups_namespaces() {
-    if !support::private_network("run with sidecars") {
-        return;
-    }
-    let double = ConsulDouble::start();
-    let dir = std::env::temp_dir().join(format!("outpost-run-sidecars-{}", std::process::id()));
-    let records = dir.join("envoy-records");
-    std::fs::create_dir_all(&records).unwrap();
-    let stub = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/stub_envoy.py");
-    let envoy = dir.join("envoy");
-    std::fs::write(
-        &envoy,
-        format!(
-            "#!/bin/sh\nSTUB_ENVOY_RECORDS={} exec python3 {} \"$@\"\n",
-            records.display(),
-            stub.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&envoy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let countdash = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/countdash.toml"
-    ))
-    .unwrap();
-    let config = countdash
+impl Mesh {
+    /// `None` when the test must be skipped (not root, outside CI).
+    fn new(name: &str) -> Option<Mesh> {
+        if !support::private_network(name) {
+            return None;
+        }
+        for args in [
+            // (no dummy driver on every kernel; a veth pair with its peer left here works)
+            vec![
+                "link",
+                "add",
+                "uplink",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "uplink-peer",
+            ],
+            vec!["addr", "add", "192.0.2.10/24", "dev", "uplink"],
+            vec!["link", "set", "uplink", "up"],
+            vec!["link", "set", "uplink-peer", "up"],
+        ] {
+            assert!(Command::new("ip").args(&args).status().unwrap().success());
+        }
+        let double = ConsulDouble::start();
+        // The double's HTTP port stands for Consul's gRPC port: the stub Envoy asks its
+        // questions through the xDS socket, so the relay carries them.
+        let port: i64 = double.address.rsplit(':').next().unwrap().parse().unwrap();
+        double.set_agent_self(AgentSelf {
+            xds_ports: Some((port, -1)),
+            debug_grpc_port: port,
+            ..AgentSelf::default()
+        });
+        let dir = std::env::temp_dir().join(format!("outpost-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let records = dir.join("envoy-records");
+        std::fs::create_dir_all(&records).unwrap();
+        let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+        let envoy = dir.join("envoy");
+        std::fs::write(
+            &envoy,
+            format!(
+                "#!/bin/sh\nSTUB_ENVOY_RECORDS={} exec python3 {} \"$@\"\n",
+                records.display(),
+                support.join("stub_envoy.py").display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&envoy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let countdash = support.join("countdash.py").display().to_string();
+        let config = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/countdash.toml"
+        ))
+        .unwrap()
         .replace(
             "address = \"http://127.0.0.1:8500\"",
             &format!("address = \"{}\"\nsync_interval = \"1s\"", double.url()),
         )
+        .replace(
+            "[network]\n",
+            &format!("[network]\nadvertise_address = \"{UPLINK}\"\n"),
+        )
         .replace("/usr/bin/envoy", &envoy.display().to_string())
         .replace(
             "\"/usr/local/bin/counting-service\"",
-            "\"/bin/sleep\"\nargs = [\"1000\"]",
+            &format!("\"/usr/bin/python3\"\nargs = [\"{countdash}\", \"api\"]"),
         )
         .replace(
             "\"/usr/local/bin/counter-dashboard\"",
-            "\"/bin/sleep\"\nargs = [\"1000\"]",
+            &format!("\"/usr/bin/python3\"\nargs = [\"{countdash}\", \"dashboard\"]"),
         )
         .replace(
             "name = \"api\"\n",
-            "name = \"api\"\n[group.restart]\ndelay = \"100ms\"\nmode = \"delay\"\n",
+            "name = \"api\"\n[group.restart]\nattempts = 2\ninterval = \"3s\"\ndelay = \"100ms\"\nmode = \"delay\"\n",
         )
         .replace(
             "[agent]\n",
@@ -122,72 +203,186 @@ fn run_registers_bootstraps_and_starts_the_sidecars_in_the_groups_namespaces() {
                 dir.display()
             ),
         );
-    let file = dir.join("outpost.toml");
-    std::fs::write(&file, config).unwrap();
-
-    let started = Instant::now();
-    let mut agent: Child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--", "bash", "-c"])
-        .arg(format!(
-            "mount -t tmpfs tmpfs /run && exec {} run -c {} 2>{}/agent.log",
-            env!("CARGO_BIN_EXE_outpost"),
-            file.display(),
-            dir.display()
-        ))
-        .spawn()
-        .unwrap();
-    let mut all = Vec::new();
-    let mut sidecars_up = None;
-    while started.elapsed() < Duration::from_secs(30) {
-        all = tasks(&file);
-        if sidecars_up.is_none()
-            && running(&all, "api", "connect-proxy-count-api")
-            && running(&all, "dashboard", "connect-proxy-count-dashboard")
-        {
-            sidecars_up = Some(started.elapsed());
+        let file = dir.join("outpost.toml");
+        std::fs::write(&file, config).unwrap();
+        let holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount -t tmpfs tmpfs /run && exec sleep 100000")
+            .spawn()
+            .unwrap();
+        // Wait until the holder has its /run.
+        let holder_run = format!("/proc/{}/mountinfo", holder.id());
+        for _ in 0..100 {
+            let mounts = std::fs::read_to_string(&holder_run).unwrap_or_default();
+            if mounts.lines().any(|l| l.split(' ').nth(4) == Some("/run")) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        if running(&all, "api", "web") && running(&all, "dashboard", "dashboard") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        Some(Mesh {
+            dir,
+            double,
+            file,
+            records,
+            holder,
+        })
     }
-    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+
+    /// `outpost ARGS -c FILE` in the mount namespace, stderr appended to agent.log.
+    fn outpost(&self, args: &[&str]) -> Command {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .unwrap();
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.holder.id().to_string(), "-m", "--"])
+            .arg(env!("CARGO_BIN_EXE_outpost"))
+            .args(args)
+            .arg("-c")
+            .arg(&self.file)
+            .stderr(log);
+        cmd
+    }
+
+    fn start_agent(&self) -> Child {
+        self.outpost(&["run"]).spawn().unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Every task the running agent reports.
+    fn tasks(&self) -> Vec<TaskStatus> {
+        let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["status", "--json", "-c"])
+            .arg(&self.file)
+            .output()
+            .unwrap();
+        let Ok(status) = miniserde::json::from_str::<Value>(&String::from_utf8_lossy(&out.stdout))
+        else {
+            return Vec::new();
+        };
+        let mut all = Vec::new();
+        if let Some(Value::Array(groups)) = field(&status, "groups") {
+            for g in groups {
+                if let Some(Value::Array(ts)) = field(g, "tasks") {
+                    for t in ts {
+                        all.push(TaskStatus {
+                            group: text(field(g, "name")),
+                            task: text(field(t, "name")),
+                            state: text(field(t, "state")),
+                            pid: number(field(t, "pid")),
+                            restarts: number(field(t, "restarts")),
+                        });
+                    }
+                }
+            }
+        }
+        all
+    }
+
+    /// Polls the agent's status every 20 ms until `done` holds (at most `secs`).
+    fn wait(&self, secs: u64, done: impl Fn(&[TaskStatus]) -> bool) -> Vec<TaskStatus> {
+        let start = Instant::now();
+        loop {
+            let all = self.tasks();
+            if done(&all) || start.elapsed() > Duration::from_secs(secs) {
+                return all;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many times the stub Envoy of `proxy` was started.
+    fn envoy_starts(&self, proxy: &str) -> usize {
+        std::fs::read_to_string(self.records.join(format!("{proxy}.starts")))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
+    fn teardown(&self) {
+        let down = self.outpost(&["teardown"]).output().unwrap();
+        assert!(down.status.success(), "teardown failed\n{}", self.log());
+        assert!(self.double.service_ids().is_empty());
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.outpost(&["teardown"]).output();
+        }
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Processes whose command line contains every one of `needles`, by pid.
+fn processes_with(needles: &[&str]) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if needles.iter().all(|n| cmdline.contains(n)) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn countdash_traffic_flows_through_the_sidecars_which_are_restarted_when_they_crash() {
+    let Some(mesh) = Mesh::new("run-sidecars") else {
+        return;
+    };
+    let started = Instant::now();
+    let mut agent = mesh.start_agent();
+    let both_sidecars = |all: &[TaskStatus]| {
+        pid(all, "api", "connect-proxy-count-api").is_some()
+            && pid(all, "dashboard", "connect-proxy-count-dashboard").is_some()
+    };
+    mesh.wait(30, both_sidecars);
+    let sidecars_up = started.elapsed();
+    let all = mesh.wait(30, all_running);
+    for (group, task) in TASKS {
+        assert!(
+            pid(&all, group, task).is_some(),
+            "{group}/{task} not running: {all:?}\n{}",
+            mesh.log()
+        );
+    }
+    assert_eq!(mesh.double.service_ids().len(), 4, "{}", mesh.log());
+    // Sidecars first, and the main task only once Envoy answered /ready.
+    let log = mesh.log();
+    let sidecar_at = log.find("started task connect-proxy-count-api").unwrap();
+    let main_at = log.find("group api: started task web").unwrap();
+    assert!(sidecar_at < main_at, "{log}");
+
+    // Bytes flow host:9002 → dashboard → upstream → api's sidecar → api.
+    let first = get_within("127.0.0.1:9002", 10);
     let rss = std::fs::read_to_string(format!("/proc/{}/status", agent.id()))
         .unwrap_or_default()
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
         .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
         .unwrap_or_default();
-    eprintln!("agent RSS with both groups running: {rss} KiB");
-    eprintln!(
-        "run → both sidecars running: {:?} (status polled every 20 ms)",
-        sidecars_up
-    );
-    for (group, task) in [
-        ("api", "consul-grpc-relay"),
-        ("api", "connect-proxy-count-api"),
-        ("api", "web"),
-        ("dashboard", "consul-grpc-relay"),
-        ("dashboard", "connect-proxy-count-dashboard"),
-        ("dashboard", "dashboard"),
-    ] {
-        assert!(
-            running(&all, group, task),
-            "{group}/{task} not running: {all:?}\n{log}"
-        );
-    }
-    assert_eq!(double.service_ids().len(), 4, "{log}");
-    // Sidecars first, and the main task only once Envoy answered /ready.
-    let sidecar_at = log.find("started task connect-proxy-count-api").unwrap();
-    let main_at = log.find("group api: started task web").unwrap();
-    assert!(sidecar_at < main_at, "{log}");
+    eprintln!("agent RSS with countdash running: {rss} KiB (nsenter execs the agent: same pid)");
+    eprintln!("run → both sidecars running: {sidecars_up:?} (status polled every 20 ms)");
+    let body = first.unwrap_or_else(|e| panic!("host:9002 → dashboard → api: {e}\n{log}"));
+    assert!(body.starts_with("dashboard: {\"count\": 1,"), "{body}");
+    let again = get(&format!("{UPLINK}:9002")).unwrap();
+    assert!(again.starts_with("dashboard: {\"count\": 2,"), "{again}");
 
     let host_netns = std::fs::read_link("/proc/self/ns/net").unwrap();
-    for proxy in [
-        "_outpost-api-count-api-9001-sidecar-proxy",
-        "_outpost-dashboard-count-dashboard-http-sidecar-proxy",
-    ] {
-        let record = std::fs::read_to_string(records.join(format!("{proxy}.json")))
+    for proxy in [API_PROXY, DASHBOARD_PROXY] {
+        let record = std::fs::read_to_string(mesh.records.join(format!("{proxy}.json")))
             .unwrap_or_else(|e| panic!("the stub Envoy of {proxy} did not run: {e}\n{log}"));
         let record: Value = miniserde::json::from_str(&record).unwrap();
         assert_ne!(
@@ -208,41 +403,62 @@ fn run_registers_bootstraps_and_starts_the_sidecars_in_the_groups_namespaces() {
             argv.iter().any(|a| a == "--disable-hot-restart"),
             "{argv:?}"
         );
-        let env = field(&record, "env");
-        assert!(!text(field(env.unwrap(), "NOMAD_ALLOC_ID")).is_empty());
+        let env = field(&record, "env").unwrap();
+        assert!(!text(field(env, "NOMAD_ALLOC_ID")).is_empty());
     }
 
-    // A crashed Envoy is started again, with a bootstrap written anew for that start.
-    use std::os::unix::fs::MetadataExt;
-    let bootstrap = dir.join("run/alloc/api/connect-proxy-count-api/secrets/envoy_bootstrap.json");
-    let before = std::fs::metadata(&bootstrap).unwrap().ino();
+    // A crashing Envoy: restarted by the policy (2 attempts in 3s, delay mode), with a
+    // bootstrap written anew for every start, then held back until the interval ends. Once
+    // it starts cleanly again, traffic flows again.
+    let bootstrap = mesh
+        .dir
+        .join("run/alloc/api/connect-proxy-count-api/secrets/envoy_bootstrap.json");
+    let inode_before = std::fs::metadata(&bootstrap).unwrap().ino();
+    let crash = mesh.records.join(format!("crash-{API_PROXY}"));
+    std::fs::write(&crash, "").unwrap();
     let envoy_pid = pid(&all, "api", "connect-proxy-count-api").unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(envoy_pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let mut again = None;
-    for _ in 0..250 {
-        again = pid(&tasks(&file), "api", "connect-proxy-count-api").filter(|p| *p != envoy_pid);
-        if again.is_some() {
+    let held_back = |log: &str| log.contains("once the restart interval ends");
+    for _ in 0..500 {
+        if held_back(&mesh.log()) {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
-    assert!(again.is_some(), "Envoy was not restarted\n{log}");
+    let log = mesh.log();
+    assert!(held_back(&log), "no back-off after the attempts\n{log}");
+    assert_eq!(
+        mesh.envoy_starts(API_PROXY),
+        3,
+        "the first start and two restarts\n{log}"
+    );
     assert_ne!(
         std::fs::metadata(&bootstrap).unwrap().ino(),
-        before,
-        "the bootstrap is rewritten before the restart\n{log}"
+        inode_before,
+        "the bootstrap is rewritten before each restart\n{log}"
     );
+    std::fs::remove_file(&crash).unwrap();
+    let all = mesh.wait(10, |all| {
+        mesh.envoy_starts(API_PROXY) == 4 && pid(all, "api", "connect-proxy-count-api").is_some()
+    });
+    assert!(
+        pid(&all, "api", "connect-proxy-count-api").is_some(),
+        "{all:?}\n{}",
+        mesh.log()
+    );
+    assert_eq!(mesh.envoy_starts(API_PROXY), 4, "{}", mesh.log());
+    let recovered = get_within("127.0.0.1:9002", 10);
+    assert!(recovered.is_ok(), "{recovered:?}\n{}", mesh.log());
 
     // Consul restarts and forgets every registration: the next sync puts them back.
-    double.restart();
+    mesh.double.restart();
     let mut back = 0;
     for _ in 0..250 {
-        back = double.service_ids().len();
+        back = mesh.double.service_ids().len();
         if back == 4 {
             break;
         }
@@ -250,20 +466,99 @@ fn run_registers_bootstraps_and_starts_the_sidecars_in_the_groups_namespaces() {
     }
     assert_eq!(back, 4, "re-registered after a Consul restart");
 
-    let agent_pid = agent.id().to_string();
-    let down = Command::new("nsenter")
-        .args(["-t", &agent_pid, "-m", "--"])
-        .arg(env!("CARGO_BIN_EXE_outpost"))
-        .args(["teardown", "-c"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        down.status.success(),
-        "{}",
-        String::from_utf8_lossy(&down.stderr)
-    );
+    mesh.teardown();
     let _ = agent.wait();
-    assert!(double.service_ids().is_empty());
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(processes_with(&[&mesh.dir.display().to_string()]).is_empty());
+}
+
+#[test]
+fn restarting_the_agent_under_load_fails_no_request_and_restarts_nothing() {
+    let Some(mesh) = Mesh::new("run-restart") else {
+        return;
+    };
+    let mut agent = mesh.start_agent();
+    let before = mesh.wait(30, all_running);
+    assert!(all_running(&before), "{before:?}\n{}", mesh.log());
+    get_within("127.0.0.1:9002", 10).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+
+    // A client asks host:9002 (dashboard → upstream → api) without pause.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load = {
+        let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match get("127.0.0.1:9002") {
+                    Ok(_) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => failures.lock().unwrap().push(e),
+                }
+            }
+        })
+    };
+    let settle = |mesh: &Mesh| {
+        let all = mesh.wait(30, all_running);
+        assert!(all_running(&all), "{all:?}\n{}", mesh.log());
+        all
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(agent.wait().unwrap().success(), "{}", mesh.log());
+    std::thread::sleep(Duration::from_millis(300));
+    let mut agent = mesh.start_agent();
+    let after_term = settle(&mesh);
+    std::thread::sleep(Duration::from_millis(300));
+    agent.kill().unwrap();
+    let _ = agent.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut agent = mesh.start_agent();
+    let after_kill = settle(&mesh);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+
+    let ok = ok.load(Ordering::Relaxed);
+    let failures = failures.lock().unwrap().clone();
+    eprintln!(
+        "load across two agent restarts with sidecars: ok={ok} failed={}",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:?}\n{}", mesh.log());
+    assert!(ok > 0);
+    let pids = |all: &[TaskStatus]| {
+        TASKS
+            .iter()
+            .map(|(g, t)| pid(all, g, t))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pids(&before), pids(&after_term), "adopted, not restarted");
+    assert_eq!(pids(&before), pids(&after_kill), "adopted, not restarted");
+    assert!(after_kill.iter().all(|t| t.restarts == 0), "{after_kill:?}");
+    for proxy in [API_PROXY, DASHBOARD_PROXY] {
+        assert_eq!(mesh.envoy_starts(proxy), 1, "{proxy} started once");
+    }
+    // Nothing duplicated: one Envoy, one relay and one program per group.
+    let alloc = format!("{}/run/alloc", mesh.dir.display());
+    assert_eq!(processes_with(&[&alloc, "stub_envoy.py"]).len(), 2);
+    assert_eq!(processes_with(&[&alloc, "relay"]).len(), 2);
+    let programs = format!("{}/tests/support/countdash.py", env!("CARGO_MANIFEST_DIR"));
+    let ours = |p: &i32| {
+        std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|cwd| cwd.starts_with(&alloc))
+    };
+    assert_eq!(
+        processes_with(&[&programs])
+            .iter()
+            .filter(|p| ours(p))
+            .count(),
+        2
+    );
+
+    mesh.teardown();
+    let _ = agent.wait();
 }

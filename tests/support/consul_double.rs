@@ -508,6 +508,12 @@ fn route(s: &mut State, r: &Request, negative_cached: &mut bool) -> Reply {
                 .collect(),
         ));
     }
+    if let Some(name) = path.strip_prefix("/v1/health/connect/") {
+        if !expect("GET") {
+            return method_not_allowed(&r.method, "GET");
+        }
+        return ok_json(Value::Array(connect_instances(s, name)));
+    }
     if let Some(id) = path.strip_prefix("/v1/agent/service/") {
         if !expect("GET") {
             return method_not_allowed(&r.method, "GET");
@@ -562,6 +568,49 @@ fn route(s: &mut State, r: &Request, negative_cached: &mut bool) -> Reply {
         return token_self(s, r, negative_cached);
     }
     text(404, "Invalid URL path: not a recognized HTTP API endpoint")
+}
+
+/// `/v1/health/connect/<name>`: the sidecar proxies of `name` (and its Connect-native
+/// instances) as `{Node, Service, Checks}` entries. Every check is reported as it stands;
+/// `?passing` is not applied, since the double runs no checks.
+fn connect_instances(s: &State, name: &str) -> Array {
+    let mut node = Object::new();
+    node.insert("Node".into(), Value::String("edge-01".into()));
+    node.insert("Address".into(), Value::String("127.0.0.1".into()));
+    node.insert("Datacenter".into(), Value::String("dc1".into()));
+    s.services
+        .values()
+        .filter(|svc| {
+            let proxied = get_obj(svc, "Proxy")
+                .ok()
+                .flatten()
+                .and_then(|p| get_str(p, "DestinationServiceName").ok().flatten());
+            let native = matches!(
+                get_obj(svc, "Connect")
+                    .ok()
+                    .flatten()
+                    .and_then(|c| c.get("Native")),
+                Some(Value::Bool(true))
+            );
+            let kind = get_str(svc, "Kind").ok().flatten().unwrap_or("");
+            (kind == "connect-proxy" && proxied == Some(name))
+                || (native && get_str(svc, "Service").ok().flatten() == Some(name))
+        })
+        .map(|svc| {
+            let id = get_str(svc, "ID").ok().flatten().unwrap_or("");
+            let checks: Array = s
+                .checks
+                .values()
+                .filter(|c| matches!(c.get("ServiceID"), Some(Value::String(sid)) if sid == id))
+                .map(|c| Value::Object(c.clone()))
+                .collect();
+            let mut entry = Object::new();
+            entry.insert("Node".into(), Value::Object(node.clone()));
+            entry.insert("Service".into(), Value::Object(svc.clone()));
+            entry.insert("Checks".into(), Value::Array(checks));
+            Value::Object(entry)
+        })
+        .collect()
 }
 
 fn agent_self(a: &AgentSelf) -> Value {
@@ -1212,13 +1261,14 @@ fn expand_sidecar(
         "DestinationServiceID".into(),
         Value::String(parent_id.into()),
     );
-    if !proxy.contains_key("LocalServiceAddress") {
+    // Unset, empty and zero are the same to Go: the agent fills in the defaults.
+    if get_str(&proxy, "LocalServiceAddress")?.is_none_or(str::is_empty) {
         proxy.insert(
             "LocalServiceAddress".into(),
             Value::String("127.0.0.1".into()),
         );
     }
-    if !proxy.contains_key("LocalServicePort") {
+    if get_port(&proxy, "LocalServicePort")? == 0 {
         proxy.insert(
             "LocalServicePort".into(),
             Value::Number(Number::U64(parent_port)),

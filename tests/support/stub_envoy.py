@@ -1,20 +1,130 @@
 #!/usr/bin/env python3
-"""A stand-in for Envoy: records its argv, environment and network namespace in
-$STUB_ENVOY_RECORDS/<node id>.json, then answers GET /ready with 200 on the admin address
-its bootstrap (-c FILE) names. Exits 1 at once if the bootstrap is missing or not JSON."""
-import http.server, json, os, sys
+"""A stand-in for Envoy, started by outpost exactly as Envoy would be (-c BOOTSTRAP ...).
+
+- Records its argv, environment, network namespace and cwd in
+  $STUB_ENVOY_RECORDS/<node id>.json (one line per start appended to <node id>.starts).
+- Crashes on demand: exits 1 at once while $STUB_ENVOY_RECORDS/crash-<node id> exists.
+- Answers GET /ready with 200 on the admin address the bootstrap names.
+- Gets its configuration the way Envoy does, through the xDS cluster of the bootstrap
+  (`local_agent`, a unix socket that outpost's relay forwards to Consul's gRPC port). The
+  Consul double serves its HTTP API on that port, so where Envoy would speak xDS this stub
+  asks `GET /v1/agent/service/<proxy id>` and `GET /v1/health/connect/<name>` (what
+  `consul connect proxy` asks), with the bootstrap's token.
+- Relays TCP like `consul connect proxy` without TLS: the public listener
+  (Proxy.Config bind_address:bind_port, else the service's Address:Port) to
+  LocalServiceAddress:LocalServicePort, and each upstream's LocalBindAddress:LocalBindPort to
+  an instance of the destination found in the catalog at connection time.
+Exits 1 at once if the bootstrap is missing or not JSON, or the registration cannot be read.
+"""
+import http.client, http.server, json, os, socket, sys, threading, time
 
 argv = sys.argv
 config = json.load(open(argv[argv.index("-c") + 1]))
-admin = config["admin"]["address"]["socket_address"]
 node = config["node"]["id"]
 records = os.environ.get("STUB_ENVOY_RECORDS") or "/tmp"
 with open(os.path.join(records, node + ".json"), "w") as out:
     json.dump({"argv": argv, "env": dict(os.environ), "netns": os.readlink("/proc/self/ns/net"),
                "cwd": os.getcwd()}, out)
+with open(os.path.join(records, node + ".starts"), "a") as out:
+    out.write("%f\n" % time.time())
+if os.path.exists(os.path.join(records, "crash-" + node)):
+    sys.exit(1)
 
 
-class Ready(http.server.BaseHTTPRequestHandler):
+def xds_socket():
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] == "local_agent":
+            lb = cluster["loadAssignment"]["endpoints"][0]["lbEndpoints"][0]
+            return lb["endpoint"]["address"]["pipe"]["path"]
+    raise SystemExit("no local_agent cluster")
+
+
+def xds_token():
+    for m in config["dynamic_resources"]["ads_config"]["grpc_services"]["initial_metadata"]:
+        if m["key"] == "x-consul-token":
+            return m["value"]
+    return ""
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(xds_socket())
+
+
+def consul_get(path):
+    conn = UnixHTTP("consul")
+    conn.request("GET", path, headers={"X-Consul-Token": xds_token()})
+    reply = conn.getresponse()
+    body = reply.read()
+    if reply.status != 200:
+        raise OSError("GET %s: %d %s" % (path, reply.status, body))
+    return json.loads(body)
+
+
+def pump(src, dst):
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    for s in (dst, src):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def serve(bind, target):
+    """Accepts on bind (host, port) and relays each connection to target() (host, port)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(bind)
+    listener.listen(64)
+
+    def accept():
+        while True:
+            client, _ = listener.accept()
+            try:
+                upstream = socket.create_connection(target(), timeout=2)
+                upstream.settimeout(None)
+            except OSError as e:
+                print("stub envoy: %s → %s" % (bind, e), file=sys.stderr, flush=True)
+                client.close()
+                continue
+            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+
+def instance_of(name):
+    def pick():
+        entries = consul_get("/v1/health/connect/" + name)
+        if not entries:
+            raise OSError("no instance of %s" % name)
+        svc = entries[0]["Service"]
+        return (svc.get("Address") or entries[0]["Node"]["Address"], svc["Port"])
+    return pick
+
+
+registration = consul_get("/v1/agent/service/" + node)
+proxy = registration.get("Proxy") or {}
+cfg = proxy.get("Config") or {}
+if registration.get("Kind") == "connect-proxy":
+    public = (cfg.get("bind_address") or registration.get("Address") or "0.0.0.0",
+              int(cfg.get("bind_port") or registration["Port"]))
+    local = (proxy.get("LocalServiceAddress") or "127.0.0.1", proxy["LocalServicePort"])
+    serve(public, lambda: local)
+for up in proxy.get("Upstreams") or []:
+    serve((up.get("LocalBindAddress") or "127.0.0.1", up["LocalBindPort"]),
+          instance_of(up["DestinationName"]))
+
+
+class Admin(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200 if self.path == "/ready" else 404)
         self.end_headers()
@@ -24,4 +134,5 @@ class Ready(http.server.BaseHTTPRequestHandler):
         pass
 
 
-http.server.HTTPServer((admin["address"], admin["port_value"]), Ready).serve_forever()
+admin = config["admin"]["address"]["socket_address"]
+http.server.ThreadingHTTPServer((admin["address"], admin["port_value"]), Admin).serve_forever()
