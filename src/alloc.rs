@@ -51,6 +51,8 @@ pub struct Task {
     pub kill_timeout: Duration,
     /// Envoy's admin address for sidecars (`/ready` is asked there, in the namespace).
     pub ready_check: Option<String>,
+    /// An Envoy whose restart is due only once the agent has written its bootstrap anew.
+    awaiting_bootstrap: bool,
     /// The task's `logs` block: files kept per stream and bytes per file.
     log_files: u32,
     log_bytes: u64,
@@ -104,6 +106,7 @@ fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Tas
         kill_signal: supervise::parse_signal(&t.kill_signal),
         kill_timeout: dur(&t.kill_timeout, Duration::from_secs(5)),
         ready_check: ready,
+        awaiting_bootstrap: false,
         log_files: t.logs.max_files,
         log_bytes: u64::from(t.logs.max_file_size_mb) << 20,
         window_start: Instant::now(),
@@ -297,6 +300,8 @@ impl Runner {
             }
             task.last_error = Some(how.clone());
             task.state = next_after_exit(task, &policy, now, jitter.sample());
+            task.awaiting_bootstrap =
+                task.ready_check.is_some() && matches!(task.state, TaskState::Restarting(_));
             match task.state {
                 // delay mode, attempts used up: the window was moved to the interval's end.
                 TaskState::Restarting(at) if task.window_count == 0 => warn!(
@@ -329,6 +334,7 @@ impl Runner {
         for task in &mut self.tasks {
             if let TaskState::Restarting(at) = task.state
                 && at <= now
+                && !task.awaiting_bootstrap
             {
                 task.restarts += 1;
                 start(&self.name, task);
@@ -338,20 +344,29 @@ impl Runner {
         changed
     }
 
-    /// Envoy tasks whose restart is due now (their bootstrap is rewritten first).
+    /// Envoy tasks whose restart is due now and waits for a new bootstrap.
     pub fn sidecar_restarts_due(&self, now: Instant) -> Vec<String> {
         self.tasks
             .iter()
-            .filter(|t| t.lifecycle == "prestart sidecar" && t.plan_name != RELAY_TASK)
+            .filter(|t| t.awaiting_bootstrap)
             .filter(|t| matches!(t.state, TaskState::Restarting(at) if at <= now))
             .map(|t| t.plan_name.clone())
             .collect()
     }
 
-    /// The earliest restart, for the agent's poll timeout.
+    /// The agent wrote (or tried to write) the bootstrap of `task`: it may restart.
+    pub fn bootstrap_refreshed(&mut self, task: &str) {
+        if let Some(t) = self.tasks.iter_mut().find(|t| t.plan_name == task) {
+            t.awaiting_bootstrap = false;
+        }
+    }
+
+    /// The earliest restart, for the agent's poll timeout (a restart held for its
+    /// bootstrap is the agent's to wake for).
     pub fn next_due(&self) -> Option<Instant> {
         self.tasks
             .iter()
+            .filter(|t| !t.awaiting_bootstrap)
             .filter_map(|t| match t.state {
                 TaskState::Restarting(at) => Some(at),
                 _ => None,
@@ -424,6 +439,7 @@ fn relay_task(group: &GroupPlan, socket: PathBuf) -> Task {
         kill_signal: nix::sys::signal::Signal::SIGTERM,
         kill_timeout: Duration::from_secs(2),
         ready_check: None,
+        awaiting_bootstrap: false,
         // The relay logs only connection failures: two files of 1 MiB are plenty.
         log_files: 2,
         log_bytes: 1 << 20,

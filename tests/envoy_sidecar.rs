@@ -49,6 +49,7 @@ fn job<'a>(
             "NOMAD_ALLOC_ID".into(),
             "0b4c2a1e-0000-4000-8000-000000000001".into(),
         )],
+        refresh: false,
     }
 }
 
@@ -98,6 +99,41 @@ fn native_bootstrap_waits_for_the_registration_like_nomad() {
         stderr.contains("unknown service ID: web-sidecar-proxy"),
         "{stderr}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_refresh_while_consul_is_away_keeps_the_previous_bootstrap() {
+    // A port nothing listens on: connection refused, a retryable error.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let consul = Consul {
+        address,
+        ..Consul::default()
+    };
+    let dir = scratch("refresh");
+    let bootstrap = dir.join("secrets/envoy_bootstrap.json");
+    std::fs::create_dir_all(bootstrap.parent().unwrap()).unwrap();
+    std::fs::write(&bootstrap, "{\"previous\": true}").unwrap();
+    let pf = preflight(300);
+    let refresh = Job {
+        refresh: true,
+        ..job(&consul, &pf, &dir, Renderer::Native, None)
+    };
+    let err = refresh.write().unwrap_err();
+    assert!(
+        err.starts_with("error creating bootstrap configuration for Connect proxy sidecar:"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&bootstrap).unwrap(),
+        "{\"previous\": true}"
+    );
+    // The same failure on a first write leaves nothing to start Envoy with.
+    let first = job(&consul, &pf, &dir, Renderer::Native, None);
+    assert!(first.write().is_err());
+    assert!(!bootstrap.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

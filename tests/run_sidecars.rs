@@ -562,3 +562,43 @@ fn restarting_the_agent_under_load_fails_no_request_and_restarts_nothing() {
     mesh.teardown();
     let _ = agent.wait();
 }
+
+#[test]
+fn a_slow_consul_does_not_stall_the_agents_loop() {
+    let Some(mesh) = Mesh::new("run-slow-consul") else {
+        return;
+    };
+    // Every Consul answer takes longer than `outpost status` waits for the agent (5 s).
+    mesh.double.set_latency(Duration::from_secs(6));
+    let mut agent = mesh.start_agent();
+    let status = || {
+        Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["status", "--json", "-c"])
+            .arg(&mesh.file)
+            .output()
+            .unwrap()
+    };
+    let mut out = status();
+    for _ in 0..100 {
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        out = status();
+    }
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        mesh.log()
+    );
+    assert!(text.contains("\"phase\":\"waiting\""), "{text}");
+    assert!(text.contains("\"consul_synced\":false"), "{text}");
+    // Consul speeds up: the groups come up.
+    mesh.double.set_latency(Duration::ZERO);
+    let all = mesh.wait(60, all_running);
+    assert!(all_running(&all), "{all:?}\n{}", mesh.log());
+    mesh.teardown();
+    let _ = agent.wait();
+}

@@ -238,6 +238,7 @@ fn write_bootstraps<'a>(
                 task_dir: Path::new(&task.dir),
                 alloc_dir: Path::new(&group.alloc_dir),
                 nomad_env,
+                refresh: only_task.is_some(),
             };
             job.write()?;
         }

@@ -2,7 +2,8 @@
 //! registration and bootstraps, processes), then keeps them converged from one plain poll
 //! loop — signals through a signalfd, process exits through pidfds, the status socket, and
 //! timers (restart delays, Consul retries and anti-entropy, log rotation, the systemd
-//! watchdog). No async runtime: every wait is one `poll`.
+//! watchdog). No async runtime: every wait is one `poll`. What waits on Consul (registration,
+//! token preflight, bootstraps) runs on short-lived worker threads that wake the loop.
 //!
 //! SIGTERM/SIGINT: the agent exits and the groups keep running; the next `run` adopts them
 //! from `run_dir/processes.json` (pid + start time). SIGHUP: the config is read again; a
@@ -22,10 +23,12 @@ use miniserde::{Deserialize, Serialize};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 const TICK: Duration = Duration::from_millis(250);
@@ -82,6 +85,115 @@ pub fn group_records(
         .collect()
 }
 
+/// What a worker thread did with Consul.
+enum Outcome {
+    /// Registration, and the bootstraps of the groups that waited for it, for `plan`.
+    Synced {
+        plan: Arc<Plan>,
+        result: Result<Synced, String>,
+    },
+    /// The bootstrap of one Envoy, written anew before its restart (or why not).
+    Refreshed {
+        group: String,
+        task: String,
+        error: Option<String>,
+    },
+}
+
+struct Synced {
+    tokens: Tokens,
+    /// Groups whose bootstraps are written: they may start.
+    released: Vec<String>,
+    /// Waiting groups whose bootstraps failed (retried soon).
+    unreleased: usize,
+    /// Where the released groups' relays forward.
+    relay_target: Option<String>,
+}
+
+/// Registers the plan's services, then writes the bootstraps of the `waiting` groups.
+fn sync_and_bootstrap(
+    valid: &ValidConfig,
+    plan: &Plan,
+    waiting: &[String],
+) -> Result<Synced, String> {
+    let tokens = sync_consul(valid, plan, false)?;
+    let mut released = Vec::new();
+    for group in plan.groups.iter().filter(|g| waiting.contains(&g.name)) {
+        match write_bootstraps(valid, std::iter::once(group), &tokens, None) {
+            Ok(()) => released.push(group.name.clone()),
+            Err(e) => warn!(
+                "group {}: {e}; retrying in {}s",
+                group.name,
+                CONSUL_RETRY.as_secs()
+            ),
+        }
+    }
+    let relay_target = match released.is_empty() {
+        true => None,
+        false => crate::consul::client::Client::new(&valid.config.consul)
+            .map(|c| relay_target(valid, &c))
+            .ok(),
+    };
+    Ok(Synced {
+        tokens,
+        unreleased: waiting.len() - released.len(),
+        released,
+        relay_target,
+    })
+}
+
+/// Consul work runs on worker threads, so that a slow Consul — the token preflight may wait
+/// a minute for ACL replication, a bootstrap retries as long — never stalls the loop:
+/// restarts, the status socket and the watchdog go on. A worker reports on a channel and
+/// wakes the loop through a pipe. One sync at a time; one refresh per Envoy at a time.
+struct Workers {
+    done: Sender<Outcome>,
+    outcomes: Receiver<Outcome>,
+    wake_read: OwnedFd,
+    wake_write: Arc<OwnedFd>,
+    syncing: bool,
+    refreshing: BTreeSet<(String, String)>,
+}
+
+impl Workers {
+    fn new() -> Result<Workers, String> {
+        let (wake_read, wake_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|e| format!("pipe: {e}"))?;
+        let (done, outcomes) = std::sync::mpsc::channel();
+        Ok(Workers {
+            done,
+            outcomes,
+            wake_read,
+            wake_write: Arc::new(wake_write),
+            syncing: false,
+            refreshing: BTreeSet::new(),
+        })
+    }
+
+    /// Runs `work` on a new thread; false (and logged) when no thread could be made.
+    fn spawn(&self, work: impl FnOnce() -> Outcome + Send + 'static) -> bool {
+        let (done, wake) = (self.done.clone(), self.wake_write.clone());
+        let spawned = std::thread::Builder::new()
+            .name("consul".into())
+            .spawn(move || {
+                let _ = done.send(work());
+                let _ = nix::unistd::write(&*wake, &[1]);
+            });
+        if let Err(e) = &spawned {
+            warn!("cannot start a thread for Consul work: {e}; trying again later");
+        }
+        spawned.is_ok()
+    }
+
+    /// The outcomes that arrived, after emptying the wake pipe.
+    fn arrived(&self) -> Vec<Outcome> {
+        let mut sink = [0u8; 64];
+        while nix::unistd::read(&self.wake_read, &mut sink).is_ok_and(|n| n > 0) {}
+        self.outcomes.try_iter().collect()
+    }
+}
+
 /// Consul's side of the loop: when to try again and what went wrong last.
 struct ConsulState {
     next_try: Instant,
@@ -91,12 +203,13 @@ struct ConsulState {
 
 struct Agent {
     path: PathBuf,
-    valid: ValidConfig,
+    valid: Arc<ValidConfig>,
     host: HostFacts,
-    plan: Plan,
+    plan: Arc<Plan>,
     runners: Vec<Runner>,
     consul: ConsulState,
     tokens: Tokens,
+    workers: Workers,
 }
 
 /// `sd_notify` without libsystemd: one datagram to `$NOTIFY_SOCKET` (`@` = abstract).
@@ -149,9 +262,9 @@ impl Agent {
         }
         let agent = Agent {
             path: path.to_path_buf(),
-            valid,
+            valid: Arc::new(valid),
             host,
-            plan,
+            plan: Arc::new(plan),
             runners,
             consul: ConsulState {
                 next_try: Instant::now(),
@@ -159,6 +272,7 @@ impl Agent {
                 synced_once: false,
             },
             tokens: Tokens::new(),
+            workers: Workers::new()?,
         };
         agent.save_records();
         Ok(agent)
@@ -166,82 +280,113 @@ impl Agent {
 
     /// Registers, and releases the groups that waited for it; retried every few seconds
     /// while Consul does not answer, and repeated every `sync_interval` (anti-entropy).
+    /// The work runs on a worker; `finish` takes its outcome.
     fn consul_step(&mut self, now: Instant) {
-        if now < self.consul.next_try {
+        if self.workers.syncing || now < self.consul.next_try {
             return;
         }
         if !has_services(&self.plan) {
             self.consul.next_try = now + self.valid.config.consul.sync_interval.0;
             return;
         }
-        match sync_consul(&self.valid, &self.plan, false) {
-            Ok(tokens) => {
-                if self.consul.last_error.take().is_some() {
-                    info!("Consul answers again");
-                }
-                self.tokens = tokens;
-                self.consul.synced_once = true;
-                self.consul.next_try = now + self.valid.config.consul.sync_interval.0;
-                self.release_waiting();
-            }
-            Err(e) => {
-                if self.consul.last_error.as_deref() != Some(e.as_str()) {
-                    warn!("{e}; retrying every {}s", CONSUL_RETRY.as_secs());
-                }
-                self.consul.last_error = Some(e);
-                self.consul.next_try = now + CONSUL_RETRY;
-            }
-        }
-    }
-
-    /// Writes the bootstraps of waiting groups and lets them start.
-    fn release_waiting(&mut self) {
         let waiting: Vec<String> = self
             .runners
             .iter()
             .filter(|r| r.phase == Phase::Waiting)
             .map(|r| r.name.clone())
             .collect();
-        if waiting.is_empty() {
-            return;
-        }
-        let groups = self
-            .plan
-            .groups
-            .iter()
-            .filter(|g| waiting.contains(&g.name));
-        match write_bootstraps(&self.valid, groups, &self.tokens, None) {
-            Ok(()) => {
-                let client = crate::consul::client::Client::new(&self.valid.config.consul);
-                let target = client.map(|c| relay_target(&self.valid, &c)).ok();
-                for r in self
-                    .runners
-                    .iter_mut()
-                    .filter(|r| waiting.contains(&r.name))
-                {
-                    if let Some(to) = &target {
-                        r.set_relay_target(to);
-                    }
-                    r.release();
-                }
-            }
-            Err(e) => {
-                warn!("{e}; retrying");
-                self.consul.next_try = Instant::now() + CONSUL_RETRY;
-            }
+        let (valid, plan) = (self.valid.clone(), self.plan.clone());
+        self.workers.syncing = self.workers.spawn(move || {
+            let result = sync_and_bootstrap(&valid, &plan, &waiting);
+            Outcome::Synced { plan, result }
+        });
+        if !self.workers.syncing {
+            self.consul.next_try = now + CONSUL_RETRY;
         }
     }
 
     /// Envoy gets a fresh bootstrap before each restart, as Nomad's hook runs on every
-    /// start (the token may have changed; secrets are never reused from an old start).
-    fn refresh_bootstraps(&self, now: Instant) {
-        for runner in &self.runners {
-            for task in runner.sidecar_restarts_due(now) {
-                let group = self.plan.groups.iter().filter(|g| g.name == runner.name);
-                if let Err(e) = write_bootstraps(&self.valid, group, &self.tokens, Some(&task)) {
-                    warn!("group {}: {e}", runner.name);
+    /// start (the token may have changed; secrets are never reused from an old start). The
+    /// restart waits for it; a failed refresh restarts Envoy with its previous bootstrap.
+    fn refresh_bootstraps(&mut self, now: Instant) {
+        let due: Vec<(String, String)> = self
+            .runners
+            .iter()
+            .flat_map(|r| {
+                r.sidecar_restarts_due(now)
+                    .into_iter()
+                    .map(|task| (r.name.clone(), task))
+            })
+            .filter(|key| !self.workers.refreshing.contains(key))
+            .collect();
+        for (group, task) in due {
+            let (valid, plan, tokens) =
+                (self.valid.clone(), self.plan.clone(), self.tokens.clone());
+            let key = (group.clone(), task.clone());
+            let spawned = self.workers.spawn(move || {
+                let only = plan.groups.iter().filter(|g| g.name == group);
+                let error = write_bootstraps(&valid, only, &tokens, Some(&task)).err();
+                Outcome::Refreshed { group, task, error }
+            });
+            if spawned {
+                self.workers.refreshing.insert(key);
+            }
+        }
+    }
+
+    /// Takes what a worker did.
+    fn finish(&mut self, outcome: Outcome, now: Instant) {
+        match outcome {
+            Outcome::Synced { plan, result } => {
+                self.workers.syncing = false;
+                if !Arc::ptr_eq(&plan, &self.plan) {
+                    // A reload came in between: sync the new plan now.
+                    self.consul.next_try = now;
+                    return;
+                }
+                match result {
+                    Ok(synced) => self.synced(synced, now),
+                    Err(e) => {
+                        if self.consul.last_error.as_deref() != Some(e.as_str()) {
+                            warn!("{e}; retrying every {}s", CONSUL_RETRY.as_secs());
+                        }
+                        self.consul.last_error = Some(e);
+                        self.consul.next_try = now + CONSUL_RETRY;
+                    }
                 }
             }
+            Outcome::Refreshed { group, task, error } => {
+                self.workers
+                    .refreshing
+                    .remove(&(group.clone(), task.clone()));
+                if let Some(e) = error {
+                    warn!("group {group}: {e}; restarting {task} with its previous bootstrap");
+                }
+                if let Some(runner) = self.runners.iter_mut().find(|r| r.name == group) {
+                    runner.bootstrap_refreshed(&task);
+                }
+            }
+        }
+    }
+
+    fn synced(&mut self, synced: Synced, now: Instant) {
+        if self.consul.last_error.take().is_some() {
+            info!("Consul answers again");
+        }
+        self.tokens = synced.tokens;
+        self.consul.synced_once = true;
+        self.consul.next_try = match synced.unreleased {
+            0 => now + self.valid.config.consul.sync_interval.0,
+            _ => now + CONSUL_RETRY,
+        };
+        for runner in &mut self.runners {
+            if !synced.released.contains(&runner.name) {
+                continue;
+            }
+            if let Some(to) = &synced.relay_target {
+                runner.set_relay_target(to);
+            }
+            runner.release();
         }
     }
 
@@ -319,8 +464,8 @@ impl Agent {
             kept.push(new_runner(&valid, group));
         }
         self.runners = kept;
-        self.valid = valid;
-        self.plan = plan;
+        self.valid = Arc::new(valid);
+        self.plan = Arc::new(plan);
         self.consul.next_try = Instant::now();
         self.save_records();
         info!("reload: done, {} group(s)", self.runners.len());
@@ -510,6 +655,7 @@ pub fn run(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<(), Strin
         let mut fds = vec![
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(agent.workers.wake_read.as_fd(), PollFlags::POLLIN),
         ];
         fds.extend(
             pidfds
@@ -520,6 +666,9 @@ pub fn run(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<(), Strin
         let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
         let _ = poll(&mut fds, PollTimeout::from(ms));
         drop(fds);
+        for outcome in agent.workers.arrived() {
+            agent.finish(outcome, Instant::now());
+        }
 
         while let Ok(Some(info)) = signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {

@@ -44,7 +44,13 @@ pub struct Job<'a> {
     pub alloc_dir: &'a Path,
     /// The NOMAD_* identity variables of the task, in Nomad's order (§3.4).
     pub nomad_env: Vec<(String, String)>,
+    /// Before a restart of Envoy: retry for at most `REFRESH_BUDGET`, and keep the previous
+    /// bootstrap when Consul does not answer, so Envoy comes back even during an outage.
+    pub refresh: bool,
 }
+
+/// How long a restart of Envoy waits for a new bootstrap before it uses the previous one.
+pub const REFRESH_BUDGET: Duration = Duration::from_secs(5);
 
 /// One flag of Nomad's argument list.
 enum Arg {
@@ -172,7 +178,9 @@ impl Job<'_> {
         }
     }
 
-    /// Writes the debug files, then the bootstrap, retrying within the preflight budget.
+    /// Writes the debug files, then the bootstrap, retrying within the preflight budget
+    /// (`REFRESH_BUDGET` for a refresh). A failed first write leaves no bootstrap; a failed
+    /// refresh leaves the previous one in place.
     pub fn write(&self) -> Result<PathBuf, String> {
         let secrets = self.secrets();
         let cmd = self.argv(true).join(" ") + "\n";
@@ -183,22 +191,28 @@ impl Job<'_> {
             env_json(&self.env()).as_bytes(),
         )
         .map_err(|e| format!("cannot write in {}: {e}", secrets.display()))?;
+        let budget = match self.refresh {
+            true => self.preflight.service_timeout.0.min(REFRESH_BUDGET),
+            false => self.preflight.service_timeout.0,
+        };
         let backoff = Backoff {
             base: self.preflight.service_base.0,
             factor: 2,
-            max: self.preflight.service_timeout.0,
+            max: budget,
             jitter: Duration::from_millis(500),
         };
         let path = self.bootstrap_path();
         let what = format!("bootstrap of {}", self.proxy_id);
         let result = retry_until(
             &what,
-            self.preflight.service_timeout.0,
+            budget,
             backoff,
             || {
                 let attempt = self.attempt();
                 if let Err(e) = &attempt {
-                    let _ = std::fs::remove_file(&path);
+                    if !self.refresh {
+                        let _ = std::fs::remove_file(&path);
+                    }
                     self.log_failure(&e.message);
                 }
                 attempt
