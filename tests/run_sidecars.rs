@@ -115,8 +115,8 @@ struct Mesh {
     double: ConsulDouble,
     file: PathBuf,
     records: PathBuf,
-    /// Holds the private mount namespace (its own /run) between agents.
-    holder: Child,
+    /// The private mount namespace (its own /run) the agents run in.
+    run: support::PrivateRun,
 }
 
 impl Mesh {
@@ -205,26 +205,12 @@ impl Mesh {
         );
         let file = dir.join("outpost.toml");
         std::fs::write(&file, config).unwrap();
-        let holder = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg("mount -t tmpfs tmpfs /run && exec sleep 100000")
-            .spawn()
-            .unwrap();
-        // Wait until the holder has its /run.
-        let holder_run = format!("/proc/{}/mountinfo", holder.id());
-        for _ in 0..100 {
-            let mounts = std::fs::read_to_string(&holder_run).unwrap_or_default();
-            if mounts.lines().any(|l| l.split(' ').nth(4) == Some("/run")) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
         Some(Mesh {
             dir,
             double,
             file,
             records,
-            holder,
+            run: support::PrivateRun::new(),
         })
     }
 
@@ -235,13 +221,8 @@ impl Mesh {
             .append(true)
             .open(self.dir.join("agent.log"))
             .unwrap();
-        let mut cmd = Command::new("nsenter");
-        cmd.args(["-t", &self.holder.id().to_string(), "-m", "--"])
-            .arg(env!("CARGO_BIN_EXE_outpost"))
-            .args(args)
-            .arg("-c")
-            .arg(&self.file)
-            .stderr(log);
+        let mut cmd = self.run.command(env!("CARGO_BIN_EXE_outpost"));
+        cmd.args(args).arg("-c").arg(&self.file).stderr(log);
         cmd
     }
 
@@ -315,8 +296,6 @@ impl Drop for Mesh {
         if std::thread::panicking() {
             let _ = self.outpost(&["teardown"]).output();
         }
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -40,3 +40,42 @@ pub fn private_network(what: &str) -> bool {
     assert!(lo.success());
     true
 }
+
+/// A private mount namespace with its own tmpfs on /run (where outpost keeps namespaces and
+/// its run_dir), held by a `sleep` so that agents can be stopped and started inside it.
+pub struct PrivateRun {
+    holder: std::process::Child,
+}
+
+impl PrivateRun {
+    pub fn new() -> PrivateRun {
+        let holder = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("mount -t tmpfs tmpfs /run && exec sleep 100000")
+            .spawn()
+            .expect("unshare");
+        let mountinfo = format!("/proc/{}/mountinfo", holder.id());
+        for _ in 0..200 {
+            let mounts = std::fs::read_to_string(&mountinfo).unwrap_or_default();
+            if mounts.lines().any(|l| l.split(' ').nth(4) == Some("/run")) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        PrivateRun { holder }
+    }
+
+    /// `program` to be run inside the namespace (nsenter execs it: same pid).
+    pub fn command(&self, program: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.args(["-t", &self.holder.id().to_string(), "-m", "--", program]);
+        cmd
+    }
+}
+
+impl Drop for PrivateRun {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}

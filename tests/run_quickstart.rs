@@ -1,0 +1,103 @@
+//! The README's main command: `outpost run -c examples/quickstart.toml` on a machine without
+//! any Consul serves the mapped port (root; private network and mount namespaces; the
+//! file's data_dir moved to a scratch directory).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+fn ask(addr: &str) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    Ok(reply)
+}
+
+#[test]
+fn quickstart_serves_the_mapped_port_without_consul_and_notifies_systemd() {
+    if !support::private_network("quickstart") {
+        return;
+    }
+    if !std::path::Path::new("/bin/busybox").exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI installs busybox");
+        eprintln!("skipping quickstart: no /bin/busybox");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("outpost-quickstart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("quickstart.toml");
+    let quickstart = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/quickstart.toml"
+    ))
+    .unwrap();
+    assert!(
+        !quickstart.contains("[consul]"),
+        "the quickstart needs no Consul"
+    );
+    std::fs::write(
+        &file,
+        quickstart.replace(
+            "data_dir = \"/var/lib/outpost\"",
+            &format!("data_dir = \"{}/data\"", dir.display()),
+        ),
+    )
+    .unwrap();
+    let run = support::PrivateRun::new();
+    let log = dir.join("agent.log");
+    let outpost = |args: &[&str]| {
+        let mut cmd = run.command(env!("CARGO_BIN_EXE_outpost"));
+        cmd.args(args).arg("-c").arg(&file).stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap(),
+        );
+        cmd
+    };
+    // systemd's notify socket: READY=1 after the first pass, WATCHDOG=1 every half period.
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut agent = outpost(&["run"])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000")
+        .spawn()
+        .unwrap();
+    let mut answer = Err(std::io::Error::other("not asked"));
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        answer = ask("127.0.0.1:8080");
+        if answer.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut notes = Vec::new();
+    let mut buf = [0u8; 64];
+    while !notes.iter().any(|n| n == "WATCHDOG=1") {
+        match notify.recv(&mut buf) {
+            Ok(n) => notes.push(String::from_utf8_lossy(&buf[..n]).to_string()),
+            Err(_) => break,
+        }
+    }
+    let down = outpost(&["teardown"]).status().unwrap();
+    let _ = agent.wait();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let reply = answer.unwrap_or_else(|e| panic!("host:8080: {e}\n{log}"));
+    assert!(reply.starts_with("HTTP/1."), "{reply}\n{log}");
+    assert!(down.success(), "{log}");
+    assert_eq!(
+        notes.first().map(String::as_str),
+        Some("READY=1"),
+        "{notes:?}"
+    );
+    assert!(notes.iter().any(|n| n == "WATCHDOG=1"), "{notes:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
