@@ -49,6 +49,8 @@ pub struct Task {
     pub last_error: Option<String>,
     pub kill_signal: nix::sys::signal::Signal,
     pub kill_timeout: Duration,
+    /// How long the task runs on once stopping starts (Nomad's task `shutdown_delay`).
+    pub shutdown_delay: Duration,
     /// Envoy's admin address for sidecars (`/ready` is asked there, in the namespace).
     pub ready_check: Option<String>,
     /// An Envoy whose restart is due only once the agent has written its bootstrap anew.
@@ -105,6 +107,7 @@ fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Tas
         last_error: None,
         kill_signal: supervise::parse_signal(&t.kill_signal),
         kill_timeout: dur(&t.kill_timeout, Duration::from_secs(5)),
+        shutdown_delay: dur(&t.shutdown_delay, Duration::ZERO),
         ready_check: ready,
         awaiting_bootstrap: false,
         log_files: t.logs.max_files,
@@ -377,19 +380,23 @@ impl Runner {
     /// Stops every task: main and poststart first, then prestart sidecars last.
     pub fn stop(&mut self) {
         for sidecars_now in [false, true] {
+            let mut stopping = Vec::new();
             for task in &mut self.tasks {
                 if task.lifecycle.contains("sidecar") != sidecars_now {
                     continue;
                 }
                 if let TaskState::Running(proc) = task.state {
-                    info!(
-                        "group {}: stopping task {} (pid {})",
-                        self.name, task.plan_name, proc.pid
-                    );
-                    supervise::stop(&proc, task.kill_signal, task.kill_timeout);
+                    stopping.push(supervise::Stopping {
+                        what: format!("group {}: task {}", self.name, task.plan_name),
+                        proc,
+                        signal: task.kill_signal,
+                        delay: task.shutdown_delay,
+                        timeout: task.kill_timeout,
+                    });
                 }
                 task.state = TaskState::Pending;
             }
+            supervise::stop_all(&stopping);
         }
         self.set_phase(Phase::Stopped);
     }
@@ -438,6 +445,7 @@ fn relay_task(group: &GroupPlan, socket: PathBuf) -> Task {
         last_error: None,
         kill_signal: nix::sys::signal::Signal::SIGTERM,
         kill_timeout: Duration::from_secs(2),
+        shutdown_delay: Duration::ZERO,
         ready_check: None,
         awaiting_bootstrap: false,
         // The relay logs only connection failures: two files of 1 MiB are plenty.

@@ -226,22 +226,46 @@ fn child(
     fail(5)
 }
 
-/// Stops `proc`: `signal`, then SIGKILL after `timeout` if it still runs. Reaps it if it
-/// is our child.
-pub fn stop(proc: &Proc, signal: Signal, timeout: Duration) {
-    proc.signal(signal);
-    let deadline = Instant::now() + timeout;
-    while proc.alive() && Instant::now() < deadline {
-        reap(proc.pid);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if proc.alive() {
-        proc.signal(Signal::SIGKILL);
-    }
-    for _ in 0..100 {
-        reap(proc.pid);
-        if !proc.alive() {
-            break;
+/// One process to stop, Nomad's way: wait `delay` (its `shutdown_delay`; cut short if it
+/// exits), send `signal`, SIGKILL after `timeout`.
+pub struct Stopping {
+    pub what: String,
+    pub proc: Proc,
+    pub signal: Signal,
+    pub delay: Duration,
+    pub timeout: Duration,
+}
+
+/// Stops all of `list` concurrently, each on its own schedule; returns when all exited.
+pub fn stop_all(list: &[Stopping]) {
+    let start = Instant::now();
+    let mut signalled: Vec<Option<Instant>> = vec![None; list.len()];
+    let mut killed = vec![false; list.len()];
+    loop {
+        let now = Instant::now();
+        let mut running = false;
+        for (i, s) in list.iter().enumerate() {
+            reap(s.proc.pid);
+            if !s.proc.alive() {
+                continue;
+            }
+            running = true;
+            match signalled[i] {
+                None if now >= start + s.delay => {
+                    log::info!("stopping {} (pid {}) with {}", s.what, s.proc.pid, s.signal);
+                    s.proc.signal(s.signal);
+                    signalled[i] = Some(now);
+                }
+                Some(at) if now >= at + s.timeout && !killed[i] => {
+                    log::warn!("{} did not stop within {:?}; SIGKILL", s.what, s.timeout);
+                    s.proc.signal(Signal::SIGKILL);
+                    killed[i] = true;
+                }
+                _ => {}
+            }
+        }
+        if !running {
+            return;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -335,8 +359,42 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         let out = std::fs::read_to_string(dir.join("logs/t.stdout.0")).unwrap();
         assert_eq!(out, format!("hello\n{}\n", dir.display()));
-        stop(&p, Signal::SIGTERM, Duration::from_secs(2));
+        let stopping = |proc, delay| Stopping {
+            what: "test".into(),
+            proc,
+            signal: Signal::SIGTERM,
+            delay,
+            timeout: Duration::from_secs(2),
+        };
+        stop_all(&[stopping(p, Duration::ZERO)]);
         assert!(!p.alive());
+
+        // One stops on SIGTERM after its shutdown_delay (it notes the signal); one ignores
+        // SIGTERM and is killed after its timeout. stop_all returns once both are gone.
+        let graceful = spawn(&spec(
+            &dir,
+            &[
+                "/bin/sh",
+                "-c",
+                "trap 'echo term > got; exit 0' TERM; while :; do sleep 0.05; done",
+            ],
+        ))
+        .unwrap();
+        let stubborn = spawn(&spec(
+            &dir,
+            &["/bin/sh", "-c", "trap '' TERM; exec sleep 30"],
+        ))
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        stop_all(&[
+            stopping(graceful, Duration::from_millis(100)),
+            Stopping {
+                timeout: Duration::from_millis(200),
+                ..stopping(stubborn, Duration::ZERO)
+            },
+        ]);
+        assert!(!graceful.alive() && !stubborn.alive());
+        assert_eq!(std::fs::read_to_string(dir.join("got")).unwrap(), "term\n");
 
         let missing = spawn(&spec(&dir, &["/no/such/binary"])).unwrap_err();
         assert_eq!(

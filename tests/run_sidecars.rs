@@ -448,6 +448,17 @@ fn countdash_traffic_flows_through_the_sidecars_which_are_restarted_when_they_cr
     mesh.teardown();
     let _ = agent.wait();
     assert!(processes_with(&[&mesh.dir.display().to_string()]).is_empty());
+    // Nomad's stop order: deregister, then the main task, then Envoy (after its 5 s
+    // shutdown_delay, so in-flight upstream traffic drains).
+    let log = mesh.log();
+    let at = |line: &str| {
+        log.rfind(line)
+            .unwrap_or_else(|| panic!("no {line:?} in\n{log}"))
+    };
+    let deregistered = at("deregistered service _outpost-api-count-api-9001 from Consul");
+    let web = at("stopping group api: task web");
+    let envoy = at("stopping group api: task connect-proxy-count-api");
+    assert!(deregistered < web && web < envoy, "{log}");
 }
 
 #[test]

@@ -258,10 +258,13 @@ const IDENTITY_VARS: [&str; 8] = [
     "NOMAD_REGION",
 ];
 
-/// Deregisters everything of ours, then gives back the workload tokens kept on disk.
-fn release_consul(valid: &ValidConfig, plan: &Plan) -> Result<(), String> {
-    // Consul is needed when the config has services: they may be registered.
-    sync_consul(valid, &plan.without_groups(), !has_services(plan))?;
+/// Deregisters every service of ours (Consul is needed only when the config has services).
+fn deregister_all(valid: &ValidConfig, plan: &Plan) -> Result<(), String> {
+    sync_consul(valid, &plan.without_groups(), !has_services(plan)).map(|_| ())
+}
+
+/// Gives back the workload tokens kept on disk.
+fn release_tokens(valid: &ValidConfig, plan: &Plan) -> Result<(), String> {
     let base = Client::new(&valid.config.consul)?;
     for group in &plan.groups {
         let dir = Path::new(&group.alloc_dir).join("secrets");
@@ -322,7 +325,7 @@ fn prepare(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
 
 /// Stops a running agent (it would restart what we stop), then every recorded task, main
 /// tasks before sidecars.
-fn stop_everything(valid: &ValidConfig, plan: &Plan) {
+fn stop_agent(plan: &Plan) {
     if let Some(pid) = run::running_agent(&plan.run_dir) {
         info!("stopping the running agent (pid {pid})");
         let _ = nix::sys::signal::kill(
@@ -336,6 +339,10 @@ fn stop_everything(valid: &ValidConfig, plan: &Plan) {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
+}
+
+/// Stops the recorded tasks of every group: main tasks first, sidecars last.
+fn stop_tasks(valid: &ValidConfig, plan: &Plan) {
     let records = run::load_records(&plan.run_dir);
     for group in &plan.groups {
         let mut runner = crate::alloc::Runner::new(group, relay_socket(valid, group));
@@ -354,10 +361,27 @@ pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), String> {
         state::NodeState::default()
     });
     let plan = plan::build(valid, &previous, host).map_err(|e| format!("cannot plan: {e}"))?;
-    stop_everything(valid, &plan);
-    // Deregister first, so nothing is routed to groups that are going away. If Consul does
-    // not answer, the network still goes; the tokens stay on disk for the next teardown.
-    let consul = release_consul(valid, &plan);
+    stop_agent(&plan);
+    // Nomad's order: deregister first, so nothing is routed to groups that are going away;
+    // wait the groups' shutdown_delay; stop main tasks, then sidecars; give back the tokens;
+    // remove the network. If Consul does not answer, the tasks and the network still go; the
+    // tokens stay on disk for the next teardown.
+    let consul = deregister_all(valid, &plan);
+    if consul.is_ok() {
+        let delay = plan
+            .groups
+            .iter()
+            .filter(|g| !g.services.is_empty())
+            .filter_map(|g| crate::config::duration::parse(&g.shutdown_delay).ok())
+            .max()
+            .unwrap_or_default();
+        if !delay.is_zero() {
+            info!("waiting the groups' shutdown_delay of {delay:?} before stopping tasks");
+            std::thread::sleep(delay);
+        }
+    }
+    stop_tasks(valid, &plan);
+    let consul = consul.and_then(|()| release_tokens(valid, &plan));
     net::teardown(&plan).map_err(|e| e.to_string())?;
     if state_path.exists() {
         state::save(&state_path, &state::from_plan(&plan.without_groups()))
