@@ -25,6 +25,8 @@ pub enum Phase {
     Main,
     Running,
     Stopped,
+    /// A task failed for good: the group is stopped and starts again at `restart_at`.
+    Failed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +81,35 @@ pub struct Runner {
     pub tasks: Vec<Task>,
     policy: Policy,
     phase_since: Instant,
+    /// The group registers services: it waits for Consul before each start.
+    needs_consul: bool,
+    /// Whether the agent should sync Consul now (the group waits again after a failure).
+    pub wants_consul: bool,
+    reschedule: Reschedule,
+}
+
+/// Nomad's reschedule of a failed allocation, on this node: the group starts again after
+/// `base`, doubling each time up to `max`; the count resets once the group ran for `max`.
+#[derive(Debug)]
+struct Reschedule {
+    base: Duration,
+    max: Duration,
+    count: u32,
+    restart_at: Option<Instant>,
+}
+
+impl Reschedule {
+    fn next_delay(&mut self, running_for: Duration) -> Duration {
+        if running_for >= self.max {
+            self.count = 0;
+        }
+        let delay = self
+            .base
+            .saturating_mul(2u32.saturating_pow(self.count))
+            .min(self.max);
+        self.count = self.count.saturating_add(1);
+        delay
+    }
 }
 
 /// How long sidecars may take to answer `/ready` before the group goes on anyway.
@@ -154,6 +185,14 @@ impl Runner {
             tasks,
             policy,
             phase_since: Instant::now(),
+            needs_consul: !group.services.is_empty(),
+            wants_consul: false,
+            reschedule: Reschedule {
+                base: dur(&group.reschedule.delay, Duration::from_secs(30)),
+                max: dur(&group.reschedule.max_delay, Duration::from_secs(3600)),
+                count: 0,
+                restart_at: None,
+            },
         }
     }
 
@@ -254,9 +293,61 @@ impl Runner {
                 changed |= self.start_where(|t| t.lifecycle.starts_with("poststart"));
                 self.set_phase(Phase::Running);
             }
+            Phase::Failed => {
+                if self.reschedule.restart_at.is_some_and(|at| at <= now) {
+                    self.start_again(now);
+                    changed = true;
+                }
+            }
             Phase::Waiting | Phase::Running | Phase::Stopped => {}
         }
+        if self.phase != Phase::Failed && self.tasks.iter().any(|t| t.state == TaskState::Failed) {
+            self.fail(now);
+            changed = true;
+        }
         changed
+    }
+
+    /// A task failed for good (restart mode `fail`, or it cannot be started): Nomad stops
+    /// the whole allocation and its scheduler places a new one; here the group stops and
+    /// starts again after the reschedule back-off.
+    fn fail(&mut self, now: Instant) {
+        let running_for = match self.phase {
+            Phase::Running => now - self.phase_since,
+            _ => Duration::ZERO,
+        };
+        let delay = self.reschedule.next_delay(running_for);
+        let failed: Vec<&str> = self
+            .tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Failed)
+            .map(|t| t.plan_name.as_str())
+            .collect();
+        warn!(
+            "group {}: task {} failed; stopping the group, starting it again in {delay:?}",
+            self.name,
+            failed.join(", ")
+        );
+        self.stop();
+        self.reschedule.restart_at = Some(now + delay);
+        self.set_phase(Phase::Failed);
+    }
+
+    fn start_again(&mut self, now: Instant) {
+        for task in &mut self.tasks {
+            task.state = TaskState::Pending;
+            task.window_start = now;
+            task.window_count = 0;
+            task.awaiting_bootstrap = false;
+        }
+        self.reschedule.restart_at = None;
+        if self.needs_consul {
+            // Bootstraps are written anew before the sidecars start, as for a new alloc.
+            self.set_phase(Phase::Waiting);
+            self.wants_consul = true;
+        } else {
+            self.set_phase(Phase::Sidecars);
+        }
     }
 
     fn sidecars_ready(&self) -> bool {
@@ -374,6 +465,7 @@ impl Runner {
                 TaskState::Restarting(at) => Some(at),
                 _ => None,
             })
+            .chain(self.reschedule.restart_at)
             .min()
     }
 

@@ -619,8 +619,13 @@ pub fn run(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<(), Strin
         agent.consul_step(now);
         agent.refresh_bootstraps(now);
         let mut changed = false;
+        let mut wants_consul = false;
         for r in &mut agent.runners {
             changed |= r.tick(now);
+            wants_consul |= std::mem::take(&mut r.wants_consul);
+        }
+        if wants_consul {
+            agent.consul.next_try = now;
         }
         if changed {
             agent.save_records();

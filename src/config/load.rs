@@ -156,6 +156,7 @@ fn group(t: Table) -> Group {
         tasks: t.tables("task").into_iter().map(task).collect(),
         restart: t.table("restart").map(restart),
         shutdown_delay: t.dur("shutdown_delay").unwrap_or_default(),
+        reschedule: t.table("reschedule").map(reschedule).unwrap_or_default(),
         meta: t.env("meta"),
     };
     done(
@@ -167,10 +168,21 @@ fn group(t: Table) -> Group {
             "task",
             "restart",
             "shutdown_delay",
+            "reschedule",
             "meta",
         ],
     );
     g
+}
+
+fn reschedule(t: Table) -> Reschedule {
+    let d = Reschedule::default();
+    let r = Reschedule {
+        delay: t.dur("delay").unwrap_or(d.delay),
+        max_delay: t.dur("max_delay").unwrap_or(d.max_delay),
+    };
+    done(t, &["delay", "max_delay"]);
+    r
 }
 
 fn group_network(t: Table) -> GroupNetwork {

@@ -180,6 +180,9 @@ pub struct Group {
     pub restart: Option<Restart>,
     /// Wait between deregistering the group's services and stopping its tasks.
     pub shutdown_delay: Dur,
+    /// When a task fails for good (restart mode `fail`), the whole group stops and starts
+    /// again after this back-off, as Nomad's scheduler would reschedule it.
+    pub reschedule: Reschedule,
     pub meta: Env,
 }
 
@@ -469,6 +472,23 @@ impl Default for Restart {
             interval: Dur::secs(30 * 60),
             delay: Dur::secs(15),
             mode: "fail".into(),
+        }
+    }
+}
+
+/// Nomad's reschedule block, as far as one node can follow it: exponential back-off,
+/// unlimited; the defaults are those of a service job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reschedule {
+    pub delay: Dur,
+    pub max_delay: Dur,
+}
+
+impl Default for Reschedule {
+    fn default() -> Self {
+        Reschedule {
+            delay: Dur::secs(30),
+            max_delay: Dur::secs(60 * 60),
         }
     }
 }

@@ -61,6 +61,12 @@ pub struct BridgePlan {
     pub firewall_rules: Vec<String>,
 }
 
+#[derive(Clone, Debug, Serialize)]
+pub struct ReschedulePlan {
+    pub delay: String,
+    pub max_delay: String,
+}
+
 #[derive(Debug, Serialize)]
 pub struct GroupPlan {
     pub name: String,
@@ -73,6 +79,8 @@ pub struct GroupPlan {
     pub firewall_rules: Vec<String>,
     pub alloc_dir: String,
     pub shutdown_delay: String,
+    /// The back-off before the group starts again after a task failed for good.
+    pub reschedule: ReschedulePlan,
     pub ports: Vec<PortPlan>,
     pub services: Vec<ServicePlan>,
     pub tasks: Vec<TaskPlan>,
@@ -507,6 +515,10 @@ impl Context<'_> {
             firewall_rules: Vec::new(),
             alloc_dir,
             shutdown_delay: group.shutdown_delay.to_string(),
+            reschedule: ReschedulePlan {
+                delay: group.reschedule.delay.to_string(),
+                max_delay: group.reschedule.max_delay.to_string(),
+            },
             ports,
             services,
             tasks,

@@ -107,6 +107,11 @@ fn group_text(out: &mut String, group: &GroupPlan) {
             ns.address, ns.interface, ns.gateway
         );
     }
+    let _ = writeln!(
+        out,
+        "    stop     deregister, wait shutdown_delay {}; a task failed for good restarts the group after {} doubling to {}",
+        group.shutdown_delay, group.reschedule.delay, group.reschedule.max_delay
+    );
     for port in &group.ports {
         let how = match (port.dynamic, port.injected) {
             (true, true) => " (dynamic, injected)",

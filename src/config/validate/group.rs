@@ -64,6 +64,22 @@ pub(super) fn check_group(c: &mut Checker, gi: usize, group: &Group) {
     if let Some(restart) = &group.restart {
         check_restart(c, path!["group", gi, "restart"], restart);
     }
+    let reschedule = &group.reschedule;
+    if reschedule.delay.0.is_zero() {
+        c.err(
+            path!["group", gi, "reschedule", "delay"],
+            "reschedule delay must be greater than 0 (a failed group would restart at once, forever)",
+        );
+    }
+    if reschedule.max_delay < reschedule.delay {
+        c.err(
+            path!["group", gi, "reschedule", "max_delay"],
+            format!(
+                "reschedule max_delay {} is shorter than its delay {}",
+                reschedule.max_delay, reschedule.delay
+            ),
+        );
+    }
     let has_gateway = group
         .services
         .iter()

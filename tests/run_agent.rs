@@ -1,6 +1,7 @@
-//! The README's main command: `outpost run -c examples/quickstart.toml` on a machine without
-//! any Consul serves the mapped port (root; private network and mount namespaces; the
-//! file's data_dir moved to a scratch directory).
+//! `outpost run` without Consul, as root in private network and mount namespaces:
+//! - the README's main command, `outpost run -c examples/quickstart.toml` (data_dir moved to
+//!   a scratch directory), serves the mapped port and talks to systemd's notify socket;
+//! - a task that fails for good restarts its whole group with Nomad's reschedule back-off.
 
 mod support;
 
@@ -99,5 +100,96 @@ fn quickstart_serves_the_mapped_port_without_consul_and_notifies_systemd() {
         "{notes:?}"
     );
     assert!(notes.iter().any(|n| n == "WATCHDOG=1"), "{notes:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_task_that_fails_for_good_restarts_its_group_with_a_capped_back_off() {
+    if !support::private_network("reschedule") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("outpost-reschedule-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("outpost.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"[agent]
+data_dir = "{0}/data"
+run_dir = "{0}/run"
+
+[[group]]
+name = "flaky"
+[group.restart]
+attempts = 1
+interval = "1m"
+delay = "50ms"
+mode = "fail"
+[group.reschedule]
+delay = "200ms"
+max_delay = "400ms"
+
+[[group.task]]
+name = "crash"
+command = "/bin/sh"
+args = ["-c", "sleep 0.1; exit 3"]
+
+[[group.task]]
+name = "steady"
+command = "/bin/sleep"
+args = ["1000"]
+"#,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let run = support::PrivateRun::new();
+    let log = dir.join("agent.log");
+    let outpost = |args: &[&str]| {
+        let mut cmd = run.command(env!("CARGO_BIN_EXE_outpost"));
+        cmd.args(args).arg("-c").arg(&file).stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap(),
+        );
+        cmd
+    };
+    let mut agent = outpost(&["run"]).spawn().unwrap();
+    // The delays double from 200ms and stop at 400ms.
+    let expected = [
+        "task crash failed; stopping the group, starting it again in 200ms",
+        "task crash failed; stopping the group, starting it again in 400ms",
+        "task crash failed; stopping the group, starting it again in 400ms",
+    ];
+    let seen = |text: &str| {
+        let mut from = 0;
+        expected.iter().all(|line| match text[from..].find(line) {
+            Some(i) => {
+                from += i + line.len();
+                true
+            }
+            None => false,
+        })
+    };
+    let start = Instant::now();
+    let mut text = String::new();
+    while start.elapsed() < Duration::from_secs(30) {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if seen(&text) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let down = outpost(&["teardown"]).status().unwrap();
+    let _ = agent.wait();
+    assert!(seen(&text), "{text}");
+    // The whole group restarts: its steady task too, each time.
+    assert!(
+        text.matches("stopping group flaky: task steady").count() >= 3,
+        "{text}"
+    );
+    assert!(down.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
