@@ -399,18 +399,18 @@ impl Runner {
             match task.state {
                 // delay mode, attempts used up: the window was moved to the interval's end.
                 TaskState::Restarting(at) if task.window_count == 0 => warn!(
-                    "group {}: task {} {how}; {} restart(s) used in {:?}, restarting in {:.1}s, once the restart interval ends",
+                    "group {}: task {} {how}; {} restart(s) used in {:?}, restarting in {}, once the restart interval ends",
                     self.name,
                     task.plan_name,
                     policy.attempts,
                     policy.interval,
-                    (at - now).as_secs_f64(),
+                    crate::retry::secs(at - now),
                 ),
                 TaskState::Restarting(at) => info!(
-                    "group {}: task {} {how}; restarting in {:.1}s (restart {} of {} in this interval)",
+                    "group {}: task {} {how}; restarting in {} (restart {} of {} in this interval)",
                     self.name,
                     task.plan_name,
-                    (at - now).as_secs_f64(),
+                    crate::retry::secs(at - now),
                     task.window_count,
                     policy.attempts
                 ),

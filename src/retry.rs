@@ -26,6 +26,13 @@ impl Backoff {
     }
 }
 
+/// `d` in seconds with one decimal ("2.5s"), without float formatting (which would add
+/// several KiB of code to the device's binary for a log line).
+pub fn secs(d: Duration) -> String {
+    let tenths = (d.as_millis() + 50) / 100;
+    format!("{}.{}s", tenths / 10, tenths % 10)
+}
+
 /// A small xorshift generator for jitter; seeded from the clock, good enough to spread
 /// retries, not for anything secret.
 pub struct Jitter(u64);
@@ -94,12 +101,9 @@ pub fn retry_until<T, E: std::fmt::Display>(
         let delay = backoff.delay(n, jitter.sample()).min(budget - spent);
         let error = last.to_string();
         if error == previous {
-            log::debug!(
-                "{what}: {error}; attempt {n}, retrying in {:.1}s",
-                delay.as_secs_f64()
-            );
+            log::debug!("{what}: {error}; attempt {n}, retrying in {}", secs(delay));
         } else {
-            log::info!("{what}: {error}; retrying in {:.1}s", delay.as_secs_f64());
+            log::info!("{what}: {error}; retrying in {}", secs(delay));
             previous = error;
         }
         std::thread::sleep(delay);
@@ -125,6 +129,9 @@ mod tests {
         assert_eq!(b.delay(40, 1.0), Duration::from_millis(5500));
         let constant = Backoff { factor: 1, ..b };
         assert_eq!(constant.delay(7, 0.0), Duration::from_secs(1));
+        assert_eq!(secs(Duration::from_millis(2449)), "2.4s");
+        assert_eq!(secs(Duration::from_millis(2450)), "2.5s");
+        assert_eq!(secs(Duration::ZERO), "0.0s");
     }
 
     #[test]

@@ -27,8 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const TICK: Duration = Duration::from_millis(250);
@@ -144,11 +143,11 @@ fn sync_and_bootstrap(
 
 /// Consul work runs on worker threads, so that a slow Consul — the token preflight may wait
 /// a minute for ACL replication, a bootstrap retries as long — never stalls the loop:
-/// restarts, the status socket and the watchdog go on. A worker reports on a channel and
-/// wakes the loop through a pipe. One sync at a time; one refresh per Envoy at a time.
+/// restarts, the status socket and the watchdog go on. A worker leaves its outcome in a
+/// shared list and wakes the loop through a pipe. One sync at a time; one refresh per Envoy
+/// at a time.
 struct Workers {
-    done: Sender<Outcome>,
-    outcomes: Receiver<Outcome>,
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
     wake_read: OwnedFd,
     wake_write: Arc<OwnedFd>,
     syncing: bool,
@@ -160,10 +159,8 @@ impl Workers {
         let (wake_read, wake_write) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                 .map_err(|e| format!("pipe: {e}"))?;
-        let (done, outcomes) = std::sync::mpsc::channel();
         Ok(Workers {
-            done,
-            outcomes,
+            outcomes: Arc::new(Mutex::new(Vec::new())),
             wake_read,
             wake_write: Arc::new(wake_write),
             syncing: false,
@@ -173,11 +170,16 @@ impl Workers {
 
     /// Runs `work` on a new thread; false (and logged) when no thread could be made.
     fn spawn(&self, work: impl FnOnce() -> Outcome + Send + 'static) -> bool {
-        let (done, wake) = (self.done.clone(), self.wake_write.clone());
+        let (outcomes, wake) = (self.outcomes.clone(), self.wake_write.clone());
         let spawned = std::thread::Builder::new()
             .name("consul".into())
             .spawn(move || {
-                let _ = done.send(work());
+                let outcome = work();
+                // A poisoned lock only means another worker panicked; the list is intact.
+                outcomes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(outcome);
                 let _ = nix::unistd::write(&*wake, &[1]);
             });
         if let Err(e) = &spawned {
@@ -190,7 +192,7 @@ impl Workers {
     fn arrived(&self) -> Vec<Outcome> {
         let mut sink = [0u8; 64];
         while nix::unistd::read(&self.wake_read, &mut sink).is_ok_and(|n| n > 0) {}
-        self.outcomes.try_iter().collect()
+        std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 

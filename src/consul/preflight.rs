@@ -43,8 +43,8 @@ pub fn token(client: &Client, p: &Preflight, what: &str) -> Result<(), Preflight
     );
     result.map_err(|gave_up| {
         PreflightError(format!(
-            "ACL token preflight for {what}: the local Consul agent did not resolve the token within {:.1}s ({} attempts); last answer: {}",
-            gave_up.waited.as_secs_f64(),
+            "ACL token preflight for {what}: the local Consul agent did not resolve the token within {} ({} attempts); last answer: {}",
+            crate::retry::secs(gave_up.waited),
             gave_up.attempts,
             gave_up.last
         ))
@@ -80,8 +80,8 @@ pub fn service(client: &Client, p: &Preflight, sidecar_id: &str) -> Result<(), P
     );
     result.map_err(|gave_up| {
         PreflightError(format!(
-            "service preflight: the local Consul agent did not show {sidecar_id} within {:.1}s ({} attempts); last answer: {}",
-            gave_up.waited.as_secs_f64(),
+            "service preflight: the local Consul agent did not show {sidecar_id} within {} ({} attempts); last answer: {}",
+            crate::retry::secs(gave_up.waited),
             gave_up.attempts,
             gave_up.last
         ))
