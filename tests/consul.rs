@@ -527,128 +527,21 @@ fn service_identity_mode_creates_a_local_token_and_deletes_it() {
 }
 
 #[test]
-fn anti_entropy_repairs_an_agent_restart_within_seconds() {
-    use outpost::consul::anti_entropy::{AntiEntropy, QUICK_CHECK, Tick};
-    use std::time::Instant;
-    capture_logs();
+fn the_presence_check_names_what_a_restarted_agent_forgot() {
+    use outpost::consul::anti_entropy::missing;
     let double = ConsulDouble::start();
-    double.enable_acls();
-    double.add_token(TOKEN, Duration::ZERO);
-    let valid = consul_config(&double.url(), &format!("token = \"{TOKEN}\""));
+    let valid = consul_config(&double.url(), "");
     let client = Client::new(&valid.config.consul).unwrap();
     let plan = countdash_plan();
     let wanted = wanted(&plan);
-    let mut ae = AntiEntropy::new(
-        Duration::from_secs(30),
-        QUICK_CHECK,
-        Duration::from_secs(60),
-        Instant::now(),
-    );
-    assert_eq!(
-        ae.tick(&client, &wanted, Instant::now()),
-        Tick::Synced {
-            registered: 2,
-            deregistered: 0
-        }
-    );
-
+    sync::sync(&client, &wanted, false).unwrap();
+    let mut ids: Vec<String> = wanted.iter().map(|w| w.id.to_string()).collect();
+    ids.extend(wanted.iter().map(|w| format!("{}-sidecar-proxy", w.id)));
+    assert_eq!(missing(&client, &ids).unwrap(), None);
     double.restart();
-    let restarted = Instant::now();
-    while double.service_ids().len() < 4 && restarted.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(ae.next_due().saturating_duration_since(Instant::now()));
-        ae.tick(&client, &wanted, Instant::now());
-    }
-    assert_eq!(
-        double.service_ids().len(),
-        4,
-        "re-registered within 5s of the restart"
-    );
-    assert_logs_free_of(&[TOKEN]);
-}
-
-#[test]
-fn anti_entropy_removes_orphans_only_after_probation_sidecar_first() {
-    use outpost::consul::anti_entropy::{AntiEntropy, Tick};
-    use std::time::Instant;
-    let double = ConsulDouble::start();
-    let client = Client::new(&consul_config(&double.url(), "").config.consul).unwrap();
-    let plan = countdash_plan();
-    let all = wanted(&plan);
-    let only_api: Vec<Wanted> = wanted(&plan)
-        .into_iter()
-        .filter(|w| w.id.contains("-api-"))
-        .collect();
-    let t0 = Instant::now();
-    let full = Duration::from_secs(30);
-    let mut ae = AntiEntropy::new(full, Duration::from_secs(2), Duration::from_secs(60), t0);
-    ae.tick(&client, &all, t0);
-    // Within probation a full sync keeps services no group owns.
-    assert_eq!(
-        ae.tick(&client, &only_api, t0 + full),
-        Tick::Synced {
-            registered: 0,
-            deregistered: 0
-        }
-    );
-    assert_eq!(double.service_ids().len(), 4);
-    // After it, they go: sidecar first.
-    assert_eq!(
-        ae.tick(&client, &only_api, t0 + full * 3),
-        Tick::Synced {
-            registered: 0,
-            deregistered: 1
-        }
-    );
-    assert_eq!(double.service_ids().len(), 2);
-    let deregs: Vec<String> = double
-        .log()
-        .into_iter()
-        .filter(|l| l.path.contains("/deregister/"))
-        .map(|l| l.path)
-        .collect();
-    assert!(
-        deregs[0].ends_with("-http-sidecar-proxy") && deregs[1].ends_with("-count-dashboard-http"),
-        "{deregs:?}"
-    );
-}
-
-#[test]
-fn anti_entropy_backs_off_linearly_after_failures_and_recovers() {
-    use outpost::consul::anti_entropy::{AntiEntropy, Tick};
-    use std::time::Instant;
-    let double = ConsulDouble::start();
-    let client = Client::new(&consul_config(&double.url(), "").config.consul).unwrap();
-    let plan = countdash_plan();
-    let wanted = wanted(&plan);
-    let t0 = Instant::now();
-    let mut ae = AntiEntropy::new(
-        Duration::from_secs(30),
-        Duration::from_secs(2),
-        Duration::from_secs(60),
-        t0,
-    );
-    double.fail_next(3);
-    assert_eq!(ae.tick(&client, &wanted, t0), Tick::Failed);
-    assert_eq!(ae.next_due() - t0, Duration::from_secs(1));
-    let t1 = ae.next_due();
-    assert_eq!(ae.tick(&client, &wanted, t1), Tick::Failed);
-    assert_eq!(ae.next_due() - t1, Duration::from_secs(2));
-    let t2 = ae.next_due();
-    assert_eq!(ae.tick(&client, &wanted, t2), Tick::Failed);
-    assert_eq!(ae.next_due() - t2, Duration::from_secs(3));
-    let t3 = ae.next_due();
-    assert_eq!(
-        ae.tick(&client, &wanted, t3),
-        Tick::Synced {
-            registered: 2,
-            deregistered: 0
-        }
-    );
-    assert_eq!(
-        ae.next_due() - t3,
-        Duration::from_secs(2),
-        "back to the quick check"
-    );
+    assert_eq!(missing(&client, &ids).unwrap(), Some(ids[0].clone()));
+    double.fail_next(1);
+    assert!(missing(&client, &ids).unwrap_err().is_retryable());
 }
 
 #[test]

@@ -177,7 +177,7 @@ impl Mesh {
         .unwrap()
         .replace(
             "address = \"http://127.0.0.1:8500\"",
-            &format!("address = \"{}\"\nsync_interval = \"1s\"", double.url()),
+            &format!("address = \"{}\"", double.url()),
         )
         .replace(
             "[network]\n",
@@ -433,10 +433,11 @@ fn countdash_traffic_flows_through_the_sidecars_which_are_restarted_when_they_cr
     let recovered = get_within("127.0.0.1:9002", 10);
     assert!(recovered.is_ok(), "{recovered:?}\n{}", mesh.log());
 
-    // Consul restarts and forgets every registration: the next sync puts them back.
+    // Consul restarts and forgets every registration: the presence check (every 2 s; the
+    // full sync is 30 s away) notices, and a sync puts them back.
     mesh.double.restart();
     let mut back = 0;
-    for _ in 0..250 {
+    for _ in 0..500 {
         back = mesh.double.service_ids().len();
         if back == 4 {
             break;
@@ -444,6 +445,7 @@ fn countdash_traffic_flows_through_the_sidecars_which_are_restarted_when_they_cr
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(back, 4, "re-registered after a Consul restart");
+    assert!(mesh.log().contains("Consul lost service"), "{}", mesh.log());
 
     mesh.teardown();
     let _ = agent.wait();

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::alloc::{Phase, Runner, TaskState};
 use crate::config::{self, ValidConfig};
+use crate::consul::anti_entropy::{self, QUICK_CHECK};
 use crate::plan::{GroupPlan, HostFacts, Plan};
 use crate::supervise::Proc;
 use crate::{files, net};
@@ -91,6 +92,8 @@ enum Outcome {
         plan: Arc<Plan>,
         result: Result<Synced, String>,
     },
+    /// The presence check between full syncs: a service Consul no longer has, if any.
+    Checked { missing: Option<String> },
     /// The bootstrap of one Envoy, written anew before its restart (or why not).
     Refreshed {
         group: String,
@@ -151,6 +154,7 @@ struct Workers {
     wake_read: OwnedFd,
     wake_write: Arc<OwnedFd>,
     syncing: bool,
+    checking: bool,
     refreshing: BTreeSet<(String, String)>,
 }
 
@@ -164,6 +168,7 @@ impl Workers {
             wake_read,
             wake_write: Arc::new(wake_write),
             syncing: false,
+            checking: false,
             refreshing: BTreeSet::new(),
         })
     }
@@ -199,6 +204,8 @@ impl Workers {
 /// Consul's side of the loop: when to try again and what went wrong last.
 struct ConsulState {
     next_try: Instant,
+    /// The next presence check (anti-entropy between full syncs).
+    next_check: Instant,
     last_error: Option<String>,
     synced_once: bool,
 }
@@ -270,6 +277,7 @@ impl Agent {
             runners,
             consul: ConsulState {
                 next_try: Instant::now(),
+                next_check: Instant::now() + QUICK_CHECK,
                 last_error: None,
                 synced_once: false,
             },
@@ -284,7 +292,11 @@ impl Agent {
     /// while Consul does not answer, and repeated every `sync_interval` (anti-entropy).
     /// The work runs on a worker; `finish` takes its outcome.
     fn consul_step(&mut self, now: Instant) {
-        if self.workers.syncing || now < self.consul.next_try {
+        if self.workers.syncing {
+            return;
+        }
+        if now < self.consul.next_try {
+            self.presence_check(now);
             return;
         }
         if !has_services(&self.plan) {
@@ -305,6 +317,35 @@ impl Agent {
         if !self.workers.syncing {
             self.consul.next_try = now + CONSUL_RETRY;
         }
+    }
+
+    /// Between full syncs, every `QUICK_CHECK`: does Consul still have every service? A
+    /// restarted Consul agent forgets them all; the next full sync is then due at once.
+    fn presence_check(&mut self, now: Instant) {
+        if self.workers.checking || now < self.consul.next_check {
+            return;
+        }
+        self.consul.next_check = now + QUICK_CHECK;
+        if !self.consul.synced_once || self.consul.last_error.is_some() {
+            return;
+        }
+        let mut ids = Vec::new();
+        for service in self.plan.groups.iter().flat_map(|g| &g.services) {
+            ids.push(service.id.clone());
+            if let Some(sidecar) = &service.sidecar {
+                ids.push(sidecar.id.clone());
+            }
+        }
+        let consul = self.valid.clone();
+        self.workers.checking = self.workers.spawn(move || {
+            let client = crate::consul::client::Client::new(&consul.config.consul);
+            // A failed check says nothing: the full sync notices and reports a down Consul.
+            let missing = client
+                .ok()
+                .and_then(|c| anti_entropy::missing(&c, &ids).ok())
+                .flatten();
+            Outcome::Checked { missing }
+        });
     }
 
     /// Envoy gets a fresh bootstrap before each restart, as Nomad's hook runs on every
@@ -355,6 +396,13 @@ impl Agent {
                         self.consul.last_error = Some(e);
                         self.consul.next_try = now + CONSUL_RETRY;
                     }
+                }
+            }
+            Outcome::Checked { missing } => {
+                self.workers.checking = false;
+                if let Some(id) = missing {
+                    info!("Consul lost service {id} (agent restarted?); registering again");
+                    self.consul.next_try = now;
                 }
             }
             Outcome::Refreshed { group, task, error } => {
@@ -481,6 +529,9 @@ impl Agent {
             }
         }
         next = next.min(self.consul.next_try);
+        if !self.workers.checking {
+            next = next.min(self.consul.next_check);
+        }
         next.saturating_duration_since(now)
     }
 
