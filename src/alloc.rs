@@ -471,26 +471,28 @@ impl Runner {
 
     /// Stops every task: main and poststart first, then prestart sidecars last.
     pub fn stop(&mut self) {
-        for sidecars_now in [false, true] {
-            let mut stopping = Vec::new();
-            for task in &mut self.tasks {
-                if task.lifecycle.contains("sidecar") != sidecars_now {
-                    continue;
-                }
-                if let TaskState::Running(proc) = task.state {
-                    stopping.push(supervise::Stopping {
-                        what: format!("group {}: task {}", self.name, task.plan_name),
-                        proc,
-                        signal: task.kill_signal,
-                        delay: task.shutdown_delay,
-                        timeout: task.kill_timeout,
-                    });
-                }
-                task.state = TaskState::Pending;
+        stop_all(std::slice::from_mut(self));
+    }
+
+    /// The running tasks of one class (sidecars or not) to stop; they become `Pending`.
+    fn take_running(&mut self, sidecars: bool) -> Vec<supervise::Stopping> {
+        let mut stopping = Vec::new();
+        for task in &mut self.tasks {
+            if task.lifecycle.contains("sidecar") != sidecars {
+                continue;
             }
-            supervise::stop_all(&stopping);
+            if let TaskState::Running(proc) = task.state {
+                stopping.push(supervise::Stopping {
+                    what: format!("group {}: task {}", self.name, task.plan_name),
+                    proc,
+                    signal: task.kill_signal,
+                    delay: task.shutdown_delay,
+                    timeout: task.kill_timeout,
+                });
+            }
+            task.state = TaskState::Pending;
         }
-        self.set_phase(Phase::Stopped);
+        stopping
     }
 
     /// Rotates each task's logs by its `logs` block.
@@ -502,6 +504,22 @@ impl Runner {
                 }
             }
         }
+    }
+}
+
+/// Stops several groups at once, in Nomad's order across all of them: every main and
+/// poststart task concurrently, then every sidecar. So stopping many groups (teardown, a
+/// reload) takes one shutdown_delay + kill_timeout per class, not one per group.
+pub fn stop_all(runners: &mut [Runner]) {
+    for sidecars in [false, true] {
+        let stopping: Vec<supervise::Stopping> = runners
+            .iter_mut()
+            .flat_map(|r| r.take_running(sidecars))
+            .collect();
+        supervise::stop_all(&stopping);
+    }
+    for runner in runners {
+        runner.set_phase(Phase::Stopped);
     }
 }
 

@@ -344,12 +344,14 @@ fn stop_agent(plan: &Plan) {
 /// Stops the recorded tasks of every group: main tasks first, sidecars last.
 fn stop_tasks(valid: &ValidConfig, plan: &Plan) {
     let records = run::load_records(&plan.run_dir);
+    let mut runners = Vec::new();
     for group in &plan.groups {
         let mut runner = crate::alloc::Runner::new(group, relay_socket(valid, group));
         if runner.adopt(&run::group_records(&records, &group.name)) > 0 {
-            runner.stop();
+            runners.push(runner);
         }
     }
+    crate::alloc::stop_all(&mut runners);
     let _ = std::fs::remove_file(run::records_path(&plan.run_dir));
 }
 

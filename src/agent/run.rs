@@ -492,17 +492,19 @@ impl Agent {
         };
         // Groups that go or change stop first, before their network is touched.
         let mut kept = Vec::new();
-        for mut runner in std::mem::take(&mut self.runners) {
+        let mut going = Vec::new();
+        for runner in std::mem::take(&mut self.runners) {
             let old = self.plan.groups.iter().find(|g| g.name == runner.name);
             let new = plan.groups.iter().find(|g| g.name == runner.name);
             match (old, new) {
                 (Some(o), Some(n)) if same(o, n) => kept.push(runner),
                 _ => {
                     info!("reload: stopping group {}", runner.name);
-                    runner.stop();
+                    going.push(runner);
                 }
             }
         }
+        crate::alloc::stop_all(&mut going);
         if let Err(e) = net::apply(&plan) {
             error!("reload: network: {e}");
         }
