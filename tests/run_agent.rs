@@ -49,17 +49,7 @@ fn quickstart_serves_the_mapped_port_without_consul_and_notifies_systemd() {
     .unwrap();
     let run = support::PrivateRun::new();
     let log = dir.join("agent.log");
-    let outpost = |args: &[&str]| {
-        let mut cmd = run.command(env!("CARGO_BIN_EXE_outpost"));
-        cmd.args(args).arg("-c").arg(&file).stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)
-                .unwrap(),
-        );
-        cmd
-    };
+    let outpost = |args: &[&str]| run.outpost(args, &file, &log);
     // systemd's notify socket: READY=1 after the first pass, WATCHDOG=1 every half period.
     let notify_path = dir.join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
@@ -145,17 +135,7 @@ args = ["1000"]
     .unwrap();
     let run = support::PrivateRun::new();
     let log = dir.join("agent.log");
-    let outpost = |args: &[&str]| {
-        let mut cmd = run.command(env!("CARGO_BIN_EXE_outpost"));
-        cmd.args(args).arg("-c").arg(&file).stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)
-                .unwrap(),
-        );
-        cmd
-    };
+    let outpost = |args: &[&str]| run.outpost(args, &file, &log);
     let mut agent = outpost(&["run"]).spawn().unwrap();
     // The delays double from 200ms and stop at 400ms.
     let expected = [

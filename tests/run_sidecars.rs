@@ -216,14 +216,8 @@ impl Mesh {
 
     /// `outpost ARGS -c FILE` in the mount namespace, stderr appended to agent.log.
     fn outpost(&self, args: &[&str]) -> Command {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("agent.log"))
-            .unwrap();
-        let mut cmd = self.run.command(env!("CARGO_BIN_EXE_outpost"));
-        cmd.args(args).arg("-c").arg(&self.file).stderr(log);
-        cmd
+        self.run
+            .outpost(args, &self.file, &self.dir.join("agent.log"))
     }
 
     fn start_agent(&self) -> Child {
@@ -410,11 +404,10 @@ fn countdash_traffic_flows_through_the_sidecars_which_are_restarted_when_they_cr
     }
     let log = mesh.log();
     assert!(held_back(&log), "no back-off after the attempts\n{log}");
-    assert_eq!(
-        mesh.envoy_starts(API_PROXY),
-        3,
-        "the first start and two restarts\n{log}"
-    );
+    // The first start, then 2 restarts per interval. The interval began when the group
+    // started, so the loop may straddle two of them: up to 2 more.
+    let starts = mesh.envoy_starts(API_PROXY);
+    assert!((3..=5).contains(&starts), "{starts} starts\n{log}");
     assert_ne!(
         std::fs::metadata(&bootstrap).unwrap().ino(),
         inode_before,
@@ -422,14 +415,15 @@ fn countdash_traffic_flows_through_the_sidecars_which_are_restarted_when_they_cr
     );
     std::fs::remove_file(&crash).unwrap();
     let all = mesh.wait(10, |all| {
-        mesh.envoy_starts(API_PROXY) == 4 && pid(all, "api", "connect-proxy-count-api").is_some()
+        mesh.envoy_starts(API_PROXY) == starts + 1
+            && pid(all, "api", "connect-proxy-count-api").is_some()
     });
     assert!(
         pid(&all, "api", "connect-proxy-count-api").is_some(),
         "{all:?}\n{}",
         mesh.log()
     );
-    assert_eq!(mesh.envoy_starts(API_PROXY), 4, "{}", mesh.log());
+    assert_eq!(mesh.envoy_starts(API_PROXY), starts + 1, "{}", mesh.log());
     let recovered = get_within("127.0.0.1:9002", 10);
     assert!(recovered.is_ok(), "{recovered:?}\n{}", mesh.log());
 

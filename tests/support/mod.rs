@@ -71,6 +71,25 @@ impl PrivateRun {
         cmd.args(["-t", &self.holder.id().to_string(), "-m", "--", program]);
         cmd
     }
+
+    /// `outpost ARGS -c CONFIG` in the namespace, its stderr appended to `log`.
+    pub fn outpost(
+        &self,
+        args: &[&str],
+        config: &std::path::Path,
+        log: &std::path::Path,
+    ) -> std::process::Command {
+        let mut cmd = self.command(env!("CARGO_BIN_EXE_outpost"));
+        cmd.args(args).arg("-c").arg(config);
+        if let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            cmd.stderr(file);
+        }
+        cmd
+    }
 }
 
 impl Drop for PrivateRun {
