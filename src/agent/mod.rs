@@ -1,5 +1,5 @@
-//! The agent: turns a config into a running node. For now one reconcile pass (`apply`) and
-//! `teardown`; the long-running loop (timers, signals, reload) builds on these.
+//! The agent: turns a config into a running node. One reconcile pass (`apply`), `teardown`
+//! in Nomad's stop order, and the pieces the long-running loop (`run`) shares with them.
 
 use crate::config::ValidConfig;
 use crate::consul::acl::{self, WorkloadToken};
@@ -323,8 +323,7 @@ fn prepare(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
     Ok(plan)
 }
 
-/// Stops a running agent (it would restart what we stop), then every recorded task, main
-/// tasks before sidecars.
+/// Stops a running agent first: it would restart the tasks teardown stops.
 fn stop_agent(plan: &Plan) {
     if let Some(pid) = run::running_agent(&plan.run_dir) {
         info!("stopping the running agent (pid {pid})");
