@@ -158,7 +158,7 @@ impl Runner {
                 let ready = group
                     .services
                     .iter()
-                    .filter_map(|s| s.sidecar.as_ref())
+                    .filter_map(|s| s.proxy.as_ref())
                     .find(|s| s.task == t.name)
                     .map(|s| s.envoy_admin.clone());
                 task_from_plan(group, t, ready)

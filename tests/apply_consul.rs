@@ -96,6 +96,152 @@ fn apply_registers_services_after_the_network_and_teardown_removes_them() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// examples/gateways.toml pointed at the double, without the groups named in `drop`.
+fn gateways_config(dir: &Path, consul: &str, drop: &[&str]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/gateways.toml"
+    ))
+    .unwrap()
+    .replace(
+        "address = \"http://127.0.0.1:8500\"",
+        &format!("address = \"{consul}\""),
+    )
+    .replace(
+        "[agent]\n",
+        &format!(
+            "[agent]\ndata_dir = \"{0}/data\"\nrun_dir = \"{0}/run\"\n",
+            dir.display()
+        ),
+    );
+    // Each group starts at its `[[group]]` line and runs to the next.
+    let mut kept = String::new();
+    for (i, part) in text.split("[[group]]\n").enumerate() {
+        let name = part.lines().next().unwrap_or("");
+        if i > 0 && drop.iter().any(|d| name == format!("name = \"{d}\"")) {
+            continue;
+        }
+        if i > 0 {
+            kept.push_str("[[group]]\n");
+        }
+        kept.push_str(part);
+    }
+    let file = dir.join("outpost.toml");
+    std::fs::write(&file, kept).unwrap();
+    file
+}
+
+#[test]
+fn gateways_register_with_their_kind_and_write_only_their_own_config_entries() {
+    let Some(double) = sandbox("gateways with Consul") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("outpost-gateways-{}", std::process::id()));
+    // Someone else's entries: another ingress gateway, and one with the same kind and name
+    // pattern but no outpost marks. They must survive everything below.
+    let foreign = r#"{"Kind":"ingress-gateway","Name":"theirs","Listeners":[{"Port":9000,"Protocol":"tcp","Services":[{"Name":"web"}]}]}"#;
+    assert_eq!(double.put_config_entry(foreign).0, 200);
+    let other_node = r#"{"Kind":"terminating-gateway","Name":"elsewhere","Services":[{"Name":"db"}],"Meta":{"external-source":"outpost","outpost-node":"edge-02"}}"#;
+    assert_eq!(double.put_config_entry(other_node).0, 200);
+
+    let file = gateways_config(&dir, &double.url(), &[]);
+    let out = outpost(&format!("apply -c {}", file.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let kinds: Vec<String> = double
+        .service_ids()
+        .iter()
+        .map(
+            |id| match double.service(id).and_then(|s| s.get("Kind").cloned()) {
+                Some(miniserde::json::Value::String(k)) => k,
+                _ => String::new(),
+            },
+        )
+        .collect();
+    assert_eq!(
+        kinds,
+        ["ingress-gateway", "mesh-gateway", "terminating-gateway"]
+    );
+    let ingress = double
+        .config_entry("ingress-gateway", "my-ingress")
+        .expect("ingress entry");
+    assert!(miniserde::json::to_string(&ingress).contains(
+        r#""Listeners":[{"Port":8080,"Protocol":"tcp","Services":[{"Name":"count-api"}]}]"#
+    ));
+    assert!(
+        double
+            .config_entry("terminating-gateway", "my-terminating")
+            .is_some()
+    );
+    // Each gateway's Envoy bootstraps as the gateway service itself; the ingress gateway
+    // gets Consul's ready listener on its ready address.
+    let bootstrap = std::fs::read_to_string(
+        dir.join("run/alloc/ingress/connect-ingress-my-ingress/secrets/envoy_bootstrap.json"),
+    )
+    .expect("ingress bootstrap");
+    let compact: String = bootstrap.split_whitespace().collect();
+    assert!(
+        compact.contains(r#""cluster":"my-ingress","id":"_outpost-ingress-my-ingress-inbound""#),
+        "{bootstrap}"
+    );
+    assert!(
+        compact.contains(r#""name":"envoy_ready_listener""#),
+        "{bootstrap}"
+    );
+    assert!(compact.contains(r#""port_value":19100"#), "{bootstrap}");
+    let mesh = std::fs::read_to_string(
+        dir.join("run/alloc/mesh/connect-mesh-my-mesh/secrets/envoy_bootstrap.json"),
+    )
+    .expect("mesh bootstrap");
+    assert!(
+        !mesh.contains("envoy_ready_listener"),
+        "only ingress gateways get it"
+    );
+
+    // Unchanged entries are not written again.
+    let again = outpost(&format!("apply -c {}", file.display()));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(!stderr.contains("wrote Consul config entry"), "{stderr}");
+
+    // The terminating gateway goes: its entry goes, nobody else's.
+    let file = gateways_config(&dir, &double.url(), &["terminating"]);
+    let out = outpost(&format!("apply -c {}", file.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("deleted Consul config entry terminating-gateway/my-terminating"),
+        "{stderr}"
+    );
+    assert!(
+        double
+            .config_entry("terminating-gateway", "my-terminating")
+            .is_none()
+    );
+    assert!(
+        double
+            .config_entry("ingress-gateway", "my-ingress")
+            .is_some()
+    );
+
+    let down = outpost(&format!("teardown -c {}", file.display()));
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert_eq!(
+        double.config_entry_names(),
+        [
+            ("ingress-gateway".to_string(), "theirs".to_string()),
+            ("terminating-gateway".to_string(), "elsewhere".to_string())
+        ]
+    );
+    assert!(double.service_ids().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn login_mode_registers_each_service_with_its_own_token_reused_across_applies_and_released() {
     const AGENT_TOKEN: &str = "agent-token-0001-do-not-log";

@@ -55,6 +55,87 @@ fn countdash_registration_bodies_match_expected() {
     check_snapshot("countdash.registrations.json", &(text + "\n"));
 }
 
+/// Every gateway's registration body and config entry, by service ID (reviewed against
+/// reference/nomad-connect.md §1.4–1.5, §6.5 and consul-api.md §3.4).
+#[test]
+fn gateway_registrations_and_config_entries_match_expected() {
+    let p = plan_for("examples/gateways.toml", &NodeState::default());
+    let mut bodies = miniserde::json::Object::new();
+    for service in p.groups.iter().flat_map(|g| &g.services) {
+        let mut both = miniserde::json::Object::new();
+        both.insert("registration".into(), service.registration.clone());
+        both.insert("config_entry".into(), service.config_entry.clone());
+        bodies.insert(service.id.clone(), miniserde::json::Value::Object(both));
+    }
+    let text = miniserde::json::to_string(&miniserde::json::Value::Object(bodies));
+    check_snapshot("gateways.registrations.json", &(text + "\n"));
+}
+
+#[test]
+fn gateways_are_main_tasks_with_nomads_injected_ports() {
+    let p = plan_for("examples/gateways.toml", &NodeState::default());
+    let expect = [
+        (
+            "ingress",
+            "connect-ingress-my-ingress",
+            "connect-ingress:my-ingress",
+            "inbound",
+        ),
+        (
+            "terminating",
+            "connect-terminating-my-terminating",
+            "connect-terminating:my-terminating",
+            "connect-terminating-my-terminating",
+        ),
+        (
+            "mesh",
+            "connect-mesh-my-mesh",
+            "connect-mesh:my-mesh",
+            "wan",
+        ),
+    ];
+    for (group, (kind, task_name, task_kind, label)) in p.groups.iter().zip(expect) {
+        let task = group
+            .tasks
+            .iter()
+            .find(|t| t.name == task_name)
+            .expect(task_name);
+        assert_eq!(task.kind.as_deref(), Some(task_kind));
+        assert_eq!(
+            task.lifecycle, "main",
+            "a gateway is not a prestart sidecar"
+        );
+        assert_eq!(task.shutdown_delay, "5s");
+        let proxy = group.services[0].proxy.as_ref().expect("gateway proxy");
+        assert_eq!(proxy.gateway.as_deref(), Some(kind));
+        // The gateway bootstraps as its own service ID, with no -sidecar-proxy suffix.
+        assert_eq!(proxy.id, group.services[0].id);
+        assert_eq!(proxy.port_label, label);
+    }
+    let injected: Vec<(&str, &str)> = p
+        .groups
+        .iter()
+        .flat_map(|g| {
+            g.ports
+                .iter()
+                .filter(|p| p.injected)
+                .map(move |p| (g.name.as_str(), p.label.as_str()))
+        })
+        .collect();
+    assert_eq!(
+        injected,
+        [
+            ("terminating", "connect-terminating-my-terminating"),
+            ("mesh", "connect-mesh-my-mesh-lan")
+        ]
+    );
+    // Nomad sets the terminating gateway's service port to the injected label.
+    assert_eq!(
+        p.groups[1].services[0].id,
+        "_outpost-terminating-my-terminating-connect-terminating-my-terminating"
+    );
+}
+
 #[test]
 fn quickstart_plan_matches_snapshot() {
     let p = plan_for("examples/quickstart.toml", &NodeState::default());
@@ -94,7 +175,7 @@ fn countdash_injects_sidecars_with_nomad_args_and_addresses() {
         proxy.env["NOMAD_ENVOY_READY_ADDR_count_api"],
         "127.0.0.1:19100"
     );
-    let sidecar = api.services[0].sidecar.as_ref().expect("sidecar");
+    let sidecar = api.services[0].proxy.as_ref().expect("sidecar");
     assert_eq!(sidecar.id, "_outpost-api-count-api-9001-sidecar-proxy");
     assert_eq!(sidecar.envoy_admin, "127.0.0.2:19000");
     assert!((20000..=32000).contains(&sidecar.host_port));
@@ -106,7 +187,7 @@ fn countdash_injects_sidecars_with_nomad_args_and_addresses() {
     assert_eq!(task.env["NOMAD_UPSTREAM_ADDR_count-api"], "127.0.0.1:8080");
     assert_eq!(task.env["COUNTING_SERVICE_URL"], "http://127.0.0.1:8080");
     assert_eq!(task.env["PORT"], "9002");
-    let dash_sidecar = dash.services[0].sidecar.as_ref().unwrap();
+    let dash_sidecar = dash.services[0].proxy.as_ref().unwrap();
     assert_ne!(dash_sidecar.host_port, sidecar.host_port);
     // Sidecar tasks come after the user's tasks, in service order (Nomad's order).
     let names: Vec<&str> = dash.tasks.iter().map(|t| t.name.as_str()).collect();
@@ -129,7 +210,7 @@ fn leases_and_dynamic_ports_from_state_are_kept() {
     let p = plan_for("examples/countdash.toml", &state);
     let dash = &p.groups[1];
     assert_eq!(dash.netns.as_ref().unwrap().address, "172.26.64.40/20");
-    assert_eq!(dash.services[0].sidecar.as_ref().unwrap().host_port, 23456);
+    assert_eq!(dash.services[0].proxy.as_ref().unwrap().host_port, 23456);
     // The new group takes the lowest free address, not the kept one.
     assert_eq!(
         p.groups[0].netns.as_ref().unwrap().address,
@@ -163,6 +244,34 @@ fn plan_command_text_shows_injected_tasks_and_upstream_env() {
         "-l info --concurrency 1 --disable-hot-restart",
         "envoy admin 127.0.0.2:19000",
         "env    NOMAD_UPSTREAM_ADDR_count_api=127.0.0.1:8080",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn plan_command_text_shows_gateway_tasks_ports_and_config_entries() {
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["plan", "-c", "examples/gateways.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "+ Task \"connect-ingress-my-ingress\" (injected connect-ingress:my-ingress, main)",
+        "+ Task \"connect-terminating-my-terminating\" (injected connect-terminating:my-terminating, main)",
+        "+ Task \"connect-mesh-my-mesh\" (injected connect-mesh:my-mesh, main)",
+        "port     connect-terminating-my-terminating host 20000 -> 20000 (dynamic, injected)",
+        "port     connect-mesh-my-mesh-lan     host 20001 -> 20001 (dynamic, injected)",
+        "ingress gateway _outpost-ingress-my-ingress-inbound on port inbound",
+        r#"proxy  {"Config":{"connect_timeout_ms":5000,"envoy_gateway_bind_addresses":{"lan":{"Address":"0.0.0.0","Port":20001},"wan":{"Address":"0.0.0.0","Port":8443}},"envoy_gateway_no_default_bind":true}}"#,
+        r#"config entry (PUT /v1/config) {"Kind":"ingress-gateway","Listeners":[{"Port":8080"#,
+        r#"config entry (PUT /v1/config) {"Kind":"terminating-gateway""#,
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }

@@ -4,6 +4,7 @@
 use crate::config::ValidConfig;
 use crate::consul::acl::{self, WorkloadToken};
 use crate::consul::client::Client;
+use crate::consul::gateway;
 use crate::consul::preflight;
 use crate::consul::sync::{self, Wanted};
 use crate::envoy::sidecar::{Job, Renderer};
@@ -95,6 +96,17 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Resul
             valid.config.consul.address
         )
     };
+    let entries: Vec<&miniserde::json::Value> = plan
+        .groups
+        .iter()
+        .flat_map(|g| &g.services)
+        .map(|s| &s.config_entry)
+        .filter(|e| !matches!(e, miniserde::json::Value::Null))
+        .collect();
+    // Entries first: an ingress gateway's Envoy gets its listeners from its entry.
+    if !entries.is_empty() || !consul_optional {
+        gateway::sync_entries(&base, &entries, &plan.node_name).map_err(|e| at(&e))?;
+    }
     let mut registered = 0;
     let mut keep = Vec::new();
     let mut tokens = Tokens::new();
@@ -147,7 +159,7 @@ fn grpc_addr(valid: &ValidConfig, group: &GroupPlan) -> String {
 /// The group's xDS socket when a relay must serve it: the group has sidecars and Consul's
 /// gRPC is on TCP (a `unix://` grpc_address is used directly).
 pub fn relay_socket(valid: &ValidConfig, group: &GroupPlan) -> Option<PathBuf> {
-    let sidecars = group.services.iter().any(|s| s.sidecar.is_some());
+    let sidecars = group.services.iter().any(|s| s.proxy.is_some());
     let direct = valid
         .config
         .consul
@@ -190,9 +202,9 @@ pub fn relay_target(valid: &ValidConfig, client: &Client) -> String {
     format!("{host}:{port}")
 }
 
-/// Writes each sidecar's Envoy bootstrap into its task's secrets, as Nomad does before
-/// starting Envoy: with the service's workload token, else the agent's own.
-/// `only_task`: just that sidecar task's bootstrap (before it restarts).
+/// Writes each Envoy's bootstrap (sidecars and gateways) into its task's secrets, as Nomad
+/// does before starting Envoy: with the service's workload token, else the agent's own.
+/// `only_task`: just that proxy task's bootstrap (before it restarts).
 fn write_bootstraps<'a>(
     valid: &ValidConfig,
     groups: impl Iterator<Item = &'a GroupPlan>,
@@ -209,7 +221,7 @@ fn write_bootstraps<'a>(
     let agent_token = crate::consul::client::agent_token(consul)?;
     for group in groups {
         for service in &group.services {
-            let Some(sidecar) = &service.sidecar else {
+            let Some(sidecar) = &service.proxy else {
                 continue;
             };
             if only_task.is_some_and(|only| only != sidecar.task) {
@@ -227,7 +239,7 @@ fn write_bootstraps<'a>(
                 preflight: &consul.preflight,
                 renderer: renderer.clone(),
                 proxy_id: &sidecar.id,
-                gateway: None,
+                gateway: sidecar.gateway.as_deref(),
                 admin_bind: &sidecar.envoy_admin,
                 ready_bind: &sidecar.envoy_ready,
                 grpc_addr: grpc_addr(valid, group),

@@ -332,8 +332,8 @@ impl Agent {
         let mut ids = Vec::new();
         for service in self.plan.groups.iter().flat_map(|g| &g.services) {
             ids.push(service.id.clone());
-            if let Some(sidecar) = &service.sidecar {
-                ids.push(sidecar.id.clone());
+            if let Some(proxy) = &service.proxy {
+                ids.push(proxy.id.clone());
             }
         }
         let consul = self.valid.clone();

@@ -5,6 +5,7 @@ pub mod acl;
 pub mod agent;
 pub mod anti_entropy;
 pub mod client;
+pub mod gateway;
 pub mod preflight;
 pub mod registration;
 pub mod sync;

@@ -29,13 +29,13 @@ pub struct SidecarInputs {
 }
 
 /// An object builder that leaves out empty values.
-struct Obj(Object);
+pub(crate) struct Obj(Object);
 
 impl Obj {
-    fn new() -> Obj {
+    pub(crate) fn new() -> Obj {
         Obj(Object::new())
     }
-    fn set(mut self, key: &str, value: Value) -> Obj {
+    pub(crate) fn set(mut self, key: &str, value: Value) -> Obj {
         let empty = match &value {
             Value::Null => true,
             Value::String(s) => s.is_empty(),
@@ -50,28 +50,28 @@ impl Obj {
         }
         self
     }
-    fn str(self, key: &str, value: &str) -> Obj {
+    pub(crate) fn str(self, key: &str, value: &str) -> Obj {
         self.set(key, Value::String(value.to_string()))
     }
-    fn opt_str(self, key: &str, value: &Option<String>) -> Obj {
+    pub(crate) fn opt_str(self, key: &str, value: &Option<String>) -> Obj {
         match value {
             Some(v) => self.str(key, v),
             None => self,
         }
     }
-    fn num(self, key: &str, value: u64) -> Obj {
+    pub(crate) fn num(self, key: &str, value: u64) -> Obj {
         self.set(key, Value::Number(Number::U64(value)))
     }
-    fn build(self) -> Value {
+    pub(crate) fn build(self) -> Value {
         Value::Object(self.0)
     }
 }
 
-fn strings(items: &[String]) -> Value {
+pub(crate) fn strings(items: &[String]) -> Value {
     Value::Array(items.iter().map(|s| Value::String(s.clone())).collect())
 }
 
-fn string_map(map: &std::collections::BTreeMap<String, String>) -> Value {
+pub(crate) fn string_map(map: &std::collections::BTreeMap<String, String>) -> Value {
     Value::Object(
         map.iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))

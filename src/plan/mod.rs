@@ -115,15 +115,23 @@ pub struct ServicePlan {
     pub connect: String,
     /// The port registered in Consul: the host port of a label, or the number as written.
     pub port: Option<u16>,
-    pub sidecar: Option<SidecarPlan>,
+    /// The service's Envoy: its sidecar proxy, or the gateway itself.
+    pub proxy: Option<ProxyPlan>,
     /// The body of `PUT /v1/agent/service/register` (null for none).
     pub registration: miniserde::json::Value,
+    /// The ingress-gateway or terminating-gateway config entry outpost writes with
+    /// `PUT /v1/config` (null for other services).
+    pub config_entry: miniserde::json::Value,
 }
 
 #[derive(Debug, Serialize)]
-pub struct SidecarPlan {
+pub struct ProxyPlan {
+    /// The proxy ID Envoy bootstraps as: the sidecar's, or the gateway service's own.
     pub id: String,
     pub name: String,
+    /// `ingress`, `terminating` or `mesh` for a gateway (`-gateway`); none for a sidecar.
+    pub gateway: Option<String>,
+    /// The sidecar's public port, or the gateway's service port (its WAN port for mesh).
     pub port_label: String,
     pub host_port: u16,
     pub netns_port: u16,
@@ -204,9 +212,41 @@ pub fn host_veth_name(group: &str) -> String {
 
 /// Consul service ID (DESIGN.md): `_outpost-<group>-<service>-<port label or number>`.
 pub fn service_id(group: &str, service: &Service) -> String {
-    match &service.port {
-        Some(port) => format!("_outpost-{group}-{}-{}", service.name, port.0),
+    match service_port(service) {
+        Some(port) => format!("_outpost-{group}-{}-{port}", service.name),
         None => format!("_outpost-{group}-{}", service.name),
+    }
+}
+
+/// The gateway kind of a service (`ingress`, `terminating`, `mesh`), if it is one.
+pub fn gateway_kind(service: &Service) -> Option<&'static str> {
+    let gateway = service.connect.as_ref()?.gateway.as_ref()?;
+    if gateway.ingress.is_some() {
+        Some("ingress")
+    } else if gateway.terminating.is_some() {
+        Some("terminating")
+    } else {
+        gateway.mesh.as_ref().map(|_| "mesh")
+    }
+}
+
+/// The service's port label or number. A terminating gateway written without one gets
+/// Nomad's injected `connect-terminating-<service>` (§1.4).
+pub fn service_port(service: &Service) -> Option<String> {
+    match (&service.port, gateway_kind(service)) {
+        (Some(port), _) => Some(port.0.clone()),
+        (None, Some("terminating")) => Some(format!("connect-terminating-{}", service.name)),
+        (None, _) => None,
+    }
+}
+
+/// Port labels Nomad injects for a service's proxy or gateway (§1.4).
+fn injected_labels(service: &Service) -> Vec<String> {
+    match gateway_kind(service) {
+        _ if has_sidecar(service) => vec![sidecar_label(service)],
+        Some("terminating") => service_port(service).into_iter().collect(),
+        Some("mesh") => vec![format!("connect-mesh-{}-lan", service.name)],
+        _ => Vec::new(),
     }
 }
 
@@ -365,8 +405,7 @@ fn plan_ports(
                 injected: false,
             });
         }
-        for service in group.services.iter().filter(|s| has_sidecar(s)) {
-            let label = sidecar_label(service);
+        for label in group.services.iter().flat_map(injected_labels) {
             if !list.iter().any(|p| p.label == label) {
                 list.push(PortPlan {
                     label,
@@ -416,7 +455,7 @@ fn netns_listeners(group: &Group, ports: &[PortPlan]) -> BTreeSet<u16> {
         .filter(|p| *p > 0)
         .collect();
     for (si, service) in group.services.iter().enumerate() {
-        if !has_sidecar(service) {
+        if !has_sidecar(service) && gateway_kind(service).is_none() {
             continue;
         }
         let (admin, ready) = envoy_ports(si);
@@ -494,8 +533,8 @@ impl Context<'_> {
             tasks.push(self.task(spec, &alloc_dir, &group_env, problems));
         }
         for (si, (service, planned)) in group.services.iter().zip(&services).enumerate() {
-            if let Some(sidecar) = &planned.sidecar {
-                let spec = self.proxy_task(gi, si, service, sidecar, &restart);
+            if let Some(proxy) = &planned.proxy {
+                let spec = self.proxy_task(gi, si, service, proxy, &restart);
                 tasks.push(self.task(spec, &alloc_dir, &group_env, problems));
             }
         }
@@ -534,12 +573,12 @@ impl Context<'_> {
         alloc_id: &str,
     ) -> ServicePlan {
         let id = service_id(&group.name, service);
-        let port = service.port.as_ref().and_then(|p| {
+        let port = service_port(service).and_then(|p| {
             ports
                 .iter()
-                .find(|planned| planned.label == p.0)
+                .find(|planned| planned.label == p)
                 .map(|planned| planned.host_port)
-                .or_else(|| p.as_number())
+                .or_else(|| p.parse().ok())
         });
         let connect = match &service.connect {
             None => "none",
@@ -547,8 +586,22 @@ impl Context<'_> {
             Some(c) if c.gateway.is_some() => "gateway",
             Some(_) => "native",
         };
-        let sidecar = has_sidecar(service).then(|| {
-            let label = sidecar_label(service);
+        let gateway = gateway_kind(service);
+        let proxy = (has_sidecar(service) || gateway.is_some()).then(|| {
+            let (label, proxy_id, name, prefix) = match gateway {
+                None => (
+                    sidecar_label(service),
+                    format!("{id}-sidecar-proxy"),
+                    format!("{}-sidecar-proxy", service.name),
+                    PROXY_PREFIX.to_string(),
+                ),
+                Some(kind) => (
+                    service_port(service).unwrap_or_default(),
+                    id.clone(),
+                    service.name.clone(),
+                    format!("connect-{kind}"),
+                ),
+            };
             let planned = ports.iter().find(|p| p.label == label);
             let (admin, ready) = envoy_ports(si);
             let task = service
@@ -556,10 +609,11 @@ impl Context<'_> {
                 .as_ref()
                 .and_then(|c| c.sidecar_task.as_ref())
                 .and_then(|t| t.name.clone())
-                .unwrap_or_else(|| format!("{PROXY_PREFIX}-{}", service.name));
-            SidecarPlan {
-                id: format!("{id}-sidecar-proxy"),
-                name: format!("{}-sidecar-proxy", service.name),
+                .unwrap_or_else(|| format!("{prefix}-{}", service.name));
+            ProxyPlan {
+                id: proxy_id,
+                name,
+                gateway: gateway.map(str::to_string),
                 port_label: label,
                 host_port: planned.map_or(0, |p| p.host_port),
                 netns_port: planned.map_or(0, |p| p.netns_port),
@@ -570,38 +624,54 @@ impl Context<'_> {
         });
         let host_port_of =
             |label: &str| ports.iter().find(|p| p.label == label).map(|p| p.host_port);
-        let registration = crate::consul::registration::service_body(
-            &crate::consul::registration::ServiceInputs {
-                service,
-                id: &id,
-                port,
-                port_is_label: service
-                    .port
-                    .as_ref()
-                    .is_some_and(|p| ports.iter().any(|planned| planned.label == p.0)),
-                advertise: &self.advertise,
-                host_port_of: &host_port_of,
-                sidecar: sidecar
-                    .as_ref()
-                    .map(|s| crate::consul::registration::SidecarInputs {
-                        host_port: s.host_port,
-                        netns_port: s.netns_port,
-                    }),
-                stats_tags: vec![
-                    format!("nomad.alloc_id={alloc_id}"),
-                    format!("nomad.group={}", group.name),
-                    format!("nomad.job={}", self.node_name),
-                    "nomad.namespace=default".to_string(),
-                ],
-            },
-        );
+        let netns_port_of = |label: &str| {
+            ports
+                .iter()
+                .find(|p| p.label == label)
+                .map(|p| p.netns_port)
+        };
+        use crate::consul::registration as reg;
+        let inputs = reg::ServiceInputs {
+            service,
+            id: &id,
+            port,
+            port_is_label: service_port(service)
+                .is_some_and(|p| ports.iter().any(|planned| planned.label == p)),
+            advertise: &self.advertise,
+            host_port_of: &host_port_of,
+            sidecar: proxy
+                .as_ref()
+                .filter(|p| p.gateway.is_none())
+                .map(|s| reg::SidecarInputs {
+                    host_port: s.host_port,
+                    netns_port: s.netns_port,
+                }),
+            stats_tags: vec![
+                format!("nomad.alloc_id={alloc_id}"),
+                format!("nomad.group={}", group.name),
+                format!("nomad.job={}", self.node_name),
+                "nomad.namespace=default".to_string(),
+            ],
+        };
+        let (registration, config_entry) =
+            match service.connect.as_ref().and_then(|c| c.gateway.as_ref()) {
+                Some(gw) => {
+                    let bridge = is_bridge(group);
+                    (
+                        crate::consul::gateway::service_body(&inputs, gw, bridge, &netns_port_of),
+                        crate::consul::gateway::config_entry(service, gw, self.node_name),
+                    )
+                }
+                None => (reg::service_body(&inputs), miniserde::json::Value::Null),
+            };
         ServicePlan {
             name: service.name.clone(),
             id,
             connect: connect.into(),
             port,
-            sidecar,
+            proxy,
             registration,
+            config_entry,
         }
     }
 
@@ -668,7 +738,7 @@ impl Context<'_> {
         gi: usize,
         si: usize,
         service: &'s Service,
-        sidecar: &SidecarPlan,
+        proxy: &ProxyPlan,
         restart: &Restart,
     ) -> TaskSpec<'s> {
         let envoy = &self.valid.config.envoy;
@@ -689,17 +759,26 @@ impl Context<'_> {
         let mut extra_env = EnvMap::new();
         extra_env.insert(
             format!("NOMAD_ENVOY_ADMIN_ADDR_{cleaned}"),
-            sidecar.envoy_admin.clone(),
+            proxy.envoy_admin.clone(),
         );
         extra_env.insert(
             format!("NOMAD_ENVOY_READY_ADDR_{cleaned}"),
-            sidecar.envoy_ready.clone(),
+            proxy.envoy_ready.clone(),
         );
         static NO_ENV: EnvMap = EnvMap::new();
+        // A gateway is the group's main task; a sidecar starts before the group's tasks
+        // and runs beside them (§1.2, §1.3).
+        let (kind, lifecycle) = match &proxy.gateway {
+            Some(gw) => (format!("connect-{gw}:{}", service.name), "main"),
+            None => (
+                format!("{PROXY_PREFIX}:{}", service.name),
+                "prestart sidecar",
+            ),
+        };
         TaskSpec {
-            name: sidecar.task.clone(),
-            kind: Some(format!("{PROXY_PREFIX}:{}", service.name)),
-            lifecycle: "prestart sidecar".into(),
+            name: proxy.task.clone(),
+            kind: Some(kind),
+            lifecycle: lifecycle.into(),
             driver: "exec".into(),
             command: overrides
                 .and_then(|t| t.command.clone())

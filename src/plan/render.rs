@@ -131,11 +131,31 @@ fn group_text(out: &mut String, group: &GroupPlan) {
             "    service  {} (id {}, port {port}, connect {})",
             service.name, service.id, service.connect
         );
-        if let Some(s) = &service.sidecar {
+        match &service.proxy {
+            Some(s) if s.gateway.is_some() => {
+                let kind = s.gateway.as_deref().unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "      {kind} gateway {} on port {} (host {} -> {}), envoy admin {} ready {}",
+                    s.id, s.port_label, s.host_port, s.netns_port, s.envoy_admin, s.envoy_ready
+                );
+                let config = registration_field(&service.registration, "Proxy");
+                let _ = writeln!(out, "      proxy  {config}");
+            }
+            Some(s) => {
+                let _ = writeln!(
+                    out,
+                    "      sidecar {} on port {} (host {} -> {}), envoy admin {} ready {}",
+                    s.id, s.port_label, s.host_port, s.netns_port, s.envoy_admin, s.envoy_ready
+                );
+            }
+            None => {}
+        }
+        if !matches!(service.config_entry, Value::Null) {
             let _ = writeln!(
                 out,
-                "      sidecar {} on port {} (host {} -> {}), envoy admin {} ready {}",
-                s.id, s.port_label, s.host_port, s.netns_port, s.envoy_admin, s.envoy_ready
+                "      config entry (PUT /v1/config) {}",
+                miniserde::json::to_string(&service.config_entry)
             );
         }
     }
@@ -179,4 +199,12 @@ fn task_text(out: &mut String, task: &TaskPlan) {
         out,
         "      env    (+{hidden} NOMAD_* and PATH; plan --json lists all)"
     );
+}
+
+/// One field of a registration body as compact JSON (`null` when absent).
+fn registration_field(body: &Value, key: &str) -> String {
+    match body {
+        Value::Object(o) => miniserde::json::to_string(o.get(key).unwrap_or(&Value::Null)),
+        _ => "null".into(),
+    }
 }

@@ -64,7 +64,10 @@ struct State {
     log: Vec<Logged>,
     restarts: usize,
     agent_self: AgentSelf,
-    proxy_defaults: Option<Object>,
+    /// Config entries by (kind, name); they live on the servers, so an agent restart keeps
+    /// them.
+    config_entries: BTreeMap<(String, String), Object>,
+    config_index: u64,
 }
 
 /// What `/v1/agent/self` reports about addresses and gRPC.
@@ -214,7 +217,24 @@ impl ConsulDouble {
 
     /// Writes `proxy-defaults/global` (as `PUT /v1/config` would).
     pub fn set_proxy_defaults(&self, entry: Object) {
-        self.lock().proxy_defaults = Some(entry);
+        let key = ("proxy-defaults".to_string(), "global".to_string());
+        self.lock().config_entries.insert(key, entry);
+    }
+
+    /// Writes a config entry as `PUT /v1/config` would (validated the same way).
+    pub fn put_config_entry(&self, entry: &str) -> (u16, String) {
+        let (status, body, _) = put_config(&mut self.lock(), entry);
+        (status, body)
+    }
+
+    pub fn config_entry(&self, kind: &str, name: &str) -> Option<Object> {
+        let key = (kind.to_string(), name.to_string());
+        self.lock().config_entries.get(&key).cloned()
+    }
+
+    /// (kind, name) of every config entry.
+    pub fn config_entry_names(&self) -> Vec<(String, String)> {
+        self.lock().config_entries.keys().cloned().collect()
     }
 
     pub fn restart(&self) {
@@ -485,16 +505,52 @@ fn route(s: &mut State, r: &Request, negative_cached: &mut bool) -> Reply {
             Err(reply) => reply,
         };
     }
-    if path == "/v1/config/proxy-defaults/global" {
-        if !expect("GET") {
-            return method_not_allowed(&r.method, "GET");
+    if path == "/v1/config" {
+        if !expect("PUT") {
+            return method_not_allowed(&r.method, "PUT");
         }
-        return match &s.proxy_defaults {
-            Some(entry) => ok_json(Value::Object(entry.clone())),
-            None => text(
-                404,
-                "Config entry not found for \"proxy-defaults\" / \"global\"",
-            ),
+        if let Err(reply) = authorize_write(s, r) {
+            return reply;
+        }
+        return put_config(s, &r.body);
+    }
+    if let Some(rest) = path.strip_prefix("/v1/config/") {
+        let (kind, name) = match rest.split_once('/') {
+            Some((kind, name)) => (kind, Some(name)),
+            None => (rest, None),
+        };
+        if !CONFIG_KINDS.contains(&kind) {
+            return text(400, &format!("invalid config entry kind: {kind}"));
+        }
+        return match (r.method.as_str(), name) {
+            ("GET", None) => {
+                let list: Array = s
+                    .config_entries
+                    .iter()
+                    .filter(|((k, _), _)| k == kind)
+                    .map(|(_, e)| Value::Object(e.clone()))
+                    .collect();
+                ok_json(Value::Array(list))
+            }
+            ("GET", Some(name)) => {
+                match s.config_entries.get(&(kind.to_string(), name.to_string())) {
+                    Some(entry) => ok_json(Value::Object(entry.clone())),
+                    None => text(
+                        404,
+                        &format!("Config entry not found for \"{kind}\" / \"{name}\""),
+                    ),
+                }
+            }
+            ("DELETE", Some(name)) => {
+                if let Err(reply) = authorize_write(s, r) {
+                    return reply;
+                }
+                s.config_entries
+                    .remove(&(kind.to_string(), name.to_string()));
+                (200, "true".into(), Vec::new())
+            }
+            (_, None) => method_not_allowed(&r.method, "GET"),
+            (_, Some(_)) => method_not_allowed(&r.method, "GET, DELETE"),
         };
     }
     if path == "/v1/agent/checks" {
@@ -941,6 +997,197 @@ const KINDS: &[&str] = &[
     "ingress-gateway",
     "api-gateway",
 ];
+
+const CONFIG_KINDS: &[&str] = &[
+    "service-defaults",
+    "proxy-defaults",
+    "service-router",
+    "service-splitter",
+    "service-resolver",
+    "ingress-gateway",
+    "terminating-gateway",
+    "service-intentions",
+    "mesh",
+    "exported-services",
+];
+
+/// `PUT /v1/config`: the two gateway kinds outpost writes are validated field by field as
+/// Consul decodes them (unknown keys are errors); other kinds are stored as given.
+fn put_config(s: &mut State, body: &str) -> Reply {
+    let Ok(Value::Object(mut entry)) = json::from_str::<Value>(body) else {
+        return text(400, "Request decoding failed: expected a JSON object");
+    };
+    let kind = match entry.get("Kind") {
+        Some(Value::String(k)) => k.clone(),
+        _ => return text(400, "Request decoding failed: Payload is missing Kind"),
+    };
+    if !CONFIG_KINDS.contains(&kind.as_str()) {
+        return text(
+            400,
+            &format!("Request decoding failed: invalid config entry kind: {kind}"),
+        );
+    }
+    let name = match entry.get("Name") {
+        Some(Value::String(n)) if !n.is_empty() => n.clone(),
+        _ => return text(400, &format!("Name is required for {kind} config entries")),
+    };
+    let valid = match kind.as_str() {
+        "ingress-gateway" => validate_ingress_entry(&entry),
+        "terminating-gateway" => validate_terminating_entry(&entry),
+        _ => Ok(()),
+    };
+    if let Err(reply) = valid {
+        return reply;
+    }
+    s.config_index += 1;
+    let key = (kind, name);
+    let create = s
+        .config_entries
+        .get(&key)
+        .and_then(|e| e.get("CreateIndex").cloned())
+        .unwrap_or(Value::Number(Number::U64(s.config_index)));
+    entry.insert("CreateIndex".into(), create);
+    entry.insert(
+        "ModifyIndex".into(),
+        Value::Number(Number::U64(s.config_index)),
+    );
+    s.config_entries.insert(key, entry);
+    (200, "true".into(), Vec::new())
+}
+
+fn decode_keys(obj: &Object, allowed: &[&str]) -> Result<(), Reply> {
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(text(
+            400,
+            &format!(
+                "Request decoding failed: 1 error(s) decoding:\n\n* invalid config key \"{k}\""
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn validate_ingress_entry(entry: &Object) -> Result<(), Reply> {
+    decode_keys(
+        entry,
+        &[
+            "Kind",
+            "Name",
+            "Namespace",
+            "Partition",
+            "TLS",
+            "Listeners",
+            "Defaults",
+            "Meta",
+        ],
+    )?;
+    if let Some(tls) = get_obj(entry, "TLS")? {
+        decode_keys(
+            tls,
+            &[
+                "Enabled",
+                "TLSMinVersion",
+                "TLSMaxVersion",
+                "CipherSuites",
+                "SDS",
+            ],
+        )?;
+    }
+    for listener in get_array(entry, "Listeners")?.into_iter().flatten() {
+        let Value::Object(l) = listener else {
+            return Err(bad("Listeners: expected objects"));
+        };
+        decode_keys(l, &["Port", "Protocol", "Services", "TLS"])?;
+        let port = get_port(l, "Port")?;
+        let protocol = get_str(l, "Protocol")?.unwrap_or("tcp");
+        if !["tcp", "http", "http2", "grpc"].contains(&protocol) {
+            return Err(text(
+                400,
+                &format!(
+                    "protocol must be 'tcp', 'http', 'http2', or 'grpc'. '{protocol}' is an unsupported protocol"
+                ),
+            ));
+        }
+        let services = get_array(l, "Services")?.map_or(0, |a| a.len());
+        if protocol == "tcp" && services > 1 {
+            return Err(text(
+                400,
+                &format!(
+                    "Listener on port {port} protocol tcp: multiple services per listener are only supported for protocol = 'http' (1 error)"
+                ),
+            ));
+        }
+        for svc in get_array(l, "Services")?.into_iter().flatten() {
+            let Value::Object(svc) = svc else {
+                return Err(bad("Services: expected objects"));
+            };
+            decode_keys(
+                svc,
+                &[
+                    "Name",
+                    "Hosts",
+                    "Namespace",
+                    "Partition",
+                    "RequestHeaders",
+                    "ResponseHeaders",
+                    "TLS",
+                    "MaxConnections",
+                    "MaxPendingRequests",
+                    "MaxConcurrentRequests",
+                    "PassiveHealthCheck",
+                ],
+            )?;
+            if get_str(svc, "Name")?.is_none_or(str::is_empty) {
+                return Err(text(
+                    400,
+                    &format!("Service name cannot be blank (listener on port {port})"),
+                ));
+            }
+            string_list(svc, "Hosts")?;
+        }
+    }
+    string_map(entry, "Meta")?;
+    Ok(())
+}
+
+fn validate_terminating_entry(entry: &Object) -> Result<(), Reply> {
+    decode_keys(
+        entry,
+        &["Kind", "Name", "Namespace", "Partition", "Services", "Meta"],
+    )?;
+    for svc in get_array(entry, "Services")?.into_iter().flatten() {
+        let Value::Object(svc) = svc else {
+            return Err(bad("Services: expected objects"));
+        };
+        decode_keys(
+            svc,
+            &[
+                "Name",
+                "Namespace",
+                "Partition",
+                "CAFile",
+                "CertFile",
+                "KeyFile",
+                "SNI",
+                "DisableAutoHostRewrite",
+            ],
+        )?;
+        let name = get_str(svc, "Name")?.unwrap_or("");
+        if name.is_empty() {
+            return Err(text(400, "Service name cannot be blank."));
+        }
+        if get_str(svc, "CertFile")?.is_some() != get_str(svc, "KeyFile")?.is_some() {
+            return Err(text(
+                400,
+                &format!(
+                    "Service \"{name}\": must have a CertFile, CAFile, and KeyFile specified for TLS origination"
+                ),
+            ));
+        }
+    }
+    string_map(entry, "Meta")?;
+    Ok(())
+}
 
 fn bad(reason: &str) -> Reply {
     text(400, &format!("Request decode failed: {reason}"))

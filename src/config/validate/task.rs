@@ -4,6 +4,7 @@ use super::*;
 
 pub(super) fn check_tasks(c: &mut Checker, gi: usize, group: &Group) {
     let mut names = BTreeSet::new();
+    // The injected proxy of each service: its sidecar, or the gateway task.
     let reserved: BTreeMap<String, &str> = group
         .services
         .iter()
@@ -11,8 +12,13 @@ pub(super) fn check_tasks(c: &mut Checker, gi: usize, group: &Group) {
             s.connect
                 .as_ref()
                 .is_some_and(|k| k.sidecar_service.is_some())
+                || crate::plan::gateway_kind(s).is_some()
         })
-        .map(|s| (format!("{PROXY_PREFIX}-{}", s.name), s.name.as_str()))
+        .map(|s| {
+            let prefix = crate::plan::gateway_kind(s)
+                .map_or(PROXY_PREFIX.to_string(), |kind| format!("connect-{kind}"));
+            (format!("{prefix}-{}", s.name), s.name.as_str())
+        })
         .collect();
     for (ti, task) in group.tasks.iter().enumerate() {
         let at = |key| path!["group", gi, "task", ti, key];
@@ -30,7 +36,7 @@ pub(super) fn check_tasks(c: &mut Checker, gi: usize, group: &Group) {
             c.err(
                 at("name"),
                 format!(
-                    "task name \"{}\" is reserved for the sidecar of service \"{service}\"",
+                    "task name \"{}\" is reserved for the proxy of service \"{service}\"",
                     task.name
                 ),
             );
