@@ -204,6 +204,10 @@ fn gateways_register_with_their_kind_and_write_only_their_own_config_entries() {
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{stderr}");
     assert!(!stderr.contains("wrote Consul config entry"), "{stderr}");
+    assert!(
+        stderr.contains("0 service(s) registered, 0 deregistered, 3 unchanged"),
+        "{stderr}"
+    );
 
     // The terminating gateway goes: its entry goes, nobody else's.
     let file = gateways_config(&dir, &double.url(), &["terminating"]);

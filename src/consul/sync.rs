@@ -131,8 +131,8 @@ fn strings_set(v: Option<&Value>) -> BTreeSet<String> {
 }
 
 /// Missing, or different in what we set (Nomad's comparison, §6.7, on the fields outpost
-/// sends): name, port, address, tags, our meta, and the sidecar's presence, port and
-/// upstreams.
+/// sends): name, kind, port, address, tags, our meta, a gateway's proxy config, and the
+/// sidecar's presence, port and upstreams.
 fn needs_registering(w: &Wanted, services: &Object) -> bool {
     let Value::Object(body) = w.body else {
         return false;
@@ -141,7 +141,11 @@ fn needs_registering(w: &Wanted, services: &Object) -> bool {
         return true;
     };
     let want_address = field(body, "Address");
+    let proxy_config = |o: &Object| object(o, "Proxy").and_then(|p| field(p, "Config")).cloned();
     let differs = !same(field(body, "Name"), field(have, "Service"))
+        || !same(field(body, "Kind"), field(have, "Kind"))
+        || (object(body, "Proxy").is_some()
+            && !same(proxy_config(body).as_ref(), proxy_config(have).as_ref()))
         || !same(field(body, "Port"), field(have, "Port"))
         || (want_address.is_some() && !same(want_address, field(have, "Address")))
         || strings_set(field(body, "Tags")) != strings_set(field(have, "Tags"))
