@@ -588,3 +588,81 @@ fn a_slow_consul_does_not_stall_the_agents_loop() {
     mesh.teardown();
     let _ = agent.wait();
 }
+
+/// One HTTP/1.0 GET of `path`: the status code and the body.
+fn get_status(addr: &str, path: &str) -> Result<(u16, String), String> {
+    let mut s = std::net::TcpStream::connect_timeout(
+        &addr.parse().map_err(|e| format!("{e}"))?,
+        Duration::from_secs(2),
+    )
+    .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)
+        .map_err(|e| format!("read: {e}"))?;
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or(format!("answer: {reply:?}"))?;
+    Ok((code, body.to_string()))
+}
+
+#[test]
+fn an_exposed_check_answers_from_the_host_through_the_sidecar() {
+    let Some(mesh) = Mesh::new("run-expose") else {
+        return;
+    };
+    let config = std::fs::read_to_string(&mesh.file).unwrap().replace(
+        "port = \"9001\"\n",
+        "port = \"9001\"\n[[group.service.check]]\nname = \"api-health\"\ntype = \"http\"\npath = \"/health\"\ninterval = \"10s\"\ntimeout = \"2s\"\nexpose = true\n",
+    );
+    std::fs::write(&mesh.file, config).unwrap();
+    let mut agent = mesh.start_agent();
+    let all = mesh.wait(30, all_running);
+    assert!(all_running(&all), "{all:?}\n{}", mesh.log());
+
+    // The sidecar's registration carries the path Nomad's mutator adds for the check.
+    let sidecar = Value::Object(mesh.double.service(API_PROXY).expect("api sidecar"));
+    let Some(Value::Array(paths)) = field(
+        field(field(&sidecar, "Proxy").unwrap(), "Expose").unwrap(),
+        "Paths",
+    ) else {
+        panic!("no expose paths: {}", miniserde::json::to_string(&sidecar));
+    };
+    assert_eq!(paths.len(), 1);
+    let listener = number(field(&paths[0], "ListenerPort"));
+    assert!(
+        (20000..=32000).contains(&listener),
+        "a dynamic port: {listener}"
+    );
+    assert_eq!(text(field(&paths[0], "Path")), "/health");
+    assert_eq!(number(field(&paths[0], "LocalPathPort")), 9001);
+    // The check probes that port on the node's address, as Consul will.
+    let (code, checks) = get_status(&mesh.double.address, "/v1/agent/checks").unwrap();
+    assert_eq!(code, 200);
+    let want = format!("\"HTTP\":\"http://{UPLINK}:{listener}/health\"");
+    assert!(
+        checks.contains("api-health") && checks.contains(&want),
+        "{checks}"
+    );
+
+    // From the host: the exposed path reaches the API through its Envoy; nothing else does.
+    let addr = format!("{UPLINK}:{listener}");
+    let start = Instant::now();
+    let mut answer = get_status(&addr, "/health");
+    while !matches!(answer, Ok((200, _))) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        answer = get_status(&addr, "/health");
+    }
+    let (code, body) = answer.unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("\"count\""), "{body}");
+    assert_eq!(get_status(&addr, "/").unwrap().0, 404);
+    mesh.teardown();
+    let _ = agent.wait();
+}

@@ -12,6 +12,8 @@ pub struct ServiceInputs<'a> {
     pub id: &'a str,
     /// Registered port: a label's host port, or the number as written.
     pub port: Option<u16>,
+    /// The service's port inside the group's namespace (where exposed checks land).
+    pub local_port: Option<u16>,
     /// True when `port` names a label (then the address is the advertise address; a
     /// literal number leaves the address to Consul, as Nomad does).
     pub port_is_label: bool,
@@ -92,8 +94,8 @@ pub fn service_body(input: &ServiceInputs) -> Value {
     let checks: Array = s
         .checks
         .iter()
-        .filter(|c| !c.expose)
-        .map(|c| check_body(input, c))
+        .enumerate()
+        .map(|(ci, c)| check_body(input, ci, c))
         .collect();
     let mut body = Obj::new()
         .str("ID", input.id)
@@ -128,25 +130,20 @@ pub fn service_body(input: &ServiceInputs) -> Value {
         let upstreams: Array = proxy
             .map(|p| p.upstreams.iter().map(upstream_body).collect())
             .unwrap_or_default();
-        let expose_paths: Array = proxy
-            .and_then(|p| p.expose.as_ref())
-            .map(|e| {
-                e.paths
-                    .iter()
-                    .map(|ep| {
-                        Obj::new()
-                            .num(
-                                "ListenerPort",
-                                u64::from((input.host_port_of)(&ep.listener_port).unwrap_or(0)),
-                            )
-                            .str("Path", &ep.path)
-                            .num("LocalPathPort", u64::from(ep.local_path_port))
-                            .str("Protocol", &ep.protocol)
-                            .build()
-                    })
-                    .collect()
+        let expose_paths: Array = expose_paths(input)
+            .into_iter()
+            .map(|(path, protocol, local, label)| {
+                Obj::new()
+                    .num(
+                        "ListenerPort",
+                        u64::from((input.host_port_of)(&label).unwrap_or(0)),
+                    )
+                    .str("Path", &path)
+                    .num("LocalPathPort", u64::from(local))
+                    .str("Protocol", &protocol)
+                    .build()
             })
-            .unwrap_or_default();
+            .collect();
         let tproxy = proxy.and_then(|p| p.transparent_proxy.as_ref());
         let proxy_body = Obj::new()
             .str("Mode", if tproxy.is_some() { "transparent" } else { "" })
@@ -207,6 +204,55 @@ pub fn service_body(input: &ServiceInputs) -> Value {
         );
     }
     body.build()
+}
+
+/// The sidecar's expose paths as (path, protocol, local path port, listener port label): the
+/// written ones, then one per check with `expose = true` (Nomad's mutator, §1.6), routed to
+/// the service's port inside the namespace. Duplicates are skipped.
+pub fn expose_paths(input: &ServiceInputs) -> Vec<(String, String, u16, String)> {
+    let s = input.service;
+    let written = s
+        .connect
+        .as_ref()
+        .and_then(|c| c.sidecar_service.as_ref())
+        .and_then(|sc| sc.proxy.as_ref())
+        .and_then(|p| p.expose.as_ref());
+    let mut paths: Vec<(String, String, u16, String)> = written
+        .map(|e| {
+            e.paths
+                .iter()
+                .map(|ep| {
+                    let label = ep.listener_port.clone();
+                    (
+                        ep.path.clone(),
+                        ep.protocol.clone(),
+                        ep.local_path_port,
+                        label,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for (ci, check) in s.checks.iter().enumerate().filter(|(_, c)| c.expose) {
+        let path = (
+            check.path.clone().unwrap_or_else(|| "/".into()),
+            check.protocol.clone().unwrap_or_else(|| "http".into()),
+            input.local_port.unwrap_or(0),
+            exposed_check_label(s, ci, check),
+        );
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
+    paths
+}
+
+/// The port label an exposed check is probed on: its own, or Nomad's generated one.
+fn exposed_check_label(service: &Service, ci: usize, check: &Check) -> String {
+    match &check.port {
+        Some(port) => port.0.clone(),
+        None => crate::plan::expose_check_label(service, ci),
+    }
 }
 
 /// The user's `envoy_stats_tags`, plus each of Nomad's four tags whose prefix is missing;
@@ -284,8 +330,10 @@ pub fn check_id(service_id: &str, service: &Service, check: &Check) -> String {
     format!("_outpost-check-{hash:016x}")
 }
 
-fn check_body(input: &ServiceInputs, check: &Check) -> Value {
+fn check_body(input: &ServiceInputs, ci: usize, check: &Check) -> Value {
+    // An exposed check probes the sidecar's expose listener, published on the host.
     let port = match &check.port {
+        _ if check.expose => (input.host_port_of)(&exposed_check_label(input.service, ci, check)),
         Some(p) => (input.host_port_of)(&p.0).or_else(|| p.as_number()),
         None => input.port,
     }

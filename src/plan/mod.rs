@@ -240,10 +240,28 @@ pub fn service_port(service: &Service) -> Option<String> {
     }
 }
 
-/// Port labels Nomad injects for a service's proxy or gateway (§1.4).
+/// The dynamic port label of the `ci`th check of a service when it is exposed through the
+/// sidecar without a port of its own: Nomad's `svc_<service>_ck_<6 hex>` (§1.6). Nomad's hex
+/// comes from its check hash; ours from a hash of the service name and check index, just as
+/// stable.
+pub fn expose_check_label(service: &Service, ci: usize) -> String {
+    let hash = fnv1a64(format!("{}_{ci}", service.name).as_bytes(), 0);
+    format!("svc_{}_ck_{:06x}", service.name, hash & 0xff_ffff)
+}
+
+/// Port labels Nomad injects for a service's proxy or gateway (§1.4), and for its checks
+/// exposed through the sidecar (§1.6).
 fn injected_labels(service: &Service) -> Vec<String> {
     match gateway_kind(service) {
-        _ if has_sidecar(service) => vec![sidecar_label(service)],
+        _ if has_sidecar(service) => {
+            let mut labels = vec![sidecar_label(service)];
+            for (ci, check) in service.checks.iter().enumerate() {
+                if check.expose && check.port.is_none() {
+                    labels.push(expose_check_label(service, ci));
+                }
+            }
+            labels
+        }
         Some("terminating") => service_port(service).into_iter().collect(),
         Some("mesh") => vec![format!("connect-mesh-{}-lan", service.name)],
         _ => Vec::new(),
@@ -635,6 +653,8 @@ impl Context<'_> {
             service,
             id: &id,
             port,
+            local_port: service_port(service)
+                .and_then(|p| netns_port_of(&p).or_else(|| p.parse().ok())),
             port_is_label: service_port(service)
                 .is_some_and(|p| ports.iter().any(|planned| planned.label == p)),
             advertise: &self.advertise,

@@ -299,6 +299,9 @@ impl ConsulDouble {
             {
                 return;
             }
+            if request.close {
+                return;
+            }
         }
     }
 
@@ -335,6 +338,9 @@ struct Request {
     query: String,
     token: Option<String>,
     body: String,
+    /// HTTP/1.0 without keep-alive, or `Connection: close`: Go's server closes after the
+    /// answer.
+    close: bool,
 }
 
 impl Request {
@@ -383,6 +389,7 @@ fn read_request(reader: &mut BufReader<impl Read>) -> Option<Request> {
     let method = parts.next()?.to_string();
     let target = parts.next()?.to_string();
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let mut close = parts.next() == Some("HTTP/1.0");
     let mut content_length = 0;
     let mut token = None;
     loop {
@@ -396,6 +403,7 @@ fn read_request(reader: &mut BufReader<impl Read>) -> Option<Request> {
         match name.trim().to_ascii_lowercase().as_str() {
             "content-length" => content_length = value.trim().parse().ok()?,
             "x-consul-token" => token = Some(value.trim().to_string()),
+            "connection" => close = value.trim().eq_ignore_ascii_case("close"),
             _ => {}
         }
     }
@@ -407,6 +415,7 @@ fn read_request(reader: &mut BufReader<impl Read>) -> Option<Request> {
         query: query.to_string(),
         token,
         body: String::from_utf8_lossy(&body).into_owned(),
+        close,
     })
 }
 
@@ -1368,6 +1377,12 @@ fn register(s: &mut State, body: &str) -> Reply {
                     );
                     hc.insert("ServiceID".into(), Value::String(id.clone()));
                     hc.insert("ServiceName".into(), Value::String(name.clone()));
+                    // What the agent will probe, as /v1/agent/checks shows it.
+                    let definition: Object = ["HTTP", "TCP", "GRPC", "Interval", "Timeout"]
+                        .iter()
+                        .filter_map(|k| Some((k.to_string(), check.get(*k)?.clone())))
+                        .collect();
+                    hc.insert("Definition".into(), Value::Object(definition));
                     s.checks.insert(check_id, hc);
                 }
                 s.services.insert(id, service);

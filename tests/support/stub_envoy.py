@@ -14,6 +14,9 @@
   (Proxy.Config bind_address:bind_port, else the service's Address:Port) to
   LocalServiceAddress:LocalServicePort, and each upstream's LocalBindAddress:LocalBindPort to
   an instance of the destination found in the catalog at connection time.
+- Serves each `Expose.Paths` entry as Envoy's expose listener does: HTTP on
+  0.0.0.0:ListenerPort, where only that exact path is forwarded to 127.0.0.1:LocalPathPort
+  and every other path gets 404.
 Exits 1 at once if the bootstrap is missing or not JSON, or the registration cannot be read.
 """
 import http.client, http.server, json, os, socket, sys, threading, time
@@ -122,6 +125,35 @@ if registration.get("Kind") == "connect-proxy":
 for up in proxy.get("Upstreams") or []:
     serve((up.get("LocalBindAddress") or "127.0.0.1", up["LocalBindPort"]),
           instance_of(up["DestinationName"]))
+
+
+def serve_exposed(expose):
+    path, local = expose["Path"], expose["LocalPathPort"]
+
+    class Exposed(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path != path:
+                self.send_response(404)
+                self.end_headers()
+                return
+            conn = http.client.HTTPConnection("127.0.0.1", local, timeout=5)
+            conn.request("GET", path)
+            reply = conn.getresponse()
+            body = reply.read()
+            self.send_response(reply.status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", expose["ListenerPort"]), Exposed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+
+for expose in (proxy.get("Expose") or {}).get("Paths") or []:
+    serve_exposed(expose)
 
 
 class Admin(http.server.BaseHTTPRequestHandler):
