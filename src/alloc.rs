@@ -355,7 +355,10 @@ impl Runner {
             .iter()
             .filter(|t| t.lifecycle == "prestart sidecar")
             .all(|t| match (&t.state, &t.ready_check, &self.netns) {
-                (TaskState::Running(_), Some(admin), Some(ns)) => envoy_ready(ns, admin),
+                (TaskState::Running(_), Some(admin), Some(ns)) => {
+                    let uid = t.spec.user.as_deref().map(supervise::credentials);
+                    envoy_ready(ns, admin, uid.and_then(Result::ok).map(|(uid, _)| uid))
+                }
                 (TaskState::Running(_), _, _) => true,
                 _ => false,
             })
@@ -589,7 +592,32 @@ fn make_dirs(task: &Task) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(task.spec.dir.join("secrets"))
+        .create(task.spec.dir.join("secrets"))?;
+    match task.spec.user.as_deref().map(supervise::credentials) {
+        Some(Ok((uid, gid))) if uid != 0 => let_user_in(&task.spec.dir, uid, gid),
+        _ => Ok(()),
+    }
+}
+
+/// A task that runs as another user (Envoy under a transparent proxy) owns its own
+/// directories, secrets included, and may pass through (not list) the directories above
+/// them and into the group's `alloc/tmp`, where the xDS socket is.
+fn let_user_in(task_dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for sub in ["", "local", "tmp", "secrets"] {
+        std::os::unix::fs::chown(task_dir.join(sub), Some(uid), Some(gid))?;
+    }
+    let group_dir = task_dir.parent().unwrap_or(task_dir);
+    let alloc_root = group_dir.parent().unwrap_or(group_dir);
+    let run_dir = alloc_root.parent().unwrap_or(alloc_root);
+    let shared = group_dir.join("alloc");
+    for dir in [run_dir, alloc_root, group_dir, &shared, &shared.join("tmp")] {
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o011 != 0o011 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o011))?;
+        }
+    }
+    Ok(())
 }
 
 fn start(group: &str, task: &mut Task) {
@@ -640,10 +668,17 @@ fn next_after_exit(task: &mut Task, policy: &Policy, now: Instant, random: f64) 
 }
 
 /// Whether Envoy's admin answers `GET /ready` with 200, asked inside the namespace.
-fn envoy_ready(netns: &str, admin: &str) -> bool {
+/// `as_uid`: Envoy's uid under a transparent proxy. The question is asked from a socket
+/// owned by that uid (the thread's fsuid), so the redirection rules let it through as
+/// Envoy's own traffic instead of sending it to Envoy's outbound listener.
+fn envoy_ready(netns: &str, admin: &str, as_uid: Option<u32>) -> bool {
     use std::io::{Read, Write};
     let admin = admin.to_string();
     crate::net::netns::run_in(netns, move || {
+        if let Some(uid) = as_uid {
+            // Only this short-lived thread changes: Linux credentials are per thread.
+            nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+        }
         let addr: std::net::SocketAddr = admin
             .parse()
             .map_err(|_| std::io::Error::other("bad admin address"))?;

@@ -80,14 +80,18 @@ fn open_log(path: &Path) -> Result<File, String> {
 }
 
 /// uid, gid and supplementary groups of `user` (a name or a number).
-fn credentials(user: &str) -> Result<(u32, u32), String> {
+pub(crate) fn credentials(user: &str) -> Result<(u32, u32), String> {
     let found = match user.parse::<u32>() {
         Ok(uid) => nix::unistd::User::from_uid(uid.into()),
         Err(_) => nix::unistd::User::from_name(user),
     };
     match found {
         Ok(Some(u)) => Ok((u.uid.as_raw(), u.gid.as_raw())),
-        Ok(None) => Err(format!("user {user:?} does not exist")),
+        // A bare uid need not be in /etc/passwd (as with containers): its gid is the same.
+        Ok(None) => match user.parse::<u32>() {
+            Ok(uid) => Ok((uid, uid)),
+            Err(_) => Err(format!("user {user:?} does not exist")),
+        },
         Err(e) => Err(format!("cannot look up user {user:?}: {e}")),
     }
 }

@@ -253,7 +253,30 @@ fn write_bootstraps<'a>(
                 refresh: only_task.is_some(),
             };
             job.write()?;
+            // Envoy under a transparent proxy runs as its own uid and must read these.
+            if let Some(Ok((uid, gid))) = task.user.as_deref().map(crate::supervise::credentials)
+                && uid != 0
+            {
+                give_secrets_to(Path::new(&task.dir), uid, gid)?;
+            }
         }
+    }
+    Ok(())
+}
+
+/// Hands the task's `secrets/` (0700) and the files in it (0600) to `uid`.
+fn give_secrets_to(task_dir: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    let secrets = task_dir.join("secrets");
+    let chown = |p: &Path| {
+        std::os::unix::fs::chown(p, Some(uid), Some(gid))
+            .map_err(|e| format!("cannot give {} to uid {uid}: {e}", p.display()))
+    };
+    chown(&secrets)?;
+    for entry in std::fs::read_dir(&secrets)
+        .map_err(|e| format!("cannot read {}: {e}", secrets.display()))?
+        .flatten()
+    {
+        chown(&entry.path())?;
     }
     Ok(())
 }

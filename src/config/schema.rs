@@ -53,6 +53,9 @@ pub struct Consul {
     /// Where Envoy's xDS stream goes; default: Consul's gRPC port from `/v1/agent/self`.
     pub grpc_address: Option<String>,
     pub grpc_ca_file: Option<String>,
+    /// Consul's DNS as `ipv4:port`, reachable from the groups' namespaces; transparent
+    /// proxies redirect DNS queries to it (Nomad's `consul.dns.addr`/`consul.dns.port`).
+    pub dns_address: Option<String>,
     pub datacenter: Option<String>,
     /// Consul Enterprise namespace for registrations (empty on CE).
     pub namespace: Option<String>,
@@ -73,6 +76,7 @@ impl Default for Consul {
             key_file: None,
             tls_server_name: None,
             grpc_address: None,
+            dns_address: None,
             grpc_ca_file: None,
             datacenter: None,
             namespace: None,

@@ -51,29 +51,38 @@ pub struct NatSpec {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Expr {
+pub(super) enum Expr {
     FibDaddrLocal,
     L4Proto(u8),
     DstPort(u16),
     SaddrIn(Ipv4Net),
-    OifName { name: String, equal: bool },
+    DaddrIn(Ipv4Net),
+    /// The socket owner's uid (locally generated packets).
+    SkUid(u32),
+    Return,
+    /// Redirect to a local port.
+    Redirect(u16),
+    OifName {
+        name: String,
+        equal: bool,
+    },
     CtStatusDnat,
     Jump(&'static str),
     Dnat(Ipv4Addr, u16),
     Masquerade,
 }
 
-struct Chain {
-    name: &'static str,
+pub(super) struct Chain {
+    pub(super) name: &'static str,
     /// (hook number, priority) for base chains.
-    hook: Option<(u32, i32)>,
+    pub(super) hook: Option<(u32, i32)>,
 }
 
-const NF_INET_PRE_ROUTING: u32 = 0;
-const NF_INET_LOCAL_OUT: u32 = 3;
+pub(super) const NF_INET_PRE_ROUTING: u32 = 0;
+pub(super) const NF_INET_LOCAL_OUT: u32 = 3;
 const NF_INET_POST_ROUTING: u32 = 4;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+pub(super) const IPPROTO_TCP: u8 = 6;
+pub(super) const IPPROTO_UDP: u8 = 17;
 
 const CHAINS: [Chain; 4] = [
     Chain {
@@ -177,7 +186,7 @@ pub fn describe_shared(spec: &NatSpec) -> Vec<String> {
     .collect()
 }
 
-fn text(exprs: &[Expr]) -> String {
+pub(super) fn text(exprs: &[Expr]) -> String {
     let parts: Vec<String> = exprs
         .iter()
         .map(|e| match e {
@@ -188,6 +197,10 @@ fn text(exprs: &[Expr]) -> String {
             ),
             Expr::DstPort(p) => format!("th dport {p}"),
             Expr::SaddrIn(net) => format!("ip saddr {net}"),
+            Expr::DaddrIn(net) => format!("ip daddr {net}"),
+            Expr::SkUid(uid) => format!("meta skuid {uid}"),
+            Expr::Return => "return".into(),
+            Expr::Redirect(port) => format!("redirect to :{port}"),
             Expr::OifName { name, equal } => {
                 format!("oifname {}\"{name}\"", if *equal { "" } else { "!= " })
             }
@@ -203,10 +216,10 @@ fn text(exprs: &[Expr]) -> String {
 // --- nf_tables encoding (linux/netfilter/nf_tables.h) ---
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
-const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_DELTABLE: u16 = 2;
+pub(super) const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+pub(super) const NFNL_MSG_BATCH_END: u16 = 0x11;
+pub(super) const NFT_MSG_NEWTABLE: u16 = 0;
+pub(super) const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
@@ -240,6 +253,8 @@ const NFT_REG_VERDICT: u32 = 0;
 const REG1: u32 = 1;
 const REG2: u32 = 2;
 const NFT_JUMP: i32 = -3;
+const NFT_RETURN: i32 = -5;
+const NFT_META_SKUID: u32 = 10;
 const NF_ACCEPT: u32 = 1;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
@@ -264,24 +279,24 @@ fn nfgenmsg(family: u8, res_id: u16) -> [u8; 4] {
     [family, 0, id[0], id[1]]
 }
 
-fn batch_marker(kind: u16) -> Message {
+pub(super) fn batch_marker(kind: u16) -> Message {
     Message::new(kind, NLM_F_REQUEST).header(&nfgenmsg(0, NFNL_SUBSYS_NFTABLES))
 }
 
-fn table_msg(nft_msg: u16, flags: u16) -> Message {
+pub(super) fn table_msg(table: &str, nft_msg: u16, flags: u16) -> Message {
     let mut m = Message::new(msg_type(nft_msg), NLM_F_REQUEST | NLM_F_ACK | flags)
         .header(&nfgenmsg(NFPROTO_IPV4, 0));
-    m.attr_str(NFTA_TABLE_NAME, TABLE);
+    m.attr_str(NFTA_TABLE_NAME, table);
     m
 }
 
-fn chain_msg(chain: &Chain) -> Message {
+pub(super) fn chain_msg(table: &str, chain: &Chain) -> Message {
     let mut m = Message::new(
         msg_type(NFT_MSG_NEWCHAIN),
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
     )
     .header(&nfgenmsg(NFPROTO_IPV4, 0));
-    m.attr_str(NFTA_CHAIN_TABLE, TABLE);
+    m.attr_str(NFTA_CHAIN_TABLE, table);
     m.attr_str(NFTA_CHAIN_NAME, chain.name);
     if let Some((hook, priority)) = chain.hook {
         m.begin_nest(NFTA_CHAIN_HOOK);
@@ -294,22 +309,22 @@ fn chain_msg(chain: &Chain) -> Message {
     m
 }
 
-fn delete_rule_msg(chain: &str, handle: u64) -> Message {
+fn delete_rule_msg(table: &str, chain: &str, handle: u64) -> Message {
     let mut m = Message::new(msg_type(NFT_MSG_DELRULE), NLM_F_REQUEST | NLM_F_ACK)
         .header(&nfgenmsg(NFPROTO_IPV4, 0));
-    m.attr_str(NFTA_RULE_TABLE, TABLE);
+    m.attr_str(NFTA_RULE_TABLE, table);
     m.attr_str(NFTA_RULE_CHAIN, chain);
     m.attr(NFTA_RULE_HANDLE, &handle.to_be_bytes());
     m
 }
 
-fn rule_msg(chain: &str, exprs: &[Expr], comment: &str) -> Message {
+pub(super) fn rule_msg(table: &str, chain: &str, exprs: &[Expr], comment: &str) -> Message {
     let mut m = Message::new(
         msg_type(NFT_MSG_NEWRULE),
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
     )
     .header(&nfgenmsg(NFPROTO_IPV4, 0));
-    m.attr_str(NFTA_RULE_TABLE, TABLE);
+    m.attr_str(NFTA_RULE_TABLE, table);
     m.attr_str(NFTA_RULE_CHAIN, chain);
     m.begin_nest(NFTA_RULE_EXPRESSIONS);
     for e in exprs {
@@ -326,19 +341,20 @@ fn rule_msg(chain: &str, exprs: &[Expr], comment: &str) -> Message {
 }
 
 /// A rule found in our table: its chain, handle and comment (our key for it).
-struct Existing {
+pub(super) struct Existing {
     chain: String,
     handle: u64,
-    comment: Option<String>,
+    pub(super) comment: Option<String>,
 }
 
-fn existing_rules(sock: &mut Socket) -> io::Result<Option<Vec<Existing>>> {
+/// The rules of `table` in kernel order (`None` when the table does not exist).
+pub(super) fn existing_rules(sock: &mut Socket, table: &str) -> io::Result<Option<Vec<Existing>>> {
     let mut m = Message::new(
         msg_type(NFT_MSG_GETRULE),
         NLM_F_REQUEST | super::netlink::NLM_F_DUMP,
     )
     .header(&nfgenmsg(NFPROTO_IPV4, 0));
-    m.attr_str(NFTA_RULE_TABLE, TABLE);
+    m.attr_str(NFTA_RULE_TABLE, table);
     let answers = match sock.dump(m) {
         Ok(answers) => answers,
         Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(None),
@@ -498,6 +514,29 @@ fn encode(m: &mut Message, e: &Expr) {
             });
         }
         Expr::Masquerade => kernel_expr(m, "masq", |_| {}),
+        Expr::DaddrIn(net) => {
+            payload(m, NFT_PAYLOAD_NETWORK_HEADER, 16, 4);
+            bitwise(m, &net.mask().to_be_bytes());
+            cmp(m, NFT_CMP_EQ, &net.network().octets());
+        }
+        Expr::SkUid(uid) => {
+            meta(m, NFT_META_SKUID);
+            cmp(m, NFT_CMP_EQ, &uid.to_ne_bytes());
+        }
+        Expr::Return => kernel_expr(m, "immediate", |m| {
+            m.attr_be32(1, NFT_REG_VERDICT);
+            m.begin_nest(2); // NFTA_IMMEDIATE_DATA
+            m.begin_nest(NFTA_DATA_VERDICT);
+            m.attr_be32(NFTA_VERDICT_CODE, NFT_RETURN as u32);
+            m.end_nest();
+            m.end_nest();
+        }),
+        Expr::Redirect(port) => {
+            immediate(m, REG1, &port.to_be_bytes());
+            kernel_expr(m, "redir", |m| {
+                m.attr_be32(1, REG1); // NFTA_REDIR_REG_PROTO_MIN
+            });
+        }
     }
 }
 
@@ -536,7 +575,7 @@ pub fn replace(spec: &NatSpec) -> io::Result<()> {
 }
 
 fn replace_with(sock: &mut Socket, spec: &NatSpec) -> io::Result<()> {
-    let existing = existing_rules(sock)?;
+    let existing = existing_rules(sock, TABLE)?;
     let wanted: Vec<(&'static str, Vec<Expr>, String)> = rules(spec)
         .into_iter()
         .map(|(chain, exprs)| {
@@ -554,7 +593,7 @@ fn replace_with(sock: &mut Socket, spec: &NatSpec) -> io::Result<()> {
     // Add before deleting, so NAT never has zero rules inside the transaction.
     for (chain, exprs, key) in &wanted {
         if !present.contains(key.as_str()) {
-            changes.push(rule_msg(chain, exprs, key));
+            changes.push(rule_msg(TABLE, chain, exprs, key));
         }
     }
     for rule in existing.iter().flatten() {
@@ -563,7 +602,7 @@ fn replace_with(sock: &mut Socket, spec: &NatSpec) -> io::Result<()> {
             .as_deref()
             .is_some_and(|c| wanted_keys.contains(c));
         if !keep {
-            changes.push(delete_rule_msg(&rule.chain, rule.handle));
+            changes.push(delete_rule_msg(TABLE, &rule.chain, rule.handle));
         }
     }
     if changes.is_empty() && existing.is_some() {
@@ -573,9 +612,9 @@ fn replace_with(sock: &mut Socket, spec: &NatSpec) -> io::Result<()> {
     // by hand.
     let mut batch = vec![
         batch_marker(NFNL_MSG_BATCH_BEGIN),
-        table_msg(NFT_MSG_NEWTABLE, NLM_F_CREATE),
+        table_msg(TABLE, NFT_MSG_NEWTABLE, NLM_F_CREATE),
     ];
-    batch.extend(CHAINS.iter().map(chain_msg));
+    batch.extend(CHAINS.iter().map(|c| chain_msg(TABLE, c)));
     batch.extend(changes);
     batch.push(batch_marker(NFNL_MSG_BATCH_END));
     sock.batch(batch)
@@ -590,8 +629,8 @@ pub fn probe() -> io::Result<()> {
 pub fn remove() -> io::Result<()> {
     let batch = vec![
         batch_marker(NFNL_MSG_BATCH_BEGIN),
-        table_msg(NFT_MSG_NEWTABLE, NLM_F_CREATE),
-        table_msg(NFT_MSG_DELTABLE, 0),
+        table_msg(TABLE, NFT_MSG_NEWTABLE, NLM_F_CREATE),
+        table_msg(TABLE, NFT_MSG_DELTABLE, 0),
         batch_marker(NFNL_MSG_BATCH_END),
     ];
     with_socket(|sock| sock.batch(batch))

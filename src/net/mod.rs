@@ -8,6 +8,7 @@ mod host;
 mod link;
 mod netlink;
 pub mod netns;
+pub mod tproxy;
 
 pub use host::host_facts;
 
@@ -369,6 +370,16 @@ fn ensure_group(
             group.name, ns.name
         )
     })?;
+    if let Some(t) = &group.tproxy {
+        netns::run_in(&ns.name, || tproxy::apply(t)).context(|| {
+            format!(
+                "group {}: transparent proxy rules (table {}) in {}",
+                group.name,
+                tproxy::TABLE,
+                ns.name
+            )
+        })?;
+    }
     Ok(())
 }
 

@@ -84,6 +84,29 @@ pub struct GroupPlan {
     pub ports: Vec<PortPlan>,
     pub services: Vec<ServicePlan>,
     pub tasks: Vec<TaskPlan>,
+    /// Transparent proxy redirection inside the namespace, if a sidecar asks for it.
+    pub tproxy: Option<TproxyPlan>,
+}
+
+/// Consul SDK's traffic-redirection config as Nomad fills it (reference/nomad-connect.md
+/// §9), and the rules it becomes.
+#[derive(Debug, Serialize)]
+pub struct TproxyPlan {
+    /// Envoy's uid: its own outbound traffic is not redirected (Nomad's default 101).
+    pub proxy_uid: String,
+    /// Envoy's public listener (the sidecar port inside the namespace).
+    pub inbound_port: u16,
+    /// Envoy's outbound listener (15001 unless set).
+    pub outbound_port: u16,
+    /// Sorted, de-duplicated: static ports, `exclude_inbound_ports`, expose listeners.
+    pub exclude_inbound_ports: Vec<String>,
+    pub exclude_outbound_ports: Vec<u16>,
+    pub exclude_outbound_cidrs: Vec<String>,
+    pub exclude_uids: Vec<String>,
+    /// Consul's DNS (`consul.dns_address`) unless `no_dns`.
+    pub dns: Option<String>,
+    /// The nf_tables rules (nft syntax) installed in the namespace.
+    pub rules: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -556,6 +579,19 @@ impl Context<'_> {
                 tasks.push(self.task(spec, &alloc_dir, &group_env, problems));
             }
         }
+        let tproxy = self.tproxy(group, &services, &ports);
+        if let Some(t) = &tproxy {
+            // Envoy runs as the proxy uid, so its own connections are not redirected.
+            let proxy_task = services
+                .iter()
+                .find_map(|s| s.proxy.as_ref().map(|p| &p.task));
+            for task in tasks
+                .iter_mut()
+                .filter(|task| Some(&task.name) == proxy_task)
+            {
+                task.user.get_or_insert_with(|| t.proxy_uid.clone());
+            }
+        }
         let routes = match &netns {
             Some(ns) => vec![format!("default via {} dev {}", ns.gateway, ns.interface)],
             None => Vec::new(),
@@ -579,7 +615,66 @@ impl Context<'_> {
             ports,
             services,
             tasks,
+            tproxy,
         }
+    }
+
+    /// The transparent proxy of a bridge group: the first sidecar with `transparent_proxy`
+    /// (validation allows one connect block with it).
+    fn tproxy(
+        &self,
+        group: &Group,
+        services: &[ServicePlan],
+        ports: &[PortPlan],
+    ) -> Option<TproxyPlan> {
+        if !is_bridge(group) {
+            return None;
+        }
+        let (si, tp) = group.services.iter().enumerate().find_map(|(si, s)| {
+            let proxy = s
+                .connect
+                .as_ref()?
+                .sidecar_service
+                .as_ref()?
+                .proxy
+                .as_ref()?;
+            Some((si, proxy.transparent_proxy.as_ref()?))
+        })?;
+        let netns_port_of = |label: &str| {
+            ports
+                .iter()
+                .find(|p| p.label == label)
+                .map(|p| p.netns_port)
+        };
+        let mut inbound = BTreeSet::new();
+        for port in ports.iter().filter(|p| !p.dynamic) {
+            inbound.insert(port.netns_port.to_string());
+        }
+        for port in &tp.exclude_inbound_ports {
+            match netns_port_of(port) {
+                Some(p) => inbound.insert(p.to_string()),
+                None => inbound.insert(port.clone()),
+            };
+        }
+        for port in expose_listener_ports(&services[si].registration) {
+            inbound.insert(port.to_string());
+        }
+        let mut plan = TproxyPlan {
+            proxy_uid: tp.uid.clone().unwrap_or_else(|| "101".into()),
+            inbound_port: services[si].proxy.as_ref().map_or(0, |p| p.netns_port),
+            outbound_port: tp.outbound_port.unwrap_or(15001),
+            exclude_inbound_ports: inbound.into_iter().collect(),
+            exclude_outbound_ports: tp.exclude_outbound_ports.clone(),
+            exclude_outbound_cidrs: tp.exclude_outbound_cidrs.clone(),
+            exclude_uids: tp.exclude_uids.clone(),
+            dns: match tp.no_dns {
+                true => None,
+                false => self.valid.config.consul.dns_address.clone(),
+            },
+            rules: Vec::new(),
+        };
+        plan.rules = crate::net::tproxy::describe(&plan);
+        Some(plan)
     }
 
     fn service(
@@ -908,6 +1003,34 @@ impl Context<'_> {
             },
         }
     }
+}
+
+/// `Connect.SidecarService.Proxy.Expose.Paths[].ListenerPort` of a registration body.
+fn expose_listener_ports(body: &miniserde::json::Value) -> Vec<u64> {
+    use miniserde::json::{Number, Value};
+    let mut at = body;
+    for key in ["Connect", "SidecarService", "Proxy", "Expose", "Paths"] {
+        match at {
+            Value::Object(o) => match o.get(key) {
+                Some(v) => at = v,
+                None => return Vec::new(),
+            },
+            _ => return Vec::new(),
+        }
+    }
+    let Value::Array(paths) = at else {
+        return Vec::new();
+    };
+    paths
+        .iter()
+        .filter_map(|p| match p {
+            Value::Object(o) => match o.get("ListenerPort") {
+                Some(Value::Number(Number::U64(n))) => Some(*n),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 /// A task before interpolation: written by the user or injected.

@@ -159,6 +159,20 @@ fn group_text(out: &mut String, group: &GroupPlan) {
             );
         }
     }
+    if let Some(t) = &group.tproxy {
+        let _ = writeln!(
+            out,
+            "    tproxy   envoy uid {}, inbound :{}, outbound :{}, DNS {}; nft table ip {} in the namespace:",
+            t.proxy_uid,
+            t.inbound_port,
+            t.outbound_port,
+            t.dns.as_deref().unwrap_or("not redirected"),
+            crate::net::tproxy::TABLE
+        );
+        for rule in &t.rules {
+            let _ = writeln!(out, "      {rule}");
+        }
+    }
     for task in &group.tasks {
         task_text(out, task);
     }

@@ -14,6 +14,10 @@
   (Proxy.Config bind_address:bind_port, else the service's Address:Port) to
   LocalServiceAddress:LocalServicePort, and each upstream's LocalBindAddress:LocalBindPort to
   an instance of the destination found in the catalog at connection time.
+- In transparent mode (Proxy.Mode "transparent") listens on the outbound listener
+  (TransparentProxy.OutboundListenerPort, 15001) like Envoy's passthrough: each connection
+  redirected there is dialled on to its original destination (SO_ORIGINAL_DST), directly,
+  and the answer is prefixed with "via-envoy ".
 - Serves each `Expose.Paths` entry as Envoy's expose listener does: HTTP on
   0.0.0.0:ListenerPort, where only that exact path is forwarded to 127.0.0.1:LocalPathPort
   and every other path gets 404.
@@ -27,6 +31,7 @@ node = config["node"]["id"]
 records = os.environ.get("STUB_ENVOY_RECORDS") or "/tmp"
 with open(os.path.join(records, node + ".json"), "w") as out:
     json.dump({"argv": argv, "env": dict(os.environ), "netns": os.readlink("/proc/self/ns/net"),
+               "uid": os.getuid(),
                "cwd": os.getcwd()}, out)
 with open(os.path.join(records, node + ".starts"), "a") as out:
     out.write("%f\n" % time.time())
@@ -122,6 +127,35 @@ if registration.get("Kind") == "connect-proxy":
               int(cfg.get("bind_port") or registration["Port"]))
     local = (proxy.get("LocalServiceAddress") or "127.0.0.1", proxy["LocalServicePort"])
     serve(public, lambda: local)
+
+
+def serve_outbound(port):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("0.0.0.0", port))
+    listener.listen(64)
+
+    def accept():
+        while True:
+            client, _ = listener.accept()
+            raw = client.getsockopt(socket.SOL_IP, 80, 16)  # SO_ORIGINAL_DST
+            dst = (socket.inet_ntoa(raw[4:8]), int.from_bytes(raw[2:4], "big"))
+            try:
+                upstream = socket.create_connection(dst, timeout=2)
+                upstream.settimeout(None)
+            except OSError as e:
+                client.sendall(("via-envoy failed %s: %s\n" % (dst, e)).encode())
+                client.close()
+                continue
+            client.sendall(b"via-envoy ")
+            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+
+if proxy.get("Mode") == "transparent":
+    serve_outbound((proxy.get("TransparentProxy") or {}).get("OutboundListenerPort") or 15001)
 for up in proxy.get("Upstreams") or []:
     serve((up.get("LocalBindAddress") or "127.0.0.1", up["LocalBindPort"]),
           instance_of(up["DestinationName"]))

@@ -77,6 +77,14 @@ pub(super) fn check_consul(c: &mut Checker, consul: &Consul) {
             );
         }
     }
+    if let Some(dns) = &consul.dns_address
+        && dns.parse::<std::net::SocketAddrV4>().is_err()
+    {
+        c.err(
+            path!["consul", "dns_address"],
+            format!("dns_address \"{dns}\" must be an IPv4 address and port, e.g. 192.0.2.10:8600"),
+        );
+    }
     if consul.sync_interval.0.as_secs() < 1 {
         c.err(
             path!["consul", "sync_interval"],

@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""A task's view of the network, for the transparent proxy test.
+
+  tproxy_probe.py serve PORT    answers each TCP connection with "app peer=<peer ip>"
+  tproxy_probe.py tcp HOST PORT prints what a TCP connection to HOST:PORT answers
+  tproxy_probe.py udp HOST PORT sends one UDP datagram, prints the answer
+"""
+import socket, socketserver, sys
+
+mode = sys.argv[1]
+if mode == "serve":
+    class Peer(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.request.sendall(("app peer=%s\n" % self.client_address[0]).encode())
+
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
+    socketserver.ThreadingTCPServer(("0.0.0.0", int(sys.argv[2])), Peer).serve_forever()
+host, port = sys.argv[2], int(sys.argv[3])
+if mode == "tcp":
+    with socket.create_connection((host, port), timeout=5) as s:
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    print(data.decode().strip())
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.sendto(b"query", (host, port))
+    print(s.recv(4096).decode().strip())
