@@ -278,6 +278,46 @@ fn plan_command_text_shows_gateway_tasks_ports_and_config_entries() {
 }
 
 #[test]
+fn plan_shows_the_transparent_proxy_rules_and_envoys_uid() {
+    let p = plan_for("examples/tproxy.toml", &NodeState::default());
+    let web = &p.groups[0];
+    let t = web.tproxy.as_ref().expect("tproxy planned");
+    let sidecar = web.services[0].proxy.as_ref().unwrap();
+    assert_eq!(t.inbound_port, sidecar.netns_port);
+    assert_eq!(t.outbound_port, 15001);
+    assert_eq!(t.dns.as_deref(), Some("172.26.64.1:8600"));
+    // The exposed check's listener is excluded from inbound redirection (Nomad's rule).
+    let expose = web
+        .ports
+        .iter()
+        .find(|p| p.label.starts_with("svc_web_ck_"))
+        .unwrap();
+    assert_eq!(t.exclude_inbound_ports, [expose.netns_port.to_string()]);
+    let envoy = web
+        .tasks
+        .iter()
+        .find(|t| t.name == "connect-proxy-web")
+        .unwrap();
+    assert_eq!(envoy.user.as_deref(), Some("101"));
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["plan", "-c", "examples/tproxy.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "nft table ip outpost-tproxy in the namespace:",
+        "CONSUL_PROXY_OUTPUT: ip daddr 10.0.0.0/8 return",
+        "CONSUL_PROXY_OUTPUT: meta l4proto tcp th dport 5432 return",
+        "CONSUL_PROXY_OUTPUT: meta skuid 101 return",
+        "CONSUL_PROXY_REDIRECT: meta l4proto tcp redirect to :15001",
+        "CONSUL_NAT_PREROUTING: meta l4proto tcp jump CONSUL_PROXY_INBOUND",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+#[test]
 fn plan_command_json_is_the_library_plan() {
     let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
         .args(["plan", "-c", "examples/quickstart.toml", "--json"])
