@@ -115,6 +115,13 @@ impl Reschedule {
 /// How long sidecars may take to answer `/ready` before the group goes on anyway.
 const READY_WAIT: Duration = Duration::from_secs(30);
 
+/// `run_dir/starting`: the journal of started processes (see `supervise::Spec::journal`).
+/// A group's directory is `run_dir/alloc/<group>`.
+fn start_journal(group: &GroupPlan) -> Option<PathBuf> {
+    let run_dir = Path::new(&group.alloc_dir).parent()?.parent()?;
+    Some(run_dir.join(crate::supervise::JOURNAL))
+}
+
 fn dur(text: &str, default: Duration) -> Duration {
     duration::parse(text).unwrap_or(default)
 }
@@ -132,6 +139,7 @@ fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Tas
             user: t.user.clone(),
             stdout: logs.join(format!("{}.stdout.0", t.name)),
             stderr: logs.join(format!("{}.stderr.0", t.name)),
+            journal: start_journal(group),
         },
         state: TaskState::Pending,
         restarts: 0,
@@ -552,6 +560,7 @@ fn relay_task(group: &GroupPlan, socket: PathBuf) -> Task {
             user: None,
             stdout: logs.join(format!("{RELAY_TASK}.stdout.0")),
             stderr: logs.join(format!("{RELAY_TASK}.stderr.0")),
+            journal: start_journal(group),
         },
         state: TaskState::Pending,
         restarts: 0,

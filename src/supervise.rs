@@ -16,6 +16,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The journal's file name in `run_dir`.
+pub const JOURNAL: &str = "starting";
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Spec {
@@ -27,6 +30,9 @@ pub struct Spec {
     pub user: Option<String>,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// Where every started process is noted (pid and start time) before it may exec, so
+    /// one the agent was killed too early to record is still found (`unrecorded`).
+    pub journal: Option<PathBuf>,
 }
 
 /// A running process, identified beyond its pid.
@@ -124,26 +130,40 @@ pub fn spawn(spec: &Spec) -> Result<Proc, String> {
     let stderr = open_log(&spec.stderr)?;
     let devnull = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
     let creds = spec.user.as_deref().map(credentials).transpose()?;
+    // The child allocates nothing: its pointer arrays are built here.
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
     let (report_read, report_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // The child waits on this gate until the parent has noted it in the journal; if the
+    // parent dies first (kill -9), the gate reads EOF and the child exits unexec'd.
+    let (gate_read, gate_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
 
-    // SAFETY: the child calls only async-signal-safe functions (sigprocmask, setsid,
-    // setns, chdir, dup2, setgroups/setgid/setuid, execve, write, _exit) on data
+    // SAFETY: the child calls only async-signal-safe functions (read, sigprocmask, setsid,
+    // setns, chdir, dup2, setgroups/setgid/setuid, execve, write, _exit, close) on data
     // prepared above, then execs or exits.
     match unsafe { fork() } {
         Err(e) => Err(format!("fork: {e}")),
         Ok(ForkResult::Child) => {
             drop(report_read);
-            let errno = child(
-                &argv,
-                &env,
-                &dir,
-                netns.as_ref(),
-                &stdout,
-                &stderr,
-                &devnull,
-                creds,
-            );
+            drop(gate_write);
+            let mut byte = 0u8;
+            // SAFETY: a read of one byte into a local, on an fd we own.
+            let opened = unsafe { libc::read(gate_read.as_raw_fd(), (&raw mut byte).cast(), 1) };
+            if opened != 1 {
+                // SAFETY: leaving the forked child without running the parent's destructors.
+                unsafe { libc::_exit(126) };
+            }
+            let files = ChildFiles {
+                netns: netns.as_ref(),
+                stdout: &stdout,
+                stderr: &stderr,
+                devnull: &devnull,
+            };
+            let errno = child(&argv_ptrs, &env_ptrs, &dir, &files, creds);
             let bytes = errno.to_ne_bytes();
             // SAFETY: plain syscalls on valid fds in the forked child.
             unsafe {
@@ -153,6 +173,22 @@ pub fn spawn(spec: &Spec) -> Result<Proc, String> {
         }
         Ok(ForkResult::Parent { child }) => {
             drop(report_write);
+            drop(gate_read);
+            let pid = child.as_raw();
+            let start_time = start_time(pid).unwrap_or(0);
+            if let Some(journal) = &spec.journal
+                && let Err(e) = note_start(journal, pid, start_time)
+            {
+                drop(gate_write); // the child exits without exec
+                let _ = nix::sys::wait::waitpid(child, None);
+                return Err(format!(
+                    "cannot start {program}: cannot note it in {}: {e}",
+                    journal.display()
+                ));
+            }
+            let mut gate = File::from(gate_write);
+            let _ = std::io::Write::write_all(&mut gate, b"x");
+            drop(gate);
             let mut buf = [0u8; 8];
             let mut report = File::from(report_read);
             let n = report.read(&mut buf).unwrap_or(0);
@@ -163,25 +199,58 @@ pub fn spawn(spec: &Spec) -> Result<Proc, String> {
                 let step = STEPS[(report >> 32) as usize % STEPS.len()];
                 return Err(format!("cannot start {program}: {step} failed: {why}"));
             }
-            let pid = child.as_raw();
-            let start_time = start_time(pid).unwrap_or(0);
             Ok(Proc { pid, start_time })
         }
     }
 }
 
+/// Appends `pid start_time` to the journal.
+fn note_start(journal: &Path, pid: i32, start_time: u64) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(journal)?;
+    std::io::Write::write_all(&mut file, format!("{pid} {start_time}\n").as_bytes())
+}
+
+/// The processes noted in the journal that still run.
+pub fn journaled(journal: &Path) -> Vec<Proc> {
+    std::fs::read_to_string(journal)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (pid, start) = l.split_once(' ')?;
+            Some(Proc {
+                pid: pid.parse().ok()?,
+                start_time: start.parse().ok()?,
+            })
+        })
+        .filter(Proc::alive)
+        .collect()
+}
+
+/// Forgets the journal once every process in it is recorded elsewhere.
+pub fn clear_journal(journal: &Path) {
+    let _ = OpenOptions::new().write(true).truncate(true).open(journal);
+}
+
+/// The files the child wires up.
+struct ChildFiles<'a> {
+    netns: Option<&'a File>,
+    stdout: &'a File,
+    stderr: &'a File,
+    devnull: &'a File,
+}
+
 const STEPS: [&str; 6] = ["setns", "chdir", "dup2", "setgid", "setuid", "execve"];
 
 /// The child's side; returns `errno | step << 32` only when something failed.
-#[allow(clippy::too_many_arguments)]
 fn child(
-    argv: &[CString],
-    env: &[CString],
+    argv: &[*const libc::c_char],
+    env: &[*const libc::c_char],
     dir: &CString,
-    netns: Option<&File>,
-    stdout: &File,
-    stderr: &File,
-    devnull: &File,
+    files: &ChildFiles,
     creds: Option<(u32, u32)>,
 ) -> u64 {
     let fail = |step: u64| -> u64 {
@@ -199,7 +268,7 @@ fn child(
             }
         }
         libc::setsid();
-        if let Some(ns) = netns
+        if let Some(ns) = files.netns
             && libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0
         {
             return fail(0);
@@ -207,9 +276,9 @@ fn child(
         if libc::chdir(dir.as_ptr()) != 0 {
             return fail(1);
         }
-        if libc::dup2(devnull.as_raw_fd(), 0) < 0
-            || libc::dup2(stdout.as_raw_fd(), 1) < 0
-            || libc::dup2(stderr.as_raw_fd(), 2) < 0
+        if libc::dup2(files.devnull.as_raw_fd(), 0) < 0
+            || libc::dup2(files.stdout.as_raw_fd(), 1) < 0
+            || libc::dup2(files.stderr.as_raw_fd(), 2) < 0
         {
             return fail(2);
         }
@@ -221,11 +290,7 @@ fn child(
                 return fail(4);
             }
         }
-        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-        argv_ptrs.push(std::ptr::null());
-        let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
-        env_ptrs.push(std::ptr::null());
-        libc::execve(argv[0].as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
+        libc::execve(argv[0], argv.as_ptr(), env.as_ptr());
     }
     fail(5)
 }
@@ -348,6 +413,7 @@ mod tests {
             user: None,
             stdout: dir.join("logs/t.stdout.0"),
             stderr: dir.join("logs/t.stderr.0"),
+            journal: Some(dir.join("starting")),
         }
     }
 
@@ -363,6 +429,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         let out = std::fs::read_to_string(dir.join("logs/t.stdout.0")).unwrap();
         assert_eq!(out, format!("hello\n{}\n", dir.display()));
+        // Noted in the journal before it could exec; forgotten once cleared.
+        assert_eq!(journaled(&dir.join("starting")), vec![p]);
+        clear_journal(&dir.join("starting"));
+        assert!(journaled(&dir.join("starting")).is_empty());
         let stopping = |proc, delay| Stopping {
             what: "test".into(),
             proc,

@@ -144,6 +144,8 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Resul
         removed.len(),
         keep.len() - registered
     );
+    // Nomad's order for a group that went: deregistered, then its tokens given back.
+    release_tokens_in(valid, &orphan_dirs(plan)).map_err(|e| at(&e))?;
     Ok(tokens)
 }
 
@@ -298,28 +300,72 @@ fn deregister_all(valid: &ValidConfig, plan: &Plan) -> Result<(), String> {
     sync_consul(valid, &plan.without_groups(), !has_services(plan)).map(|_| ())
 }
 
-/// Gives back the workload tokens kept on disk.
-fn release_tokens(valid: &ValidConfig, plan: &Plan) -> Result<(), String> {
+/// Every group directory under `run_dir/alloc`, configured or not: all are outpost's.
+fn group_dirs(run_dir: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(Path::new(run_dir).join("alloc")) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The group directories no group of `plan` owns: left by a group removed from the
+/// config (a reload, or an edit while no agent ran).
+fn orphan_dirs(plan: &Plan) -> Vec<PathBuf> {
+    group_dirs(&plan.run_dir)
+        .into_iter()
+        .filter(|d| !plan.groups.iter().any(|g| Path::new(&g.alloc_dir) == d))
+        .collect()
+}
+
+/// The token files kept in a group directory's secrets.
+fn token_files(group_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(group_dir.join("secrets")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "token"))
+        .collect()
+}
+
+/// Gives back the workload tokens kept in `dirs`, deleting each file once Consul took it.
+fn release_tokens_in(valid: &ValidConfig, dirs: &[PathBuf]) -> Result<(), String> {
+    let files: Vec<PathBuf> = dirs.iter().flat_map(|d| token_files(d)).collect();
+    if files.is_empty() {
+        return Ok(());
+    }
     let base = Client::new(&valid.config.consul)?;
-    for group in &plan.groups {
-        let dir = Path::new(&group.alloc_dir).join("secrets");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_none_or(|e| e != "token") {
-                continue;
-            }
-            if let Some(token) = read_token(&path) {
-                acl::release(&base, &valid.config.consul.acl, &token)
-                    .map_err(|e| format!("releasing Consul token {}: {e}", token.accessor))?;
-                info!("released Consul token {}", token.accessor);
-            }
-            let _ = std::fs::remove_file(&path);
+    for path in files {
+        if let Some(token) = read_token(&path) {
+            acl::release(&base, &valid.config.consul.acl, &token)
+                .map_err(|e| format!("releasing Consul token {}: {e}", token.accessor))?;
+            info!("released Consul token {}", token.accessor);
         }
+        let _ = std::fs::remove_file(&path);
     }
     Ok(())
+}
+
+/// Removes the directories of groups that are no longer configured, once their tasks are
+/// stopped and their tokens given back (a directory still holding a token stays until
+/// the next sync releases it).
+fn remove_orphan_dirs(plan: &Plan) {
+    for dir in orphan_dirs(plan) {
+        if !token_files(&dir).is_empty() {
+            continue;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => info!("removed {}: no group owns it", dir.display()),
+            Err(e) => warn!("cannot remove {}: {e}", dir.display()),
+        }
+    }
 }
 
 /// Plans from the config and the node state, records the plan's leases before touching the
@@ -386,7 +432,10 @@ fn stop_tasks(valid: &ValidConfig, plan: &Plan) {
         }
     }
     crate::alloc::stop_all(&mut runners);
+    run::stop_unplanned(&records, plan);
+    run::stop_unrecorded(&plan.run_dir, &records);
     let _ = std::fs::remove_file(run::records_path(&plan.run_dir));
+    let _ = std::fs::remove_file(Path::new(&plan.run_dir).join(crate::supervise::JOURNAL));
 }
 
 /// Removes everything outpost made on this host and releases every lease.
@@ -417,7 +466,7 @@ pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), String> {
         }
     }
     stop_tasks(valid, &plan);
-    let consul = consul.and_then(|()| release_tokens(valid, &plan));
+    let consul = consul.and_then(|()| release_tokens_in(valid, &group_dirs(&plan.run_dir)));
     net::teardown(&plan).map_err(|e| e.to_string())?;
     if state_path.exists() {
         state::save(&state_path, &state::from_plan(&plan.without_groups()))
@@ -426,14 +475,15 @@ pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), String> {
     consul.map_err(|e| {
         format!("{e}; the network was removed: run teardown again once Consul answers, to deregister and release tokens")
     })?;
-    // Tokens are released: the groups' directories (bootstraps, logs) can go.
-    for group in &plan.groups {
-        match std::fs::remove_dir_all(&group.alloc_dir) {
-            Ok(()) => info!("removed {}", group.alloc_dir),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => warn!("cannot remove {}: {e}", group.alloc_dir),
+    // Tokens are released: the groups' directories (bootstraps, logs) can go, also those
+    // of groups no longer configured.
+    for dir in group_dirs(&plan.run_dir) {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => info!("removed {}", dir.display()),
+            Err(e) => warn!("cannot remove {}: {e}", dir.display()),
         }
     }
+    let _ = std::fs::remove_dir(Path::new(&plan.run_dir).join("alloc"));
     info!("teardown complete");
     Ok(())
 }

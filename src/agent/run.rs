@@ -17,7 +17,7 @@ use crate::alloc::{Phase, Runner, TaskState};
 use crate::config::{self, ValidConfig};
 use crate::consul::anti_entropy::{self, QUICK_CHECK};
 use crate::plan::{GroupPlan, HostFacts, Plan};
-use crate::supervise::Proc;
+use crate::supervise::{Proc, Stopping};
 use crate::{files, net};
 use log::{error, info, warn};
 use miniserde::{Deserialize, Serialize};
@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(250);
 const CONSUL_RETRY: Duration = Duration::from_secs(5);
 const ROTATE_EVERY: Duration = Duration::from_secs(10);
+/// SIGTERM, then SIGKILL after this, for processes whose group is no longer configured.
+const STRAY_KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One running task as recorded for the next agent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -83,6 +85,52 @@ pub fn group_records(
             )
         })
         .collect()
+}
+
+/// Stops recorded processes no runner looks after: those of groups `plan` does not have
+/// (a reload cut short, or a group removed from the config while no agent ran).
+pub fn stop_unplanned(records: &BTreeMap<String, Vec<TaskRecord>>, plan: &Plan) {
+    let stray: Vec<Stopping> = records
+        .iter()
+        .filter(|(group, _)| !plan.groups.iter().any(|g| &g.name == *group))
+        .flat_map(|(group, tasks)| {
+            tasks.iter().map(move |t| Stopping {
+                what: format!("group {group} (no longer configured): task {}", t.task),
+                proc: Proc {
+                    pid: t.pid,
+                    start_time: t.start_time,
+                },
+                signal: nix::sys::signal::Signal::SIGTERM,
+                delay: Duration::ZERO,
+                timeout: STRAY_KILL_TIMEOUT,
+            })
+        })
+        .filter(|s| s.proc.alive())
+        .collect();
+    crate::supervise::stop_all(&stray);
+}
+
+/// Stops processes an agent started but was killed before recording (they are in the
+/// start journal only): the runners start their own, so these would run twice.
+pub fn stop_unrecorded(run_dir: &str, records: &BTreeMap<String, Vec<TaskRecord>>) {
+    let recorded: BTreeSet<(i32, u64)> = records
+        .values()
+        .flatten()
+        .map(|r| (r.pid, r.start_time))
+        .collect();
+    let journal = Path::new(run_dir).join(crate::supervise::JOURNAL);
+    let stray: Vec<Stopping> = crate::supervise::journaled(&journal)
+        .into_iter()
+        .filter(|p| !recorded.contains(&(p.pid, p.start_time)))
+        .map(|proc| Stopping {
+            what: "a process started by an agent that was stopped before recording it".into(),
+            proc,
+            signal: nix::sys::signal::Signal::SIGTERM,
+            delay: Duration::ZERO,
+            timeout: STRAY_KILL_TIMEOUT,
+        })
+        .collect();
+    crate::supervise::stop_all(&stray);
 }
 
 /// What a worker thread did with Consul.
@@ -257,6 +305,9 @@ impl Agent {
         net::apply(&plan).map_err(|e| e.to_string())?;
         info!("network applied: {} group(s)", plan.groups.len());
         let records = load_records(&plan.run_dir);
+        stop_unrecorded(&plan.run_dir, &records);
+        stop_unplanned(&records, &plan);
+        super::remove_orphan_dirs(&plan);
         let mut runners = Vec::new();
         for group in &plan.groups {
             let mut runner = new_runner(&valid, group);
@@ -425,6 +476,8 @@ impl Agent {
         }
         self.tokens = synced.tokens;
         self.consul.synced_once = true;
+        // The sync gave back the tokens of groups that went: their directories can go.
+        super::remove_orphan_dirs(&self.plan);
         self.consul.next_try = match synced.unreleased {
             0 => now + self.valid.config.consul.sync_interval.0,
             _ => now + CONSUL_RETRY,
@@ -460,11 +513,15 @@ impl Agent {
             .collect();
         let path = records_path(&self.plan.run_dir);
         let text = miniserde::json::to_string(&records);
-        if let Err(e) = files::write_private(&path, text.as_bytes()) {
-            error!(
+        match files::write_private(&path, text.as_bytes()) {
+            // Every process started so far is in the records now.
+            Ok(()) => crate::supervise::clear_journal(
+                &Path::new(&self.plan.run_dir).join(crate::supervise::JOURNAL),
+            ),
+            Err(e) => error!(
                 "cannot record the running processes in {}: {e}",
                 path.display()
-            );
+            ),
         }
     }
 
@@ -505,6 +562,7 @@ impl Agent {
             }
         }
         crate::alloc::stop_all(&mut going);
+        super::remove_orphan_dirs(&plan);
         if let Err(e) = net::apply(&plan) {
             error!("reload: network: {e}");
         }

@@ -165,12 +165,19 @@ impl HostNetwork {
     }
 }
 
-/// Removes everything `apply` made: every `outpost-*` namespace (the kernel removes their
-/// veths), our NAT table, and the bridge if no port of anyone else is left on it.
+/// Removes everything `apply` made: every `outpost-*` namespace and our veths, our NAT table, and the bridge if no port of anyone else is left on it.
 pub fn teardown(plan: &Plan) -> Result<(), NetError> {
     for name in netns::list(NETNS_PREFIX).context(|| "list /run/netns".into())? {
         netns::delete(&name).context(|| format!("delete namespace {name}"))?;
         info!("deleted namespace {name}");
+    }
+    let mut sock = link::open().context(|| "open a netlink route socket".into())?;
+    // The kernel frees a deleted namespace, and the veth in it, later and asynchronously:
+    // delete the host ends now, so nothing of ours is left when teardown returns.
+    for l in link::list(&mut sock).context(|| "list links".into())? {
+        if is_our_veth(&l.name) {
+            link::delete(&mut sock, l.index).context(|| format!("delete {}", l.name))?;
+        }
     }
     match firewall::remove() {
         Ok(()) => {}
@@ -178,7 +185,6 @@ pub fn teardown(plan: &Plan) -> Result<(), NetError> {
         Err(e) if e.raw_os_error() == Some(nix::libc::EPROTONOSUPPORT) => {}
         Err(e) => return Err(e).context(|| format!("remove nf_tables table {}", firewall::TABLE)),
     }
-    let mut sock = link::open().context(|| "open a netlink route socket".into())?;
     let bridge_name = &plan.bridge.name;
     let Some(bridge) =
         link::get(&mut sock, bridge_name).context(|| format!("look up bridge {bridge_name}"))?

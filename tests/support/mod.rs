@@ -72,6 +72,13 @@ impl PrivateRun {
         cmd
     }
 
+    /// `path` as the namespace sees it (through the holder's root), for reading files on a
+    /// mount only the namespace has.
+    pub fn view(&self, path: &std::path::Path) -> std::path::PathBuf {
+        let inside = path.strip_prefix("/").unwrap_or(path);
+        std::path::Path::new(&format!("/proc/{}/root", self.holder.id())).join(inside)
+    }
+
     /// `outpost ARGS -c CONFIG` in the namespace, its stderr appended to `log`.
     pub fn outpost(
         &self,

@@ -25,6 +25,15 @@ Exits 1 at once if the bootstrap is missing or not JSON, or the registration can
 """
 import http.client, http.server, json, os, socket, sys, threading, time
 
+class Server(http.server.ThreadingHTTPServer):
+    # HTTPServer.server_bind asks DNS for the address's name (getfqdn); in a namespace whose
+    # route leads nowhere that waits 5 s for the resolver. Envoy asks nobody.
+    def server_bind(self):
+        import socketserver
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+
 argv = sys.argv
 config = json.load(open(argv[argv.index("-c") + 1]))
 node = config["node"]["id"]
@@ -182,7 +191,7 @@ def serve_exposed(expose):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("0.0.0.0", expose["ListenerPort"]), Exposed)
+    server = Server(("0.0.0.0", expose["ListenerPort"]), Exposed)
     threading.Thread(target=server.serve_forever, daemon=True).start()
 
 
@@ -201,4 +210,7 @@ class Admin(http.server.BaseHTTPRequestHandler):
 
 
 admin = config["admin"]["address"]["socket_address"]
-http.server.ThreadingHTTPServer((admin["address"], admin["port_value"]), Admin).serve_forever()
+server = Server((admin["address"], admin["port_value"]), Admin)
+with open(os.path.join(records, node + ".ready"), "a") as out:
+    out.write("%f\n" % time.time())
+server.serve_forever()
