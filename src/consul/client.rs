@@ -6,10 +6,8 @@
 
 use crate::config::Consul;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 use ureq::http::Uri;
-use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{
     Buffers, ConnectionDetails, Connector, DefaultConnector, LazyBuffers, NextTimeout, Transport,
@@ -160,73 +158,82 @@ impl fmt::Debug for Client {
     }
 }
 
-/// The PEM items of a file, or of every file in a directory (a CA path).
-fn read_pem(path: &str, what: &str) -> Result<Vec<PemItem<'static>>, String> {
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
-    };
-    let bytes = if std::path::Path::new(path).is_dir() {
-        let mut files: Vec<_> = std::fs::read_dir(path)
-            .map_err(|e| format!("cannot read {what} {path}: {e}"))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
-        let mut all = Vec::new();
-        for file in files {
-            all.extend(read(&file)?);
-            all.push(b'\n');
-        }
-        all
-    } else {
-        read(std::path::Path::new(path))?
-    };
-    ureq::tls::parse_pem(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{what} {path} is not valid PEM: {e}"))
-}
+/// TLS to Consul (the `tls` feature): the CA, and the client certificate when Consul
+/// verifies incoming connections.
+#[cfg(feature = "tls")]
+mod tls {
+    use crate::config::Consul;
+    use std::sync::Arc;
+    use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 
-fn tls_config(cfg: &Consul) -> Result<TlsConfig, String> {
-    let mut roots: Vec<Certificate<'static>> = Vec::new();
-    if let Some(ca) = &cfg.ca_file {
-        for item in read_pem(ca, "consul.ca_file")? {
-            if let PemItem::Certificate(c) = item {
-                roots.push(c);
+    /// The PEM items of a file, or of every file in a directory (a CA path).
+    fn read_pem(path: &str, what: &str) -> Result<Vec<PemItem<'static>>, String> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
+        };
+        let bytes = if std::path::Path::new(path).is_dir() {
+            let mut files: Vec<_> = std::fs::read_dir(path)
+                .map_err(|e| format!("cannot read {what} {path}: {e}"))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            let mut all = Vec::new();
+            for file in files {
+                all.extend(read(&file)?);
+                all.push(b'\n');
+            }
+            all
+        } else {
+            read(std::path::Path::new(path))?
+        };
+        ureq::tls::parse_pem(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{what} {path} is not valid PEM: {e}"))
+    }
+
+    pub fn config(cfg: &Consul) -> Result<TlsConfig, String> {
+        let mut roots: Vec<Certificate<'static>> = Vec::new();
+        if let Some(ca) = &cfg.ca_file {
+            for item in read_pem(ca, "consul.ca_file")? {
+                if let PemItem::Certificate(c) = item {
+                    roots.push(c);
+                }
+            }
+            if roots.is_empty() {
+                return Err(format!("consul.ca_file {ca} holds no certificate"));
             }
         }
-        if roots.is_empty() {
-            return Err(format!("consul.ca_file {ca} holds no certificate"));
-        }
+        let client_cert = match (&cfg.cert_file, &cfg.key_file) {
+            (Some(cert), Some(key)) => {
+                let chain: Vec<Certificate<'static>> = read_pem(cert, "consul.cert_file")?
+                    .into_iter()
+                    .filter_map(|i| match i {
+                        PemItem::Certificate(c) => Some(c),
+                        _ => None,
+                    })
+                    .collect();
+                let key: PrivateKey<'static> = read_pem(key, "consul.key_file")?
+                    .into_iter()
+                    .find_map(|i| match i {
+                        PemItem::PrivateKey(k) => Some(k),
+                        _ => None,
+                    })
+                    .ok_or_else(|| format!("consul.key_file {key} holds no private key"))?;
+                Some(ClientCert::new_with_certs(&chain, key))
+            }
+            _ => None,
+        };
+        // Without a CA file, trust nothing rather than panic on ureq's disabled WebPKI roots:
+        // an https address then needs consul.ca_file (validation cannot know the scheme's
+        // needs, so the error comes on first use, naming the setting).
+        Ok(TlsConfig::builder()
+            .root_certs(RootCerts::new_with_certs(&roots))
+            .client_cert(client_cert)
+            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .build())
     }
-    let client_cert = match (&cfg.cert_file, &cfg.key_file) {
-        (Some(cert), Some(key)) => {
-            let chain: Vec<Certificate<'static>> = read_pem(cert, "consul.cert_file")?
-                .into_iter()
-                .filter_map(|i| match i {
-                    PemItem::Certificate(c) => Some(c),
-                    _ => None,
-                })
-                .collect();
-            let key: PrivateKey<'static> = read_pem(key, "consul.key_file")?
-                .into_iter()
-                .find_map(|i| match i {
-                    PemItem::PrivateKey(k) => Some(k),
-                    _ => None,
-                })
-                .ok_or_else(|| format!("consul.key_file {key} holds no private key"))?;
-            Some(ClientCert::new_with_certs(&chain, key))
-        }
-        _ => None,
-    };
-    // Without a CA file, trust nothing rather than panic on ureq's disabled WebPKI roots:
-    // an https address then needs consul.ca_file (validation cannot know the scheme's
-    // needs, so the error comes on first use, naming the setting).
-    Ok(TlsConfig::builder()
-        .root_certs(RootCerts::new_with_certs(&roots))
-        .client_cert(client_cert)
-        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .build())
 }
 
 /// The agent's own token: `consul.token`, else the contents of `consul.token_file`.
@@ -256,11 +263,19 @@ impl Client {
             }
         };
         let token = agent_token(cfg)?;
-        let config = ureq::Agent::config_builder()
+        let builder = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(CALL_TIMEOUT))
-            .tls_config(tls_config(cfg)?)
-            .build();
+            .timeout_global(Some(CALL_TIMEOUT));
+        #[cfg(feature = "tls")]
+        let builder = builder.tls_config(tls::config(cfg)?);
+        #[cfg(not(feature = "tls"))]
+        if cfg.address.starts_with("https://") {
+            return Err(format!(
+                "consul.address {} needs TLS, and this outpost was built without it (the tls feature)",
+                cfg.address
+            ));
+        }
+        let config = builder.build();
         let (agent, base) = match (&cfg.tls_server_name, base.strip_prefix("https://")) {
             _ if unix_socket.is_some() => {
                 let connector = UnixConnector {
