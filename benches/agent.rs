@@ -1,0 +1,312 @@
+//! `cargo bench --bench agent` (as root): `outpost run` with 20 bridge groups, each with a
+//! Connect sidecar, against the Consul double and the stub Envoy (tests/support), in a
+//! private network and mount namespace. Per round:
+//! - up: from spawning `run` to the last of the 20 Envoys exec'd (the stub's wrapper notes
+//!   the time before it execs Python), and to every task of every group running;
+//! - the agent's RSS once settled (all running, 2 s later) and its peak (VmHWM);
+//! - down: `outpost teardown` from spawn to exit (deregister, stop, remove the network).
+//!
+//! The groups set `sidecar_task.shutdown_delay = "0s"`: with Nomad's default 5 s Envoy
+//! drain, teardown is that 5 s plus the figure here.
+//! The binary measured is the static x86_64 musl build when present
+//! (`cargo build --release --target x86_64-unknown-linux-musl`), the shipped kind, else the
+//! bench profile's own. Prints a table and, last,
+//! `agent: groups=20 up_ms=… rss_kib=… down_ms=…` (medians of the rounds).
+
+#[path = "../tests/support/mod.rs"]
+#[allow(unused_imports)]
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::consul_double::{AgentSelf, ConsulDouble};
+
+const GROUPS: usize = 20;
+const ROUNDS: usize = 3;
+
+fn config(dir: &Path, consul: &str, envoy: &Path) -> String {
+    let mut text = format!(
+        "[agent]\nnode_name = \"edge-01\"\ndata_dir = \"{0}/data\"\nrun_dir = \"/run/outpost\"\n\n\
+         [consul]\naddress = \"{consul}\"\n\n[network]\nadvertise_address = \"192.0.2.10\"\n\n\
+         [envoy]\nbinary = \"{1}\"\n",
+        dir.display(),
+        envoy.display()
+    );
+    for i in 1..=GROUPS {
+        text.push_str(&format!(
+            r#"
+[[group]]
+name = "g{i:02}"
+[group.network]
+mode = "bridge"
+[[group.service]]
+name = "svc-{i:02}"
+port = "9001"
+[group.service.connect.sidecar_service]
+[group.service.connect.sidecar_task]
+shutdown_delay = "0s"
+[[group.task]]
+name = "app"
+command = "/bin/sleep"
+args = ["100000"]
+"#
+        ));
+    }
+    text
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// When each stage of the bring-up ended, in ms after `run` was spawned: read off the
+/// agent's log as its lines arrive (the log has no timestamps of its own).
+#[derive(Default, Clone, Copy)]
+struct Stages {
+    network: f64,
+    registered: f64,
+    bootstraps: f64,
+}
+
+fn trace_stages(
+    log: PathBuf,
+    from: Instant,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Stages> {
+    std::thread::spawn(move || {
+        let mut stages = Stages::default();
+        let mut seen = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+        let mut bootstraps = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let at = from.elapsed().as_secs_f64() * 1000.0;
+            for line in text.get(seen..).unwrap_or("").lines() {
+                if line.contains("network applied") {
+                    stages.network = at;
+                } else if line.contains("service(s) registered") && stages.registered == 0.0 {
+                    stages.registered = at;
+                } else if line.contains("bootstrap of") {
+                    bootstraps += 1;
+                    if bootstraps == GROUPS {
+                        stages.bootstraps = at;
+                    }
+                }
+            }
+            seen = text.len().max(seen);
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        stages
+    })
+}
+
+fn kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Round {
+    stages: Stages,
+    envoys_ms: f64,
+    all_ms: f64,
+    rss_kib: u64,
+    hwm_kib: u64,
+    down_ms: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let musl = root.join("target/x86_64-unknown-linux-musl/release/outpost");
+    let bin: PathBuf = if musl.exists() {
+        musl
+    } else {
+        PathBuf::from(env!("CARGO_BIN_EXE_outpost"))
+    };
+    if !support::root_or_skip("the agent benchmark") {
+        println!("agent: skipped (needs root for namespaces)");
+        return;
+    }
+    if !support::private_network("the agent benchmark") {
+        return;
+    }
+    for args in [
+        "link add uplink type veth peer name uplink-peer",
+        "addr add 192.0.2.10/24 dev uplink",
+        "link set uplink up",
+        "link set uplink-peer up",
+    ] {
+        let _ = Command::new("ip").args(args.split(' ')).status();
+    }
+    let version = Command::new(&bin).arg("version").output();
+    let version = version
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!("binary: {} ({version})", bin.display());
+
+    let double = ConsulDouble::start();
+    let port: i64 = double
+        .address
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    double.set_agent_self(AgentSelf {
+        xds_ports: Some((port, -1)),
+        debug_grpc_port: port,
+        ..AgentSelf::default()
+    });
+    let dir = std::env::temp_dir().join(format!("outpost-bench-agent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let records = dir.join("records");
+    std::fs::create_dir_all(&records).expect("scratch dir");
+    let envoy = dir.join("envoy");
+    let execs = dir.join("envoy-execs");
+    std::fs::write(
+        &envoy,
+        format!(
+            "#!/bin/sh\necho $(date +%s%N) >> {}\nSTUB_ENVOY_RECORDS={} exec python3 {} \"$@\"\n",
+            execs.display(),
+            records.display(),
+            root.join("tests/support/stub_envoy.py").display()
+        ),
+    )
+    .expect("stub wrapper");
+    std::fs::set_permissions(&envoy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let file = dir.join("outpost.toml");
+    std::fs::write(&file, config(&dir, &double.url(), &envoy)).expect("config");
+    let run = support::PrivateRun::new();
+    let log = dir.join("agent.log");
+    let outpost = |args: &[&str]| {
+        let mut cmd = run.command(&bin.display().to_string());
+        cmd.args(args).arg("-c").arg(&file);
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+        {
+            cmd.stderr(f);
+        }
+        cmd
+    };
+
+    println!(
+        "{GROUPS} bridge groups, each a service with a Connect sidecar (stub Envoy), Consul double without lag"
+    );
+    println!(
+        "(ms after `run` was spawned: network applied, services registered, last bootstrap written, last Envoy exec'd, all tasks running)"
+    );
+    println!(
+        "{:<6} {:>8} {:>11} {:>11} {:>10} {:>10} {:>8} {:>8} {:>8}",
+        "round",
+        "network",
+        "registered",
+        "bootstraps",
+        "envoys_up",
+        "all_up",
+        "rss_kib",
+        "hwm_kib",
+        "down_ms"
+    );
+    let mut rounds = Vec::new();
+    for round in 1..=ROUNDS {
+        let _ = std::fs::remove_file(&execs);
+        let started = now_ns();
+        let clock = Instant::now();
+        let mut agent = match outpost(&["run"]).spawn() {
+            Ok(a) => a,
+            Err(e) => {
+                println!("agent: cannot start {}: {e}", bin.display());
+                return;
+            }
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let tracer = trace_stages(log.clone(), clock, stop.clone());
+        let mut all_ms = None;
+        while clock.elapsed() < Duration::from_secs(60) {
+            let status = outpost(&["status", "--json"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            let running = status.matches("\"state\":\"running\"").count();
+            // Per group: app, Envoy, relay.
+            if running == GROUPS * 3 {
+                all_ms = Some(clock.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let stages = tracer.join().unwrap_or_default();
+        let stamps: Vec<u128> = std::fs::read_to_string(&execs)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        let (Some(all_ms), true) = (all_ms, stamps.len() >= GROUPS) else {
+            println!(
+                "agent: round {round} did not come up ({} Envoys exec'd); see {}",
+                stamps.len(),
+                log.display()
+            );
+            let _ = outpost(&["teardown"]).status();
+            return;
+        };
+        let last = stamps.iter().copied().max().unwrap_or(started);
+        let envoys_ms = (last.saturating_sub(started)) as f64 / 1e6;
+        std::thread::sleep(Duration::from_secs(2));
+        let rss_kib = kib(agent.id(), "VmRSS:");
+        let hwm_kib = kib(agent.id(), "VmHWM:");
+        let down = Instant::now();
+        let ok = outpost(&["teardown"]).status().is_ok_and(|s| s.success());
+        let down_ms = down.elapsed().as_secs_f64() * 1000.0;
+        let _ = agent.wait();
+        if !ok {
+            println!("agent: teardown failed; see {}", log.display());
+            return;
+        }
+        println!(
+            "{round:<6} {:>8.1} {:>11.1} {:>11.1} {envoys_ms:>10.1} {all_ms:>10.1} {rss_kib:>8} {hwm_kib:>8} {down_ms:>8.1}",
+            stages.network, stages.registered, stages.bootstraps
+        );
+        rounds.push(Round {
+            stages,
+            envoys_ms,
+            all_ms,
+            rss_kib,
+            hwm_kib,
+            down_ms,
+        });
+    }
+    let up = median(rounds.iter().map(|r| r.envoys_ms).collect());
+    let all = median(rounds.iter().map(|r| r.all_ms).collect());
+    let rss = median(rounds.iter().map(|r| r.rss_kib as f64).collect());
+    let hwm = median(rounds.iter().map(|r| r.hwm_kib as f64).collect());
+    let down = median(rounds.iter().map(|r| r.down_ms).collect());
+    let stage = |f: fn(&Stages) -> f64| median(rounds.iter().map(|r| f(&r.stages)).collect());
+    println!(
+        "medians: network {:.0} ms, registration {:.0} ms more, bootstraps {:.0} ms more, process starts {:.0} ms more",
+        stage(|s| s.network),
+        stage(|s| s.registered) - stage(|s| s.network),
+        stage(|s| s.bootstraps) - stage(|s| s.registered),
+        up - stage(|s| s.bootstraps)
+    );
+    println!(
+        "budgets (DESIGN.md): 20 sidecars exec'd <= 250 ms: {up:.0} ms; RSS with 20 groups <= 4096 KiB: {rss:.0} KiB (peak {hwm:.0}); all tasks running: {all:.0} ms"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("agent: groups={GROUPS} up_ms={up:.0} rss_kib={rss:.0} down_ms={down:.0}");
+}
