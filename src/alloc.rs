@@ -57,6 +57,8 @@ pub struct Task {
     pub ready_check: Option<String>,
     /// An Envoy whose restart is due only once the agent has written its bootstrap anew.
     awaiting_bootstrap: bool,
+    /// Forked this pass, its exec not confirmed yet (see `Runner::confirm_starts`).
+    starting: Option<supervise::Starting>,
     /// The task's `logs` block: files kept per stream and bytes per file.
     log_files: u32,
     log_bytes: u64,
@@ -149,6 +151,7 @@ fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Tas
         shutdown_delay: dur(&t.shutdown_delay, Duration::ZERO),
         ready_check: ready,
         awaiting_bootstrap: false,
+        starting: None,
         log_files: t.logs.max_files,
         log_bytes: u64::from(t.logs.max_file_size_mb) << 20,
         window_start: Instant::now(),
@@ -274,14 +277,19 @@ impl Runner {
         changed |= self.restart_due(now);
         match self.phase {
             Phase::Sidecars => {
-                changed |= self.start_where(|t| t.lifecycle == "prestart sidecar");
-                if self.sidecars_ready() || now - self.phase_since > READY_WAIT {
-                    if !self.sidecars_ready() {
-                        warn!(
-                            "group {}: sidecars not ready after {READY_WAIT:?}; starting the tasks anyway",
-                            self.name
-                        );
-                    }
+                let started = self.start_where(|t| t.lifecycle == "prestart sidecar");
+                changed |= started;
+                // An Envoy started just now cannot answer yet: ask from the next tick on, so
+                // the other groups' sidecars start without waiting on this question.
+                let ready = !started && self.sidecars_ready();
+                let waited_out = !started && now - self.phase_since > READY_WAIT;
+                if waited_out && !ready {
+                    warn!(
+                        "group {}: sidecars not ready after {READY_WAIT:?}; starting the tasks anyway",
+                        self.name
+                    );
+                }
+                if ready || waited_out {
                     self.set_phase(Phase::Prestart);
                 }
             }
@@ -379,6 +387,33 @@ impl Runner {
                 start(&self.name, task);
                 changed = true;
             }
+        }
+        changed
+    }
+
+    /// Confirms the tasks `tick` forked: each exec'd (logged as started) or could not start
+    /// (failed, which fails the group as in `tick`). The agent calls this after ticking
+    /// every group, so the children exec side by side.
+    pub fn confirm_starts(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        for task in &mut self.tasks {
+            let Some(starting) = task.starting.take() else {
+                continue;
+            };
+            changed = true;
+            match starting.confirm() {
+                Ok(proc) => info!(
+                    "group {}: started task {} (pid {})",
+                    self.name, task.plan_name, proc.pid
+                ),
+                Err(e) => failed_to_start(&self.name, task, e),
+            }
+        }
+        if changed
+            && self.phase != Phase::Failed
+            && self.tasks.iter().any(|t| t.state == TaskState::Failed)
+        {
+            self.fail(now);
         }
         changed
     }
@@ -570,6 +605,7 @@ fn relay_task(group: &GroupPlan, socket: PathBuf) -> Task {
         shutdown_delay: Duration::ZERO,
         ready_check: None,
         awaiting_bootstrap: false,
+        starting: None,
         // The relay logs only connection failures: two files of 1 MiB are plenty.
         log_files: 2,
         log_bytes: 1 << 20,
@@ -638,20 +674,20 @@ fn start(group: &str, task: &mut Task) {
             task.plan_name
         );
     }
-    match supervise::spawn(&task.spec) {
-        Ok(proc) => {
-            info!(
-                "group {group}: started task {} (pid {})",
-                task.plan_name, proc.pid
-            );
-            task.state = TaskState::Running(proc);
+    match supervise::begin(&task.spec) {
+        // Confirmed by `Runner::confirm_starts`, once every task of this pass is forked.
+        Ok(starting) => {
+            task.state = TaskState::Running(starting.proc);
+            task.starting = Some(starting);
         }
-        Err(e) => {
-            warn!("group {group}: task {}: {e}", task.plan_name);
-            task.last_error = Some(e);
-            task.state = TaskState::Failed;
-        }
+        Err(e) => failed_to_start(group, task, e),
     }
+}
+
+fn failed_to_start(group: &str, task: &mut Task, why: String) {
+    warn!("group {group}: task {}: {why}", task.plan_name);
+    task.last_error = Some(why);
+    task.state = TaskState::Failed;
 }
 
 /// Nomad's restart tracker: `attempts` restarts within `interval`, each after `delay` plus

@@ -102,9 +102,45 @@ pub(crate) fn credentials(user: &str) -> Result<(u32, u32), String> {
     }
 }
 
-/// Starts the process; the error says why it could not (a missing binary, a bad user, a
-/// namespace that is gone), as the exec failure is reported back over a pipe.
+/// Starts the process and waits until it has exec'd; the error says why it could not (a
+/// missing binary, a bad user, a namespace that is gone).
 pub fn spawn(spec: &Spec) -> Result<Proc, String> {
+    begin(spec)?.confirm()
+}
+
+/// A process forked and released, whose exec is not confirmed yet: a supervisor starting
+/// many forks them all, then confirms them, instead of waiting on each child in turn to be
+/// scheduled and exec (on a busy device, that wait is most of a start).
+#[derive(Debug)]
+pub struct Starting {
+    pub proc: Proc,
+    program: String,
+    /// Closed by the child's exec (success) or carrying `errno | step << 32` (failure).
+    report: File,
+}
+
+impl Starting {
+    /// Waits for the exec: the running process, or why it could not start (it is reaped).
+    pub fn confirm(mut self) -> Result<Proc, String> {
+        let mut buf = [0u8; 8];
+        let n = self.report.read(&mut buf).unwrap_or(0);
+        if n == 8 {
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(self.proc.pid), None);
+            let report = u64::from_ne_bytes(buf);
+            let why = std::io::Error::from_raw_os_error((report & 0xffff_ffff) as i32);
+            let step = STEPS[(report >> 32) as usize % STEPS.len()];
+            return Err(format!(
+                "cannot start {}: {step} failed: {why}",
+                self.program
+            ));
+        }
+        Ok(self.proc)
+    }
+}
+
+/// Forks the process, notes it in the journal and lets it exec; `Starting::confirm` says
+/// whether it did.
+pub fn begin(spec: &Spec) -> Result<Starting, String> {
     let program = spec.argv.first().ok_or("empty command")?;
     let argv: Vec<CString> = spec
         .argv
@@ -189,17 +225,11 @@ pub fn spawn(spec: &Spec) -> Result<Proc, String> {
             let mut gate = File::from(gate_write);
             let _ = std::io::Write::write_all(&mut gate, b"x");
             drop(gate);
-            let mut buf = [0u8; 8];
-            let mut report = File::from(report_read);
-            let n = report.read(&mut buf).unwrap_or(0);
-            if n == 8 {
-                let _ = nix::sys::wait::waitpid(child, None);
-                let report = u64::from_ne_bytes(buf);
-                let why = std::io::Error::from_raw_os_error((report & 0xffff_ffff) as i32);
-                let step = STEPS[(report >> 32) as usize % STEPS.len()];
-                return Err(format!("cannot start {program}: {step} failed: {why}"));
-            }
-            Ok(Proc { pid, start_time })
+            Ok(Starting {
+                proc: Proc { pid, start_time },
+                program: program.clone(),
+                report: File::from(report_read),
+            })
         }
     }
 }

@@ -173,3 +173,65 @@ args = ["1000"]
     assert!(down.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_task_that_cannot_be_started_fails_its_group_with_the_reason() {
+    if !support::private_network("cannot start") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("outpost-cannot-start-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("outpost.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"[agent]
+data_dir = "{0}/data"
+run_dir = "{0}/run"
+
+[[group]]
+name = "broken"
+[group.reschedule]
+delay = "10s"
+max_delay = "10s"
+
+[[group.task]]
+name = "steady"
+command = "/bin/sleep"
+args = ["1000"]
+
+[[group.task]]
+name = "missing"
+command = "/no/such/program"
+"#,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let run = support::PrivateRun::new();
+    let log = dir.join("agent.log");
+    let outpost = |args: &[&str]| run.outpost(args, &file, &log);
+    let mut agent = outpost(&["run"]).spawn().unwrap();
+    let why =
+        "task missing: cannot start /no/such/program: execve failed: No such file or directory";
+    let start = Instant::now();
+    let mut text = String::new();
+    while start.elapsed() < Duration::from_secs(10) {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("starting it again in 10s") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let down = outpost(&["teardown"]).status().unwrap();
+    let _ = agent.wait();
+    assert!(text.contains(why), "{text}");
+    // The whole group stops: its other task too.
+    assert!(
+        text.contains("stopping group broken: task steady"),
+        "{text}"
+    );
+    assert!(text.contains("starting it again in 10s"), "{text}");
+    assert!(down.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

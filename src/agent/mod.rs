@@ -110,6 +110,11 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Resul
     let mut registered = 0;
     let mut keep = Vec::new();
     let mut tokens = Tokens::new();
+    // One look at the agent's services for the whole pass (not one per service).
+    let listed = match has_services(plan) {
+        true => Some(sync::agent_services(&base).map_err(|e| at(&e))?),
+        false => None,
+    };
     for group in &plan.groups {
         for service in &group.services {
             let token = workload_token(&base, valid, plan, group, service)?;
@@ -124,14 +129,18 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Resul
                 id: &service.id,
                 body: &service.registration,
             }];
-            registered += sync::sync(&client, &wanted, false)
+            let services = listed.as_ref().ok_or("no service list")?;
+            registered += sync::register_missing(&client, &wanted, services)
                 .map_err(|e| at(&e))?
-                .registered
                 .len();
             keep.push(service.id.as_str());
         }
     }
-    let removed = match sync::agent_services(&base) {
+    let listed = match listed {
+        Some(services) => Ok(services),
+        None => sync::agent_services(&base),
+    };
+    let removed = match listed {
         Ok(services) => sync::remove_unowned(&base, &services, &keep).map_err(|e| at(&e))?,
         Err(e) if consul_optional && e.is_retryable() => {
             warn!("Consul: cannot check for leftover registrations ({e}); groups need no Consul");

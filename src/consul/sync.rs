@@ -42,22 +42,36 @@ pub fn sync(
     remove_orphans: bool,
 ) -> Result<Synced, ConsulError> {
     let services = agent_services(client)?;
-    let mut done = Synced::default();
-    for w in wanted {
-        if needs_registering(w, &services) {
-            client.put(
-                "/v1/agent/service/register?replace-existing-checks=true",
-                &json::to_string(w.body),
-            )?;
-            info!("registered service {} in Consul", w.id);
-            done.registered.push(w.id.to_string());
-        }
-    }
+    let mut done = Synced {
+        registered: register_missing(client, wanted, &services)?,
+        ..Synced::default()
+    };
     if remove_orphans {
         let keep: Vec<&str> = wanted.iter().map(|w| w.id).collect();
         done.deregistered = remove_unowned(client, &services, &keep)?;
     }
     Ok(done)
+}
+
+/// Registers each of `wanted` that `services` (the agent's list) lacks or has otherwise;
+/// returns their IDs.
+pub fn register_missing(
+    client: &Client,
+    wanted: &[Wanted],
+    services: &Object,
+) -> Result<Vec<String>, ConsulError> {
+    let mut registered = Vec::new();
+    for w in wanted {
+        if needs_registering(w, services) {
+            client.put(
+                "/v1/agent/service/register?replace-existing-checks=true",
+                &json::to_string(w.body),
+            )?;
+            info!("registered service {} in Consul", w.id);
+            registered.push(w.id.to_string());
+        }
+    }
+    Ok(registered)
 }
 
 /// Deregisters `_outpost-*` services in `services` whose ID is not in `keep` (their
