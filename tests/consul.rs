@@ -678,3 +678,26 @@ fn a_sidecar_bootstrap_is_rendered_from_the_agents_own_view() {
         "failed fetch proxy config from local agent: Unexpected response code: 404 (unknown service ID: nope-sidecar-proxy)"
     );
 }
+
+#[test]
+fn a_body_larger_than_the_clients_buffers_goes_through_whole() {
+    let double = ConsulDouble::start();
+    let client = Client::new(&outpost::config::Consul {
+        address: double.url(),
+        ..outpost::config::Consul::default()
+    })
+    .unwrap();
+    // 200 tags of 400 bytes: an 80 KB registration, and as much back in the service list.
+    let tags: Vec<String> = (0..200)
+        .map(|i| format!("\"{i:03}{}\"", "t".repeat(397)))
+        .collect();
+    let body = format!(
+        r#"{{"ID":"big","Name":"big","Port":8080,"Tags":[{}]}}"#,
+        tags.join(",")
+    );
+    assert!(body.len() > 64 * 1024);
+    client.put("/v1/agent/service/register", &body).unwrap();
+    let listed = client.get("/v1/agent/services").unwrap();
+    assert!(listed.len() > 64 * 1024, "{}", listed.len());
+    assert!(listed.contains(&format!("199{}", "t".repeat(397))));
+}

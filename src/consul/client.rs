@@ -247,6 +247,9 @@ pub fn agent_token(cfg: &Consul) -> Result<Option<String>, String> {
     }
 }
 
+/// Per-connection buffer in each direction, and the largest response header accepted.
+const IO_BUFFER: usize = 16 * 1024;
+
 impl Client {
     pub fn new(cfg: &Consul) -> Result<Client, String> {
         let (base, unix_socket) = match cfg.address.split_once("://") {
@@ -265,7 +268,13 @@ impl Client {
         let token = agent_token(cfg)?;
         let builder = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(CALL_TIMEOUT));
+            .timeout_global(Some(CALL_TIMEOUT))
+            // ureq's defaults (128 KiB each way per connection) are sized for the internet;
+            // the local agent's headers are small and bodies stream through the buffers.
+            // Four bootstraps at once cost 1 MiB of RSS with the defaults.
+            .input_buffer_size(IO_BUFFER)
+            .output_buffer_size(IO_BUFFER)
+            .max_response_header_size(IO_BUFFER);
         #[cfg(feature = "tls")]
         let builder = builder.tls_config(tls::config(cfg)?);
         #[cfg(not(feature = "tls"))]
