@@ -31,12 +31,13 @@ fn main() {
         println!("network: skipped (needs root to create namespaces)");
         return;
     }
+    // Installed first: the private namespace below has no way to the package mirror.
+    let cni = ensure_cni();
+    let netavark = ensure_netavark();
     if let Err(e) = isolate() {
         println!("network: skipped (cannot create a private network namespace: {e})");
         return;
     }
-    let cni = ensure_cni();
-    let netavark = ensure_netavark();
     println!("per-group bring-up and teardown, two mapped ports (tcp+udp) per group, in ms");
     println!(
         "(N groups brought up one by one, then down; rounds repeated to >= {MIN_SAMPLES} samples per row)"
