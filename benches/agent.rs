@@ -1,8 +1,11 @@
 //! `cargo bench --bench agent` (as root): `outpost run` with 20 bridge groups, each with a
 //! Connect sidecar, against the Consul double and the stub Envoy (tests/support), in a
-//! private network and mount namespace. Per round:
-//! - up: from spawning `run` to the last of the 20 Envoys exec'd (the stub's wrapper notes
-//!   the time before it execs Python), and to every task of every group running;
+//! private network and mount namespace. Two sets of rounds, side by side: with the stand-in
+//! Envoy idle (its wrapper only sleeps: the agent's own speed) and with the stub Envoy
+//! (Python, ~40 ms of CPU each at start, which competes with the agent). Per round:
+//! - the bring-up by stage, read off the agent's log: network applied, services
+//!   registered, bootstraps written, the last Envoy exec'd (the agent logs a start once the
+//!   exec succeeded); the wrapper's own first line; every task of every group running;
 //! - the agent's RSS once settled (all running, 2 s later) and its peak (VmHWM);
 //! - down: `outpost teardown` from spawn to exit (deregister, stop, remove the network).
 //!
@@ -10,8 +13,8 @@
 //! drain, teardown is that 5 s plus the figure here.
 //! The binary measured is the static x86_64 musl build when present
 //! (`cargo build --release --target x86_64-unknown-linux-musl`), the shipped kind, else the
-//! bench profile's own. Prints a table and, last,
-//! `agent: groups=20 up_ms=… rss_kib=… down_ms=…` (medians of the rounds).
+//! bench profile's own. Prints the tables and, last,
+//! `agent: groups=20 up_ms=… rss_kib=… down_ms=…` (medians of the stub Envoy's rounds).
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -161,6 +164,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+fn print_header() {
+    println!(
+        "{:<6} {:>8} {:>11} {:>11} {:>10} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "round",
+        "network",
+        "registered",
+        "bootstraps",
+        "envoys_up",
+        "stub_ran",
+        "agent_cpu",
+        "all_up",
+        "rss_kib",
+        "hwm_kib",
+        "down_ms"
+    );
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let musl = root.join("target/x86_64-unknown-linux-musl/release/outpost");
@@ -208,11 +228,14 @@ fn main() {
     std::fs::create_dir_all(&records).expect("scratch dir");
     let envoy = dir.join("envoy");
     let execs = dir.join("envoy-execs");
+    // While this file exists the stand-in Envoy only sleeps: no CPU at start, no /ready.
+    let idle_flag = dir.join("idle-envoy");
     std::fs::write(
         &envoy,
         format!(
-            "#!/bin/sh\necho $(date +%s%N) >> {}\nSTUB_ENVOY_RECORDS={} exec python3 {} \"$@\"\n",
+            "#!/bin/sh\necho $(date +%s%N) >> {}\n[ -e {} ] && exec sleep 100000\nSTUB_ENVOY_RECORDS={} exec python3 {} \"$@\"\n",
             execs.display(),
+            idle_flag.display(),
             records.display(),
             root.join("tests/support/stub_envoy.py").display()
         ),
@@ -249,99 +272,115 @@ fn main() {
         "wrapper's first line), all tasks running (polled every 20 ms); agent_cpu: the agent's own CPU"
     );
     println!("time until the last stub ran, in 10 ms ticks");
-    println!(
-        "{:<6} {:>8} {:>11} {:>11} {:>10} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8}",
-        "round",
-        "network",
-        "registered",
-        "bootstraps",
-        "envoys_up",
-        "stub_ran",
-        "agent_cpu",
-        "all_up",
-        "rss_kib",
-        "hwm_kib",
-        "down_ms"
-    );
-    let mut rounds = Vec::new();
-    for round in 1..=ROUNDS {
-        let _ = std::fs::remove_file(&execs);
-        let started = now_ns();
-        let clock = Instant::now();
-        let mut agent = match outpost(&["run"]).spawn() {
-            Ok(a) => a,
-            Err(e) => {
-                println!("agent: cannot start {}: {e}", bin.display());
-                return;
+    // Rounds with the stand-in Envoy idle (`idle`: the agent's own speed, nothing else
+    // starting), or with the stub (Python, ~40 ms of CPU each at start, answering /ready).
+    let measure = |idle: bool| -> Option<Vec<Round>> {
+        if idle {
+            std::fs::write(&idle_flag, "").ok()?;
+        } else {
+            let _ = std::fs::remove_file(&idle_flag);
+        }
+        print_header();
+        let mut rounds = Vec::new();
+        for round in 1..=ROUNDS {
+            let _ = std::fs::remove_file(&execs);
+            let started = now_ns();
+            let clock = Instant::now();
+            let mut agent = match outpost(&["run"]).spawn() {
+                Ok(a) => a,
+                Err(e) => {
+                    println!("agent: cannot start {}: {e}", bin.display());
+                    return None;
+                }
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let tracer = trace_stages(log.clone(), clock, stop.clone());
+            let mut all_ms = None;
+            let mut cpu_ms = None;
+            while clock.elapsed() < Duration::from_secs(60) {
+                if cpu_ms.is_none() && count_lines(&execs) >= GROUPS {
+                    cpu_ms = Some(cpu_ticks(agent.id()) * 10);
+                }
+                let status = outpost(&["status", "--json"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                    .unwrap_or_default();
+                let running = status.matches("\"state\":\"running\"").count();
+                // Per group: app, Envoy, relay; idle Envoys never get ready, so no app.
+                if idle && running == GROUPS * 2 && count_lines(&execs) >= GROUPS {
+                    std::thread::sleep(Duration::from_millis(100)); // the log catches up
+                    all_ms = Some(0.0);
+                    break;
+                }
+                if running == GROUPS * 3 {
+                    all_ms = Some(clock.elapsed().as_secs_f64() * 1000.0);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let tracer = trace_stages(log.clone(), clock, stop.clone());
-        let mut all_ms = None;
-        let mut cpu_ms = None;
-        while clock.elapsed() < Duration::from_secs(60) {
-            if cpu_ms.is_none() && count_lines(&execs) >= GROUPS {
+            if cpu_ms.is_none() {
                 cpu_ms = Some(cpu_ticks(agent.id()) * 10);
             }
-            let status = outpost(&["status", "--json"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-                .unwrap_or_default();
-            let running = status.matches("\"state\":\"running\"").count();
-            // Per group: app, Envoy, relay.
-            if running == GROUPS * 3 {
-                all_ms = Some(clock.elapsed().as_secs_f64() * 1000.0);
-                break;
+            stop.store(true, Ordering::Relaxed);
+            let stages = tracer.join().unwrap_or_default();
+            let stamps: Vec<u128> = std::fs::read_to_string(&execs)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            let (Some(all_ms), true) = (all_ms, stamps.len() >= GROUPS) else {
+                println!(
+                    "agent: round {round} did not come up ({} Envoys exec'd); see {}",
+                    stamps.len(),
+                    log.display()
+                );
+                let _ = outpost(&["teardown"]).status();
+                return None;
+            };
+            let last = stamps.iter().copied().max().unwrap_or(started);
+            let envoys_ms = (last.saturating_sub(started)) as f64 / 1e6;
+            if !idle {
+                std::thread::sleep(Duration::from_secs(2));
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        stop.store(true, Ordering::Relaxed);
-        let stages = tracer.join().unwrap_or_default();
-        let stamps: Vec<u128> = std::fs::read_to_string(&execs)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
-        let (Some(all_ms), true) = (all_ms, stamps.len() >= GROUPS) else {
+            let rss_kib = kib(agent.id(), "VmRSS:");
+            let hwm_kib = kib(agent.id(), "VmHWM:");
+            let down = Instant::now();
+            let ok = outpost(&["teardown"]).status().is_ok_and(|s| s.success());
+            let down_ms = down.elapsed().as_secs_f64() * 1000.0;
+            let _ = agent.wait();
+            if !ok {
+                println!("agent: teardown failed; see {}", log.display());
+                return None;
+            }
             println!(
-                "agent: round {round} did not come up ({} Envoys exec'd); see {}",
-                stamps.len(),
-                log.display()
+                "{round:<6} {:>8.1} {:>11.1} {:>11.1} {:>10.1} {envoys_ms:>9.1} {:>10} {all_ms:>8.1} {rss_kib:>8} {hwm_kib:>8} {down_ms:>8.1}",
+                stages.network,
+                stages.registered,
+                stages.bootstraps,
+                stages.execs,
+                cpu_ms.unwrap_or(0)
             );
-            let _ = outpost(&["teardown"]).status();
-            return;
-        };
-        let last = stamps.iter().copied().max().unwrap_or(started);
-        let envoys_ms = (last.saturating_sub(started)) as f64 / 1e6;
-        std::thread::sleep(Duration::from_secs(2));
-        let rss_kib = kib(agent.id(), "VmRSS:");
-        let hwm_kib = kib(agent.id(), "VmHWM:");
-        let down = Instant::now();
-        let ok = outpost(&["teardown"]).status().is_ok_and(|s| s.success());
-        let down_ms = down.elapsed().as_secs_f64() * 1000.0;
-        let _ = agent.wait();
-        if !ok {
-            println!("agent: teardown failed; see {}", log.display());
-            return;
+            rounds.push(Round {
+                stages,
+                cpu_ms: cpu_ms.unwrap_or(0),
+                envoys_ms,
+                all_ms,
+                rss_kib,
+                hwm_kib,
+                down_ms,
+            });
         }
-        println!(
-            "{round:<6} {:>8.1} {:>11.1} {:>11.1} {:>10.1} {envoys_ms:>9.1} {:>10} {all_ms:>8.1} {rss_kib:>8} {hwm_kib:>8} {down_ms:>8.1}",
-            stages.network,
-            stages.registered,
-            stages.bootstraps,
-            stages.execs,
-            cpu_ms.unwrap_or(0)
-        );
-        rounds.push(Round {
-            stages,
-            cpu_ms: cpu_ms.unwrap_or(0),
-            envoys_ms,
-            all_ms,
-            rss_kib,
-            hwm_kib,
-            down_ms,
-        });
-    }
+        Some(rounds)
+    };
+    println!("stand-in Envoy idle (exec'd, then sleeps): the agent alone; all_up, RSS not settled");
+    let Some(idle) = measure(true) else {
+        return;
+    };
+    let idle_up = median(idle.iter().map(|r| r.stages.execs).collect());
+    println!("stub Envoy (Python: reads its bootstrap and registration, answers /ready)");
+    let Some(rounds) = measure(false) else {
+        return;
+    };
     let stub_ran = median(rounds.iter().map(|r| r.envoys_ms).collect());
     let all = median(rounds.iter().map(|r| r.all_ms).collect());
     let rss = median(rounds.iter().map(|r| r.rss_kib as f64).collect());
@@ -358,7 +397,7 @@ fn main() {
         up - stage(|s| s.bootstraps)
     );
     println!(
-        "budgets (DESIGN.md): 20 sidecars exec'd <= 250 ms: {up:.0} ms; RSS with 20 groups <= 4096 KiB: {rss:.0} KiB (peak {hwm:.0}); all tasks running: {all:.0} ms"
+        "budgets (DESIGN.md): 20 sidecars exec'd <= 250 ms: {up:.0} ms ({idle_up:.0} ms with the idle stand-in); RSS with 20 groups <= 4096 KiB: {rss:.0} KiB (peak {hwm:.0}); all tasks running: {all:.0} ms"
     );
     let _ = std::fs::remove_dir_all(&dir);
     println!("agent: groups={GROUPS} up_ms={up:.0} rss_kib={rss:.0} down_ms={down:.0}");
