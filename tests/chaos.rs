@@ -26,6 +26,8 @@ use support::consul_double::{AgentSelf, ConsulDouble};
 
 /// The advertise address: an "uplink" interface in the test's network namespace.
 const UPLINK: &str = "192.0.2.10";
+const AGENT_TOKEN: &str = "4f3c9b1e-7d2a-4e8f-9a61-2b5c8d0e7f13";
+const JWT: &str = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJjaGFvcyJ9.c2ln";
 
 /// xorshift64*: reproducible kill points without a crate.
 struct Rng(u64);
@@ -125,6 +127,8 @@ struct Node {
     records: PathBuf,
     envoy: PathBuf,
     run: support::PrivateRun,
+    /// More of the `[consul]` section (ACLs).
+    consul_extra: String,
 }
 
 /// What the agent reports of one group: its tasks as (name, state, pid).
@@ -178,7 +182,22 @@ impl Node {
             records,
             envoy,
             run: support::PrivateRun::new(),
+            consul_extra: String::new(),
         })
+    }
+
+    /// Consul with ACLs: the agent has its own token, and each service logs in with the
+    /// auth method for a workload token (released at teardown).
+    fn use_acl_login(&mut self) {
+        self.double.enable_acls();
+        self.double.add_token(AGENT_TOKEN, Duration::ZERO);
+        self.double.add_auth_method("nomad-workloads", JWT);
+        let jwt = self.dir.join("jwt");
+        std::fs::write(&jwt, JWT).unwrap();
+        self.consul_extra = format!(
+            "token = \"{AGENT_TOKEN}\"\n[consul.acl]\nmode = \"login\"\njwt_file = \"{}\"\n",
+            jwt.display()
+        );
     }
 
     fn run_dir(&self) -> PathBuf {
@@ -190,14 +209,15 @@ impl Node {
     }
 
     /// Writes the config with these groups (and extra TOML for the agent section).
-    fn configure(&self, groups: &[(&str, &str)], agent_extra: &str) {
+    fn configure(&self, groups: &[(&str, &str)]) {
         let mut config = format!(
-            "[agent]\nnode_name = \"edge-01\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\n{agent_extra}\n\
-             [consul]\naddress = \"{}\"\n\n[network]\nadvertise_address = \"{UPLINK}\"\n\n\
+            "[agent]\nnode_name = \"edge-01\"\ndata_dir = \"{}\"\nrun_dir = \"{}\"\n\n\
+             [consul]\naddress = \"{}\"\n{}\n[network]\nadvertise_address = \"{UPLINK}\"\n\n\
              [envoy]\nbinary = \"{}\"\n",
             self.data_dir().display(),
             self.run_dir().display(),
             self.double.url(),
+            self.consul_extra,
             self.envoy.display()
         );
         for (name, variant) in groups {
@@ -495,6 +515,31 @@ fn kill_9_at_random_points_of_bring_up_reload_and_teardown_converges_and_leaves_
     let Some(node) = Node::new("chaos-kill") else {
         return;
     };
+    kill_rounds(&node, 50);
+}
+
+#[test]
+fn kill_9_with_acl_workload_tokens_gives_every_token_back() {
+    let Some(mut node) = Node::new("chaos-kill-acl") else {
+        return;
+    };
+    node.use_acl_login();
+    kill_rounds(&node, 15);
+    let logins = node
+        .double
+        .log()
+        .iter()
+        .filter(|l| l.path == "/v1/acl/login" && l.status == 200)
+        .count();
+    assert!(
+        logins >= 30,
+        "the services logged in for their tokens: {logins} logins"
+    );
+}
+
+/// `default_rounds` kills (OUTPOST_CHAOS_ROUNDS overrides), cycling through bring-up, reload
+/// and teardown, each followed by a fresh agent, convergence and a clean teardown.
+fn kill_rounds(node: &Node, default_rounds: usize) {
     let seed = std::env::var("OUTPOST_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -508,12 +553,12 @@ fn kill_9_at_random_points_of_bring_up_reload_and_teardown_converges_and_leaves_
     let mut rng = Rng(seed);
 
     // One clean pass of each phase measures how long it takes: the kill points fall in it.
-    node.configure(&CONFIG_A, "");
+    node.configure(&CONFIG_A);
     let started = Instant::now();
     let mut agent = node.start();
     node.converge("first bring-up");
     let up = started.elapsed();
-    node.configure(&CONFIG_B, "");
+    node.configure(&CONFIG_B);
     let reloaded = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent.id() as i32),
@@ -531,14 +576,14 @@ fn kill_9_at_random_points_of_bring_up_reload_and_teardown_converges_and_leaves_
     let rounds = std::env::var("OUTPOST_CHAOS_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(50);
+        .unwrap_or(default_rounds);
     let mut kills = [0usize; 3];
     for round in 0..rounds {
         let phase = round % 3;
         let round_started = Instant::now();
         let what =
             |at: Duration| format!("round {round} (seed {seed}), phase {phase}, kill at {at:?}");
-        node.configure(&CONFIG_A, "");
+        node.configure(&CONFIG_A);
         match phase {
             // Bring-up from nothing, killed; a fresh agent finishes it.
             0 => {
@@ -555,7 +600,7 @@ fn kill_9_at_random_points_of_bring_up_reload_and_teardown_converges_and_leaves_
             1 => {
                 let mut agent = node.start();
                 node.converge(&format!("round {round}: before the reload"));
-                node.configure(&CONFIG_B, "");
+                node.configure(&CONFIG_B);
                 let at = Duration::from_micros(rng.below(reload.as_micros() as u64 + 1));
                 nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(agent.id() as i32),
@@ -640,7 +685,7 @@ fn a_consul_failing_in_bursts_and_answering_slowly_is_retried_until_the_node_con
     let Some(node) = Node::new("chaos-consul") else {
         return;
     };
-    node.configure(&CONFIG_A, "");
+    node.configure(&CONFIG_A);
     // Consul fails its next answers with 500 (no cluster leader) and answers slowly.
     node.double.fail_next(4);
     node.double.set_latency(Duration::from_millis(100));
@@ -690,7 +735,7 @@ fn an_envoy_that_exits_at_once_forever_is_held_back_and_the_agent_stays_idle() {
     let Some(node) = Node::new("chaos-envoy") else {
         return;
     };
-    node.configure(&[("web", "a"), ("api", "")], "");
+    node.configure(&[("web", "a"), ("api", "")]);
     let config = std::fs::read_to_string(&node.file).unwrap().replacen(
         "name = \"api\"\n",
         "name = \"api\"\n[group.restart]\nattempts = 2\ninterval = \"1s\"\ndelay = \"100ms\"\nmode = \"fail\"\n\
@@ -783,7 +828,7 @@ fn a_full_or_read_only_data_dir_keeps_the_old_state_and_the_running_groups() {
         .unwrap();
     assert!(mounted.success());
     let state = node.run.view(&data.join("state.json"));
-    node.configure(&CONFIG_A, "");
+    node.configure(&CONFIG_A);
     let mut agent = node.start();
     node.converge("before the disk fills");
     let before = task_pids(&node.reported());
@@ -803,7 +848,7 @@ fn a_full_or_read_only_data_dir_keeps_the_old_state_and_the_running_groups() {
         )
         .unwrap();
     };
-    node.configure(&CONFIG_B, "");
+    node.configure(&CONFIG_B);
     hup(&agent);
     let refused = "reload: cannot write state file";
     assert!(wait_for_log(&node, refused, 10), "{}", node.log());
@@ -846,7 +891,7 @@ fn a_full_or_read_only_data_dir_keeps_the_old_state_and_the_running_groups() {
         .unwrap();
     assert!(ro.success());
     let lines_before = node.log().lines().count();
-    node.configure(&CONFIG_A, "");
+    node.configure(&CONFIG_A);
     hup(&agent);
     let start = Instant::now();
     while !node
