@@ -26,7 +26,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::consul_double::{AgentSelf, ConsulDouble};
 
 const GROUPS: usize = 20;
 const ROUNDS: usize = 5;
@@ -196,32 +195,14 @@ fn main() {
     if !support::private_network("the agent benchmark") {
         return;
     }
-    for args in [
-        "link add uplink type veth peer name uplink-peer",
-        "addr add 192.0.2.10/24 dev uplink",
-        "link set uplink up",
-        "link set uplink-peer up",
-    ] {
-        let _ = Command::new("ip").args(args.split(' ')).status();
-    }
+    support::uplink(&["192.0.2.10/24"]);
     let version = Command::new(&bin).arg("version").output();
     let version = version
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     println!("binary: {} ({version})", bin.display());
 
-    let double = ConsulDouble::start();
-    let port: i64 = double
-        .address
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    double.set_agent_self(AgentSelf {
-        xds_ports: Some((port, -1)),
-        debug_grpc_port: port,
-        ..AgentSelf::default()
-    });
+    let double = support::xds_double();
     let dir = std::env::temp_dir().join(format!("outpost-bench-agent-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let records = dir.join("records");

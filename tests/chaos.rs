@@ -16,13 +16,11 @@
 
 mod support;
 
-use miniserde::json::Value;
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-use support::consul_double::{AgentSelf, ConsulDouble};
+use support::consul_double::ConsulDouble;
 
 /// The advertise address: an "uplink" interface in the test's network namespace.
 const UPLINK: &str = "192.0.2.10";
@@ -42,28 +40,6 @@ impl Rng {
 
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
-    }
-}
-
-fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
-    match v {
-        Value::Object(o) => o.get(key),
-        _ => None,
-    }
-}
-
-fn text(v: Option<&Value>) -> String {
-    match v {
-        Some(Value::String(s)) => s.clone(),
-        _ => String::new(),
-    }
-}
-
-fn number(v: Option<&Value>) -> i64 {
-    match v {
-        Some(Value::Number(miniserde::json::Number::U64(p))) => *p as i64,
-        Some(Value::Number(miniserde::json::Number::I64(p))) => *p,
-        _ => 0,
     }
 }
 
@@ -139,41 +115,13 @@ impl Node {
         if !support::private_network(name) {
             return None;
         }
-        for args in [
-            "link add uplink type veth peer name uplink-peer",
-            "addr add 192.0.2.10/24 dev uplink",
-            "link set uplink up",
-            "link set uplink-peer up",
-        ] {
-            let ok = Command::new("ip")
-                .args(args.split(' '))
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "ip {args}");
-        }
-        let double = ConsulDouble::start();
-        let port: i64 = double.address.rsplit(':').next().unwrap().parse().unwrap();
-        double.set_agent_self(AgentSelf {
-            xds_ports: Some((port, -1)),
-            debug_grpc_port: port,
-            ..AgentSelf::default()
-        });
+        support::uplink(&["192.0.2.10/24"]);
+        let double = support::xds_double();
         let dir = std::env::temp_dir().join(format!("outpost-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let records = dir.join("envoy-records");
         std::fs::create_dir_all(&records).unwrap();
-        let envoy = dir.join("envoy");
-        std::fs::write(
-            &envoy,
-            format!(
-                "#!/bin/sh\nSTUB_ENVOY_RECORDS={} exec python3 {}/tests/support/stub_envoy.py \"$@\"\n",
-                records.display(),
-                env!("CARGO_MANIFEST_DIR")
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&envoy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let envoy = support::stub_envoy(&dir, &records);
         let file = dir.join("outpost.toml");
         Some(Node {
             dir,
@@ -247,29 +195,12 @@ impl Node {
 
     /// Every group and task the running agent reports; empty if none answers.
     fn reported(&self) -> Reported {
-        let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
-            .args(["status", "--json", "-c"])
-            .arg(&self.file)
-            .output()
-            .unwrap();
-        let Ok(status) = miniserde::json::from_str::<Value>(&String::from_utf8_lossy(&out.stdout))
-        else {
-            return Vec::new();
-        };
-        let mut all = Vec::new();
-        if let Some(Value::Array(groups)) = field(&status, "groups") {
-            for g in groups {
-                let mut tasks = Vec::new();
-                if let Some(Value::Array(ts)) = field(g, "tasks") {
-                    for t in ts {
-                        tasks.push((
-                            text(field(t, "name")),
-                            text(field(t, "state")),
-                            number(field(t, "pid")),
-                        ));
-                    }
-                }
-                all.push((text(field(g, "name")), tasks));
+        let mut all: Reported = Vec::new();
+        for t in support::reported_tasks(&self.file) {
+            let task = (t.task, t.state, t.pid);
+            match all.iter_mut().find(|(g, _)| *g == t.group) {
+                Some((_, tasks)) => tasks.push(task),
+                None => all.push((t.group, vec![task])),
             }
         }
         all
@@ -445,6 +376,16 @@ impl Node {
             left.is_empty(),
             "{what}: left after teardown: {left:?}\n{}",
             self.log()
+        );
+    }
+
+    /// `mount ARGS TARGET` in the node's mount namespace.
+    fn mount(&self, args: &[&str], target: &Path) {
+        let ok = self.run.command("mount").args(args).arg(target).status();
+        assert!(
+            ok.is_ok_and(|s| s.success()),
+            "mount {args:?} {}",
+            target.display()
         );
     }
 
@@ -819,14 +760,7 @@ fn a_full_or_read_only_data_dir_keeps_the_old_state_and_the_running_groups() {
     };
     let data = node.data_dir();
     std::fs::create_dir_all(&data).unwrap();
-    let mounted = node
-        .run
-        .command("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(mounted.success());
+    node.mount(&["-t", "tmpfs", "-o", "size=64k", "tmpfs"], &data);
     let state = node.run.view(&data.join("state.json"));
     node.configure(&CONFIG_A);
     let mut agent = node.start();
@@ -882,14 +816,7 @@ fn a_full_or_read_only_data_dir_keeps_the_old_state_and_the_running_groups() {
     let saved = std::fs::read(&state).unwrap();
 
     // Read-only: a reload back to config A (batch needs its lease again) is refused alike.
-    let ro = node
-        .run
-        .command("mount")
-        .args(["-o", "remount,ro"])
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(ro.success());
+    node.mount(&["-o", "remount,ro"], &data);
     let lines_before = node.log().lines().count();
     node.configure(&CONFIG_A);
     hup(&agent);
@@ -936,14 +863,7 @@ fn a_full_or_read_only_data_dir_keeps_the_old_state_and_the_running_groups() {
     assert_eq!(std::fs::read(&state).unwrap(), saved);
 
     // Writable again: the next agent adopts the groups and applies config A.
-    let rw = node
-        .run
-        .command("mount")
-        .args(["-o", "remount,rw"])
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(rw.success());
+    node.mount(&["-o", "remount,rw"], &data);
     let mut agent = node.start();
     node.converge("once data_dir is writable");
     node.teardown_clean("after the data_dir trouble");

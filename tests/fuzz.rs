@@ -370,6 +370,23 @@ fn answer(stream: std::net::TcpStream, answers: &Mutex<Answers>) {
     }
 }
 
+/// The plan of one of the examples (which are valid: see the_examples_themselves_are_valid).
+fn example_plan(example: usize) -> plan::Plan {
+    let (name, text) = EXAMPLES[example];
+    let valid = outpost::config::parse(text, name).expect("the example validates");
+    plan::build(&valid, &NodeState::default(), &HostFacts::placeholder()).expect("its plan")
+}
+
+/// The gateway config entries a plan writes.
+fn config_entries(plan: &plan::Plan) -> Vec<&Value> {
+    plan.groups
+        .iter()
+        .flat_map(|g| &g.services)
+        .map(|s| &s.config_entry)
+        .filter(|e| !matches!(e, Value::Null))
+        .collect()
+}
+
 /// The real shapes, read from the Consul double after registering countdash and a gateway
 /// and logging in: the seeds the mutations start from.
 fn seed_answers() -> Answers {
@@ -380,8 +397,7 @@ fn seed_answers() -> Answers {
         ..Consul::default()
     })
     .unwrap();
-    let countdash = outpost::config::parse(EXAMPLES[1].1, "countdash.toml").unwrap();
-    let plan = plan::build(&countdash, &NodeState::default(), &HostFacts::placeholder()).unwrap();
+    let plan = example_plan(1);
     for s in plan.groups.iter().flat_map(|g| &g.services) {
         let wanted = [sync::Wanted {
             id: &s.id,
@@ -389,15 +405,8 @@ fn seed_answers() -> Answers {
         }];
         sync::sync(&client, &wanted, false).unwrap();
     }
-    let gateways = outpost::config::parse(EXAMPLES[2].1, "gateways.toml").unwrap();
-    let gplan = plan::build(&gateways, &NodeState::default(), &HostFacts::placeholder()).unwrap();
-    let entries: Vec<&Value> = gplan
-        .groups
-        .iter()
-        .flat_map(|g| &g.services)
-        .map(|s| &s.config_entry)
-        .filter(|e| !matches!(e, Value::Null))
-        .collect();
+    let gplan = example_plan(2);
+    let entries = config_entries(&gplan);
     gateway::sync_entries(&client, &entries, &gplan.node_name).unwrap();
     let mut defaults = Object::new();
     defaults.insert("Kind".into(), Value::String("proxy-defaults".into()));
@@ -627,8 +636,7 @@ fn exercise_consul(url: &str, state_dir: &std::path::Path) -> Result<Vec<String>
     if let Err(e) = outpost::envoy::command::run(&by_service, &|_| None) {
         errors.push(e.to_string());
     }
-    let countdash = outpost::config::parse(EXAMPLES[1].1, "countdash.toml").unwrap();
-    let plan = plan::build(&countdash, &NodeState::default(), &HostFacts::placeholder()).unwrap();
+    let plan = example_plan(1);
     let wanted: Vec<sync::Wanted> = plan
         .groups
         .iter()
@@ -672,15 +680,8 @@ fn exercise_consul(url: &str, state_dir: &std::path::Path) -> Result<Vec<String>
     if let Err(e) = preflight::token(&client, &quick, "service count-api") {
         errors.push(e.0);
     }
-    let gateways = outpost::config::parse(EXAMPLES[2].1, "gateways.toml").unwrap();
-    let gplan = plan::build(&gateways, &NodeState::default(), &HostFacts::placeholder()).unwrap();
-    let entries: Vec<&Value> = gplan
-        .groups
-        .iter()
-        .flat_map(|g| &g.services)
-        .map(|s| &s.config_entry)
-        .filter(|e| !matches!(e, Value::Null))
-        .collect();
+    let gplan = example_plan(2);
+    let entries = config_entries(&gplan);
     if let Err(e) = gateway::sync_entries(&client, &entries, "edge-01") {
         errors.push(e.to_string());
     }

@@ -93,21 +93,59 @@ fn quickstart_serves_the_mapped_port_without_consul_and_notifies_systemd() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn a_task_that_fails_for_good_restarts_its_group_with_a_capped_back_off() {
-    if !support::private_network("reschedule") {
-        return;
+/// Runs the agent on `groups` (TOML after the agent section, in scratch directories) until
+/// its log satisfies `done` (at most 30 s), tears down, and returns the log and whether the
+/// teardown succeeded. `None` when the test must be skipped.
+fn run_until(name: &str, groups: &str, done: impl Fn(&str) -> bool) -> Option<(String, bool)> {
+    if !support::private_network(name) {
+        return None;
     }
-    let dir = std::env::temp_dir().join(format!("outpost-reschedule-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("outpost-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("outpost.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"[agent]
-data_dir = "{0}/data"
-run_dir = "{0}/run"
+    let config = format!(
+        "[agent]\ndata_dir = \"{0}/data\"\nrun_dir = \"{0}/run\"\n{groups}",
+        dir.display()
+    );
+    std::fs::write(&file, config).unwrap();
+    let run = support::PrivateRun::new();
+    let log = dir.join("agent.log");
+    let outpost = |args: &[&str]| run.outpost(args, &file, &log);
+    let mut agent = outpost(&["run"]).spawn().unwrap();
+    let start = Instant::now();
+    let mut text = String::new();
+    while start.elapsed() < Duration::from_secs(30) {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if done(&text) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let down = outpost(&["teardown"]).status().is_ok_and(|s| s.success());
+    let _ = agent.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    Some((text, down))
+}
 
+#[test]
+fn a_task_that_fails_for_good_restarts_its_group_with_a_capped_back_off() {
+    // The delays double from 200ms and stop at 400ms.
+    let expected = [
+        "task crash failed; stopping the group, starting it again in 200ms",
+        "task crash failed; stopping the group, starting it again in 400ms",
+        "task crash failed; stopping the group, starting it again in 400ms",
+    ];
+    let seen = |text: &str| {
+        let mut from = 0;
+        expected.iter().all(|line| match text[from..].find(line) {
+            Some(i) => {
+                from += i + line.len();
+                true
+            }
+            None => false,
+        })
+    };
+    let groups = r#"
 [[group]]
 name = "flaky"
 [group.restart]
@@ -128,67 +166,22 @@ args = ["-c", "sleep 0.1; exit 3"]
 name = "steady"
 command = "/bin/sleep"
 args = ["1000"]
-"#,
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let run = support::PrivateRun::new();
-    let log = dir.join("agent.log");
-    let outpost = |args: &[&str]| run.outpost(args, &file, &log);
-    let mut agent = outpost(&["run"]).spawn().unwrap();
-    // The delays double from 200ms and stop at 400ms.
-    let expected = [
-        "task crash failed; stopping the group, starting it again in 200ms",
-        "task crash failed; stopping the group, starting it again in 400ms",
-        "task crash failed; stopping the group, starting it again in 400ms",
-    ];
-    let seen = |text: &str| {
-        let mut from = 0;
-        expected.iter().all(|line| match text[from..].find(line) {
-            Some(i) => {
-                from += i + line.len();
-                true
-            }
-            None => false,
-        })
+"#;
+    let Some((text, down)) = run_until("reschedule", groups, seen) else {
+        return;
     };
-    let start = Instant::now();
-    let mut text = String::new();
-    while start.elapsed() < Duration::from_secs(30) {
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-        if seen(&text) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let down = outpost(&["teardown"]).status().unwrap();
-    let _ = agent.wait();
     assert!(seen(&text), "{text}");
     // The whole group restarts: its steady task too, each time.
     assert!(
         text.matches("stopping group flaky: task steady").count() >= 3,
         "{text}"
     );
-    assert!(down.success());
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(down);
 }
 
 #[test]
 fn a_task_that_cannot_be_started_fails_its_group_with_the_reason() {
-    if !support::private_network("cannot start") {
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("outpost-cannot-start-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("outpost.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"[agent]
-data_dir = "{0}/data"
-run_dir = "{0}/run"
-
+    let groups = r#"
 [[group]]
 name = "broken"
 [group.reschedule]
@@ -203,35 +196,19 @@ args = ["1000"]
 [[group.task]]
 name = "missing"
 command = "/no/such/program"
-"#,
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let run = support::PrivateRun::new();
-    let log = dir.join("agent.log");
-    let outpost = |args: &[&str]| run.outpost(args, &file, &log);
-    let mut agent = outpost(&["run"]).spawn().unwrap();
+"#;
+    let failed = |text: &str| text.contains("starting it again in 10s");
+    let Some((text, down)) = run_until("cannot-start", groups, failed) else {
+        return;
+    };
     let why =
         "task missing: cannot start /no/such/program: execve failed: No such file or directory";
-    let start = Instant::now();
-    let mut text = String::new();
-    while start.elapsed() < Duration::from_secs(10) {
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("starting it again in 10s") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let down = outpost(&["teardown"]).status().unwrap();
-    let _ = agent.wait();
     assert!(text.contains(why), "{text}");
     // The whole group stops: its other task too.
     assert!(
         text.contains("stopping group broken: task steady"),
         "{text}"
     );
-    assert!(text.contains("starting it again in 10s"), "{text}");
-    assert!(down.success());
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failed(&text), "{text}");
+    assert!(down);
 }

@@ -20,43 +20,13 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::consul_double::{AgentSelf, ConsulDouble};
+use support::consul_double::ConsulDouble;
+use support::{TaskStatus, field, number, text};
 
 const API_PROXY: &str = "_outpost-api-count-api-9001-sidecar-proxy";
 const DASHBOARD_PROXY: &str = "_outpost-dashboard-count-dashboard-http-sidecar-proxy";
 /// The address of the uplink interface, the advertise address of the node.
 const UPLINK: &str = "192.0.2.10";
-
-fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
-    match v {
-        Value::Object(o) => o.get(key),
-        _ => None,
-    }
-}
-
-fn text(v: Option<&Value>) -> String {
-    match v {
-        Some(Value::String(s)) => s.clone(),
-        _ => String::new(),
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct TaskStatus {
-    group: String,
-    task: String,
-    state: String,
-    pid: i64,
-    restarts: i64,
-}
-
-fn number(v: Option<&Value>) -> i64 {
-    match v {
-        Some(Value::Number(miniserde::json::Number::U64(p))) => *p as i64,
-        Some(Value::Number(miniserde::json::Number::I64(p))) => *p,
-        _ => 0,
-    }
-}
 
 fn pid(all: &[TaskStatus], group: &str, task: &str) -> Option<i64> {
     all.iter()
@@ -125,50 +95,14 @@ impl Mesh {
         if !support::private_network(name) {
             return None;
         }
-        for args in [
-            // (no dummy driver on every kernel; a veth pair with its peer left here works)
-            vec![
-                "link",
-                "add",
-                "uplink",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "uplink-peer",
-            ],
-            vec!["addr", "add", "192.0.2.10/24", "dev", "uplink"],
-            vec!["link", "set", "uplink", "up"],
-            vec!["link", "set", "uplink-peer", "up"],
-        ] {
-            assert!(Command::new("ip").args(&args).status().unwrap().success());
-        }
-        let double = ConsulDouble::start();
-        // The double's HTTP port stands for Consul's gRPC port: the stub Envoy asks its
-        // questions through the xDS socket, so the relay carries them.
-        let port: i64 = double.address.rsplit(':').next().unwrap().parse().unwrap();
-        double.set_agent_self(AgentSelf {
-            xds_ports: Some((port, -1)),
-            debug_grpc_port: port,
-            ..AgentSelf::default()
-        });
+        support::uplink(&["192.0.2.10/24"]);
+        let double = support::xds_double();
         let dir = std::env::temp_dir().join(format!("outpost-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let records = dir.join("envoy-records");
         std::fs::create_dir_all(&records).unwrap();
         let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
-        let envoy = dir.join("envoy");
-        std::fs::write(
-            &envoy,
-            format!(
-                "#!/bin/sh\nSTUB_ENVOY_RECORDS={} exec python3 {} \"$@\"\n",
-                records.display(),
-                support.join("stub_envoy.py").display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&envoy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let envoy = support::stub_envoy(&dir, &records);
         let countdash = support.join("countdash.py").display().to_string();
         let config = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -230,32 +164,7 @@ impl Mesh {
 
     /// Every task the running agent reports.
     fn tasks(&self) -> Vec<TaskStatus> {
-        let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
-            .args(["status", "--json", "-c"])
-            .arg(&self.file)
-            .output()
-            .unwrap();
-        let Ok(status) = miniserde::json::from_str::<Value>(&String::from_utf8_lossy(&out.stdout))
-        else {
-            return Vec::new();
-        };
-        let mut all = Vec::new();
-        if let Some(Value::Array(groups)) = field(&status, "groups") {
-            for g in groups {
-                if let Some(Value::Array(ts)) = field(g, "tasks") {
-                    for t in ts {
-                        all.push(TaskStatus {
-                            group: text(field(g, "name")),
-                            task: text(field(t, "name")),
-                            state: text(field(t, "state")),
-                            pid: number(field(t, "pid")),
-                            restarts: number(field(t, "restarts")),
-                        });
-                    }
-                }
-            }
-        }
-        all
+        support::reported_tasks(&self.file)
     }
 
     /// Polls the agent's status every 20 ms until `done` holds (at most `secs`).

@@ -11,9 +11,7 @@ mod support;
 use std::io::Write;
 use std::net::{TcpListener, UdpSocket};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
-use support::consul_double::{AgentSelf, ConsulDouble};
 
 const UPLINK: &str = "192.0.2.10";
 const EXCLUDED_NET_HOST: &str = "198.51.100.1";
@@ -28,46 +26,12 @@ fn answer_direct(addr: &str) {
     });
 }
 
-fn stub_envoy(dir: &Path, records: &Path) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
-    let envoy = dir.join("envoy");
-    std::fs::write(
-        &envoy,
-        format!(
-            "#!/bin/sh\nSTUB_ENVOY_RECORDS={} exec python3 {} \"$@\"\n",
-            records.display(),
-            support.join("stub_envoy.py").display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&envoy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    envoy
-}
-
 #[test]
 fn transparent_proxy_redirects_outbound_inbound_and_dns_in_the_namespace() {
     if !support::private_network("transparent proxy") {
         return;
     }
-    for args in [
-        vec![
-            "link",
-            "add",
-            "uplink",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "uplink-peer",
-        ],
-        vec!["addr", "add", "192.0.2.10/24", "dev", "uplink"],
-        vec!["addr", "add", "198.51.100.1/24", "dev", "uplink"],
-        vec!["link", "set", "uplink", "up"],
-        vec!["link", "set", "uplink-peer", "up"],
-    ] {
-        assert!(Command::new("ip").args(&args).status().unwrap().success());
-    }
+    support::uplink(&["192.0.2.10/24", "198.51.100.1/24"]);
     answer_direct(&format!("{UPLINK}:7000"));
     answer_direct(&format!("{UPLINK}:7001"));
     answer_direct(&format!("{EXCLUDED_NET_HOST}:7000"));
@@ -79,13 +43,7 @@ fn transparent_proxy_redirects_outbound_inbound_and_dns_in_the_namespace() {
         }
     });
 
-    let double = ConsulDouble::start();
-    let port: i64 = double.address.rsplit(':').next().unwrap().parse().unwrap();
-    double.set_agent_self(AgentSelf {
-        xds_ports: Some((port, -1)),
-        debug_grpc_port: port,
-        ..AgentSelf::default()
-    });
+    let double = support::xds_double();
     let dir = std::env::temp_dir().join(format!("outpost-tproxy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let records = dir.join("envoy-records");
@@ -93,7 +51,7 @@ fn transparent_proxy_redirects_outbound_inbound_and_dns_in_the_namespace() {
     // The stub runs as uid 101 and writes its records here.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&records, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let envoy = stub_envoy(&dir, &records);
+    let envoy = support::stub_envoy(&dir, &records);
     let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/tproxy_probe.py");
     let config = format!(
         r#"[agent]

@@ -105,3 +105,137 @@ impl Drop for PrivateRun {
         let _ = self.holder.wait();
     }
 }
+
+/// The private network's "uplink": a veth pair whose peer stays here (there is no dummy
+/// driver on every kernel), up, with `addresses` (CIDR) on `uplink`. Needs
+/// `private_network` first.
+pub fn uplink(addresses: &[&str]) {
+    let ip = |args: &[&str]| {
+        let ok = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip {}", args.join(" "));
+    };
+    ip(&[
+        "link",
+        "add",
+        "uplink",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "uplink-peer",
+    ]);
+    for address in addresses {
+        ip(&["addr", "add", address, "dev", "uplink"]);
+    }
+    ip(&["link", "set", "uplink", "up"]);
+    ip(&["link", "set", "uplink-peer", "up"]);
+}
+
+/// A Consul double whose xDS ("gRPC") port is its own HTTP port: the stub Envoy asks its
+/// questions through the xDS socket, and the relay carries them here.
+pub fn xds_double() -> consul_double::ConsulDouble {
+    let double = consul_double::ConsulDouble::start();
+    let port: i64 = double
+        .address
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the double's port");
+    double.set_agent_self(consul_double::AgentSelf {
+        xds_ports: Some((port, -1)),
+        debug_grpc_port: port,
+        ..consul_double::AgentSelf::default()
+    });
+    double
+}
+
+/// `dir/envoy`: the stub Envoy (tests/support/stub_envoy.py) as an executable, recording
+/// its starts in `records`.
+pub fn stub_envoy(dir: &std::path::Path, records: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let stub = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/stub_envoy.py");
+    let envoy = dir.join("envoy");
+    std::fs::write(
+        &envoy,
+        format!(
+            "#!/bin/sh\nSTUB_ENVOY_RECORDS={} exec python3 {} \"$@\"\n",
+            records.display(),
+            stub.display()
+        ),
+    )
+    .expect("write the stub Envoy");
+    std::fs::set_permissions(&envoy, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the stub Envoy");
+    envoy
+}
+
+/// `v[key]` when `v` is an object.
+pub fn field<'a>(v: &'a miniserde::json::Value, key: &str) -> Option<&'a miniserde::json::Value> {
+    match v {
+        miniserde::json::Value::Object(o) => o.get(key),
+        _ => None,
+    }
+}
+
+/// The string, or "" for anything else.
+pub fn text(v: Option<&miniserde::json::Value>) -> String {
+    match v {
+        Some(miniserde::json::Value::String(s)) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// The integer, or 0 for anything else.
+pub fn number(v: Option<&miniserde::json::Value>) -> i64 {
+    use miniserde::json::{Number, Value};
+    match v {
+        Some(Value::Number(Number::U64(p))) => i64::try_from(*p).unwrap_or(i64::MAX),
+        Some(Value::Number(Number::I64(p))) => *p,
+        _ => 0,
+    }
+}
+
+/// One task as `outpost status --json` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskStatus {
+    pub group: String,
+    pub task: String,
+    pub state: String,
+    pub pid: i64,
+    pub restarts: i64,
+}
+
+/// Every task the agent running with `config` reports; empty when no agent answers.
+pub fn reported_tasks(config: &std::path::Path) -> Vec<TaskStatus> {
+    let Ok(out) = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["status", "--json", "-c"])
+        .arg(config)
+        .output()
+    else {
+        return Vec::new();
+    };
+    let text_out = String::from_utf8_lossy(&out.stdout);
+    let Ok(status) = miniserde::json::from_str::<miniserde::json::Value>(&text_out) else {
+        return Vec::new();
+    };
+    let mut all = Vec::new();
+    if let Some(miniserde::json::Value::Array(groups)) = field(&status, "groups") {
+        for g in groups {
+            if let Some(miniserde::json::Value::Array(tasks)) = field(g, "tasks") {
+                for t in tasks {
+                    all.push(TaskStatus {
+                        group: text(field(g, "name")),
+                        task: text(field(t, "name")),
+                        state: text(field(t, "state")),
+                        pid: number(field(t, "pid")),
+                        restarts: number(field(t, "restarts")),
+                    });
+                }
+            }
+        }
+    }
+    all
+}
