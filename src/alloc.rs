@@ -117,11 +117,11 @@ impl Reschedule {
 /// How long sidecars may take to answer `/ready` before the group goes on anyway.
 const READY_WAIT: Duration = Duration::from_secs(30);
 
-/// `run_dir/starting`: the journal of started processes (see `supervise::Spec::journal`).
-/// A group's directory is `run_dir/alloc/<group>`.
+/// The start journal of the group's `run_dir` (a group's directory is
+/// `run_dir/alloc/<group>`).
 fn start_journal(group: &GroupPlan) -> Option<PathBuf> {
     let run_dir = Path::new(&group.alloc_dir).parent()?.parent()?;
-    Some(run_dir.join(crate::supervise::JOURNAL))
+    Some(supervise::journal_in(run_dir))
 }
 
 fn dur(text: &str, default: Duration) -> Duration {
@@ -317,11 +317,18 @@ impl Runner {
             }
             Phase::Waiting | Phase::Running | Phase::Stopped => {}
         }
-        if self.phase != Phase::Failed && self.tasks.iter().any(|t| t.state == TaskState::Failed) {
-            self.fail(now);
-            changed = true;
-        }
+        changed |= self.fail_if_a_task_failed(now);
         changed
+    }
+
+    /// A task that failed for good fails the group (see `fail`).
+    fn fail_if_a_task_failed(&mut self, now: Instant) -> bool {
+        let failed =
+            self.phase != Phase::Failed && self.tasks.iter().any(|t| t.state == TaskState::Failed);
+        if failed {
+            self.fail(now);
+        }
+        failed
     }
 
     /// A task failed for good (restart mode `fail`, or it cannot be started): Nomad stops
@@ -409,11 +416,8 @@ impl Runner {
                 Err(e) => failed_to_start(&self.name, task, e),
             }
         }
-        if changed
-            && self.phase != Phase::Failed
-            && self.tasks.iter().any(|t| t.state == TaskState::Failed)
-        {
-            self.fail(now);
+        if changed {
+            self.fail_if_a_task_failed(now);
         }
         changed
     }

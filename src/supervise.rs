@@ -16,8 +16,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The journal's file name in `run_dir`.
-pub const JOURNAL: &str = "starting";
+/// `run_dir/starting`: the journal of started processes (see `Spec::journal`).
+pub fn journal_in(run_dir: &Path) -> PathBuf {
+    run_dir.join("starting")
+}
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -31,7 +33,7 @@ pub struct Spec {
     pub stdout: PathBuf,
     pub stderr: PathBuf,
     /// Where every started process is noted (pid and start time) before it may exec, so
-    /// one the agent was killed too early to record is still found (`unrecorded`).
+    /// one the agent was killed too early to record is still found (`agent::run::stop_strays`).
     pub journal: Option<PathBuf>,
 }
 
@@ -100,12 +102,6 @@ pub(crate) fn credentials(user: &str) -> Result<(u32, u32), String> {
         },
         Err(e) => Err(format!("cannot look up user {user:?}: {e}")),
     }
-}
-
-/// Starts the process and waits until it has exec'd; the error says why it could not (a
-/// missing binary, a bad user, a namespace that is gone).
-pub fn spawn(spec: &Spec) -> Result<Proc, String> {
-    begin(spec)?.confirm()
 }
 
 /// A process forked and released, whose exec is not confirmed yet: a supervisor starting
@@ -433,6 +429,11 @@ fn keep_copy(current: &Path, max_files: u32) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Starts the process and waits until it has exec'd.
+    fn spawn(spec: &Spec) -> Result<Proc, String> {
+        begin(spec)?.confirm()
+    }
 
     fn spec(dir: &Path, argv: &[&str]) -> Spec {
         Spec {

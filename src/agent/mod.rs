@@ -111,10 +111,7 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Resul
     let mut keep = Vec::new();
     let mut tokens = Tokens::new();
     // One look at the agent's services for the whole pass (not one per service).
-    let listed = match has_services(plan) {
-        true => Some(sync::agent_services(&base).map_err(|e| at(&e))?),
-        false => None,
-    };
+    let listed = sync::agent_services(&base);
     for group in &plan.groups {
         for service in &group.services {
             let token = workload_token(&base, valid, plan, group, service)?;
@@ -129,17 +126,13 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Resul
                 id: &service.id,
                 body: &service.registration,
             }];
-            let services = listed.as_ref().ok_or("no service list")?;
+            let services = listed.as_ref().map_err(|e| at(e))?;
             registered += sync::register_missing(&client, &wanted, services)
                 .map_err(|e| at(&e))?
                 .len();
             keep.push(service.id.as_str());
         }
     }
-    let listed = match listed {
-        Some(services) => Ok(services),
-        None => sync::agent_services(&base),
-    };
     let removed = match listed {
         Ok(services) => sync::remove_unowned(&base, &services, &keep).map_err(|e| at(&e))?,
         Err(e) if consul_optional && e.is_retryable() => {
@@ -441,10 +434,9 @@ fn stop_tasks(valid: &ValidConfig, plan: &Plan) {
         }
     }
     crate::alloc::stop_all(&mut runners);
-    run::stop_unplanned(&records, plan);
-    run::stop_unrecorded(&plan.run_dir, &records);
+    run::stop_strays(&records, plan);
     let _ = std::fs::remove_file(run::records_path(&plan.run_dir));
-    let _ = std::fs::remove_file(Path::new(&plan.run_dir).join(crate::supervise::JOURNAL));
+    let _ = std::fs::remove_file(run::journal_path(&plan.run_dir));
 }
 
 /// Removes everything outpost made on this host and releases every lease.

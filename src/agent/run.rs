@@ -56,6 +56,11 @@ pub fn pid_path(run_dir: &str) -> PathBuf {
     Path::new(run_dir).join("outpost.pid")
 }
 
+/// The start journal of `run_dir`.
+pub fn journal_path(run_dir: &str) -> PathBuf {
+    crate::supervise::journal_in(Path::new(run_dir))
+}
+
 pub fn socket_path(run_dir: &str) -> PathBuf {
     Path::new(run_dir).join("outpost.sock")
 }
@@ -89,50 +94,50 @@ pub fn group_records(
         .collect()
 }
 
-/// Stops recorded processes no runner looks after: those of groups `plan` does not have
-/// (a reload cut short, or a group removed from the config while no agent ran).
-pub fn stop_unplanned(records: &BTreeMap<String, Vec<TaskRecord>>, plan: &Plan) {
-    let stray: Vec<Stopping> = records
-        .iter()
-        .filter(|(group, _)| !plan.groups.iter().any(|g| &g.name == *group))
-        .flat_map(|(group, tasks)| {
-            tasks.iter().map(move |t| Stopping {
-                what: format!("group {group} (no longer configured): task {}", t.task),
-                proc: Proc {
-                    pid: t.pid,
-                    start_time: t.start_time,
-                },
-                signal: nix::sys::signal::Signal::SIGTERM,
-                delay: Duration::ZERO,
-                timeout: STRAY_KILL_TIMEOUT,
-            })
-        })
-        .filter(|s| s.proc.alive())
-        .collect();
-    crate::supervise::stop_all(&stray);
-}
-
-/// Stops processes an agent started but was killed before recording (they are in the
-/// start journal only): the runners start their own, so these would run twice.
-pub fn stop_unrecorded(run_dir: &str, records: &BTreeMap<String, Vec<TaskRecord>>) {
+/// Stops the processes no runner looks after, all at once (SIGTERM, SIGKILL after
+/// `STRAY_KILL_TIMEOUT`): recorded tasks of groups `plan` does not have (a reload cut
+/// short, or a group removed while no agent ran), and processes in the start journal that
+/// nobody recorded (an agent killed between fork and record; runners start their own).
+pub fn stop_strays(records: &BTreeMap<String, Vec<TaskRecord>>, plan: &Plan) {
     let recorded: BTreeSet<(i32, u64)> = records
         .values()
         .flatten()
         .map(|r| (r.pid, r.start_time))
         .collect();
-    let journal = Path::new(run_dir).join(crate::supervise::JOURNAL);
-    let stray: Vec<Stopping> = crate::supervise::journaled(&journal)
+    let unplanned = records
+        .iter()
+        .filter(|(group, _)| !plan.groups.iter().any(|g| &g.name == *group))
+        .flat_map(|(group, tasks)| {
+            tasks.iter().map(move |t| {
+                let proc = Proc {
+                    pid: t.pid,
+                    start_time: t.start_time,
+                };
+                (
+                    format!("group {group} (no longer configured): task {}", t.task),
+                    proc,
+                )
+            })
+        });
+    let unrecorded = crate::supervise::journaled(&journal_path(&plan.run_dir))
         .into_iter()
         .filter(|p| !recorded.contains(&(p.pid, p.start_time)))
-        .map(|proc| Stopping {
-            what: "a process started by an agent that was stopped before recording it".into(),
+        .map(|proc| {
+            let what = "a process started by an agent stopped before recording it";
+            (what.to_string(), proc)
+        });
+    let strays: Vec<Stopping> = unplanned
+        .chain(unrecorded)
+        .filter(|(_, proc)| proc.alive())
+        .map(|(what, proc)| Stopping {
+            what,
             proc,
             signal: nix::sys::signal::Signal::SIGTERM,
             delay: Duration::ZERO,
             timeout: STRAY_KILL_TIMEOUT,
         })
         .collect();
-    crate::supervise::stop_all(&stray);
+    crate::supervise::stop_all(&strays);
 }
 
 /// What a worker thread did with Consul.
@@ -174,31 +179,7 @@ fn sync_and_bootstrap(
         .iter()
         .filter(|g| waiting.contains(&g.name))
         .collect();
-    // The bootstraps are independent and each waits on a few round trips to Consul: a few
-    // threads write them side by side (20 sidecars: 72 ms one by one, see benches/agent.rs).
-    let per_thread = groups.len().div_ceil(BOOTSTRAP_THREADS).max(1);
-    let outcomes: Vec<(String, Result<(), String>)> = std::thread::scope(|scope| {
-        let tokens = &tokens;
-        let handles: Vec<_> = groups
-            .chunks(per_thread)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|g| {
-                            let written =
-                                write_bootstraps(valid, std::iter::once(*g), tokens, None);
-                            (g.name.clone(), written)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
+    let outcomes = write_bootstraps_side_by_side(valid, &groups, &tokens);
     let mut released = Vec::new();
     for (group, written) in outcomes {
         match written {
@@ -220,6 +201,37 @@ fn sync_and_bootstrap(
         unreleased: waiting.len() - released.len(),
         released,
         relay_target,
+    })
+}
+
+/// Writes each group's bootstraps; by group name, whether it worked. The bootstraps are
+/// independent and each waits on a few round trips to Consul, so `BOOTSTRAP_THREADS`
+/// threads write them side by side (20 sidecars: 72 ms one by one, see benches/agent.rs).
+fn write_bootstraps_side_by_side(
+    valid: &ValidConfig,
+    groups: &[&GroupPlan],
+    tokens: &Tokens,
+) -> Vec<(String, Result<(), String>)> {
+    let write = |chunk: &[&GroupPlan]| -> Vec<(String, Result<(), String>)> {
+        chunk
+            .iter()
+            .map(|g| {
+                let written = write_bootstraps(valid, std::iter::once(*g), tokens, None);
+                (g.name.clone(), written)
+            })
+            .collect()
+    };
+    let per_thread = groups.len().div_ceil(BOOTSTRAP_THREADS).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = groups
+            .chunks(per_thread)
+            .map(|chunk| scope.spawn(move || write(chunk)))
+            .collect();
+        // A panicked thread's groups are not released; the next sync retries them.
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
     })
 }
 
@@ -336,8 +348,7 @@ impl Agent {
         net::apply(&plan).map_err(|e| e.to_string())?;
         info!("network applied: {} group(s)", plan.groups.len());
         let records = load_records(&plan.run_dir);
-        stop_unrecorded(&plan.run_dir, &records);
-        stop_unplanned(&records, &plan);
+        stop_strays(&records, &plan);
         super::remove_orphan_dirs(&plan);
         let mut runners = Vec::new();
         for group in &plan.groups {
@@ -546,9 +557,7 @@ impl Agent {
         let text = miniserde::json::to_string(&records);
         match files::write_private(&path, text.as_bytes()) {
             // Every process started so far is in the records now.
-            Ok(()) => crate::supervise::clear_journal(
-                &Path::new(&self.plan.run_dir).join(crate::supervise::JOURNAL),
-            ),
+            Ok(()) => crate::supervise::clear_journal(&journal_path(&self.plan.run_dir)),
             Err(e) => error!(
                 "cannot record the running processes in {}: {e}",
                 path.display()

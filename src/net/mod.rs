@@ -165,7 +165,8 @@ impl HostNetwork {
     }
 }
 
-/// Removes everything `apply` made: every `outpost-*` namespace and our veths, our NAT table, and the bridge if no port of anyone else is left on it.
+/// Removes everything `apply` made: every `outpost-*` namespace and our veths, our NAT
+/// table, and the bridge if no port of anyone else is left on it.
 pub fn teardown(plan: &Plan) -> Result<(), NetError> {
     for name in netns::list(NETNS_PREFIX).context(|| "list /run/netns".into())? {
         netns::delete(&name).context(|| format!("delete namespace {name}"))?;
