@@ -33,7 +33,8 @@ pub struct Spec {
     pub stdout: PathBuf,
     pub stderr: PathBuf,
     /// Where every started process is noted (pid and start time) before it may exec, so
-    /// one the agent was killed too early to record is still found (`agent::run::stop_strays`).
+    /// one the agent was killed too early to record is still found
+    /// (`agent::run::stop_strays`).
     pub journal: Option<PathBuf>,
 }
 
