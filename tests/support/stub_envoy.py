@@ -4,7 +4,8 @@
 - Records its argv, environment, network namespace and cwd in
   $STUB_ENVOY_RECORDS/<node id>.json (one line per start appended to <node id>.starts).
 - Crashes on demand: exits 1 at once while $STUB_ENVOY_RECORDS/crash-<node id> exists.
-- Answers GET /ready with 200 on the admin address the bootstrap names.
+- Answers GET /ready on the admin address the bootstrap names as Envoy does: 426 to
+  HTTP/1.0, 503 INITIALIZING until its listeners are up, then 200 LIVE (chunked).
 - Gets its configuration the way Envoy does, through the xDS cluster of the bootstrap
   (`local_agent`, a unix socket that outpost's relay forwards to Consul's gRPC port). The
   Consul double serves its HTTP API on that port, so where Envoy would speak xDS this stub
@@ -128,6 +129,46 @@ def instance_of(name):
     return pick
 
 
+
+# Envoy's admin, as outpost meets it: HTTP/1.0 gets 426 (Envoy's connection manager refuses
+# it), /ready answers 503 with the state name until the listeners are up, then 200 "LIVE";
+# bodies are chunked, as Envoy's admin sends them.
+state = "INITIALIZING"
+
+
+class Admin(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if self.request_version == "HTTP/1.0":
+            self.answer(426, "Upgrade Required", chunked=False)
+        elif self.path == "/ready":
+            self.answer(200 if state == "LIVE" else 503, state + "\n")
+        else:
+            self.answer(404, "invalid path\n")
+
+    def answer(self, status, body, chunked=True):
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Connection", "close")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+            data = b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)
+        else:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+admin = config["admin"]["address"]["socket_address"]
+admin_server = Server((admin["address"], admin["port_value"]), Admin)
+threading.Thread(target=admin_server.serve_forever, daemon=True).start()
+
 registration = consul_get("/v1/agent/service/" + node)
 proxy = registration.get("Proxy") or {}
 cfg = proxy.get("Config") or {}
@@ -199,18 +240,7 @@ for expose in (proxy.get("Expose") or {}).get("Paths") or []:
     serve_exposed(expose)
 
 
-class Admin(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200 if self.path == "/ready" else 404)
-        self.end_headers()
-        self.wfile.write(b"LIVE\n")
-
-    def log_message(self, *args):
-        pass
-
-
-admin = config["admin"]["address"]["socket_address"]
-server = Server((admin["address"], admin["port_value"]), Admin)
+state = "LIVE"
 with open(os.path.join(records, node + ".ready"), "a") as out:
     out.write("%f\n" % time.time())
-server.serve_forever()
+threading.Event().wait()
