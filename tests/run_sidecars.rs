@@ -1,223 +1,20 @@
-//! `outpost run` with Connect sidecars, end to end as root. Each test gets:
-//! - a private network namespace (this test thread's) with an "uplink" interface whose
-//!   address is the advertise address, and the Consul double listening on 127.0.0.1 there;
-//! - a private mount namespace with its own /run, held by a `sleep` so that the agent can be
-//!   stopped and started again inside it;
-//! - countdash with stand-ins (tests/support/countdash.py) for the two programs, and a stub
-//!   Envoy (tests/support/stub_envoy.py) that reads its registration through the xDS socket and
-//!   relays TCP for the public listener and the upstream.
-//!
-//! So a request to host:9002 goes dashboard → its Envoy's upstream listener 127.0.0.1:8080 →
-//! the api sidecar's host port → api's Envoy public listener → api on 127.0.0.1:9001.
+//! `outpost run` with Connect sidecars, end to end as root, in the countdash sandbox of
+//! tests/support/mesh.rs with the stub Envoy (tests/support/stub_envoy.py), which reads its
+//! registration through the xDS socket and relays TCP for the public listener and the
+//! upstream; fast, so it carries the restart policy and Consul's failures.
+//! tests/run_envoy.rs runs the same mesh with real Envoy.
 
 mod support;
 
 use miniserde::json::Value;
-use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::consul_double::ConsulDouble;
+use support::mesh::*;
 use support::{TaskStatus, field, number, text};
-
-const API_PROXY: &str = "_outpost-api-count-api-9001-sidecar-proxy";
-const DASHBOARD_PROXY: &str = "_outpost-dashboard-count-dashboard-http-sidecar-proxy";
-/// The address of the uplink interface, the advertise address of the node.
-const UPLINK: &str = "192.0.2.10";
-
-fn pid(all: &[TaskStatus], group: &str, task: &str) -> Option<i64> {
-    all.iter()
-        .find(|t| t.group == group && t.task == task && t.state == "running")
-        .map(|t| t.pid)
-}
-
-/// The tasks of countdash, as `(group, task)`.
-const TASKS: [(&str, &str); 6] = [
-    ("api", "consul-grpc-relay"),
-    ("api", "connect-proxy-count-api"),
-    ("api", "web"),
-    ("dashboard", "consul-grpc-relay"),
-    ("dashboard", "connect-proxy-count-dashboard"),
-    ("dashboard", "dashboard"),
-];
-
-fn all_running(all: &[TaskStatus]) -> bool {
-    TASKS.iter().all(|(g, t)| pid(all, g, t).is_some())
-}
-
-/// One HTTP/1.0 GET; the body of a 200 answer, else why not.
-fn get(addr: &str) -> Result<String, String> {
-    let mut s = std::net::TcpStream::connect_timeout(
-        &addr.parse().map_err(|e| format!("{e}"))?,
-        Duration::from_secs(2),
-    )
-    .map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
-        .map_err(|e| format!("send: {e}"))?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)
-        .map_err(|e| format!("read: {e}"))?;
-    match reply.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.0 200") => Ok(body.to_string()),
-        _ => Err(format!("answer: {reply:?}")),
-    }
-}
-
-/// `get` until it answers (the programs need a moment to listen after they started).
-fn get_within(addr: &str, secs: u64) -> Result<String, String> {
-    let start = Instant::now();
-    loop {
-        match get(addr) {
-            Ok(body) => return Ok(body),
-            Err(e) if start.elapsed() > Duration::from_secs(secs) => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
-struct Mesh {
-    dir: PathBuf,
-    double: ConsulDouble,
-    file: PathBuf,
-    records: PathBuf,
-    /// The private mount namespace (its own /run) the agents run in.
-    run: support::PrivateRun,
-}
-
-impl Mesh {
-    /// `None` when the test must be skipped (not root, outside CI).
-    fn new(name: &str) -> Option<Mesh> {
-        if !support::private_network(name) {
-            return None;
-        }
-        support::uplink(&["192.0.2.10/24"]);
-        let double = support::xds_double();
-        let dir = std::env::temp_dir().join(format!("outpost-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let records = dir.join("envoy-records");
-        std::fs::create_dir_all(&records).unwrap();
-        let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
-        let envoy = support::stub_envoy(&dir, &records);
-        let countdash = support.join("countdash.py").display().to_string();
-        let config = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/countdash.toml"
-        ))
-        .unwrap()
-        .replace(
-            "address = \"http://127.0.0.1:8500\"",
-            &format!("address = \"{}\"", double.url()),
-        )
-        .replace(
-            "[network]\n",
-            &format!("[network]\nadvertise_address = \"{UPLINK}\"\n"),
-        )
-        .replace("/usr/bin/envoy", &envoy.display().to_string())
-        .replace(
-            "\"/usr/local/bin/counting-service\"",
-            &format!("\"/usr/bin/python3\"\nargs = [\"{countdash}\", \"api\"]"),
-        )
-        .replace(
-            "\"/usr/local/bin/counter-dashboard\"",
-            &format!("\"/usr/bin/python3\"\nargs = [\"{countdash}\", \"dashboard\"]"),
-        )
-        .replace(
-            "name = \"api\"\n",
-            "name = \"api\"\n[group.restart]\nattempts = 2\ninterval = \"3s\"\ndelay = \"100ms\"\nmode = \"delay\"\n",
-        )
-        .replace(
-            "[agent]\n",
-            &format!(
-                "[agent]\ndata_dir = \"{0}/data\"\nrun_dir = \"{0}/run\"\n",
-                dir.display()
-            ),
-        );
-        let file = dir.join("outpost.toml");
-        std::fs::write(&file, config).unwrap();
-        Some(Mesh {
-            dir,
-            double,
-            file,
-            records,
-            run: support::PrivateRun::new(),
-        })
-    }
-
-    /// `outpost ARGS -c FILE` in the mount namespace, stderr appended to agent.log.
-    fn outpost(&self, args: &[&str]) -> Command {
-        self.run
-            .outpost(args, &self.file, &self.dir.join("agent.log"))
-    }
-
-    fn start_agent(&self) -> Child {
-        self.outpost(&["run"]).spawn().unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
-    }
-
-    /// Every task the running agent reports.
-    fn tasks(&self) -> Vec<TaskStatus> {
-        support::reported_tasks(&self.file)
-    }
-
-    /// Polls the agent's status every 20 ms until `done` holds (at most `secs`).
-    fn wait(&self, secs: u64, done: impl Fn(&[TaskStatus]) -> bool) -> Vec<TaskStatus> {
-        let start = Instant::now();
-        loop {
-            let all = self.tasks();
-            if done(&all) || start.elapsed() > Duration::from_secs(secs) {
-                return all;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// How many times the stub Envoy of `proxy` was started.
-    fn envoy_starts(&self, proxy: &str) -> usize {
-        std::fs::read_to_string(self.records.join(format!("{proxy}.starts")))
-            .unwrap_or_default()
-            .lines()
-            .count()
-    }
-
-    fn teardown(&self) {
-        let down = self.outpost(&["teardown"]).output().unwrap();
-        assert!(down.status.success(), "teardown failed\n{}", self.log());
-        assert!(self.double.service_ids().is_empty());
-    }
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = self.outpost(&["teardown"]).output();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Processes whose command line contains every one of `needles`, by pid.
-fn processes_with(needles: &[&str]) -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if needles.iter().all(|n| cmdline.contains(n)) {
-            found.push(pid);
-        }
-    }
-    found
-}
 
 #[test]
 fn countdash_traffic_flows_through_the_sidecars_which_are_restarted_when_they_crash() {
@@ -496,29 +293,6 @@ fn a_slow_consul_does_not_stall_the_agents_loop() {
     assert!(all_running(&all), "{all:?}\n{}", mesh.log());
     mesh.teardown();
     let _ = agent.wait();
-}
-
-/// One HTTP/1.0 GET of `path`: the status code and the body.
-fn get_status(addr: &str, path: &str) -> Result<(u16, String), String> {
-    let mut s = std::net::TcpStream::connect_timeout(
-        &addr.parse().map_err(|e| format!("{e}"))?,
-        Duration::from_secs(2),
-    )
-    .map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-        .map_err(|e| format!("send: {e}"))?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)
-        .map_err(|e| format!("read: {e}"))?;
-    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or(format!("answer: {reply:?}"))?;
-    Ok((code, body.to_string()))
 }
 
 #[test]

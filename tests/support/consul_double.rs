@@ -68,6 +68,98 @@ struct State {
     /// them.
     config_entries: BTreeMap<(String, String), Object>,
     config_index: u64,
+    /// The agent's `X-Consul-Index`: moved by every successful write and by a restart, so
+    /// a watcher (the xDS server) knows when to look again.
+    index: u64,
+    /// The Connect CA, made on first use (`/v1/agent/connect/ca/...`).
+    ca: Option<Ca>,
+}
+
+/// The Connect CA (reference/consul-api.md §5, consul-xds.md §3): an EC P-256 root whose URI
+/// SAN is the trust domain, and per-service leaves (CN = service, one URI SAN = its SPIFFE ID,
+/// server and client auth), made on first request and kept, as the agent caches them.
+struct Ca {
+    cluster_id: String,
+    root_pem: String,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    leaves: BTreeMap<String, (String, String)>,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
+        // A UUID-shaped cluster ID, different per double.
+        let seed = format!(
+            "{:032x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+                ^ (u128::from(std::process::id()) << 64)
+        );
+        let cluster_id = format!(
+            "{}-{}-{}-{}-{}",
+            &seed[0..8],
+            &seed[8..12],
+            &seed[12..16],
+            &seed[16..20],
+            &seed[20..32]
+        );
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("pri-{} Consul CA 1", &seed[0..7]),
+        );
+        params.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{cluster_id}.consul")
+                .try_into()
+                .expect("a SPIFFE URI"),
+        )];
+        let key = KeyPair::generate().expect("a CA key");
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).expect("the CA");
+        Ca {
+            root_pem: issuer.pem(),
+            cluster_id,
+            issuer,
+            leaves: BTreeMap::new(),
+        }
+    }
+
+    fn trust_domain(&self) -> String {
+        format!("{}.consul", self.cluster_id)
+    }
+
+    fn leaf(&mut self, service: &str) -> (String, String) {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+        let uri = format!(
+            "spiffe://{}/ns/default/dc/dc1/svc/{service}",
+            self.trust_domain()
+        );
+        if let Some(leaf) = self.leaves.get(service) {
+            return leaf.clone();
+        }
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, service.to_string());
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().expect("a SPIFFE URI"))];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().expect("a leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("a leaf");
+        let leaf = (cert.pem(), key.serialize_pem());
+        self.leaves.insert(service.to_string(), leaf.clone());
+        leaf
+    }
 }
 
 /// What `/v1/agent/self` reports about addresses and gRPC.
@@ -88,6 +180,19 @@ impl Default for AgentSelf {
             xds_ports: Some((8502, -1)),
             debug_grpc_port: 8502,
         }
+    }
+}
+
+/// The double's xDS server process; stopped when dropped.
+pub struct XdsServer {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Drop for XdsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -156,6 +261,49 @@ impl ConsulDouble {
             }
         });
         double
+    }
+
+    /// Serves xDS on the agent's gRPC port as Consul does (tests/support/xds_server.py, run
+    /// by `python`, which has grpcio and xds-protos), and reports that port in
+    /// `/v1/agent/self` (`xDS.Ports.Plaintext`, `DebugConfig.GRPCPort`). The server's log
+    /// goes to `log`.
+    pub fn serve_xds(&self, python: &std::path::Path, log: &std::path::Path) -> XdsServer {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/xds_server.py");
+        let port_file = log.with_extension("port");
+        let _ = std::fs::remove_file(&port_file);
+        let child = std::process::Command::new(python)
+            .arg(script)
+            .args(["--consul", &self.url(), "--port-file"])
+            .arg(&port_file)
+            .arg("--log")
+            .arg(log)
+            .spawn()
+            .expect("start the xDS server");
+        let mut server = XdsServer { child, port: 0 };
+        let start = Instant::now();
+        while server.port == 0 {
+            if let Some(port) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+            {
+                server.port = port;
+            } else if start.elapsed() > Duration::from_secs(30)
+                || server.child.try_wait().ok().flatten().is_some()
+            {
+                panic!(
+                    "the xDS server did not start:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let mut s = self.lock();
+        s.agent_self.xds_ports = Some((i64::from(server.port), -1));
+        s.agent_self.debug_grpc_port = i64::from(server.port);
+        drop(s);
+        server
     }
 
     pub fn url(&self) -> String {
@@ -243,6 +391,7 @@ impl ConsulDouble {
         s.checks.clear();
         s.negative_cache.clear();
         s.restarts += 1;
+        s.index += 1;
     }
 
     pub fn log(&self) -> Vec<Logged> {
@@ -268,6 +417,13 @@ impl ConsulDouble {
                 std::thread::sleep(latency);
             }
             let (status, body, extra) = self.handle(&request);
+            let index = {
+                let mut s = self.lock();
+                if status == 200 && request.method != "GET" {
+                    s.index += 1;
+                }
+                s.index
+            };
             let reason = match status {
                 200 => "OK",
                 400 => "Bad Request",
@@ -283,7 +439,7 @@ impl ConsulDouble {
                 "text/plain; charset=utf-8"
             };
             let mut head = format!(
-                "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nX-Consul-Index: 1\r\nX-Consul-KnownLeader: true\r\nX-Consul-LastContact: 0\r\n",
+                "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nX-Consul-Index: {index}\r\nX-Consul-KnownLeader: true\r\nX-Consul-LastContact: 0\r\n",
                 body.len()
             );
             for (k, v) in extra {
@@ -442,7 +598,7 @@ fn route(s: &mut State, r: &Request, negative_cached: &mut bool) -> Reply {
     let expect = |m: &str| r.method == m;
     if path == "/v1/agent/self" {
         return if expect("GET") {
-            ok_json(agent_self(&s.agent_self))
+            ok_json(agent_self(&s.agent_self, s.acl_enabled))
         } else {
             method_not_allowed(&r.method, "GET")
         };
@@ -579,6 +735,21 @@ fn route(s: &mut State, r: &Request, negative_cached: &mut bool) -> Reply {
         }
         return ok_json(Value::Array(connect_instances(s, name)));
     }
+    if path == "/v1/agent/connect/ca/roots" {
+        if !expect("GET") {
+            return method_not_allowed(&r.method, "GET");
+        }
+        return ca_roots(s.ca.get_or_insert_with(Ca::new));
+    }
+    if let Some(service) = path.strip_prefix("/v1/agent/connect/ca/leaf/") {
+        if !expect("GET") {
+            return method_not_allowed(&r.method, "GET");
+        }
+        if let Err(reply) = authorize_write(s, r) {
+            return reply;
+        }
+        return ca_leaf(s.ca.get_or_insert_with(Ca::new), service);
+    }
     if let Some(id) = path.strip_prefix("/v1/agent/service/") {
         if !expect("GET") {
             return method_not_allowed(&r.method, "GET");
@@ -678,7 +849,57 @@ fn connect_instances(s: &State, name: &str) -> Array {
         .collect()
 }
 
-fn agent_self(a: &AgentSelf) -> Value {
+fn ca_roots(ca: &Ca) -> Reply {
+    let mut root = Object::new();
+    let id = "5e:32:1f:0a:9b:7c:44:21:d3:88:01:6f:aa:42:10:9c:de:7b:35:01";
+    let fields = [
+        ("ID", Value::String(id.into())),
+        ("Name", Value::String("Consul CA Primary Cert".into())),
+        ("SerialNumber", Value::Number(Number::U64(7))),
+        ("SigningKeyID", Value::String(id.into())),
+        ("ExternalTrustDomain", Value::String(ca.cluster_id.clone())),
+        ("RootCert", Value::String(ca.root_pem.clone())),
+        ("IntermediateCerts", Value::Array(Array::new())),
+        ("Active", Value::Bool(true)),
+        ("PrivateKeyType", Value::String("ec".into())),
+        ("PrivateKeyBits", Value::Number(Number::U64(256))),
+    ];
+    for (k, v) in fields {
+        root.insert(k.into(), v);
+    }
+    let mut roots = Object::new();
+    roots.insert("ActiveRootID".into(), Value::String(id.into()));
+    roots.insert("TrustDomain".into(), Value::String(ca.trust_domain()));
+    roots.insert(
+        "Roots".into(),
+        Value::Array(std::iter::once(Value::Object(root)).collect()),
+    );
+    ok_json(Value::Object(roots))
+}
+
+fn ca_leaf(ca: &mut Ca, service: &str) -> Reply {
+    let (cert, key) = ca.leaf(service);
+    let mut leaf = Object::new();
+    let fields = [
+        ("SerialNumber", Value::String("0a:1b".into())),
+        ("CertPEM", Value::String(cert)),
+        ("PrivateKeyPEM", Value::String(key)),
+        ("Service", Value::String(service.into())),
+        (
+            "ServiceURI",
+            Value::String(format!(
+                "spiffe://{}/ns/default/dc/dc1/svc/{service}",
+                ca.trust_domain()
+            )),
+        ),
+    ];
+    for (k, v) in fields {
+        leaf.insert(k.into(), v);
+    }
+    ok_json(Value::Object(leaf))
+}
+
+fn agent_self(a: &AgentSelf, acls: bool) -> Value {
     let xds = match a.xds_ports {
         Some((plain, tls)) => format!(
             r#","xDS":{{"SupportedProxies":{{"envoy":["1.33.2","1.32.5","1.31.8","1.30.10"]}},"Port":{},"Ports":{{"Plaintext":{plain},"TLS":{tls}}}}}"#,
@@ -688,7 +909,7 @@ fn agent_self(a: &AgentSelf) -> Value {
     };
     let parsed: Result<Value, _> = json::from_str(&format!(
         r#"{{"Config":{{"Datacenter":"dc1","PrimaryDatacenter":"dc1","NodeName":"edge-01","NodeID":"6a3c4e1d-8f7b-4c2a-9e5d-1b2c3d4e5f60","BindAddr":"{bind}","Server":false,"Version":"1.22.0"}},
-            "DebugConfig":{{"GRPCPort":{grpc},"GRPCTLSPort":-1,"Datacenter":"dc1","NodeName":"edge-01","ACLsEnabled":false}},
+            "DebugConfig":{{"GRPCPort":{grpc},"GRPCTLSPort":-1,"Datacenter":"dc1","NodeName":"edge-01","ACLsEnabled":{acls}}},
             "Member":{{"Name":"edge-01","Addr":"127.0.0.1","Port":8301,"Status":1}},
             "Meta":{{}}{xds}}}"#,
         bind = a.bind_addr,
@@ -1043,6 +1264,7 @@ fn put_config(s: &mut State, body: &str) -> Reply {
     let valid = match kind.as_str() {
         "ingress-gateway" => validate_ingress_entry(&entry),
         "terminating-gateway" => validate_terminating_entry(&entry),
+        "service-intentions" => validate_intentions_entry(&entry),
         _ => Ok(()),
     };
     if let Err(reply) = valid {
@@ -1156,6 +1378,45 @@ fn validate_ingress_entry(entry: &Object) -> Result<(), Reply> {
         }
     }
     string_map(entry, "Meta")?;
+    Ok(())
+}
+
+/// L4 intentions only (the double's xDS serves network RBAC): each source has a name and an
+/// action `allow` or `deny`.
+fn validate_intentions_entry(entry: &Object) -> Result<(), Reply> {
+    decode_keys(
+        entry,
+        &["Kind", "Name", "Namespace", "Partition", "Sources", "Meta"],
+    )?;
+    for (i, source) in get_array(entry, "Sources")?
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let Value::Object(source) = source else {
+            return Err(bad("Sources: expected objects"));
+        };
+        decode_keys(
+            source,
+            &[
+                "Name",
+                "Namespace",
+                "Partition",
+                "Peer",
+                "Action",
+                "Description",
+            ],
+        )?;
+        if get_str(source, "Name")?.unwrap_or("").is_empty() {
+            return Err(text(400, &format!("Sources[{i}].Name is required")));
+        }
+        if !matches!(get_str(source, "Action")?, Some("allow" | "deny")) {
+            return Err(text(
+                400,
+                &format!("Sources[{i}].Action must be set to 'allow' or 'deny'"),
+            ));
+        }
+    }
     Ok(())
 }
 

