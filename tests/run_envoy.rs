@@ -105,3 +105,104 @@ fn countdash_flows_through_real_envoy_with_mtls_and_intentions() {
     mesh.teardown();
     let _ = agent.wait();
 }
+
+#[test]
+fn restarting_the_agent_under_load_fails_no_request_through_real_envoy() {
+    let Some(mesh) = Mesh::with_real_envoy("run-envoy-restart") else {
+        return;
+    };
+    let mut agent = mesh.start_agent();
+    let before = mesh.wait(60, all_running);
+    assert!(all_running(&before), "{before:?}\n{}", mesh.log());
+    get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+
+    let load = Load::start("127.0.0.1:9002");
+    let settle = |mesh: &Mesh| {
+        let all = mesh.wait(30, all_running);
+        assert!(all_running(&all), "{all:?}\n{}", mesh.log());
+        all
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(agent.wait().unwrap().success(), "{}", mesh.log());
+    std::thread::sleep(Duration::from_millis(300));
+    let mut agent = mesh.start_agent();
+    let after_term = settle(&mesh);
+    std::thread::sleep(Duration::from_millis(300));
+    agent.kill().unwrap();
+    let _ = agent.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut agent = mesh.start_agent();
+    let after_kill = settle(&mesh);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failures) = load.stop();
+    eprintln!(
+        "load across two agent restarts with real Envoy: ok={ok} failed={}",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:?}\n{}", mesh.log());
+    assert!(ok > 0);
+    let pids = |all: &[TaskStatus]| TASKS.map(|(g, t)| pid(all, g, t));
+    assert_eq!(pids(&before), pids(&after_term), "adopted, not restarted");
+    assert_eq!(pids(&before), pids(&after_kill), "adopted, not restarted");
+    assert!(after_kill.iter().all(|t| t.restarts == 0), "{after_kill:?}");
+    mesh.teardown();
+    let _ = agent.wait();
+}
+
+#[test]
+fn a_killed_envoy_is_restarted_with_a_fresh_bootstrap_and_traffic_comes_back() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(mesh) = Mesh::with_real_envoy("run-envoy-kill") else {
+        return;
+    };
+    let mut agent = mesh.start_agent();
+    let before = mesh.wait(60, all_running);
+    assert!(all_running(&before), "{before:?}\n{}", mesh.log());
+    get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+    let bootstrap = mesh
+        .dir
+        .join("run/alloc/api/connect-proxy-count-api/secrets/envoy_bootstrap.json");
+    let inode_before = std::fs::metadata(&bootstrap).unwrap().ino();
+    let envoy = pid(&before, "api", "connect-proxy-count-api").unwrap();
+
+    let load = Load::start("127.0.0.1:9002");
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(envoy as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let after = mesh.wait(30, |all| {
+        pid(all, "api", "connect-proxy-count-api").is_some_and(|p| p != envoy)
+    });
+    let restarted = pid(&after, "api", "connect-proxy-count-api");
+    assert!(
+        restarted.is_some_and(|p| p != envoy),
+        "{after:?}\n{}",
+        mesh.log()
+    );
+    // Traffic is back once a request succeeds again after the kill.
+    let back = get_within("127.0.0.1:9002", 30);
+    let gap = killed.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failures) = load.stop();
+    assert!(back.is_ok(), "{back:?}\n{}", mesh.log());
+    eprintln!(
+        "Envoy killed under load: {} requests failed, {ok} answered; traffic back within {gap:?}",
+        failures.len()
+    );
+    assert_ne!(
+        std::fs::metadata(&bootstrap).unwrap().ino(),
+        inode_before,
+        "the bootstrap is written anew before the restart\n{}",
+        mesh.log()
+    );
+    mesh.teardown();
+    let _ = agent.wait();
+}

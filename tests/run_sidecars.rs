@@ -10,8 +10,6 @@ use miniserde::json::Value;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use support::mesh::*;
 use support::{TaskStatus, field, number, text};
@@ -174,22 +172,7 @@ fn restarting_the_agent_under_load_fails_no_request_and_restarts_nothing() {
     get_within("127.0.0.1:9002", 10).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
 
     // A client asks host:9002 (dashboard → upstream → api) without pause.
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let load = {
-        let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match get("127.0.0.1:9002") {
-                    Ok(_) => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => failures.lock().unwrap().push(e),
-                }
-            }
-        })
-    };
+    let load = Load::start("127.0.0.1:9002");
     let settle = |mesh: &Mesh| {
         let all = mesh.wait(30, all_running);
         assert!(all_running(&all), "{all:?}\n{}", mesh.log());
@@ -212,11 +195,7 @@ fn restarting_the_agent_under_load_fails_no_request_and_restarts_nothing() {
     let mut agent = mesh.start_agent();
     let after_kill = settle(&mesh);
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
-
-    let ok = ok.load(Ordering::Relaxed);
-    let failures = failures.lock().unwrap().clone();
+    let (ok, failures) = load.stop();
     eprintln!(
         "load across two agent restarts with sidecars: ok={ok} failed={}",
         failures.len()

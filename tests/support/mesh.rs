@@ -263,3 +263,35 @@ pub fn get_status(addr: &str, path: &str) -> Result<(u16, String), String> {
         .ok_or(format!("answer: {reply:?}"))?;
     Ok((code, body.to_string()))
 }
+
+/// A client asking `addr` (one HTTP/1.0 GET after another) until stopped.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Load {
+    pub fn start(addr: &str) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let addr = addr.to_string();
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut ok, mut failures) = (0, Vec::new());
+            while !stopped.load(Ordering::Relaxed) {
+                match get(&addr) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failures.push(e),
+                }
+            }
+            (ok, failures)
+        });
+        Load { stop, thread }
+    }
+
+    /// Stops the client: the requests answered and the failures, in order.
+    pub fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
