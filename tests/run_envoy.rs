@@ -206,3 +206,168 @@ fn a_killed_envoy_is_restarted_with_a_fresh_bootstrap_and_traffic_comes_back() {
     mesh.teardown();
     let _ = agent.wait();
 }
+
+/// Appends `toml` to the mesh's config.
+fn add_to_config(mesh: &Mesh, toml: &str) {
+    let config = std::fs::read_to_string(&mesh.file).unwrap();
+    std::fs::write(&mesh.file, config + toml).unwrap();
+}
+
+/// `f` until it gives `Ok`, at most `secs`; the last answer.
+fn retry<T>(secs: u64, f: impl Fn() -> Result<T, String>) -> Result<T, String> {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Err(_) if start.elapsed() < Duration::from_secs(secs) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            answer => return answer,
+        }
+    }
+}
+
+#[test]
+fn an_exposed_check_answers_from_the_host_through_real_envoy() {
+    let Some(mesh) = Mesh::with_real_envoy("run-envoy-expose") else {
+        return;
+    };
+    let config = std::fs::read_to_string(&mesh.file).unwrap().replace(
+        "port = \"9001\"\n",
+        "port = \"9001\"\n[[group.service.check]]\nname = \"api-health\"\ntype = \"http\"\npath = \"/health\"\ninterval = \"10s\"\ntimeout = \"2s\"\nexpose = true\n",
+    );
+    std::fs::write(&mesh.file, config).unwrap();
+    let mut agent = mesh.start_agent();
+    let all = mesh.wait(60, all_running);
+    assert!(all_running(&all), "{all:?}\n{}", mesh.log());
+    let sidecar = miniserde::json::to_string(&mesh.double.service(API_PROXY).unwrap());
+    let listener: u16 = sidecar
+        .split("\"ListenerPort\":")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no expose path: {sidecar}"));
+    let addr = format!("{UPLINK}:{listener}");
+    let health = retry(20, || match get_status(&addr, "/health") {
+        Ok((200, body)) => Ok(body),
+        other => Err(format!("{other:?}")),
+    });
+    let body = health.unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+    assert!(body.contains("\"count\""), "{body}");
+    // Only the exact path is routed: Envoy's router answers anything else with 404.
+    assert_eq!(get_status(&addr, "/").map(|a| a.0), Ok(404));
+    let stats = admin_get(&mesh, "api", "/stats");
+    assert!(
+        stats.contains(&format!("http.exposed_path_filter_health_{listener}.")),
+        "{stats}"
+    );
+    mesh.teardown();
+    let _ = agent.wait();
+}
+
+#[test]
+fn an_ingress_gateway_on_a_host_port_reaches_the_service_through_real_envoy() {
+    let Some(mesh) = Mesh::with_real_envoy("run-envoy-ingress") else {
+        return;
+    };
+    add_to_config(
+        &mesh,
+        r#"
+[[group]]
+name = "ingress"
+[group.network]
+mode = "bridge"
+[[group.network.port]]
+label = "inbound"
+static = 8081
+to = 8081
+[[group.service]]
+name = "my-ingress"
+port = "inbound"
+[[group.service.connect.gateway.ingress.listener]]
+port = 8081
+protocol = "tcp"
+[[group.service.connect.gateway.ingress.listener.service]]
+name = "count-api"
+"#,
+    );
+    let mut agent = mesh.start_agent();
+    let gateway = |all: &[TaskStatus]| pid(all, "ingress", "connect-ingress-my-ingress");
+    let all = mesh.wait(60, |all| all_running(all) && gateway(all).is_some());
+    assert!(gateway(&all).is_some(), "{all:?}\n{}", mesh.log());
+    // host:8081 → the gateway's Envoy → mTLS with the gateway's leaf → api's Envoy → api.
+    let body = retry(20, || get(&format!("{UPLINK}:8081")));
+    let body = body.unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+    assert!(body.starts_with("{\"count\": "), "{body}");
+    mesh.teardown();
+    let _ = agent.wait();
+}
+
+#[test]
+fn a_transparent_proxy_app_dials_the_upstream_instance_through_both_envoys() {
+    let Some(mesh) = Mesh::with_real_envoy("run-envoy-tproxy") else {
+        return;
+    };
+    let probe =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/tproxy_probe.py");
+    add_to_config(
+        &mesh,
+        &format!(
+            r#"
+[[group]]
+name = "client"
+[group.network]
+mode = "bridge"
+[[group.service]]
+name = "client"
+port = "9001"
+[group.service.connect.sidecar_service.proxy.transparent_proxy]
+[[group.task]]
+name = "client"
+command = "/usr/bin/python3"
+args = ["{}", "serve", "9001"]
+"#,
+            probe.display()
+        ),
+    );
+    let mut agent = mesh.start_agent();
+    let client_envoy = |all: &[TaskStatus]| pid(all, "client", "connect-proxy-client");
+    let all = mesh.wait(60, |all| {
+        all_running(all) && pid(all, "client", "client").is_some()
+    });
+    assert!(client_envoy(&all).is_some(), "{all:?}\n{}", mesh.log());
+    // The api's instance as Consul lists it: its sidecar's address and host port.
+    let sidecar = mesh.double.service(API_PROXY).unwrap();
+    let port = support::number(sidecar.get("Port")).to_string();
+    let address = support::text(sidecar.get("Address"));
+    assert_eq!(address, UPLINK);
+    // The app dials that address directly, as plain TCP. Only through its Envoy (outbound
+    // listener, mTLS) and the api's Envoy (which terminates it) does HTTP come back.
+    let in_client = || -> Result<String, String> {
+        let out = mesh
+            .run
+            .command("nsenter")
+            .arg("--net=/run/netns/outpost-client")
+            .arg("python3")
+            .arg(&probe)
+            .args(["http", &address, &port])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if body.starts_with("{\"count\": ") {
+            Ok(body)
+        } else {
+            Err(format!("{body}{}", String::from_utf8_lossy(&out.stderr)))
+        }
+    };
+    retry(20, in_client).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+    let stats = admin_get(&mesh, "client", "/stats");
+    let upstream = "cluster.count-api.default.dc1.internal";
+    assert!(
+        stats.lines().any(|l| l.starts_with(upstream)
+            && l.contains(".ssl.handshake: ")
+            && !l.ends_with(" 0")),
+        "the client's Envoy carried the connection over mTLS:\n{stats}"
+    );
+    mesh.teardown();
+    let _ = agent.wait();
+}

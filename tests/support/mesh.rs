@@ -241,7 +241,8 @@ pub fn processes_with(needles: &[&str]) -> Vec<i32> {
     found
 }
 
-/// One HTTP/1.0 GET of `path`: the status code and the body.
+/// One HTTP/1.1 GET of `path` (Envoy's HTTP listeners refuse HTTP/1.0 with 426, as Consul's
+/// HTTP checks never send it): the status code and the body.
 pub fn get_status(addr: &str, path: &str) -> Result<(u16, String), String> {
     let mut s = std::net::TcpStream::connect_timeout(
         &addr.parse().map_err(|e| format!("{e}"))?,
@@ -250,8 +251,10 @@ pub fn get_status(addr: &str, path: &str) -> Result<(u16, String), String> {
     .map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-        .map_err(|e| format!("send: {e}"))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| format!("send: {e}"))?;
     let mut reply = String::new();
     s.read_to_string(&mut reply)
         .map_err(|e| format!("read: {e}"))?;

@@ -19,9 +19,9 @@
   (TransparentProxy.OutboundListenerPort, 15001) like Envoy's passthrough: each connection
   redirected there is dialled on to its original destination (SO_ORIGINAL_DST), directly,
   and the answer is prefixed with "via-envoy ".
-- Serves each `Expose.Paths` entry as Envoy's expose listener does: HTTP on
-  0.0.0.0:ListenerPort, where only that exact path is forwarded to 127.0.0.1:LocalPathPort
-  and every other path gets 404.
+- Serves each `Expose.Paths` entry as Envoy's expose listener does: HTTP/1.1 on
+  0.0.0.0:ListenerPort (HTTP/1.0 gets 426), where only that exact path is forwarded to
+  127.0.0.1:LocalPathPort and every other path gets 404.
 Exits 1 at once if the bootstrap is missing or not JSON, or the registration cannot be read.
 """
 import http.client, http.server, json, os, socket, sys, threading, time
@@ -215,9 +215,19 @@ def serve_exposed(expose):
     path, local = expose["Path"], expose["LocalPathPort"]
 
     class Exposed(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
         def do_GET(self):
+            self.close_connection = True
+            if self.request_version == "HTTP/1.0":
+                # Envoy's HTTP connection manager refuses HTTP/1.0.
+                self.send_response(426)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if self.path != path:
                 self.send_response(404)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
             conn = http.client.HTTPConnection("127.0.0.1", local, timeout=5)

@@ -4,6 +4,7 @@
   tproxy_probe.py serve PORT    answers each TCP connection with "app peer=<peer ip>"
   tproxy_probe.py tcp HOST PORT prints what a TCP connection to HOST:PORT answers
   tproxy_probe.py udp HOST PORT sends one UDP datagram, prints the answer
+  tproxy_probe.py http HOST PORT sends GET / (HTTP/1.0), prints the answer's body
 """
 import socket, socketserver, sys
 
@@ -16,7 +17,17 @@ if mode == "serve":
     socketserver.ThreadingTCPServer.allow_reuse_address = True
     socketserver.ThreadingTCPServer(("0.0.0.0", int(sys.argv[2])), Peer).serve_forever()
 host, port = sys.argv[2], int(sys.argv[3])
-if mode == "tcp":
+if mode == "http":
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    print(data.decode(errors="replace").partition("\r\n\r\n")[2].strip())
+elif mode == "tcp":
     with socket.create_connection((host, port), timeout=5) as s:
         data = b""
         while True:

@@ -264,7 +264,10 @@ def sidecar(snap, agent, ctx, svc):
                     "validationContext": {"trustedCa": {"inlineString": ctx["roots"]}}},
                 "requireClientCertificate": True}}}]})
     outbound_chains = []
-    for up in proxy.get("Upstreams") or []:
+    upstreams = list(proxy.get("Upstreams") or [])
+    if proxy.get("Mode") == "transparent":
+        upstreams += implicit_upstreams(agent, dest, upstreams)
+    for up in upstreams:
         if up.get("DestinationType", "service") != "service":
             continue
         up_dc = up.get("Datacenter") or dc
@@ -300,6 +303,22 @@ def sidecar(snap, agent, ctx, svc):
             "lbPolicy": "CLUSTER_PROVIDED", "connectTimeout": "5s"})
     for path in (proxy.get("Expose") or {}).get("Paths") or []:
         exposed(snap, proxy, path, bind, local_address)
+
+
+def implicit_upstreams(agent, me, explicit):
+    """A transparent proxy's upstreams beyond the explicit ones (Consul's intention
+    upstreams: the services intentions let it reach). The double's intentions default to
+    allow, and a deny is enforced by the destination's RBAC, so: every other service with a
+    sidecar on the agent."""
+    _, services, _ = agent.get("/v1/agent/services")
+    named = {u.get("DestinationName") for u in explicit}
+    found = []
+    for svc in (services or {}).values():
+        dest = (svc.get("Proxy") or {}).get("DestinationServiceName")
+        if svc.get("Kind") == "connect-proxy" and dest and dest != me and dest not in named:
+            named.add(dest)
+            found.append({"DestinationName": dest})
+    return found
 
 
 def exposed(snap, proxy, path, bind, local_address):
@@ -341,15 +360,17 @@ def ingress_gateway(snap, agent, ctx, svc):
     for listener in entry.get("Listeners") or []:
         if listener.get("Protocol", "tcp") != "tcp":
             continue
+        port = int(listener["Port"])
+        address = svc.get("Address") or "0.0.0.0"
+        for bind in binds.values():
+            if int(bind.get("Port") or 0) == port:
+                address = bind.get("Address") or address
         for service in listener.get("Services") or []:
             cluster, _ = upstream_cluster(snap, agent, ctx, service["Name"], ctx["dc"])
-            address = svc.get("Address") or "0.0.0.0"
-            for bind in binds.values():
-                address = bind.get("address") or address
-            name = "%s:%s:%d" % (service["Name"], address, listener["Port"])
+            name = "%s:%s:%d" % (service["Name"], address, port)
             snap.add(LDS, name, {
                 "name": name, "trafficDirection": "OUTBOUND",
-                "address": socket_address(address, listener["Port"]),
+                "address": socket_address(address, port),
                 "filterChains": [{"filters": [tcp_proxy(
                     cluster, "upstream.%s.default.default.%s" % (service["Name"], ctx["dc"]))]}]})
 
