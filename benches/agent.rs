@@ -214,7 +214,8 @@ fn main() {
     std::fs::write(
         &envoy,
         format!(
-            "#!/bin/sh\necho $(date +%s%N) >> {}\n[ -e {} ] && exec sleep 100000\nSTUB_ENVOY_RECORDS={} exec python3 {} \"$@\"\n",
+            "#!/bin/sh\n{}echo $(date +%s%N) >> {}\n[ -e {} ] && exec sleep 100000\nSTUB_ENVOY_RECORDS={} exec python3 {} \"$@\"\n",
+            support::STUB_ENVOY_VERSION,
             execs.display(),
             idle_flag.display(),
             records.display(),

@@ -269,6 +269,9 @@ fn status(cmd: &StatusCmd) -> ExitCode {
             (None, false) => "not needed or not yet synced".to_string(),
         }
     );
+    for envoy in status.envoy.iter().flatten() {
+        println!("envoy {} ({})", envoy.version, envoy.binary);
+    }
     for g in &status.groups {
         println!("group {} ({})", g.name, g.phase);
         for t in &g.tasks {

@@ -58,6 +58,20 @@ fn countdash_flows_through_real_envoy_with_mtls_and_intentions() {
         "Envoy answered /ready before the timeout\n{log}"
     );
     eprintln!("run → every task running with real Envoy: {up:?} (status polled every 20 ms)");
+    // The version was read before the groups started, shown by status, and compared with
+    // the versions the double says it supports (1.30 to 1.33).
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["status", "-c"])
+        .arg(&mesh.file)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("envoy 1.36.4 ("), "{status}");
+    assert!(
+        log.contains("Envoy 1.36.4 (")
+            && log.contains("is not among the versions this Consul supports (1.33.2, 1.32.5"),
+        "{log}"
+    );
 
     // host:9002 → dashboard → 127.0.0.1:8080 → dashboard's Envoy → mTLS → api's Envoy → api.
     let body = get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));

@@ -328,3 +328,42 @@ fn an_exposed_check_answers_from_the_host_through_the_sidecar() {
     mesh.teardown();
     let _ = agent.wait();
 }
+
+#[test]
+fn a_missing_envoy_binary_stops_run_before_anything_changes() {
+    let Some(mesh) = Mesh::new("run-no-envoy") else {
+        return;
+    };
+    let config = std::fs::read_to_string(&mesh.file).unwrap();
+    let stub = config
+        .lines()
+        .find_map(|l| l.strip_prefix("binary = "))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &mesh.file,
+        config.replace(
+            &format!("binary = {stub}"),
+            "binary = \"/nonexistent/envoy\"",
+        ),
+    )
+    .unwrap();
+    let out = mesh.outpost(&["run"]).output().unwrap();
+    assert!(!out.status.success());
+    let log = mesh.log();
+    assert!(
+        log.contains("group api: Envoy binary /nonexistent/envoy: No such file or directory"),
+        "{log}"
+    );
+    // Nothing changed: no namespace, no bridge, no registration.
+    let netns = std::fs::read_dir(mesh.run.view(Path::new("/run/netns")))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(netns, 0, "{log}");
+    let bridge = Command::new("ip")
+        .args(["link", "show", "outpost"])
+        .output()
+        .unwrap();
+    assert!(!bridge.status.success(), "{log}");
+    assert!(mesh.double.service_ids().is_empty());
+}

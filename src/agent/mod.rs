@@ -174,8 +174,11 @@ pub fn relay_socket(valid: &ValidConfig, group: &GroupPlan) -> Option<PathBuf> {
 }
 
 /// Where the relays forward: `consul.grpc_address`, else the agent's host with its xDS
-/// port (TLS port first), else 8502.
-pub fn relay_target(valid: &ValidConfig, client: &Client) -> String {
+/// port (TLS port first) from `/v1/agent/self` (`agent`), else 8502.
+pub fn relay_target(
+    valid: &ValidConfig,
+    agent: Result<&crate::consul::agent::AgentInfo, &crate::consul::client::ConsulError>,
+) -> String {
     let consul = &valid.config.consul;
     if let Some(address) = &consul.grpc_address {
         let bare = address
@@ -191,7 +194,7 @@ pub fn relay_target(valid: &ValidConfig, client: &Client) -> String {
             .to_string(),
         _ => "127.0.0.1".to_string(),
     };
-    let port = match crate::consul::agent::agent_info(client) {
+    let port = match agent {
         Ok(me) => match (me.xds_ports, me.debug_grpc_port) {
             (Some(p), _) if p.tls > 0 => p.tls,
             (Some(p), _) if p.plaintext > 0 => p.plaintext,

@@ -16,9 +16,10 @@ use super::{
 use crate::alloc::{Phase, Runner, TaskState};
 use crate::config::{self, ValidConfig};
 use crate::consul::anti_entropy::{self, QUICK_CHECK};
+use crate::envoy::version::EnvoyVersion;
 use crate::plan::{GroupPlan, HostFacts, Plan};
 use crate::supervise::{Proc, Stopping};
-use crate::{files, net};
+use crate::{envoy, files, net};
 use log::{error, info, warn};
 use miniserde::{Deserialize, Serialize};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -165,6 +166,8 @@ struct Synced {
     unreleased: usize,
     /// Where the released groups' relays forward.
     relay_target: Option<String>,
+    /// The Envoy versions the agent supports (`xDS.SupportedProxies.envoy`), when read.
+    supported_envoy: Option<Vec<String>>,
 }
 
 /// Registers the plan's services, then writes the bootstraps of the `waiting` groups.
@@ -190,17 +193,20 @@ fn sync_and_bootstrap(
             ),
         }
     }
-    let relay_target = match released.is_empty() {
-        true => None,
-        false => crate::consul::client::Client::new(&valid.config.consul)
-            .map(|c| relay_target(valid, &c))
-            .ok(),
-    };
+    let (mut target, mut supported_envoy) = (None, None);
+    if !released.is_empty()
+        && let Ok(client) = crate::consul::client::Client::new(&valid.config.consul)
+    {
+        let agent = crate::consul::agent::agent_info(&client);
+        target = Some(relay_target(valid, agent.as_ref()));
+        supported_envoy = agent.ok().map(|a| a.supported_envoy);
+    }
     Ok(Synced {
         tokens,
         unreleased: waiting.len() - released.len(),
         released,
-        relay_target,
+        relay_target: target,
+        supported_envoy,
     })
 }
 
@@ -310,6 +316,42 @@ struct Agent {
     consul: ConsulState,
     tokens: Tokens,
     workers: Workers,
+    /// Each Envoy binary the proxies run, with its version (read once per binary).
+    envoys: Vec<(String, EnvoyVersion)>,
+    /// Whether `envoys` was compared with the versions Consul supports.
+    envoys_compared: bool,
+}
+
+/// The Envoy binaries the plan's proxies run, each with its version: `known` for binaries
+/// read before, `envoy --version` for the others. An error, before anything changes, when
+/// one is missing or does not answer like Envoy.
+fn envoy_versions(
+    plan: &Plan,
+    known: &[(String, EnvoyVersion)],
+) -> Result<Vec<(String, EnvoyVersion)>, String> {
+    let mut envoys: Vec<(String, EnvoyVersion)> = Vec::new();
+    for group in &plan.groups {
+        for proxy in group.services.iter().filter_map(|s| s.proxy.as_ref()) {
+            let Some(binary) = group
+                .tasks
+                .iter()
+                .find(|t| t.name == proxy.task)
+                .and_then(|t| t.argv.first())
+            else {
+                continue;
+            };
+            if envoys.iter().any(|(b, _)| b == binary) {
+                continue;
+            }
+            let version = match known.iter().find(|(b, _)| b == binary) {
+                Some((_, v)) => *v,
+                None => envoy::version::read(binary)
+                    .map_err(|e| format!("group {}: {e}", group.name))?,
+            };
+            envoys.push((binary.clone(), version));
+        }
+    }
+    Ok(envoys)
 }
 
 /// `sd_notify` without libsystemd: one datagram to `$NOTIFY_SOCKET` (`@` = abstract).
@@ -345,6 +387,10 @@ fn new_runner(valid: &ValidConfig, group: &GroupPlan) -> Runner {
 impl Agent {
     fn start(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<Agent, String> {
         let plan = prepare(&valid, &host)?;
+        let envoys = envoy_versions(&plan, &[])?;
+        for (binary, version) in &envoys {
+            info!("Envoy {version} at {binary}");
+        }
         net::apply(&plan).map_err(|e| e.to_string())?;
         info!("network applied: {} group(s)", plan.groups.len());
         let records = load_records(&plan.run_dir);
@@ -376,6 +422,8 @@ impl Agent {
             },
             tokens: Tokens::new(),
             workers: Workers::new()?,
+            envoys,
+            envoys_compared: false,
         };
         agent.save_records();
         Ok(agent)
@@ -516,6 +564,9 @@ impl Agent {
         if self.consul.last_error.take().is_some() {
             info!("Consul answers again");
         }
+        if let Some(supported) = &synced.supported_envoy {
+            self.compare_envoys(supported);
+        }
         self.tokens = synced.tokens;
         self.consul.synced_once = true;
         // The sync gave back the tokens of groups that went: their directories can go.
@@ -532,6 +583,24 @@ impl Agent {
                 runner.set_relay_target(to);
             }
             runner.release();
+        }
+    }
+
+    /// Warns, once per binary, about an Envoy outside the versions Consul supports (it may
+    /// still work; Consul's xDS is tested only against those).
+    fn compare_envoys(&mut self, supported: &[String]) {
+        if self.envoys_compared || supported.is_empty() {
+            return;
+        }
+        self.envoys_compared = true;
+        for (binary, version) in &self.envoys {
+            if !version.supported_by(supported) {
+                warn!(
+                    "Envoy {version} ({binary}) is not among the versions this Consul supports ({}); \
+                     it may still work, but Consul's xDS is tested only with those",
+                    supported.join(", ")
+                );
+            }
         }
     }
 
@@ -584,6 +653,17 @@ impl Agent {
                 return;
             }
         };
+        let envoys = match envoy_versions(&plan, &self.envoys) {
+            Ok(envoys) => envoys,
+            Err(e) => {
+                error!("reload: {e}; keeping the running configuration");
+                return;
+            }
+        };
+        if envoys != self.envoys {
+            self.envoys = envoys;
+            self.envoys_compared = false;
+        }
         let same = |a: &GroupPlan, b: &GroupPlan| {
             miniserde::json::to_string(a) == miniserde::json::to_string(b)
         };
@@ -670,6 +750,15 @@ impl Agent {
             config: self.path.display().to_string(),
             consul_synced: self.consul.synced_once && self.consul.last_error.is_none(),
             consul_last_error: self.consul.last_error.clone(),
+            envoy: Some(
+                self.envoys
+                    .iter()
+                    .map(|(binary, version)| EnvoyStatus {
+                        binary: binary.clone(),
+                        version: version.to_string(),
+                    })
+                    .collect(),
+            ),
             groups,
         })
     }
@@ -681,7 +770,15 @@ pub struct Status {
     pub config: String,
     pub consul_synced: bool,
     pub consul_last_error: Option<String>,
+    /// The Envoy binaries the proxies run and their versions (absent from older agents).
+    pub envoy: Option<Vec<EnvoyStatus>>,
     pub groups: Vec<GroupStatus>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct EnvoyStatus {
+    pub binary: String,
+    pub version: String,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -14,6 +14,9 @@ pub struct AgentInfo {
     pub xds_ports: Option<XdsPorts>,
     /// `DebugConfig.GRPCPort`, what older agents offer instead.
     pub debug_grpc_port: Option<i64>,
+    /// `xDS.SupportedProxies.envoy`: the Envoy versions this Consul supports (the newest
+    /// patch of each supported minor), empty when the agent does not say.
+    pub supported_envoy: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +90,19 @@ pub fn agent_info(client: &Client) -> Result<AgentInfo, ConsulError> {
             tls: int(Some(p), "TLS").unwrap_or(0),
         }),
         debug_grpc_port: int(object(&me, "DebugConfig"), "GRPCPort"),
+        supported_envoy: match object(&me, "xDS")
+            .and_then(|x| object(x, "SupportedProxies"))
+            .and_then(|p| p.get("envoy"))
+        {
+            Some(Value::Array(versions)) => versions
+                .iter()
+                .filter_map(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
     })
 }
 

@@ -8,3 +8,4 @@ mod json;
 pub mod proxy_config;
 pub mod sidecar;
 mod stats;
+pub mod version;

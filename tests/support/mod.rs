@@ -192,6 +192,10 @@ pub fn real_envoy(what: &str) -> Option<RealEnvoy> {
     }
 }
 
+/// The stub's answer to `--version`, in Envoy's words (the agent reads it before any group
+/// starts), from the shell wrapper so that no Python starts for it.
+pub const STUB_ENVOY_VERSION: &str = "[ \"$1\" = --version ] && echo \"$0  version: 0000000000000000000000000000000000000000/1.36.4/Clean/RELEASE/BoringSSL\" && exit 0\n";
+
 /// `dir/envoy`: the stub Envoy (tests/support/stub_envoy.py) as an executable, recording
 /// its starts in `records`.
 pub fn stub_envoy(dir: &std::path::Path, records: &std::path::Path) -> std::path::PathBuf {
@@ -201,7 +205,7 @@ pub fn stub_envoy(dir: &std::path::Path, records: &std::path::Path) -> std::path
     std::fs::write(
         &envoy,
         format!(
-            "#!/bin/sh\nSTUB_ENVOY_RECORDS={} exec python3 {} \"$@\"\n",
+            "#!/bin/sh\n{STUB_ENVOY_VERSION}STUB_ENVOY_RECORDS={} exec python3 {} \"$@\"\n",
             records.display(),
             stub.display()
         ),
