@@ -160,9 +160,8 @@ fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Tas
 }
 
 impl Runner {
-    /// `relay`: the group's xDS socket, when a relay must serve it (see `relay`).
-    pub fn new(group: &GroupPlan, relay: Option<PathBuf>) -> Runner {
-        let mut tasks: Vec<Task> = group
+    pub fn new(group: &GroupPlan) -> Runner {
+        let tasks: Vec<Task> = group
             .tasks
             .iter()
             .map(|t| {
@@ -175,9 +174,6 @@ impl Runner {
                 task_from_plan(group, t, ready)
             })
             .collect();
-        if let Some(socket) = relay {
-            tasks.insert(0, relay_task(group, socket));
-        }
         let restart = group.tasks.first().map(|t| &t.restart);
         let policy = Policy {
             attempts: restart.map_or(2, |r| r.attempts),
@@ -204,15 +200,6 @@ impl Runner {
                 count: 0,
                 restart_at: None,
             },
-        }
-    }
-
-    /// Where the relay forwards to, known once Consul answered (before the group starts).
-    pub fn set_relay_target(&mut self, to: &str) {
-        if let Some(relay) = self.tasks.iter_mut().find(|t| t.plan_name == RELAY_TASK)
-            && let Some(last) = relay.spec.argv.last_mut()
-        {
-            *last = to.to_string();
         }
     }
 
@@ -573,51 +560,6 @@ pub fn stop_all(runners: &mut [Runner]) {
     }
 }
 
-/// The relay's task name (it runs in the host namespace, started with the sidecars).
-pub const RELAY_TASK: &str = "consul-grpc-relay";
-
-fn relay_task(group: &GroupPlan, socket: PathBuf) -> Task {
-    let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "/usr/local/bin/outpost".into());
-    let logs = Path::new(&group.alloc_dir).join("alloc/logs");
-    Task {
-        plan_name: RELAY_TASK.into(),
-        lifecycle: "prestart sidecar".into(),
-        spec: Spec {
-            argv: vec![
-                exe,
-                "relay".into(),
-                "--listen".into(),
-                socket.display().to_string(),
-                "--to".into(),
-                "127.0.0.1:8502".into(),
-            ],
-            env: vec![("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into())],
-            dir: Path::new(&group.alloc_dir).join("alloc/tmp"),
-            netns: None,
-            user: None,
-            stdout: logs.join(format!("{RELAY_TASK}.stdout.0")),
-            stderr: logs.join(format!("{RELAY_TASK}.stderr.0")),
-            journal: start_journal(group),
-        },
-        state: TaskState::Pending,
-        restarts: 0,
-        last_error: None,
-        kill_signal: nix::sys::signal::Signal::SIGTERM,
-        kill_timeout: Duration::from_secs(2),
-        shutdown_delay: Duration::ZERO,
-        ready_check: None,
-        awaiting_bootstrap: false,
-        starting: None,
-        // The relay logs only connection failures: two files of 1 MiB are plenty.
-        log_files: 2,
-        log_bytes: 1 << 20,
-        window_start: Instant::now(),
-        window_count: 0,
-    }
-}
-
 fn is_prestart(t: &Task) -> bool {
     t.lifecycle == "prestart"
 }
@@ -670,9 +612,7 @@ fn let_user_in(task_dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
 }
 
 fn start(group: &str, task: &mut Task) {
-    if task.plan_name != RELAY_TASK
-        && let Err(e) = make_dirs(task)
-    {
+    if let Err(e) = make_dirs(task) {
         warn!(
             "group {group}: task {}: cannot create its directories: {e}",
             task.plan_name

@@ -126,10 +126,10 @@ fn main() -> ExitCode {
             let _ = simple_logger::SimpleLogger::new()
                 .with_level(log::LevelFilter::Info)
                 .init();
-            match outpost::relay::serve(&cmd.listen, &cmd.to) {
+            match outpost::relay::serve(&cmd.sockets) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    log::error!("relay {}: {e}", cmd.listen.display());
+                    log::error!("relay {}: {e}", cmd.sockets.display());
                     ExitCode::FAILURE
                 }
             }
@@ -271,6 +271,9 @@ fn status(cmd: &StatusCmd) -> ExitCode {
     );
     for envoy in status.envoy.iter().flatten() {
         println!("envoy {} ({})", envoy.version, envoy.binary);
+    }
+    if let Some(pid) = status.relay_pid {
+        println!("xDS relay pid {pid} (every group's consul_grpc.sock)");
     }
     for g in &status.groups {
         println!("group {} ({})", g.name, g.phase);

@@ -207,7 +207,7 @@ impl Node {
     }
 
     /// Processes that belong to the node: their cwd is under run_dir (tasks, Envoy) or their
-    /// command line names it (relays). The agent itself names only the config file.
+    /// command line names it (the relay). The agent itself names only the config file.
     fn processes(&self) -> BTreeSet<i64> {
         let run_dir = self.run_dir();
         let needle = run_dir.display().to_string();
@@ -270,10 +270,21 @@ impl Node {
             return Some(format!("groups {got_groups:?}, want {want_groups:?}"));
         }
         let mut pids = BTreeSet::new();
+        // One relay for the node while a group has sidecars.
+        let sidecars = plan
+            .groups
+            .iter()
+            .any(|g| g.services.iter().any(|s| s.proxy.is_some()));
+        match (sidecars, support::reported_relay(&self.file)) {
+            (true, Some(pid)) => {
+                pids.insert(pid);
+            }
+            (false, None) => {}
+            (want, got) => return Some(format!("relay {got:?}, wanted: {want}")),
+        }
         for (g, tasks) in &reported {
             let planned = plan.groups.iter().find(|p| &p.name == g)?;
-            let sidecars = planned.services.iter().any(|s| s.proxy.is_some());
-            let want = planned.tasks.len() + usize::from(sidecars);
+            let want = planned.tasks.len();
             if tasks.len() != want || tasks.iter().any(|(_, state, _)| state != "running") {
                 return Some(format!("group {g}: {tasks:?}"));
             }

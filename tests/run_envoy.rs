@@ -129,6 +129,8 @@ fn restarting_the_agent_under_load_fails_no_request_through_real_envoy() {
     let before = mesh.wait(60, all_running);
     assert!(all_running(&before), "{before:?}\n{}", mesh.log());
     get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+    let relay = support::reported_relay(&mesh.file);
+    assert!(relay.is_some(), "{}", mesh.log());
 
     let load = Load::start("127.0.0.1:9002");
     let settle = |mesh: &Mesh| {
@@ -164,6 +166,8 @@ fn restarting_the_agent_under_load_fails_no_request_through_real_envoy() {
     assert_eq!(pids(&before), pids(&after_term), "adopted, not restarted");
     assert_eq!(pids(&before), pids(&after_kill), "adopted, not restarted");
     assert!(after_kill.iter().all(|t| t.restarts == 0), "{after_kill:?}");
+    // The relay carrying both Envoys' ADS streams is the same process throughout.
+    assert_eq!(support::reported_relay(&mesh.file), relay);
     mesh.teardown();
     let _ = agent.wait();
 }

@@ -170,6 +170,8 @@ fn restarting_the_agent_under_load_fails_no_request_and_restarts_nothing() {
     let before = mesh.wait(30, all_running);
     assert!(all_running(&before), "{before:?}\n{}", mesh.log());
     get_within("127.0.0.1:9002", 10).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+    let relay_before = support::reported_relay(&mesh.file);
+    assert!(relay_before.is_some());
 
     // A client asks host:9002 (dashboard → upstream → api) without pause.
     let load = Load::start("127.0.0.1:9002");
@@ -214,10 +216,18 @@ fn restarting_the_agent_under_load_fails_no_request_and_restarts_nothing() {
     for proxy in [API_PROXY, DASHBOARD_PROXY] {
         assert_eq!(mesh.envoy_starts(proxy), 1, "{proxy} started once");
     }
-    // Nothing duplicated: one Envoy, one relay and one program per group.
+    // Nothing duplicated: one Envoy and one program per group, one relay for the node.
     let alloc = format!("{}/run/alloc", mesh.dir.display());
     assert_eq!(processes_with(&[&alloc, "stub_envoy.py"]).len(), 2);
-    assert_eq!(processes_with(&[&alloc, "relay"]).len(), 2);
+    let relay_list = format!("{}/run/relay.list", mesh.dir.display());
+    let relays = processes_with(&[&relay_list, "relay"]);
+    assert_eq!(relays.len(), 1);
+    assert_eq!(
+        relay_before,
+        Some(i64::from(relays[0])),
+        "adopted, not restarted"
+    );
+    assert_eq!(support::reported_relay(&mesh.file), relay_before);
     let programs = format!("{}/tests/support/countdash.py", env!("CARGO_MANIFEST_DIR"));
     let ours = |p: &i32| {
         std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|cwd| cwd.starts_with(&alloc))

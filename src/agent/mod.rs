@@ -13,6 +13,7 @@ use crate::{net, state};
 use log::{info, warn};
 use std::path::{Path, PathBuf};
 
+pub mod relay;
 pub mod run;
 
 /// Where a service's workload token is kept: the group's secrets directory on tmpfs.
@@ -427,16 +428,24 @@ fn stop_agent(plan: &Plan) {
 }
 
 /// Stops the recorded tasks of every group: main tasks first, sidecars last.
-fn stop_tasks(valid: &ValidConfig, plan: &Plan) {
+fn stop_tasks(plan: &Plan) {
     let records = run::load_records(&plan.run_dir);
     let mut runners = Vec::new();
     for group in &plan.groups {
-        let mut runner = crate::alloc::Runner::new(group, relay_socket(valid, group));
+        let mut runner = crate::alloc::Runner::new(group);
         if runner.adopt(&run::group_records(&records, &group.name)) > 0 {
             runners.push(runner);
         }
     }
     crate::alloc::stop_all(&mut runners);
+    // Every Envoy is gone: the relay that carried their xDS streams goes too.
+    if let Some(proc) = run::group_records(&records, relay::RELAY_RECORD)
+        .first()
+        .map(|(_, proc, _)| *proc)
+        .filter(|p| p.alive())
+    {
+        relay::stop(proc, Path::new(&plan.run_dir));
+    }
     run::stop_strays(&records, plan);
     let _ = std::fs::remove_file(run::records_path(&plan.run_dir));
     let _ = std::fs::remove_file(run::journal_path(&plan.run_dir));
@@ -469,7 +478,7 @@ pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), String> {
             std::thread::sleep(delay);
         }
     }
-    stop_tasks(valid, &plan);
+    stop_tasks(&plan);
     let consul = consul.and_then(|()| release_tokens_in(valid, &group_dirs(&plan.run_dir)));
     net::teardown(&plan).map_err(|e| e.to_string())?;
     if state_path.exists() {

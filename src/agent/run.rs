@@ -10,6 +10,7 @@
 //! broken file changes nothing (and says why); otherwise groups are added, changed and
 //! removed.
 
+use super::relay::{NodeRelay, RELAY_RECORD, RELAY_TASK};
 use super::{
     Tokens, has_services, prepare, relay_socket, relay_target, sync_consul, write_bootstraps,
 };
@@ -107,7 +108,9 @@ pub fn stop_strays(records: &BTreeMap<String, Vec<TaskRecord>>, plan: &Plan) {
         .collect();
     let unplanned = records
         .iter()
-        .filter(|(group, _)| !plan.groups.iter().any(|g| &g.name == *group))
+        .filter(|(group, _)| {
+            group.as_str() != RELAY_RECORD && !plan.groups.iter().any(|g| &g.name == *group)
+        })
         .flat_map(|(group, tasks)| {
             tasks.iter().map(move |t| {
                 let proc = Proc {
@@ -320,6 +323,16 @@ struct Agent {
     envoys: Vec<(String, EnvoyVersion)>,
     /// Whether `envoys` was compared with the versions Consul supports.
     envoys_compared: bool,
+    /// The one relay process for every group's xDS socket.
+    relay: NodeRelay,
+}
+
+/// The xDS sockets the plan's groups need a relay for.
+fn relay_sockets(valid: &ValidConfig, plan: &Plan) -> BTreeSet<PathBuf> {
+    plan.groups
+        .iter()
+        .filter_map(|g| relay_socket(valid, g))
+        .collect()
 }
 
 /// The Envoy binaries the plan's proxies run, each with its version: `known` for binaries
@@ -376,8 +389,8 @@ fn notify(message: &str) {
 }
 
 /// A group's runner; a group without services needs no Consul and may start at once.
-fn new_runner(valid: &ValidConfig, group: &GroupPlan) -> Runner {
-    let mut runner = Runner::new(group, relay_socket(valid, group));
+fn new_runner(group: &GroupPlan) -> Runner {
+    let mut runner = Runner::new(group);
     if group.services.is_empty() {
         runner.release();
     }
@@ -396,9 +409,19 @@ impl Agent {
         let records = load_records(&plan.run_dir);
         stop_strays(&records, &plan);
         super::remove_orphan_dirs(&plan);
+        let mut relay = NodeRelay::new(&plan.run_dir);
+        if let Some((_, proc, _)) = group_records(&records, RELAY_RECORD).first()
+            && relay.adopt(*proc)
+        {
+            info!(
+                "adopted the xDS relay (pid {}) from the previous agent",
+                proc.pid
+            );
+        }
+        relay.set_sockets(relay_sockets(&valid, &plan));
         let mut runners = Vec::new();
         for group in &plan.groups {
-            let mut runner = new_runner(&valid, group);
+            let mut runner = new_runner(group);
             let adopted = runner.adopt(&group_records(&records, &group.name));
             if adopted > 0 {
                 info!(
@@ -424,6 +447,7 @@ impl Agent {
             workers: Workers::new()?,
             envoys,
             envoys_compared: false,
+            relay,
         };
         agent.save_records();
         Ok(agent)
@@ -564,6 +588,13 @@ impl Agent {
         if self.consul.last_error.take().is_some() {
             info!("Consul answers again");
         }
+        // Before the released groups start their Envoys: the relay learns where to go.
+        if let Some(to) = &synced.relay_target {
+            self.relay.set_target(to);
+            if self.relay.tick(now) {
+                self.save_records();
+            }
+        }
         if let Some(supported) = &synced.supported_envoy {
             self.compare_envoys(supported);
         }
@@ -578,9 +609,6 @@ impl Agent {
         for runner in &mut self.runners {
             if !synced.released.contains(&runner.name) {
                 continue;
-            }
-            if let Some(to) = &synced.relay_target {
-                runner.set_relay_target(to);
             }
             runner.release();
         }
@@ -605,7 +633,7 @@ impl Agent {
     }
 
     fn save_records(&self) {
-        let records: BTreeMap<String, Vec<TaskRecord>> = self
+        let mut records: BTreeMap<String, Vec<TaskRecord>> = self
             .runners
             .iter()
             .map(|r| {
@@ -622,6 +650,15 @@ impl Agent {
                 (r.name.clone(), tasks)
             })
             .collect();
+        if let Some(p) = self.relay.proc() {
+            let relay = TaskRecord {
+                task: RELAY_TASK.into(),
+                pid: p.pid,
+                start_time: p.start_time,
+                restarts: 0,
+            };
+            records.insert(RELAY_RECORD.into(), vec![relay]);
+        }
         let path = records_path(&self.plan.run_dir);
         let text = miniserde::json::to_string(&records);
         match files::write_private(&path, text.as_bytes()) {
@@ -691,9 +728,10 @@ impl Agent {
                 continue;
             }
             info!("reload: starting group {}", group.name);
-            kept.push(new_runner(&valid, group));
+            kept.push(new_runner(group));
         }
         self.runners = kept;
+        self.relay.set_sockets(relay_sockets(&valid, &plan));
         self.valid = Arc::new(valid);
         self.plan = Arc::new(plan);
         self.consul.next_try = Instant::now();
@@ -750,6 +788,7 @@ impl Agent {
             config: self.path.display().to_string(),
             consul_synced: self.consul.synced_once && self.consul.last_error.is_none(),
             consul_last_error: self.consul.last_error.clone(),
+            relay_pid: self.relay.proc().map(|p| p.pid),
             envoy: Some(
                 self.envoys
                     .iter()
@@ -772,6 +811,8 @@ pub struct Status {
     pub consul_last_error: Option<String>,
     /// The Envoy binaries the proxies run and their versions (absent from older agents).
     pub envoy: Option<Vec<EnvoyStatus>>,
+    /// The pid of the xDS relay serving every group's socket, when one runs.
+    pub relay_pid: Option<i32>,
     pub groups: Vec<GroupStatus>,
 }
 
@@ -868,7 +909,8 @@ pub fn run(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<(), Strin
         let now = Instant::now();
         agent.consul_step(now);
         agent.refresh_bootstraps(now);
-        let mut changed = false;
+        // The relay first: a group's sockets are served before its Envoy starts.
+        let mut changed = agent.relay.tick(now);
         let mut wants_consul = false;
         for r in &mut agent.runners {
             changed |= r.tick(now);
@@ -893,6 +935,7 @@ pub fn run(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<(), Strin
             for runner in &agent.runners {
                 runner.rotate_logs();
             }
+            agent.relay.rotate_logs();
             last_rotate = now;
         }
         if let Some(every) = watchdog

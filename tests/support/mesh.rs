@@ -28,12 +28,10 @@ pub fn pid(all: &[TaskStatus], group: &str, task: &str) -> Option<i64> {
         .map(|t| t.pid)
 }
 
-/// The tasks of countdash, as `(group, task)`.
-pub const TASKS: [(&str, &str); 6] = [
-    ("api", "consul-grpc-relay"),
+/// The tasks of countdash, as `(group, task)`; the node's one xDS relay serves both groups.
+pub const TASKS: [(&str, &str); 4] = [
     ("api", "connect-proxy-count-api"),
     ("api", "web"),
-    ("dashboard", "consul-grpc-relay"),
     ("dashboard", "connect-proxy-count-dashboard"),
     ("dashboard", "dashboard"),
 ];

@@ -252,6 +252,21 @@ pub struct TaskStatus {
     pub restarts: i64,
 }
 
+/// The pid of the xDS relay the agent running with `config` reports.
+pub fn reported_relay(config: &std::path::Path) -> Option<i64> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["status", "--json", "-c"])
+        .arg(config)
+        .output()
+        .ok()?;
+    let status: miniserde::json::Value =
+        miniserde::json::from_str(&String::from_utf8_lossy(&out.stdout)).ok()?;
+    match field(&status, "relay_pid") {
+        Some(miniserde::json::Value::Number(_)) => Some(number(field(&status, "relay_pid"))),
+        _ => None,
+    }
+}
+
 /// Every task the agent running with `config` reports; empty when no agent answers.
 pub fn reported_tasks(config: &std::path::Path) -> Vec<TaskStatus> {
     let Ok(out) = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
