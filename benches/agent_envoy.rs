@@ -83,22 +83,6 @@ fn kib(pid: i32, file: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Pids whose command line contains every one of `needles`.
-fn processes_with(needles: &[&str]) -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if needles.iter().all(|n| cmdline.contains(n)) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -225,9 +209,9 @@ fn main() {
         };
         std::thread::sleep(Duration::from_secs(2));
         let agent_rss = kib(agent.id() as i32, "status", "VmRSS:");
-        let relays = processes_with(&[&run_dir, "relay", "--sockets"]);
+        let relays = support::mesh::processes_with(&[&run_dir, "relay", "--sockets"]);
         let relays_pss: u64 = relays.iter().map(|p| kib(*p, "smaps_rollup", "Pss:")).sum();
-        let envoys: Vec<i32> = processes_with(&[&run_dir, "envoy_bootstrap.json"]);
+        let envoys: Vec<i32> = support::mesh::processes_with(&[&run_dir, "envoy_bootstrap.json"]);
         let envoy_rss = median(
             envoys
                 .iter()

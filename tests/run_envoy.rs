@@ -125,47 +125,35 @@ fn restarting_the_agent_under_load_fails_no_request_through_real_envoy() {
     let Some(mesh) = Mesh::with_real_envoy("run-envoy-restart") else {
         return;
     };
-    let mut agent = mesh.start_agent();
+    let agent = mesh.start_agent();
     let before = mesh.wait(60, all_running);
     assert!(all_running(&before), "{before:?}\n{}", mesh.log());
     get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
     let relay = support::reported_relay(&mesh.file);
     assert!(relay.is_some(), "{}", mesh.log());
 
-    let load = Load::start("127.0.0.1:9002");
-    let settle = |mesh: &Mesh| {
-        let all = mesh.wait(30, all_running);
-        assert!(all_running(&all), "{all:?}\n{}", mesh.log());
-        all
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(agent.wait().unwrap().success(), "{}", mesh.log());
-    std::thread::sleep(Duration::from_millis(300));
-    let mut agent = mesh.start_agent();
-    let after_term = settle(&mesh);
-    std::thread::sleep(Duration::from_millis(300));
-    agent.kill().unwrap();
-    let _ = agent.wait();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut agent = mesh.start_agent();
-    let after_kill = settle(&mesh);
-    std::thread::sleep(Duration::from_millis(300));
-    let (ok, failures) = load.stop();
+    let run = mesh.restart_agent_twice_under_load(agent);
+    let mut agent = run.agent;
     eprintln!(
-        "load across two agent restarts with real Envoy: ok={ok} failed={}",
-        failures.len()
+        "load across two agent restarts with real Envoy: ok={} failed={}",
+        run.ok,
+        run.failures.len()
     );
-    assert!(failures.is_empty(), "{failures:?}\n{}", mesh.log());
-    assert!(ok > 0);
-    let pids = |all: &[TaskStatus]| TASKS.map(|(g, t)| pid(all, g, t));
-    assert_eq!(pids(&before), pids(&after_term), "adopted, not restarted");
-    assert_eq!(pids(&before), pids(&after_kill), "adopted, not restarted");
-    assert!(after_kill.iter().all(|t| t.restarts == 0), "{after_kill:?}");
+    assert!(
+        run.failures.is_empty(),
+        "{:?}\n{}",
+        run.failures,
+        mesh.log()
+    );
+    assert!(run.ok > 0);
+    let pids = task_pids(&run.before);
+    assert_eq!(pids, task_pids(&run.after_term), "adopted, not restarted");
+    assert_eq!(pids, task_pids(&run.after_kill), "adopted, not restarted");
+    assert!(
+        run.after_kill.iter().all(|t| t.restarts == 0),
+        "{:?}",
+        run.after_kill
+    );
     // The relay carrying both Envoys' ADS streams is the same process throughout.
     assert_eq!(support::reported_relay(&mesh.file), relay);
     mesh.teardown();

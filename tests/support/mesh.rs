@@ -207,6 +207,49 @@ impl Mesh {
             .count()
     }
 
+    /// With countdash running under `agent` and a client asking host:9002 without pause:
+    /// the agent is stopped (SIGTERM) and started again, then killed (SIGKILL) and started
+    /// again, each time until every task is reported running. The tasks before, after the
+    /// SIGTERM and after the kill, the client's answered requests and failures, and the
+    /// agent now running.
+    pub fn restart_agent_twice_under_load(&self, mut agent: Child) -> RestartsUnderLoad {
+        let before = self.wait(30, all_running);
+        assert!(all_running(&before), "{before:?}\n{}", self.log());
+        let load = Load::start("127.0.0.1:9002");
+        let settle = || {
+            let all = self.wait(30, all_running);
+            assert!(all_running(&all), "{all:?}\n{}", self.log());
+            all
+        };
+        let pause = || std::thread::sleep(Duration::from_millis(300));
+        pause();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(agent.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM to the agent");
+        assert!(agent.wait().is_ok_and(|s| s.success()), "{}", self.log());
+        pause();
+        let mut agent = self.start_agent();
+        let after_term = settle();
+        pause();
+        let _ = agent.kill();
+        let _ = agent.wait();
+        pause();
+        let agent = self.start_agent();
+        let after_kill = settle();
+        pause();
+        let (ok, failures) = load.stop();
+        RestartsUnderLoad {
+            before,
+            after_term,
+            after_kill,
+            ok,
+            failures,
+            agent,
+        }
+    }
+
     pub fn teardown(&self) {
         let down = self.outpost(&["teardown"]).output().unwrap();
         assert!(down.status.success(), "teardown failed\n{}", self.log());
@@ -263,6 +306,20 @@ pub fn get_status(addr: &str, path: &str) -> Result<(u16, String), String> {
         .and_then(|c| c.parse().ok())
         .ok_or(format!("answer: {reply:?}"))?;
     Ok((code, body.to_string()))
+}
+
+pub struct RestartsUnderLoad {
+    pub before: Vec<TaskStatus>,
+    pub after_term: Vec<TaskStatus>,
+    pub after_kill: Vec<TaskStatus>,
+    pub ok: usize,
+    pub failures: Vec<String>,
+    pub agent: Child,
+}
+
+/// The pid of each countdash task, in `TASKS` order.
+pub fn task_pids(all: &[TaskStatus]) -> [Option<i64>; 4] {
+    TASKS.map(|(g, t)| pid(all, g, t))
 }
 
 /// A client asking `addr` (one HTTP/1.0 GET after another) until stopped.
