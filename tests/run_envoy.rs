@@ -176,6 +176,24 @@ fn a_killed_envoy_is_restarted_with_a_fresh_bootstrap_and_traffic_comes_back() {
     let inode_before = std::fs::metadata(&bootstrap).unwrap().ino();
     let envoy = pid(&before, "api", "connect-proxy-count-api").unwrap();
 
+    // The node's xDS relay dies: the agent starts another, and the Envoy started below gets
+    // its configuration through it.
+    let relay = support::reported_relay(&mesh.file).expect("a relay");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(relay as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let new_relay = retry(10, || match support::reported_relay(&mesh.file) {
+        Some(p) if p != relay => Ok(p),
+        other => Err(format!("relay {other:?}")),
+    });
+    assert!(new_relay.is_ok(), "{new_relay:?}\n{}", mesh.log());
+    assert!(
+        mesh.log()
+            .contains(&format!("the xDS relay (pid {relay}) exited"))
+    );
+
     let load = Load::start("127.0.0.1:9002");
     std::thread::sleep(Duration::from_millis(300));
     let killed = Instant::now();

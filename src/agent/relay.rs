@@ -80,7 +80,11 @@ impl NodeRelay {
     /// it when needed and not running, stops it when no socket is left. Whether the running
     /// process changed (the records must be saved).
     pub fn tick(&mut self, now: Instant) -> bool {
-        if self.proc.is_some_and(|p| !p.alive()) {
+        // Reaped first if it is our child (a zombie still looks alive), as tasks are.
+        if self
+            .proc
+            .is_some_and(|p| supervise::reap(p.pid).is_some() || !p.alive())
+        {
             warn!(
                 "the xDS relay (pid {}) exited; starting it again",
                 self.proc.map_or(0, |p| p.pid)
