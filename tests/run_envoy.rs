@@ -395,3 +395,70 @@ args = ["{}", "serve", "9001"]
     mesh.teardown();
     let _ = agent.wait();
 }
+
+#[test]
+fn with_acls_each_envoy_streams_with_its_workload_token_after_replication_lag() {
+    const AGENT_TOKEN: &str = "4f3c9b1e-7d2a-4e8f-9a61-2b5c8d0e7f13";
+    const JWT: &str = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJlbnZveSJ9.c2ln";
+    let Some(mesh) = Mesh::with_real_envoy("run-envoy-acl") else {
+        return;
+    };
+    mesh.double.enable_acls();
+    mesh.double.add_token(AGENT_TOKEN, Duration::ZERO);
+    mesh.double.add_auth_method("nomad-workloads", JWT);
+    // Tokens minted by login reach the local agent a second later, as with ACL replication.
+    mesh.double.set_minted_lag(Duration::from_secs(1));
+    let jwt = mesh.dir.join("jwt");
+    std::fs::write(&jwt, JWT).unwrap();
+    let address = format!("address = \"{}\"\n", mesh.double.url());
+    let config = std::fs::read_to_string(&mesh.file).unwrap().replace(
+        &address,
+        &format!(
+            "{address}token = \"{AGENT_TOKEN}\"\n[consul.acl]\nmode = \"login\"\njwt_file = \"{}\"\n",
+            jwt.display()
+        ),
+    );
+    std::fs::write(&mesh.file, config).unwrap();
+    let mut agent = mesh.start_agent();
+    let all = mesh.wait(60, all_running);
+    assert!(all_running(&all), "{all:?}\n{}", mesh.log());
+    let body = get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+    assert!(body.starts_with("dashboard: {\"count\": "), "{body}");
+    // Both Envoys were let in by the xDS server's token check, each with a token of its own
+    // that the agent saw (the preflight waited out the lag), never the agent's token.
+    let log = mesh.log();
+    for proxy in [API_PROXY, DASHBOARD_PROXY] {
+        assert!(log.contains(&format!("stream for {proxy} opened")), "{log}");
+    }
+    assert!(!log.contains("refused a stream"), "{log}");
+    assert!(
+        log.contains("ACL token preflight for service count-api: Unexpected response code: 403"),
+        "the preflight waited for the token to reach the agent\n{log}"
+    );
+    let logins = mesh
+        .double
+        .log()
+        .iter()
+        .filter(|l| l.path == "/v1/acl/login" && l.status == 200)
+        .count();
+    assert_eq!(logins, 2, "one workload token per service");
+    for group in ["api", "dashboard"] {
+        let task = if group == "api" {
+            "connect-proxy-count-api"
+        } else {
+            "connect-proxy-count-dashboard"
+        };
+        let bootstrap = std::fs::read_to_string(mesh.dir.join(format!(
+            "run/alloc/{group}/{task}/secrets/envoy_bootstrap.json"
+        )))
+        .unwrap();
+        assert!(
+            !bootstrap.contains(AGENT_TOKEN),
+            "{group} uses its own token"
+        );
+        assert!(bootstrap.contains("\"x-consul-token\""), "{group}");
+    }
+    mesh.teardown();
+    let _ = agent.wait();
+    assert_eq!(mesh.double.live_minted(), 0, "tokens given back");
+}

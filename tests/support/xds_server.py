@@ -563,6 +563,7 @@ class Server(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             return
         status, _, _ = self.agent.get("/v1/acl/token/self", token)
         if status != 200:
+            log("refused a stream: unauthenticated: ACL not found")
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "unauthenticated: ACL not found")
 
     def StreamAggregatedResources(self, request_iterator, context):
