@@ -734,7 +734,7 @@ mod tests {
     use super::is_live;
 
     // Answers of Envoy 1.36.4's admin, as read off the wire.
-    const LIVE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=UTF-8\r\nserver: envoy\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n5\r\nLIVE\n\r\n0\r\n\r\n";
+    const LIVE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=UTF-8\r\ncache-control: no-cache, max-age=0\r\nx-content-type-options: nosniff\r\ndate: Wed, 02 Dec 2026 19:50:00 GMT\r\nserver: envoy\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n5\r\nLIVE\n\r\n0\r\n\r\n";
     const INITIALIZING: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=UTF-8\r\ncache-control: no-cache, max-age=0\r\nx-content-type-options: nosniff\r\ndate: Wed, 02 Dec 2026 18:55:41 GMT\r\nserver: envoy\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\nd\r\nINITIALIZING\n\r\n0\r\n\r\n";
     const HTTP_10: &[u8] = b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 16\r\ncontent-type: text/plain\r\ndate: Wed, 02 Dec 2026 18:55:41 GMT\r\nserver: envoy\r\nconnection: close\r\n\r\nUpgrade Required";
 
