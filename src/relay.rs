@@ -172,6 +172,11 @@ pub fn serve(list: &Path) -> io::Result<()> {
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(fds);
+        // A connection while no target is known: the list may already have one whose
+        // SIGHUP is not here yet (the agent writes, then signals); read it now.
+        if relay.to.is_empty() && ready[1..].iter().any(|r| *r) {
+            relay.apply(read_list(list));
+        }
         for (path, _) in paths.iter().zip(&ready[1..]).filter(|(_, r)| **r) {
             relay.accept(path);
         }
