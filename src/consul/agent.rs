@@ -77,6 +77,21 @@ fn int(o: Option<&Object>, key: &str) -> Option<i64> {
     }
 }
 
+/// The strings of a JSON array (other items skipped); empty for anything but an array.
+pub(crate) fn string_items<C: FromIterator<String>>(v: Option<&Value>) -> C {
+    let items = match v {
+        Some(Value::Array(items)) => items.as_slice(),
+        _ => &[],
+    };
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Value::String(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 pub fn agent_info(client: &Client) -> Result<AgentInfo, ConsulError> {
     let me = parse_object(&client.get("/v1/agent/self")?, "agent/self")?;
     let config = object(&me, "Config");
@@ -90,19 +105,11 @@ pub fn agent_info(client: &Client) -> Result<AgentInfo, ConsulError> {
             tls: int(Some(p), "TLS").unwrap_or(0),
         }),
         debug_grpc_port: int(object(&me, "DebugConfig"), "GRPCPort"),
-        supported_envoy: match object(&me, "xDS")
-            .and_then(|x| object(x, "SupportedProxies"))
-            .and_then(|p| p.get("envoy"))
-        {
-            Some(Value::Array(versions)) => versions
-                .iter()
-                .filter_map(|v| match v {
-                    Value::String(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        },
+        supported_envoy: string_items(
+            object(&me, "xDS")
+                .and_then(|x| object(x, "SupportedProxies"))
+                .and_then(|p| p.get("envoy")),
+        ),
     })
 }
 

@@ -3,6 +3,7 @@
 //! Pure: derived from the config and the plan. Empty fields are left out, as Nomad's
 //! client does (`omitempty`).
 
+use super::agent::string_items;
 use crate::config::{Check, Service, Upstream};
 use miniserde::json::{Array, Number, Object, Value};
 
@@ -258,16 +259,7 @@ fn exposed_check_label(service: &Service, ci: usize, check: &Check) -> String {
 /// The user's `envoy_stats_tags`, plus each of Nomad's four tags whose prefix is missing;
 /// sorted when the user gave none (Nomad's rule).
 fn stats_tags(config: &Object, ours: &[String]) -> Value {
-    let user: Vec<String> = match config.get("envoy_stats_tags") {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| match v {
-                Value::String(s) => Some(s.clone()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
+    let user: Vec<String> = string_items(config.get("envoy_stats_tags"));
     let mut tags = user.clone();
     for tag in ours {
         let prefix = tag.split('=').next().unwrap_or(tag);

@@ -2,6 +2,7 @@
 //! agent's services with the wanted bodies, register what is missing or different, remove
 //! `_outpost-*` services no group owns, sidecar before parent.
 
+use super::agent::string_items;
 use super::client::{Client, ConsulError};
 use log::info;
 use miniserde::json::{self, Object, Value};
@@ -131,19 +132,6 @@ fn same(a: Option<&Value>, b: Option<&Value>) -> bool {
         == json::to_string(&b.cloned().unwrap_or(Value::Null))
 }
 
-fn strings_set(v: Option<&Value>) -> BTreeSet<String> {
-    match v {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|i| match i {
-                Value::String(s) => Some(s.clone()),
-                _ => None,
-            })
-            .collect(),
-        _ => BTreeSet::new(),
-    }
-}
-
 /// Missing, or different in what we set (Nomad's comparison, §6.7, on the fields outpost
 /// sends): name, kind, port, address, tags, our meta, a gateway's proxy config, and the
 /// sidecar's presence, port and upstreams.
@@ -156,13 +144,14 @@ fn needs_registering(w: &Wanted, services: &Object) -> bool {
     };
     let want_address = field(body, "Address");
     let proxy_config = |o: &Object| object(o, "Proxy").and_then(|p| field(p, "Config")).cloned();
+    let tags = |o: &Object| string_items::<BTreeSet<String>>(field(o, "Tags"));
     let differs = !same(field(body, "Name"), field(have, "Service"))
         || !same(field(body, "Kind"), field(have, "Kind"))
         || (object(body, "Proxy").is_some()
             && !same(proxy_config(body).as_ref(), proxy_config(have).as_ref()))
         || !same(field(body, "Port"), field(have, "Port"))
         || (want_address.is_some() && !same(want_address, field(have, "Address")))
-        || strings_set(field(body, "Tags")) != strings_set(field(have, "Tags"))
+        || tags(body) != tags(have)
         || object(body, "Meta").into_iter().flatten().any(|(k, v)| {
             object(have, "Meta")
                 .and_then(|m| m.get(k))
