@@ -183,6 +183,32 @@ impl Node {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
+    /// What the Envoys and the relay said on stderr, for a failure's message.
+    fn sidecar_stderr(&self) -> String {
+        let run_dir = self.run_dir();
+        let mut files: Vec<PathBuf> = vec![run_dir.join("consul-grpc-relay.stderr.0")];
+        for group in std::fs::read_dir(run_dir.join("alloc"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let logs = group.path().join("alloc/logs");
+            for log in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+                let name = log.file_name().to_string_lossy().to_string();
+                if name.starts_with("connect-proxy-") && name.contains(".stderr.") {
+                    files.push(log.path());
+                }
+            }
+        }
+        let mut text = String::new();
+        for file in files {
+            if let Ok(body) = std::fs::read_to_string(&file) {
+                text.push_str(&format!("\n--- {} ---\n{body}", file.display()));
+            }
+        }
+        text
+    }
+
     fn plan(&self) -> outpost::plan::Plan {
         let valid = outpost::config::load(&self.file).expect("the chaos config is valid");
         outpost::plan::build(
@@ -335,7 +361,11 @@ impl Node {
             }
         }
         if let Some(why) = why {
-            panic!("{what}: did not converge: {why}\n{}", self.log());
+            panic!(
+                "{what}: did not converge: {why}\n{}{}",
+                self.log(),
+                self.sidecar_stderr()
+            );
         }
     }
 

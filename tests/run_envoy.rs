@@ -237,19 +237,6 @@ fn add_to_config(mesh: &Mesh, toml: &str) {
     std::fs::write(&mesh.file, config + toml).unwrap();
 }
 
-/// `f` until it gives `Ok`, at most `secs`; the last answer.
-fn retry<T>(secs: u64, f: impl Fn() -> Result<T, String>) -> Result<T, String> {
-    let start = Instant::now();
-    loop {
-        match f() {
-            Err(_) if start.elapsed() < Duration::from_secs(secs) => {
-                std::thread::sleep(Duration::from_millis(100))
-            }
-            answer => return answer,
-        }
-    }
-}
-
 #[test]
 fn an_exposed_check_answers_from_the_host_through_real_envoy() {
     let Some(mesh) = Mesh::with_real_envoy("run-envoy-expose") else {

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 pub const RELAY_RECORD: &str = "";
 /// Its name in those records and in logs.
 pub const RELAY_TASK: &str = "consul-grpc-relay";
+/// It logs only connection failures: this many files of `LOG_BYTES` are plenty.
+const LOG_FILES: u32 = 2;
+const LOG_BYTES: u64 = 1 << 20;
 /// How soon a relay that died is started again.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
@@ -158,10 +161,10 @@ impl NodeRelay {
         self.run_dir.join(format!("{RELAY_TASK}.{stream}.0"))
     }
 
-    /// Keeps its logs to two files of 1 MiB each.
+    /// Keeps its logs to `LOG_FILES` files of `LOG_BYTES`.
     pub fn rotate_logs(&self) {
         for stream in ["stdout", "stderr"] {
-            if let Err(e) = supervise::rotate(&self.log_path(stream), 2, 1 << 20) {
+            if let Err(e) = supervise::rotate(&self.log_path(stream), LOG_FILES, LOG_BYTES) {
                 warn!("cannot rotate the relay's {stream}: {e}");
             }
         }
@@ -189,7 +192,7 @@ pub fn stop(proc: Proc, run_dir: &Path) {
     }]);
     let _ = std::fs::remove_file(run_dir.join("relay.list"));
     for stream in ["stdout", "stderr"] {
-        for n in 0..2 {
+        for n in 0..LOG_FILES {
             let _ = std::fs::remove_file(run_dir.join(format!("{RELAY_TASK}.{stream}.{n}")));
         }
     }

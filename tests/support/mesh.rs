@@ -40,8 +40,8 @@ pub fn all_running(all: &[TaskStatus]) -> bool {
     TASKS.iter().all(|(g, t)| pid(all, g, t).is_some())
 }
 
-/// One HTTP/1.0 GET; the body of a 200 answer, else why not.
-pub fn get(addr: &str) -> Result<String, String> {
+/// Sends `request` to `addr` and reads the answer until the server closes.
+fn exchange(addr: &str, request: &str) -> Result<String, String> {
     let mut s = std::net::TcpStream::connect_timeout(
         &addr.parse().map_err(|e| format!("{e}"))?,
         Duration::from_secs(2),
@@ -49,27 +49,39 @@ pub fn get(addr: &str) -> Result<String, String> {
     .map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+    s.write_all(request.as_bytes())
         .map_err(|e| format!("send: {e}"))?;
     let mut reply = String::new();
     s.read_to_string(&mut reply)
         .map_err(|e| format!("read: {e}"))?;
+    Ok(reply)
+}
+
+/// One HTTP/1.0 GET; the body of a 200 answer, else why not.
+pub fn get(addr: &str) -> Result<String, String> {
+    let reply = exchange(addr, "GET / HTTP/1.0\r\n\r\n")?;
     match reply.split_once("\r\n\r\n") {
         Some((head, body)) if head.starts_with("HTTP/1.0 200") => Ok(body.to_string()),
         _ => Err(format!("answer: {reply:?}")),
     }
 }
 
-/// `get` until it answers (the programs need a moment to listen after they started).
-pub fn get_within(addr: &str, secs: u64) -> Result<String, String> {
+/// `f` until it gives `Ok`, at most `secs`; the last answer.
+pub fn retry<T>(secs: u64, f: impl Fn() -> Result<T, String>) -> Result<T, String> {
     let start = Instant::now();
     loop {
-        match get(addr) {
-            Ok(body) => return Ok(body),
-            Err(e) if start.elapsed() > Duration::from_secs(secs) => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        match f() {
+            Err(_) if start.elapsed() < Duration::from_secs(secs) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            answer => return answer,
         }
     }
+}
+
+/// `get` until it answers (the programs need a moment to listen after they started).
+pub fn get_within(addr: &str, secs: u64) -> Result<String, String> {
+    retry(secs, || get(addr))
 }
 
 pub struct Mesh {
@@ -285,20 +297,10 @@ pub fn processes_with(needles: &[&str]) -> Vec<i32> {
 /// One HTTP/1.1 GET of `path` (Envoy's HTTP listeners refuse HTTP/1.0 with 426, as Consul's
 /// HTTP checks never send it): the status code and the body.
 pub fn get_status(addr: &str, path: &str) -> Result<(u16, String), String> {
-    let mut s = std::net::TcpStream::connect_timeout(
-        &addr.parse().map_err(|e| format!("{e}"))?,
-        Duration::from_secs(2),
-    )
-    .map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .map_err(|e| format!("send: {e}"))?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)
-        .map_err(|e| format!("read: {e}"))?;
+    let reply = exchange(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )?;
     let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
     let code = head
         .split_whitespace()

@@ -17,25 +17,24 @@ if mode == "serve":
     socketserver.ThreadingTCPServer.allow_reuse_address = True
     socketserver.ThreadingTCPServer(("0.0.0.0", int(sys.argv[2])), Peer).serve_forever()
 host, port = sys.argv[2], int(sys.argv[3])
+
+
+def answer(request=b""):
+    """What a TCP connection to host:port answers (after `request`) until it closes."""
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(request)
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                return data.decode(errors="replace")
+            data += chunk
+
+
 if mode == "http":
-    with socket.create_connection((host, port), timeout=5) as s:
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    print(data.decode(errors="replace").partition("\r\n\r\n")[2].strip())
+    print(answer(b"GET / HTTP/1.0\r\n\r\n").partition("\r\n\r\n")[2].strip())
 elif mode == "tcp":
-    with socket.create_connection((host, port), timeout=5) as s:
-        data = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    print(data.decode().strip())
+    print(answer().strip())
 else:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(5)
