@@ -321,11 +321,8 @@ fn an_exposed_check_answers_from_the_host_through_the_sidecar() {
     let _ = agent.wait();
 }
 
-#[test]
-fn a_missing_envoy_binary_stops_run_before_anything_changes() {
-    let Some(mesh) = Mesh::new("run-no-envoy") else {
-        return;
-    };
+/// The config's `envoy.binary` becomes `/nonexistent/envoy`.
+fn point_envoy_at_nothing(mesh: &Mesh) {
     let config = std::fs::read_to_string(&mesh.file).unwrap();
     let stub = config
         .lines()
@@ -340,6 +337,41 @@ fn a_missing_envoy_binary_stops_run_before_anything_changes() {
         ),
     )
     .unwrap();
+}
+
+#[test]
+fn a_reload_naming_a_missing_envoy_binary_keeps_the_running_configuration() {
+    let Some(mesh) = Mesh::new("run-reload-no-envoy") else {
+        return;
+    };
+    let mut agent = mesh.start_agent();
+    let before = mesh.wait(30, all_running);
+    assert!(all_running(&before), "{before:?}\n{}", mesh.log());
+    point_envoy_at_nothing(&mesh);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let refused = "reload: group api: Envoy binary /nonexistent/envoy: No such file or directory (os error 2); keeping the running configuration";
+    let start = Instant::now();
+    while !mesh.log().contains(refused) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(mesh.log().contains(refused), "{}", mesh.log());
+    let after = mesh.tasks();
+    assert_eq!(task_pids(&before), task_pids(&after), "nothing restarted");
+    get_within("127.0.0.1:9002", 10).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+    mesh.teardown();
+    let _ = agent.wait();
+}
+
+#[test]
+fn a_missing_envoy_binary_stops_run_before_anything_changes() {
+    let Some(mesh) = Mesh::new("run-no-envoy") else {
+        return;
+    };
+    point_envoy_at_nothing(&mesh);
     let out = mesh.outpost(&["run"]).output().unwrap();
     assert!(!out.status.success());
     let log = mesh.log();

@@ -135,12 +135,17 @@ impl Ca {
         format!("{}.consul", self.cluster_id)
     }
 
-    fn leaf(&mut self, service: &str) -> (String, String) {
-        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
-        let uri = format!(
+    /// The service's SPIFFE ID (reference/consul-api.md §5.2).
+    fn service_uri(&self, service: &str) -> String {
+        format!(
             "spiffe://{}/ns/default/dc/dc1/svc/{service}",
             self.trust_domain()
-        );
+        )
+    }
+
+    fn leaf(&mut self, service: &str) -> (String, String) {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+        let uri = self.service_uri(service);
         if let Some(leaf) = self.leaves.get(service) {
             return leaf.clone();
         }
@@ -885,13 +890,7 @@ fn ca_leaf(ca: &mut Ca, service: &str) -> Reply {
         ("CertPEM", Value::String(cert)),
         ("PrivateKeyPEM", Value::String(key)),
         ("Service", Value::String(service.into())),
-        (
-            "ServiceURI",
-            Value::String(format!(
-                "spiffe://{}/ns/default/dc/dc1/svc/{service}",
-                ca.trust_domain()
-            )),
-        ),
+        ("ServiceURI", Value::String(ca.service_uri(service))),
     ];
     for (k, v) in fields {
         leaf.insert(k.into(), v);

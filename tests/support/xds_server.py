@@ -38,6 +38,7 @@ import argparse
 import hashlib
 import http.client
 import json
+import os
 import queue
 import re
 import sys
@@ -94,7 +95,7 @@ def log(msg):
 
 
 class Agent:
-    """The double's HTTP API, one keep-alive connection per caller."""
+    """The double's HTTP API, a connection per request (the streams ask from many threads)."""
 
     def __init__(self, base):
         url = urllib.parse.urlsplit(base)
@@ -119,24 +120,20 @@ class Agent:
 
 
 class Watch:
-    """Wakes every stream when the agent's index moves (polled every 100 ms)."""
+    """The agent's `X-Consul-Index`, polled every 100 ms: a stream rebuilds its snapshot when
+    it moves."""
 
     def __init__(self, agent):
         self.agent = agent
         self.index = ""
-        self.changed = threading.Condition()
         threading.Thread(target=self.poll, daemon=True).start()
 
     def poll(self):
         while True:
             try:
-                _, _, index = self.agent.get("/v1/agent/services")
+                _, _, self.index = self.agent.get("/v1/agent/services")
             except OSError:
-                index = "down"
-            if index != self.index:
-                with self.changed:
-                    self.index = index
-                    self.changed.notify_all()
+                self.index = "down"
             time.sleep(0.1)
 
 
@@ -588,7 +585,6 @@ def main():
     server.start()
     with open(args.port_file + ".tmp", "w") as f:
         f.write(str(port))
-    import os
     os.rename(args.port_file + ".tmp", args.port_file)
     log("serving on 127.0.0.1:%d" % port)
     server.wait_for_termination()
