@@ -139,6 +139,7 @@ fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Tas
             dir: PathBuf::from(&t.dir),
             netns: group.netns.as_ref().map(|n| PathBuf::from(&n.path)),
             user: t.user.clone(),
+            caps: Some(crate::caps::set_of(&t.capabilities)),
             stdout: logs.join(format!("{}.stdout.0", t.name)),
             stderr: logs.join(format!("{}.stderr.0", t.name)),
             journal: start_journal(group),
@@ -564,59 +565,26 @@ fn is_prestart(t: &Task) -> bool {
     t.lifecycle == "prestart"
 }
 
-/// Nomad's directory layout: `alloc/{data,logs,tmp}` shared by the group, and
-/// `<task>/{local,secrets,tmp}` per task, `secrets` private.
-fn make_dirs(task: &Task) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    if let Some(logs) = task.spec.stdout.parent()
-        && let Some(alloc) = logs.parent()
-    {
-        for sub in ["data", "logs", "tmp"] {
-            builder.create(alloc.join(sub))?;
-        }
-    }
-    for sub in ["local", "tmp"] {
-        builder.create(task.spec.dir.join(sub))?;
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(task.spec.dir.join("secrets"))?;
-    match task.spec.user.as_deref().map(supervise::credentials) {
-        Some(Ok((uid, gid))) if uid != 0 => let_user_in(&task.spec.dir, uid, gid),
-        _ => Ok(()),
-    }
-}
-
-/// A task that runs as another user (Envoy under a transparent proxy) owns its own
-/// directories, secrets included, and may pass through (not list) the directories above
-/// them and into the group's `alloc/tmp`, where the xDS socket is.
-fn let_user_in(task_dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    for sub in ["", "local", "tmp", "secrets"] {
-        std::os::unix::fs::chown(task_dir.join(sub), Some(uid), Some(gid))?;
-    }
-    let group_dir = task_dir.parent().unwrap_or(task_dir);
-    let alloc_root = group_dir.parent().unwrap_or(group_dir);
-    let run_dir = alloc_root.parent().unwrap_or(alloc_root);
-    let shared = group_dir.join("alloc");
-    for dir in [run_dir, alloc_root, group_dir, &shared, &shared.join("tmp")] {
-        let mode = std::fs::metadata(dir)?.permissions().mode();
-        if mode & 0o011 != 0o011 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o011))?;
-        }
-    }
-    Ok(())
+/// The group's and the task's directories, owned as `allocdir` describes.
+fn make_dirs(task: &Task) -> Result<(), String> {
+    let (uid, gid) = match task.spec.user.as_deref() {
+        Some(user) => supervise::credentials(user)?,
+        None => (0, 0),
+    };
+    let group_dir = task.spec.dir.parent().unwrap_or(&task.spec.dir);
+    crate::allocdir::prepare(group_dir, &task.plan_name, uid, gid)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "cannot prepare its directories in {}: {e}",
+                group_dir.display()
+            )
+        })
 }
 
 fn start(group: &str, task: &mut Task) {
     if let Err(e) = make_dirs(task) {
-        warn!(
-            "group {group}: task {}: cannot create its directories: {e}",
-            task.plan_name
-        );
+        return failed_to_start(group, task, e);
     }
     match supervise::begin(&task.spec) {
         // Confirmed by `Runner::confirm_starts`, once every task of this pass is forked.

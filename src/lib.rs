@@ -3,6 +3,8 @@
 
 pub mod agent;
 pub mod alloc;
+pub mod allocdir;
+pub mod caps;
 pub mod config;
 pub mod consul;
 pub mod envoy;

@@ -2,7 +2,7 @@
 //! namespace cannot reach the host's loopback, but unix sockets cross namespaces. When
 //! Consul serves gRPC on TCP only, one `outpost relay` per node (this binary, started by the
 //! agent as its own process, so it outlives agent restarts like the tasks do) listens on
-//! every such group's `alloc/tmp/consul_grpc.sock` and copies bytes to and from Consul's
+//! every such group's `xds/consul_grpc.sock` and copies bytes to and from Consul's
 //! gRPC port. One process for all groups: 20 relays took 4.2 MiB of PSS together
 //! (benches/agent_envoy.rs), one takes a fraction of that.
 //!
@@ -121,16 +121,22 @@ impl Relay {
     }
 }
 
+/// Binds `path`, then makes the socket 0660 with its directory's group (Envoy's, set by
+/// the agent: `allocdir::xds`). The directory is root's and closed to others, so the
+/// changes by path cannot be redirected, and no other task can reach the socket.
 fn bind(path: &Path) -> io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     listener.set_nonblocking(true)?;
-    // Envoy may run under its own uid (transparent proxy); the directory guards access.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+    let gid = std::fs::symlink_metadata(dir)?.gid();
+    std::os::unix::fs::lchown(path, None, Some(gid))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(listener)
 }
 

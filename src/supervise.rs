@@ -5,6 +5,8 @@
 //! is known again after an agent restart by its pid and start time (`/proc/<pid>/stat`),
 //! never by pid alone (pids are reused).
 
+use crate::caps::CapSet;
+use crate::files::Dir;
 use nix::libc;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::unistd::{ForkResult, Pid, fork};
@@ -30,6 +32,9 @@ pub struct Spec {
     /// The group's network namespace (`/run/netns/outpost-<group>`); `None`: the host's.
     pub netns: Option<PathBuf>,
     pub user: Option<String>,
+    /// The capabilities the task keeps (`caps::for_task`), under `no_new_privs`; `None`:
+    /// the agent's own privileges (the xDS relay, which is outpost itself).
+    pub caps: Option<CapSet>,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
     /// Where every started process is noted (pid and start time) before it may exec, so
@@ -75,17 +80,22 @@ fn cstring(text: &str, what: &str) -> Result<CString, String> {
     CString::new(text).map_err(|_| format!("{what} contains a NUL byte"))
 }
 
+/// Opens a log for appending, in a directory only root writes (`allocdir`); a link at its
+/// name is refused, not followed.
 fn open_log(path: &Path) -> Result<File, String> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
+    let (dir, name) = split(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    dir.append(&name, 0o640)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))
+}
+
+/// The directory of `path` (followed: the agent's own) and the file's name in it.
+fn split(path: &Path) -> std::io::Result<(Dir, String)> {
+    let dir = Dir::trusted(path.parent().unwrap_or(Path::new("/")))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| std::io::Error::other("no file name"))?;
+    Ok((dir, name.to_string()))
 }
 
 /// uid, gid and supplementary groups of `user` (a name or a number).
@@ -99,6 +109,8 @@ pub(crate) fn credentials(user: &str) -> Result<(u32, u32), String> {
         // A bare uid need not be in /etc/passwd (as with containers): its gid is the same.
         Ok(None) => match user.parse::<u32>() {
             Ok(uid) => Ok((uid, uid)),
+            // The default user, on a system image without it: the kernel's overflow ids.
+            Err(_) if user == "nobody" => Ok((65534, 65534)),
             Err(_) => Err(format!("user {user:?} does not exist")),
         },
         Err(e) => Err(format!("cannot look up user {user:?}: {e}")),
@@ -196,7 +208,7 @@ pub fn begin(spec: &Spec) -> Result<Starting, String> {
                 stderr: &stderr,
                 devnull: &devnull,
             };
-            let errno = child(&argv_ptrs, &env_ptrs, &dir, &files, creds);
+            let errno = child(&argv_ptrs, &env_ptrs, &dir, &files, creds, spec.caps);
             let bytes = errno.to_ne_bytes();
             // SAFETY: plain syscalls on valid fds in the forked child.
             unsafe {
@@ -270,7 +282,16 @@ struct ChildFiles<'a> {
     devnull: &'a File,
 }
 
-const STEPS: [&str; 6] = ["setns", "chdir", "dup2", "setgid", "setuid", "execve"];
+const STEPS: [&str; 8] = [
+    "setns",
+    "chdir",
+    "dup2",
+    "setgid",
+    "setuid",
+    "execve",
+    "dropping capabilities",
+    "no_new_privs",
+];
 
 /// The child's side; returns `errno | step << 32` only when something failed.
 fn child(
@@ -279,21 +300,14 @@ fn child(
     dir: &CString,
     files: &ChildFiles,
     creds: Option<(u32, u32)>,
+    caps: Option<CapSet>,
 ) -> u64 {
     let fail = |step: u64| -> u64 {
         (std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as u32 as u64) | step << 32
     };
-    // The agent blocks the signals it reads from a signalfd, and may itself have been
-    // started with some ignored (a shell's `&` ignores SIGINT): the task gets neither, or
-    // its kill_signal would do nothing.
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    reset_signals();
     // SAFETY: async-signal-safe syscalls on fds and C strings owned by the caller.
     unsafe {
-        for signo in 1..32 {
-            if signo != libc::SIGKILL && signo != libc::SIGSTOP {
-                libc::signal(signo, libc::SIG_DFL);
-            }
-        }
         libc::setsid();
         if let Some(ns) = files.netns
             && libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0
@@ -309,7 +323,26 @@ fn child(
         {
             return fail(2);
         }
+    }
+    close_inherited_on_exec();
+    let keep = caps.map(|c| c.0);
+    if let Some(keep) = keep {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return fail(7);
+        }
+        if !drop_bounding(keep) {
+            return fail(6);
+        }
+    }
+    let non_root = creds.is_some_and(|(uid, _)| uid != 0);
+    // SAFETY: plain syscalls with integer arguments.
+    unsafe {
         if let Some((uid, gid)) = creds {
+            // Capabilities kept across setuid are trimmed to `keep` right after.
+            if non_root && keep.is_some_and(|k| k != 0) {
+                libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
+            }
             if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 {
                 return fail(3);
             }
@@ -317,9 +350,130 @@ fn child(
                 return fail(4);
             }
         }
-        libc::execve(argv[0], argv.as_ptr(), env.as_ptr());
     }
+    if let Some(keep) = keep
+        && !set_capabilities(keep, non_root)
+    {
+        return fail(6);
+    }
+    // SAFETY: argv and env are NUL-terminated arrays of C strings built before fork.
+    unsafe { libc::execve(argv[0], argv.as_ptr(), env.as_ptr()) };
     fail(5)
+}
+
+/// Every signal back to its default disposition, real-time ones included, none blocked:
+/// the agent blocks the signals it reads from a signalfd and may itself have been started
+/// with some ignored (a shell's `&` ignores SIGINT), and a task's kill_signal must work.
+fn reset_signals() {
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    for signo in 1..=64 {
+        if signo != libc::SIGKILL && signo != libc::SIGSTOP {
+            // SAFETY: signal() is async-signal-safe; numbers the kernel or libc reserve
+            // fail with EINVAL and are left alone.
+            unsafe { libc::signal(signo, libc::SIG_DFL) };
+        }
+    }
+}
+
+/// Marks every descriptor above stderr close-on-exec: whatever the agent inherited from
+/// its parent or opened itself, the task gets only stdin, stdout and stderr.
+fn close_inherited_on_exec() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes descriptor flags of this process.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if !done {
+        // Kernels before 5.11: every descriptor up to the limit, one by one.
+        // SAFETY: getrlimit into a local; fcntl on numbers that may not be open (EBADF).
+        unsafe {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            let top = limit.rlim_cur.min(65_536) as i32;
+            for fd in 3..top {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+/// Removes from the bounding set every capability not in `keep` (needs CAP_SETPCAP, which
+/// the agent has as root), and clears the ambient set.
+fn drop_bounding(keep: u64) -> bool {
+    for cap in 0..64 {
+        if keep & (1 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments.
+        let dropped = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        // EINVAL: beyond the kernel's last capability.
+        if dropped != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+            return false;
+        }
+    }
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        ) == 0
+    }
+}
+
+/// Sets the permitted and effective sets to `keep`; for a non-root user, also the
+/// inheritable and ambient sets, so the capabilities survive its exec (a root task gets
+/// its bounding set at exec).
+fn set_capabilities(keep: u64, non_root: bool) -> bool {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let inheritable = if non_root { keep } else { 0 };
+    let word = |mask: u64, i: u32| (mask >> (32 * i)) as u32;
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let data = [0, 1].map(|i| Data {
+        effective: word(keep, i),
+        permitted: word(keep, i),
+        inheritable: word(inheritable, i),
+    });
+    // SAFETY: capset reads a v3 header and two data structs, both alive for the call.
+    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+        return false;
+    }
+    if non_root {
+        for cap in (0..64).filter(|c| keep & (1u64 << c) != 0) {
+            // SAFETY: prctl with integer arguments.
+            let raised =
+                unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap, 0, 0) };
+            if raised != 0 {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// One process to stop, Nomad's way: wait `delay` (its `shutdown_delay`; cut short if it
@@ -399,32 +553,34 @@ pub fn parse_signal(name: &str) -> Signal {
 /// Copy-and-truncate rotation of a log the task keeps open with O_APPEND: when `current`
 /// (`<task>.stdout.0`) passes `max_bytes`, older files move up one index (`.1` is the most
 /// recent old one) and those beyond `max_files` go. The task keeps writing, unaware, and
-/// this works whether or not the agent that started it is still the same.
+/// this works whether or not the agent that started it is still the same. Everything goes
+/// through the log directory's descriptor, and no link is followed.
 pub fn rotate(current: &Path, max_files: u32, max_bytes: u64) -> std::io::Result<bool> {
-    let size = match std::fs::metadata(current) {
-        Ok(m) => m.len(),
-        Err(_) => return Ok(false),
+    let (dir, name) = split(current)?;
+    let mut log = match dir.read(&name) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
     };
-    if size <= max_bytes {
+    if log.metadata()?.len() <= max_bytes {
         return Ok(false);
     }
     if max_files >= 2 {
-        keep_copy(current, max_files)?;
+        let base = name.strip_suffix(".0").unwrap_or(&name);
+        dir.remove(&format!("{base}.{}", max_files - 1))?;
+        for i in (1..max_files - 1).rev() {
+            match dir.rename(&format!("{base}.{i}"), &format!("{base}.{}", i + 1)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        let copy = format!("{base}.1");
+        let mut kept = dir.append(&copy, 0o640)?;
+        kept.set_len(0)?;
+        std::io::copy(&mut log, &mut kept)?;
     }
-    OpenOptions::new().write(true).open(current)?.set_len(0)?;
+    dir.write_existing(&name)?.set_len(0)?;
     Ok(true)
-}
-
-/// Moves `.1`… up one index (dropping the oldest) and copies `current` to `.1`.
-fn keep_copy(current: &Path, max_files: u32) -> std::io::Result<()> {
-    let name = current.to_string_lossy();
-    let base = name.strip_suffix(".0").unwrap_or(&name).to_string();
-    let _ = std::fs::remove_file(format!("{base}.{}", max_files - 1));
-    for i in (1..max_files - 1).rev() {
-        let _ = std::fs::rename(format!("{base}.{i}"), format!("{base}.{}", i + 1));
-    }
-    std::fs::copy(current, format!("{base}.1"))?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -443,6 +599,7 @@ mod tests {
             dir: dir.to_path_buf(),
             netns: None,
             user: None,
+            caps: None,
             stdout: dir.join("logs/t.stdout.0"),
             stderr: dir.join("logs/t.stderr.0"),
             journal: Some(dir.join("starting")),

@@ -283,7 +283,7 @@ fn login_mode_registers_each_service_with_its_own_token_reused_across_applies_an
         "preflight reads are stale"
     );
     let token_file = dir.join("run/alloc/api/secrets/_outpost-api-count-api-9001.token");
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     assert_eq!(
         std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
         0o600
@@ -309,12 +309,19 @@ fn login_mode_registers_each_service_with_its_own_token_reused_across_applies_an
     ] {
         let task = dir.join(format!("run/alloc/{group}/connect-proxy-count-{group}"));
         let bootstrap = task.join("secrets/envoy_bootstrap.json");
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&bootstrap), 0o600);
-        assert_eq!(mode(&task.join("secrets")), 0o700);
+        // Root's, readable by Envoy's group (uid 101 by default) and no one else.
+        let owner = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            (m.uid(), m.gid(), m.permissions().mode() & 0o7777)
+        };
+        let envoy_gid = nix::unistd::User::from_uid(101.into())
+            .unwrap()
+            .map_or(101, |u| u.gid.as_raw());
+        assert_eq!(owner(&bootstrap), (0, envoy_gid, 0o640));
+        assert_eq!(owner(&task.join("secrets")), (0, envoy_gid, 0o750));
         let json = std::fs::read_to_string(&bootstrap).unwrap();
         assert!(json.contains(&format!("\"id\": \"{proxy}\"")), "{json}");
-        let socket = dir.join(format!("run/alloc/{group}/alloc/tmp/consul_grpc.sock"));
+        let socket = dir.join(format!("run/alloc/{group}/xds/consul_grpc.sock"));
         assert!(json.contains(&format!("\"path\": \"{}\"", socket.display())));
         let token_line = json
             .lines()
@@ -407,14 +414,14 @@ fn apply_with_consul_down_sets_up_the_network_and_fails_clearly() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A stand-in `consul` that records its argv and environment, then prints `{}` as a
-/// bootstrap would.
+/// A stand-in `consul` that records its argv, its environment and the token it was given
+/// (with the token file's mode), then prints `{}` as a bootstrap would.
 fn stub_consul(dir: &Path) -> PathBuf {
     let path = dir.join("consul");
     std::fs::write(
         &path,
         format!(
-            "#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done > {0}/argv.$$\ntr '\\0' '\\n' < /proc/$$/environ > {0}/env.$$\necho '{{}}'\n",
+            "#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done > {0}/argv.$$\ntr '\\0' '\\n' < /proc/$$/environ > {0}/env.$$\nstat -c '%a %U' \"$CONSUL_HTTP_TOKEN_FILE\" > {0}/token.$$\ncat \"$CONSUL_HTTP_TOKEN_FILE\" >> {0}/token.$$\necho '{{}}'\n",
             dir.display()
         ),
     )
@@ -496,7 +503,7 @@ fn consul_cli_mode_runs_consul_with_nomads_argv_and_minimal_environment() {
     let proxy = "_outpost-api-count-api-9001-sidecar-proxy";
     let (argv, env) = recorded(&dir, proxy);
     let socket = format!(
-        "unix://{}/run/alloc/api/alloc/tmp/consul_grpc.sock",
+        "unix://{}/run/alloc/api/xds/consul_grpc.sock",
         dir.display()
     );
     let url = double.url();
@@ -514,8 +521,6 @@ fn consul_cli_mode_runs_consul_with_nomads_argv_and_minimal_environment() {
         "-proxy-id",
         proxy,
         "-bootstrap",
-        "-token",
-        "agent-token-for-envoy",
         "-grpc-ca-file",
         &ca,
         "-ca-file",
@@ -541,6 +546,7 @@ fn consul_cli_mode_runs_consul_with_nomads_argv_and_minimal_environment() {
         "NOMAD_REGION",
         "CONSUL_HTTP_SSL",
         "CONSUL_HTTP_SSL_VERIFY",
+        "CONSUL_HTTP_TOKEN_FILE",
     ];
     expected_names.sort_unstable();
     assert_eq!(names, expected_names);
@@ -554,7 +560,26 @@ fn consul_cli_mode_runs_consul_with_nomads_argv_and_minimal_environment() {
     );
     let cmd = std::fs::read_to_string(secrets.join(".envoy_bootstrap.cmd")).unwrap();
     assert!(cmd.starts_with("connect envoy -grpc-addr "), "{cmd}");
-    assert!(cmd.contains("-token <redacted> ") && !cmd.contains("agent-token-for-envoy"));
+    assert!(!cmd.contains("-token") && !cmd.contains("agent-token-for-envoy"));
+    // The token reached `consul` through a file only root could read, gone afterwards.
+    let token_file = format!(
+        "CONSUL_HTTP_TOKEN_FILE={}",
+        secrets.join(".consul_http_token").display()
+    );
+    assert!(env.contains(&token_file), "{env:?}");
+    let pid = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix("argv.")?.to_string();
+            let argv = std::fs::read_to_string(e.path()).ok()?;
+            argv.contains(proxy).then_some(pid)
+        })
+        .unwrap();
+    let given = std::fs::read_to_string(dir.join(format!("token.{pid}"))).unwrap();
+    assert_eq!(given, "600 root\nagent-token-for-envoy");
+    assert!(!secrets.join(".consul_http_token").exists());
 
     let down = outpost(&format!("teardown -c {}", file.display()));
     assert!(

@@ -7,6 +7,7 @@ mod support;
 use outpost::config::{Consul, Dur, Preflight};
 use outpost::consul::client::Client;
 use outpost::envoy::sidecar::{Job, Renderer};
+use outpost::files::Dir;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::consul_double::ConsulDouble;
@@ -43,7 +44,9 @@ fn job<'a>(
         ready_bind: "127.0.0.1:19101",
         grpc_addr: format!("unix://{}/alloc/tmp/consul_grpc.sock", dir.display()),
         token: None,
-        task_dir: dir,
+        // The test's directory outlives every job of the test.
+        secrets: Box::leak(Box::new(Dir::trusted(&dir.join("secrets")).unwrap())),
+        reader_gid: 0,
         alloc_dir: dir,
         nomad_env: vec![(
             "NOMAD_ALLOC_ID".into(),

@@ -152,12 +152,16 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Resul
     Ok(tokens)
 }
 
+/// The group's xDS socket, in a directory only root and Envoy's group may enter
+/// (`allocdir`), so no other task reaches Consul's gRPC port through it.
+const XDS_SOCKET: &str = "xds/consul_grpc.sock";
+
 /// Where Envoy in the group's namespace reaches Consul's xDS: `consul.grpc_address`, else
 /// the group's socket (served by the relay), by absolute path so Envoy's cwd does not matter.
 fn grpc_addr(valid: &ValidConfig, group: &GroupPlan) -> String {
     match &valid.config.consul.grpc_address {
         Some(address) if address.starts_with("unix://") => address.clone(),
-        _ => format!("unix://{}/alloc/tmp/consul_grpc.sock", group.alloc_dir),
+        _ => format!("unix://{}/{XDS_SOCKET}", group.alloc_dir),
     }
 }
 
@@ -171,7 +175,7 @@ pub fn relay_socket(valid: &ValidConfig, group: &GroupPlan) -> Option<PathBuf> {
         .grpc_address
         .as_deref()
         .is_some_and(|a| a.starts_with("unix://"));
-    (sidecars && !direct).then(|| Path::new(&group.alloc_dir).join("alloc/tmp/consul_grpc.sock"))
+    (sidecars && !direct).then(|| Path::new(&group.alloc_dir).join(XDS_SOCKET))
 }
 
 /// Where the relays forward: `consul.grpc_address`, else the agent's host with its xDS
@@ -242,6 +246,28 @@ fn write_bootstraps<'a>(
                 .iter()
                 .filter_map(|k| task.env.get(*k).map(|v| (k.to_string(), v.clone())))
                 .collect();
+            // Envoy reads its bootstrap through its group; the task's directories are
+            // set to their owners first, so nothing a task planted is written through.
+            let (uid, gid) = crate::supervise::credentials(task.user.as_deref().unwrap_or("0"))?;
+            let secrets =
+                crate::allocdir::prepare(Path::new(&group.alloc_dir), &task.name, uid, gid)
+                    .map_err(|e| {
+                        format!(
+                            "group {}: task {}: cannot prepare its directories: {e}",
+                            group.name, task.name
+                        )
+                    })?;
+            if relay_socket(valid, group).is_some() {
+                let group_dir = crate::allocdir::group(Path::new(&group.alloc_dir))
+                    .and_then(|g| crate::allocdir::xds(&g, gid))
+                    .map_err(|e| {
+                        format!(
+                            "group {}: cannot prepare its xds directory: {e}",
+                            group.name
+                        )
+                    })?;
+                drop(group_dir);
+            }
             let job = Job {
                 consul,
                 preflight: &consul.preflight,
@@ -255,36 +281,14 @@ fn write_bootstraps<'a>(
                     .get(&service.id)
                     .cloned()
                     .or_else(|| agent_token.clone()),
-                task_dir: Path::new(&task.dir),
+                secrets: &secrets,
+                reader_gid: gid,
                 alloc_dir: Path::new(&group.alloc_dir),
                 nomad_env,
                 refresh: only_task.is_some(),
             };
             job.write()?;
-            // Envoy under a transparent proxy runs as its own uid and must read these.
-            if let Some(Ok((uid, gid))) = task.user.as_deref().map(crate::supervise::credentials)
-                && uid != 0
-            {
-                give_secrets_to(Path::new(&task.dir), uid, gid)?;
-            }
         }
-    }
-    Ok(())
-}
-
-/// Hands the task's `secrets/` (0700) and the files in it (0600) to `uid`.
-fn give_secrets_to(task_dir: &Path, uid: u32, gid: u32) -> Result<(), String> {
-    let secrets = task_dir.join("secrets");
-    let chown = |p: &Path| {
-        std::os::unix::fs::chown(p, Some(uid), Some(gid))
-            .map_err(|e| format!("cannot give {} to uid {uid}: {e}", p.display()))
-    };
-    chown(&secrets)?;
-    for entry in std::fs::read_dir(&secrets)
-        .map_err(|e| format!("cannot read {}: {e}", secrets.display()))?
-        .flatten()
-    {
-        chown(&entry.path())?;
     }
     Ok(())
 }

@@ -134,6 +134,7 @@ impl NodeRelay {
             dir: self.run_dir.clone(),
             netns: None,
             user: None,
+            caps: None,
             stdout: self.log_path("stdout"),
             stderr: self.log_path("stderr"),
             journal: Some(supervise::journal_in(&self.run_dir)),

@@ -358,6 +358,10 @@ pub struct SidecarTask {
     pub args: Option<Vec<String>>,
     pub env: Env,
     pub user: Option<String>,
+    /// Capabilities beyond the user's default, and ones taken away (Nomad's exec driver
+    /// `cap_add`/`cap_drop`; `caps.rs`).
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
     pub kill_timeout: Option<Dur>,
     pub kill_signal: Option<String>,
     pub shutdown_delay: Option<Dur>,
@@ -441,7 +445,10 @@ pub struct Task {
     pub command: String,
     pub args: Vec<String>,
     pub env: Env,
+    /// The user the task runs as; `nobody` when not given (Nomad's exec driver default).
     pub user: Option<String>,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
     pub lifecycle: Option<Lifecycle>,
     /// Overrides the group's restart policy.
     pub restart: Option<Restart>,

@@ -3,7 +3,8 @@
 //! proxy task's directory, the same retry budget while the sidecar's registration is not
 //! visible yet. `native` runs our renderer in-process; `consul-cli` runs `consul` itself.
 //!
-//! Files (the task's `secrets/` is 0700, every file in it 0600):
+//! Files (the task's `secrets/` is root's, 0750 with Envoy's group; every file in it 0640,
+//! written through the directory's descriptor, never through a link a task planted):
 //! - `secrets/envoy_bootstrap.json` — the bootstrap; removed after a failed attempt;
 //! - `secrets/.envoy_bootstrap.cmd` — the equivalent command line, token redacted;
 //! - `secrets/.envoy_bootstrap.env` — its environment, a JSON array of `KEY=value`;
@@ -11,7 +12,7 @@
 
 use super::command::{self, EnvoyBootstrap, Failure};
 use crate::config::{Consul, Preflight};
-use crate::files::write_private;
+use crate::files::Dir;
 use crate::retry::{Backoff, retry_until};
 use argh::FromArgs;
 use log::info;
@@ -39,8 +40,10 @@ pub struct Job<'a> {
     pub grpc_addr: String,
     /// The workload token of the service, else the agent's own (Nomad's fallback).
     pub token: Option<String>,
-    /// The proxy task's directory (`secrets/` is in it) and the group's alloc dir.
-    pub task_dir: &'a Path,
+    /// The proxy task's `secrets/` (`allocdir::task`), the group Envoy reads it with, and
+    /// the group's alloc dir.
+    pub secrets: &'a Dir,
+    pub reader_gid: u32,
     pub alloc_dir: &'a Path,
     /// The NOMAD_* identity variables of the task, in Nomad's order (§3.4).
     pub nomad_env: Vec<(String, String)>,
@@ -48,6 +51,10 @@ pub struct Job<'a> {
     /// bootstrap when Consul does not answer, so Envoy comes back even during an outage.
     pub refresh: bool,
 }
+
+const BOOTSTRAP: &str = "envoy_bootstrap.json";
+/// The token `consul connect envoy` reads (consul-cli mode).
+const TOKEN_FILE: &str = ".consul_http_token";
 
 /// How long a restart of Envoy waits for a new bootstrap before it uses the previous one.
 pub const REFRESH_BUDGET: Duration = Duration::from_secs(5);
@@ -69,9 +76,15 @@ impl Job<'_> {
             Arg::Value("proxy-id", self.proxy_id.to_string()),
             Arg::Switch("bootstrap"),
         ];
+        // `consul` reads the token from a file (`CONSUL_HTTP_TOKEN_FILE`): an argument is
+        // readable by every user in /proc/<pid>/cmdline.
+        let token = match self.renderer {
+            Renderer::Native => self.token.clone(),
+            Renderer::ConsulCli { .. } => None,
+        };
         let optional = [
             ("gateway", self.gateway.map(str::to_string)),
-            ("token", self.token.clone()),
+            ("token", token),
             ("grpc-ca-file", self.consul.grpc_ca_file.clone()),
             ("ca-file", self.consul.ca_file.clone()),
             ("client-cert", self.consul.cert_file.clone()),
@@ -94,6 +107,10 @@ impl Job<'_> {
         env.push(("CONSUL_HTTP_SSL_VERIFY".into(), "true".into()));
         if let Some(ns) = self.consul.namespace.as_ref().filter(|n| !n.is_empty()) {
             env.push(("CONSUL_NAMESPACE".into(), ns.clone()));
+        }
+        if matches!(self.renderer, Renderer::ConsulCli { .. }) && self.token.is_some() {
+            let file = self.secrets.path().join(TOKEN_FILE);
+            env.push(("CONSUL_HTTP_TOKEN_FILE".into(), file.display().to_string()));
         }
         env
     }
@@ -126,12 +143,19 @@ impl Job<'_> {
         argv
     }
 
-    fn secrets(&self) -> PathBuf {
-        self.task_dir.join("secrets")
+    pub fn bootstrap_path(&self) -> PathBuf {
+        self.secrets.path().join(BOOTSTRAP)
     }
 
-    pub fn bootstrap_path(&self) -> PathBuf {
-        self.secrets().join("envoy_bootstrap.json")
+    fn write_secret(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        self.secrets
+            .write_private(name, bytes, Some(self.reader_gid))
+            .map_err(|e| {
+                format!(
+                    "cannot write {}: {e}",
+                    self.secrets.path().join(name).display()
+                )
+            })
     }
 
     fn stderr_path(&self) -> PathBuf {
@@ -155,13 +179,20 @@ impl Job<'_> {
                 Ok(out.json)
             }
             Renderer::ConsulCli { binary } => {
+                // Root's alone (0600), and only while `consul` runs.
+                if let Some(token) = &self.token {
+                    self.secrets
+                        .write_private(TOKEN_FILE, token.as_bytes(), None)
+                        .map_err(|e| format!("cannot write the token file for {binary}: {e}"))?;
+                }
                 let out = std::process::Command::new(binary)
                     .args(self.argv(false))
                     .env_clear()
                     .envs(env.iter().map(|(k, v)| (k, v)))
                     .stdin(std::process::Stdio::null())
-                    .output()
-                    .map_err(|e| format!("cannot run {binary}: {e}"))?;
+                    .output();
+                let _ = self.secrets.remove(TOKEN_FILE);
+                let out = out.map_err(|e| format!("cannot run {binary}: {e}"))?;
                 if out.status.success() {
                     return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
                 }
@@ -182,15 +213,9 @@ impl Job<'_> {
     /// (`REFRESH_BUDGET` for a refresh). A failed first write leaves no bootstrap; a failed
     /// refresh leaves the previous one in place.
     pub fn write(&self) -> Result<PathBuf, String> {
-        let secrets = self.secrets();
         let cmd = self.argv(true).join(" ") + "\n";
-        write_private(&secrets.join(".envoy_bootstrap.cmd"), cmd.as_bytes())
-            .map_err(|e| format!("cannot write in {}: {e}", secrets.display()))?;
-        write_private(
-            &secrets.join(".envoy_bootstrap.env"),
-            env_json(&self.env()).as_bytes(),
-        )
-        .map_err(|e| format!("cannot write in {}: {e}", secrets.display()))?;
+        self.write_secret(".envoy_bootstrap.cmd", cmd.as_bytes())?;
+        self.write_secret(".envoy_bootstrap.env", env_json(&self.env()).as_bytes())?;
         let budget = match self.refresh {
             true => self.preflight.service_timeout.0.min(REFRESH_BUDGET),
             false => self.preflight.service_timeout.0,
@@ -211,7 +236,7 @@ impl Job<'_> {
                 let attempt = self.attempt();
                 if let Err(e) = &attempt {
                     if !self.refresh {
-                        let _ = std::fs::remove_file(&path);
+                        let _ = self.secrets.remove(BOOTSTRAP);
                     }
                     self.log_failure(&e.message);
                 }
@@ -225,18 +250,15 @@ impl Job<'_> {
                 gave_up.last
             )
         })?;
-        write_private(&path, json.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        self.write_secret(BOOTSTRAP, json.as_bytes())?;
         info!("{what}: written to {}", path.display());
         Ok(path)
     }
 
+    /// Keeps what the last failed attempt said in the group's logs (root's directory).
     fn log_failure(&self, message: &str) {
         let path = self.stderr_path();
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let _ = std::fs::write(&path, format!("{message}\n"));
+        let _ = crate::files::write_private(&path, format!("{message}\n").as_bytes());
     }
 }
 

@@ -426,7 +426,9 @@ fn configure_inside(
         link::set_only_address(&mut sock, eth0.index, address, prefix)?;
         link::replace_default_route(&mut sock, gateway, eth0.index)?;
     }
-    Ok(())
+    // Tasks run unprivileged; inside its own namespace a group binds any port (as Docker
+    // sets it), and only mapped ports are reachable from outside anyway.
+    std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
 }
 
 fn remove_orphans(sock: &mut netlink::Socket, groups: &[&GroupPlan]) -> Result<(), NetError> {

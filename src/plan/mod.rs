@@ -174,7 +174,10 @@ pub struct TaskPlan {
     pub driver: String,
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// Always set once planned: the config's, else `TASK_USER` or `ENVOY_UID`.
     pub user: Option<String>,
+    /// The capabilities the task keeps (`caps::for_task`).
+    pub capabilities: Vec<String>,
     pub dir: String,
     pub kill_signal: String,
     pub kill_timeout: String,
@@ -564,6 +567,8 @@ impl Context<'_> {
                 user_env: &task.env,
                 extra_env: EnvMap::new(),
                 user: task.user.clone(),
+                cap_add: task.cap_add.clone(),
+                cap_drop: task.cap_drop.clone(),
                 kill_signal: task.kill_signal.clone(),
                 kill_timeout: task.kill_timeout,
                 shutdown_delay: task.shutdown_delay,
@@ -589,9 +594,13 @@ impl Context<'_> {
                 .iter_mut()
                 .filter(|task| Some(&task.name) == proxy_task)
             {
-                task.user.get_or_insert_with(|| t.proxy_uid.clone());
+                // Unless its sidecar_task names a user (the default is also non-root).
+                if task.user.as_deref() == Some(ENVOY_UID) {
+                    task.user = Some(t.proxy_uid.clone());
+                }
             }
         }
+
         let routes = match &netns {
             Some(ns) => vec![format!("default via {} dev {}", ns.gateway, ns.interface)],
             None => Vec::new(),
@@ -904,6 +913,8 @@ impl Context<'_> {
             user_env: overrides.map_or(&NO_ENV, |t| &t.env),
             extra_env,
             user: overrides.and_then(|t| t.user.clone()),
+            cap_add: overrides.map_or_else(Vec::new, |t| t.cap_add.clone()),
+            cap_drop: overrides.map_or_else(Vec::new, |t| t.cap_drop.clone()),
             // Envoy drains on SIGTERM; Nomad's docker driver sends the same by default.
             kill_signal: overrides
                 .and_then(|t| t.kill_signal.clone())
@@ -928,6 +939,7 @@ impl Context<'_> {
         problems: &mut Vec<Problem>,
     ) -> TaskPlan {
         let dir = format!("{alloc_dir}/{}", spec.name);
+        let (user, capabilities) = user_and_capabilities(&spec);
         let mut vars = group_env.clone();
         vars.insert("NOMAD_TASK_NAME".into(), spec.name.clone());
         vars.insert("NOMAD_TASK_DIR".into(), format!("{dir}/local"));
@@ -986,7 +998,8 @@ impl Context<'_> {
             driver: spec.driver,
             argv,
             env: vars,
-            user: spec.user,
+            user: Some(user),
+            capabilities,
             dir,
             kill_signal: spec.kill_signal,
             kill_timeout: spec.kill_timeout.to_string(),
@@ -1034,6 +1047,31 @@ fn expose_listener_ports(body: &miniserde::json::Value) -> Vec<u64> {
 }
 
 /// A task before interpolation: written by the user or injected.
+/// Who a task runs as when the config does not say (DESIGN.md, trust model): Nomad's exec
+/// driver's `nobody` for the group's own tasks; Envoy gets a user of its own, Nomad's
+/// transparent-proxy default uid (the envoy image's user), so the group's tasks cannot read
+/// its bootstrap or its memory. Then the capabilities that user keeps (`caps`).
+fn user_and_capabilities(spec: &TaskSpec) -> (String, Vec<String>) {
+    let default = if spec.kind.is_some() {
+        ENVOY_UID
+    } else {
+        TASK_USER
+    };
+    let user = spec.user.clone().unwrap_or_else(|| default.to_string());
+    let root = user == "root" || user == "0";
+    let caps = crate::caps::for_task(root, &spec.cap_add, &spec.cap_drop)
+        .names()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    (user, caps)
+}
+
+/// The user of tasks that name none.
+pub const TASK_USER: &str = "nobody";
+/// Envoy's uid when its task names none (Nomad's `transparent_proxy.uid` default).
+pub const ENVOY_UID: &str = "101";
+
 struct TaskSpec<'a> {
     name: String,
     kind: Option<String>,
@@ -1044,6 +1082,8 @@ struct TaskSpec<'a> {
     user_env: &'a EnvMap,
     extra_env: EnvMap,
     user: Option<String>,
+    cap_add: Vec<String>,
+    cap_drop: Vec<String>,
     kill_signal: String,
     kill_timeout: Dur,
     shutdown_delay: Dur,

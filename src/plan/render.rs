@@ -186,7 +186,12 @@ fn task_text(out: &mut String, task: &TaskPlan) {
     let _ = writeln!(out, "  + Task \"{}\" ({what})", task.name);
     let _ = writeln!(out, "      argv   {}", task.argv.join(" "));
     if let Some(user) = &task.user {
-        let _ = writeln!(out, "      user   {user}");
+        let caps = if task.capabilities.is_empty() {
+            "none".to_string()
+        } else {
+            task.capabilities.join(" ")
+        };
+        let _ = writeln!(out, "      user   {user}; capabilities {caps}");
     }
     let _ = writeln!(
         out,

@@ -213,6 +213,10 @@ pub fn stub_envoy(dir: &std::path::Path, records: &std::path::Path) -> std::path
     .expect("write the stub Envoy");
     std::fs::set_permissions(&envoy, std::fs::Permissions::from_mode(0o755))
         .expect("chmod the stub Envoy");
+    // Envoy runs as its own uid (101): the stub writes its records there.
+    std::fs::create_dir_all(records).expect("create the stub's records directory");
+    std::fs::set_permissions(records, std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod the stub's records directory");
     envoy
 }
 

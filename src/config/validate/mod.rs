@@ -29,7 +29,15 @@ pub struct Problem {
 /// Longest Linux interface name (IFNAMSIZ - 1).
 const MAX_IFNAME: usize = 15;
 /// The parent directory name shared by a group's tasks (Nomad's alloc dir layout).
-const ALLOC_DIR_NAME: &str = "alloc";
+/// The entries of a group directory that are not task directories, and what they hold.
+const GROUP_DIR_ENTRIES: [(&str, &str); 3] = [
+    ("alloc", "it is the group's shared directory"),
+    ("secrets", "it holds the group's Consul tokens"),
+    (
+        "xds",
+        "it holds the socket Envoy reaches Consul's xDS through",
+    ),
+];
 pub const PROXY_PREFIX: &str = "connect-proxy";
 const KILL_SIGNALS: &[&str] = &[
     "SIGHUP", "SIGINT", "SIGQUIT", "SIGKILL", "SIGUSR1", "SIGUSR2", "SIGTERM", "SIGWINCH",

@@ -27,10 +27,10 @@ pub(super) fn check_tasks(c: &mut Checker, gi: usize, group: &Group) {
                 at("name"),
                 format!("task name \"{}\" must be 1-63 letters, digits, '_', '-' or '.', starting with a letter or digit", task.name),
             );
-        } else if task.name == ALLOC_DIR_NAME {
+        } else if let Some(why) = reserved_dir_name(&task.name) {
             c.err(
                 at("name"),
-                "task name \"alloc\" is reserved: it is the group's shared directory",
+                format!("task name \"{}\" is reserved: {why}", task.name),
             );
         } else if let Some(service) = reserved.get(&task.name) {
             c.err(
@@ -55,6 +55,8 @@ pub(super) fn check_tasks(c: &mut Checker, gi: usize, group: &Group) {
         if let Some(user) = &task.user {
             check_user(c, at("user"), user);
         }
+        check_caps(c, at("cap_add"), &task.cap_add);
+        check_caps(c, at("cap_drop"), &task.cap_drop);
         if let Some(lc) = &task.lifecycle {
             c.one_of(
                 path!["group", gi, "task", ti, "lifecycle", "hook"],
@@ -85,13 +87,18 @@ pub(super) fn check_sidecar_task(c: &mut Checker, at: Vec<Seg>, task: &SidecarTa
         p.push(Seg::Key(key));
         p
     };
-    if let Some(name) = &task.name
-        && (!is_task_name(name) || name == ALLOC_DIR_NAME)
-    {
-        c.err(
-            sub("name"),
-            format!("task name \"{name}\" must be 1-63 letters, digits, '_', '-' or '.', starting with a letter or digit, and not \"alloc\""),
-        );
+    if let Some(name) = &task.name {
+        if !is_task_name(name) {
+            c.err(
+                sub("name"),
+                format!("task name \"{name}\" must be 1-63 letters, digits, '_', '-' or '.', starting with a letter or digit"),
+            );
+        } else if let Some(why) = reserved_dir_name(name) {
+            c.err(
+                sub("name"),
+                format!("task name \"{name}\" is reserved: {why}"),
+            );
+        }
     }
     if let Some(cmd) = &task.command {
         check_command(c, sub("command"), cmd);
@@ -100,12 +107,23 @@ pub(super) fn check_sidecar_task(c: &mut Checker, at: Vec<Seg>, task: &SidecarTa
     if let Some(user) = &task.user {
         check_user(c, sub("user"), user);
     }
+    check_caps(c, sub("cap_add"), &task.cap_add);
+    check_caps(c, sub("cap_drop"), &task.cap_drop);
     if let Some(signal) = &task.kill_signal {
         check_signal(c, sub("kill_signal"), signal);
     }
     if let Some(logs) = &task.logs {
         check_logs(c, sub("logs"), logs);
     }
+}
+
+/// Why `name` cannot be a task's: a task's directory is `<group dir>/<name>`, beside the
+/// group's own entries, which a task must never be given.
+fn reserved_dir_name(name: &str) -> Option<&'static str> {
+    GROUP_DIR_ENTRIES
+        .iter()
+        .find(|(entry, _)| *entry == name)
+        .map(|(_, why)| *why)
 }
 
 /// Commands are exec'd without a PATH search, so they must be absolute, or start in one of
@@ -139,6 +157,19 @@ fn check_user(c: &mut Checker, at: Vec<Seg>, user: &str) {
             at,
             format!("user \"{user}\" is neither a user name nor a numeric uid"),
         );
+    }
+}
+
+fn check_caps(c: &mut Checker, at: Vec<Seg>, names: &[String]) {
+    for (i, name) in names.iter().enumerate() {
+        if !crate::caps::is_known(name) {
+            let mut place = at.clone();
+            place.push(Seg::Index(i));
+            c.err(
+                place,
+                format!("\"{name}\" is not a Linux capability (write it as Nomad does: \"net_admin\", or \"all\")"),
+            );
+        }
     }
 }
 
