@@ -61,3 +61,8 @@ fn firewall_none_and_a_conflicting_bridge_name() {
 fn run_keeps_tasks_across_agent_restarts_restarts_crashes_and_reloads() {
     run_scenario("agent.sh");
 }
+
+#[test]
+fn the_lan_reaches_only_mapped_ports_and_groups_never_the_hosts_loopback() {
+    run_scenario("hostile.sh");
+}

@@ -17,8 +17,20 @@
 //!     ip saddr 172.26.64.0/20 oifname != "outpost" masquerade   # groups -> outside
 //!     ct status dnat ip saddr 127.0.0.0/8 masquerade             # host 127.0.0.1 -> group
 //!     ct status dnat ip saddr 172.26.64.0/20 oifname "outpost" masquerade }  # hairpin
+//!   chain forward { type filter hook forward priority 0;         # into the groups: only
+//!     oifname "outpost" ct state established,related accept     #   replies,
+//!     oifname "outpost" ct status dnat accept                    #   mapped ports,
+//!     oifname "outpost" iifname "outpost" accept                 #   and group to group;
+//!     oifname "outpost" drop }                                   #   nothing else
+//!   chain input { type filter hook input priority 0;             # CVE-2020-8558: the
+//!     iifname != "lo" ip daddr 127.0.0.0/8 ct status & dnat == 0 drop }  # host's loopback
 //! }
 //! ```
+//!
+//! The filter chains are what keeps the mesh the only way in (DESIGN.md, trust model):
+//! someone on the LAN who routes the group subnet via the device reaches no group port that
+//! is not mapped, and a group that sends to 127.0.0.1 over the bridge (`route_localnet` is on
+//! there, for host-to-group mappings on 127.0.0.1) reaches no host service.
 
 use super::netlink::{
     Message, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, Socket, attr_string, attrs,
@@ -66,7 +78,16 @@ pub(super) enum Expr {
         name: String,
         equal: bool,
     },
+    IifName {
+        name: String,
+        equal: bool,
+    },
     CtStatusDnat,
+    /// The connection was not DNAT'd (`ct status & dnat == 0`).
+    CtStatusNotDnat,
+    CtStateEstablishedRelated,
+    Accept,
+    Drop,
     Jump(&'static str),
     Dnat(Ipv4Addr, u16),
     Masquerade,
@@ -74,24 +95,26 @@ pub(super) enum Expr {
 
 pub(super) struct Chain {
     pub(super) name: &'static str,
-    /// (hook number, priority) for base chains.
-    pub(super) hook: Option<(u32, i32)>,
+    /// (hook number, priority, chain type) for base chains.
+    pub(super) hook: Option<(u32, i32, &'static str)>,
 }
 
 pub(super) const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_INET_LOCAL_IN: u32 = 1;
+const NF_INET_FORWARD: u32 = 2;
 pub(super) const NF_INET_LOCAL_OUT: u32 = 3;
 const NF_INET_POST_ROUTING: u32 = 4;
 pub(super) const IPPROTO_TCP: u8 = 6;
 pub(super) const IPPROTO_UDP: u8 = 17;
 
-const CHAINS: [Chain; 4] = [
+const CHAINS: [Chain; 6] = [
     Chain {
         name: "prerouting",
-        hook: Some((NF_INET_PRE_ROUTING, -100)),
+        hook: Some((NF_INET_PRE_ROUTING, -100, "nat")),
     },
     Chain {
         name: "output",
-        hook: Some((NF_INET_LOCAL_OUT, -100)),
+        hook: Some((NF_INET_LOCAL_OUT, -100, "nat")),
     },
     Chain {
         name: PORTMAP,
@@ -99,7 +122,15 @@ const CHAINS: [Chain; 4] = [
     },
     Chain {
         name: "postrouting",
-        hook: Some((NF_INET_POST_ROUTING, 100)),
+        hook: Some((NF_INET_POST_ROUTING, 100, "nat")),
+    },
+    Chain {
+        name: "forward",
+        hook: Some((NF_INET_FORWARD, 0, "filter")),
+    },
+    Chain {
+        name: "input",
+        hook: Some((NF_INET_LOCAL_IN, 0, "filter")),
     },
 ];
 
@@ -148,7 +179,55 @@ fn rules(spec: &NatSpec) -> Vec<(&'static str, Vec<Expr>)> {
             Expr::Masquerade,
         ],
     ));
+    rules.extend(filter_rules(&spec.bridge));
     rules
+}
+
+/// The forward filter (new connections into the bridge only through a mapping) and the
+/// martian drop (127.0.0.0/8 from outside `lo`, unless it is the reply of a mapping).
+fn filter_rules(bridge: &str) -> Vec<(&'static str, Vec<Expr>)> {
+    let to_bridge = || Expr::OifName {
+        name: bridge.to_string(),
+        equal: true,
+    };
+    let loopback = Ipv4Net {
+        addr: Ipv4Addr::new(127, 0, 0, 0),
+        prefix: 8,
+    };
+    vec![
+        (
+            "forward",
+            vec![to_bridge(), Expr::CtStateEstablishedRelated, Expr::Accept],
+        ),
+        (
+            "forward",
+            vec![to_bridge(), Expr::CtStatusDnat, Expr::Accept],
+        ),
+        (
+            "forward",
+            vec![
+                to_bridge(),
+                Expr::IifName {
+                    name: bridge.to_string(),
+                    equal: true,
+                },
+                Expr::Accept,
+            ],
+        ),
+        ("forward", vec![to_bridge(), Expr::Drop]),
+        (
+            "input",
+            vec![
+                Expr::IifName {
+                    name: "lo".into(),
+                    equal: false,
+                },
+                Expr::DaddrIn(loopback),
+                Expr::CtStatusNotDnat,
+                Expr::Drop,
+            ],
+        ),
+    ]
 }
 
 fn mapping_rules(m: &Mapping) -> Vec<(&'static str, Vec<Expr>)> {
@@ -204,7 +283,14 @@ pub(super) fn text(exprs: &[Expr]) -> String {
             Expr::OifName { name, equal } => {
                 format!("oifname {}\"{name}\"", if *equal { "" } else { "!= " })
             }
+            Expr::IifName { name, equal } => {
+                format!("iifname {}\"{name}\"", if *equal { "" } else { "!= " })
+            }
             Expr::CtStatusDnat => "ct status dnat".into(),
+            Expr::CtStatusNotDnat => "ct status & dnat == 0".into(),
+            Expr::CtStateEstablishedRelated => "ct state established,related".into(),
+            Expr::Accept => "accept".into(),
+            Expr::Drop => "drop".into(),
             Expr::Jump(chain) => format!("jump {chain}"),
             Expr::Dnat(ip, port) => format!("dnat to {ip}:{port}"),
             Expr::Masquerade => "masquerade".into(),
@@ -262,7 +348,12 @@ const NFT_META_OIFNAME: u32 = 7;
 const NFT_META_L4PROTO: u32 = 16;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const NFT_CT_STATE: u32 = 0;
 const NFT_CT_STATUS: u32 = 2;
+/// `NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED)`.
+const CT_STATE_ESTABLISHED_RELATED: u32 = (1 << 1) | (1 << 2);
+const NF_DROP: u32 = 0;
+const NFT_META_IIFNAME: u32 = 6;
 const IPS_DST_NAT: u32 = 0x20;
 const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
 const NFTA_FIB_F_DADDR: u32 = 1 << 1;
@@ -298,13 +389,13 @@ pub(super) fn chain_msg(table: &str, chain: &Chain) -> Message {
     .header(&nfgenmsg(NFPROTO_IPV4, 0));
     m.attr_str(NFTA_CHAIN_TABLE, table);
     m.attr_str(NFTA_CHAIN_NAME, chain.name);
-    if let Some((hook, priority)) = chain.hook {
+    if let Some((hook, priority, kind)) = chain.hook {
         m.begin_nest(NFTA_CHAIN_HOOK);
         m.attr_be32(NFTA_HOOK_HOOKNUM, hook);
         m.attr_be32(NFTA_HOOK_PRIORITY, priority as u32);
         m.end_nest();
         m.attr_be32(NFTA_CHAIN_POLICY, NF_ACCEPT);
-        m.attr_str(NFTA_CHAIN_TYPE, "nat");
+        m.attr_str(NFTA_CHAIN_TYPE, kind);
     }
     m
 }
@@ -456,6 +547,37 @@ fn immediate(m: &mut Message, reg: u32, bytes: &[u8]) {
     });
 }
 
+/// The interface name (in or out, by `key`) compared with `name`.
+fn if_name(m: &mut Message, key: u32, name: &str, equal: bool) {
+    meta(m, key);
+    let mut padded = [0u8; IFNAMSIZ];
+    let len = name.len().min(IFNAMSIZ - 1);
+    padded[..len].copy_from_slice(&name.as_bytes()[..len]);
+    cmp(m, if equal { NFT_CMP_EQ } else { NFT_CMP_NEQ }, &padded);
+}
+
+/// Conntrack's `key` (state or status) masked with `bits`, compared with zero by `op`.
+fn ct_bits(m: &mut Message, key: u32, bits: u32, op: u32) {
+    kernel_expr(m, "ct", |m| {
+        m.attr_be32(1, REG1); // NFTA_CT_DREG
+        m.attr_be32(2, key); // NFTA_CT_KEY
+    });
+    bitwise(m, &bits.to_ne_bytes());
+    cmp(m, op, &0u32.to_ne_bytes());
+}
+
+/// A final verdict (accept, drop, return).
+fn verdict(m: &mut Message, code: i32) {
+    kernel_expr(m, "immediate", |m| {
+        m.attr_be32(1, NFT_REG_VERDICT);
+        m.begin_nest(2); // NFTA_IMMEDIATE_DATA
+        m.begin_nest(NFTA_DATA_VERDICT);
+        m.attr_be32(NFTA_VERDICT_CODE, code as u32);
+        m.end_nest();
+        m.end_nest();
+    });
+}
+
 fn encode(m: &mut Message, e: &Expr) {
     match e {
         Expr::FibDaddrLocal => {
@@ -479,21 +601,15 @@ fn encode(m: &mut Message, e: &Expr) {
             bitwise(m, &net.mask().to_be_bytes());
             cmp(m, NFT_CMP_EQ, &net.network().octets());
         }
-        Expr::OifName { name, equal } => {
-            meta(m, NFT_META_OIFNAME);
-            let mut padded = [0u8; IFNAMSIZ];
-            let len = name.len().min(IFNAMSIZ - 1);
-            padded[..len].copy_from_slice(&name.as_bytes()[..len]);
-            cmp(m, if *equal { NFT_CMP_EQ } else { NFT_CMP_NEQ }, &padded);
+        Expr::OifName { name, equal } => if_name(m, NFT_META_OIFNAME, name, *equal),
+        Expr::IifName { name, equal } => if_name(m, NFT_META_IIFNAME, name, *equal),
+        Expr::CtStatusDnat => ct_bits(m, NFT_CT_STATUS, IPS_DST_NAT, NFT_CMP_NEQ),
+        Expr::CtStatusNotDnat => ct_bits(m, NFT_CT_STATUS, IPS_DST_NAT, NFT_CMP_EQ),
+        Expr::CtStateEstablishedRelated => {
+            ct_bits(m, NFT_CT_STATE, CT_STATE_ESTABLISHED_RELATED, NFT_CMP_NEQ)
         }
-        Expr::CtStatusDnat => {
-            kernel_expr(m, "ct", |m| {
-                m.attr_be32(1, REG1); // NFTA_CT_DREG
-                m.attr_be32(2, NFT_CT_STATUS);
-            });
-            bitwise(m, &IPS_DST_NAT.to_ne_bytes());
-            cmp(m, NFT_CMP_NEQ, &0u32.to_ne_bytes());
-        }
+        Expr::Accept => verdict(m, NF_ACCEPT as i32),
+        Expr::Drop => verdict(m, NF_DROP as i32),
         Expr::Jump(chain) => kernel_expr(m, "immediate", |m| {
             m.attr_be32(1, NFT_REG_VERDICT);
             m.begin_nest(2); // NFTA_IMMEDIATE_DATA
@@ -523,14 +639,7 @@ fn encode(m: &mut Message, e: &Expr) {
             meta(m, NFT_META_SKUID);
             cmp(m, NFT_CMP_EQ, &uid.to_ne_bytes());
         }
-        Expr::Return => kernel_expr(m, "immediate", |m| {
-            m.attr_be32(1, NFT_REG_VERDICT);
-            m.begin_nest(2); // NFTA_IMMEDIATE_DATA
-            m.begin_nest(NFTA_DATA_VERDICT);
-            m.attr_be32(NFTA_VERDICT_CODE, NFT_RETURN as u32);
-            m.end_nest();
-            m.end_nest();
-        }),
+        Expr::Return => verdict(m, NFT_RETURN),
         Expr::Redirect(port) => {
             immediate(m, REG1, &port.to_be_bytes());
             kernel_expr(m, "redir", |m| {

@@ -59,11 +59,11 @@ const CHAINS: [Chain; 7] = [
     },
     Chain {
         name: OUTPUT,
-        hook: Some((NF_INET_LOCAL_OUT, -100)),
+        hook: Some((NF_INET_LOCAL_OUT, -100, "nat")),
     },
     Chain {
         name: PREROUTING,
-        hook: Some((NF_INET_PRE_ROUTING, -100)),
+        hook: Some((NF_INET_PRE_ROUTING, -100, "nat")),
     },
 ];
 

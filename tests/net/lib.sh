@@ -57,10 +57,14 @@ command = "/bin/true"
 TOML
 }
 
-# serve NETNS PROTO PORT NAME: a listener in a namespace, waited for.
+# serve NETNS|host PROTO PORT NAME [ADDR]: a listener in a namespace, waited for.
 serve() {
     local ns=$1 proto=$2 port=$3 name=$4 out="$WORK/serve-$1-$2-$3"
-    ip netns exec "$ns" python3 "$TOOL" serve "$proto" "$port" "$name" > "$out" &
+    if [ "$ns" = host ]; then
+        python3 "$TOOL" serve "$proto" "$port" "$name" "${5:-0.0.0.0}" > "$out" &
+    else
+        ip netns exec "$ns" python3 "$TOOL" serve "$proto" "$port" "$name" "${5:-0.0.0.0}" > "$out" &
+    fi
     PIDS+=($!)
     for _ in $(seq 100); do grep -q ready "$out" 2>/dev/null && return; sleep 0.05; done
     fail "listener $name did not start"

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Helpers for the network tests (run inside throwaway namespaces only).
 
-serve tcp|udp PORT NAME   answer every connection/datagram with "NAME <peer ip>"
+serve tcp|udp PORT NAME [ADDR]  answer every connection/datagram with "NAME <peer ip>"
+                          (on ADDR, default every address)
 ask tcp|udp HOST PORT     print the answer (exit 1 on timeout or refusal)
 load tcp HOST PORT STOP   connect and read again and again until the file STOP exists;
                           print "ok=N failed=M"
@@ -11,11 +12,11 @@ dump                      a normalised view of links, addresses, routes and nf_t
 import json, os, socket, subprocess, sys
 
 
-def serve(proto, port, name):
+def serve(proto, port, name, addr="0.0.0.0"):
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     s = socket.socket(socket.AF_INET, kind)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", int(port)))
+    s.bind((addr, int(port)))
     if proto == "tcp":
         s.listen(16)
     print("ready", flush=True)
