@@ -315,6 +315,7 @@ fn plan_for(n: usize) -> Plan {
         hostname: "bench".into(),
         default_address: Ipv4Addr::new(192, 0, 2, 1),
         default_address_source: "bench".into(),
+        listening_ports: Default::default(),
     };
     plan::build(&valid, &NodeState::default(), &host).expect("plan")
 }

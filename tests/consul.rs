@@ -67,6 +67,7 @@ fn countdash_plan() -> Plan {
         hostname: "gateway-7".into(),
         default_address: Ipv4Addr::new(192, 0, 2, 10),
         default_address_source: "test".into(),
+        listening_ports: Default::default(),
     };
     plan::build(&valid, &NodeState::default(), &facts).expect("plan")
 }

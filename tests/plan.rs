@@ -14,6 +14,7 @@ fn facts() -> HostFacts {
         hostname: "gateway-7".into(),
         default_address: Ipv4Addr::new(192, 0, 2, 10),
         default_address_source: "test".into(),
+        listening_ports: Default::default(),
     }
 }
 

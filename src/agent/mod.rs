@@ -398,7 +398,12 @@ pub fn apply(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
 fn prepare(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
     let state_path = state::path_in(&valid.config.agent.data_dir);
     let previous = state::load(&state_path)?;
-    let plan = plan::build(valid, &previous, host).map_err(|e| format!("cannot plan: {e}"))?;
+    // What listens on the host now (a reload may come long after the start).
+    let host = HostFacts {
+        listening_ports: net::listening_ports(),
+        ..host.clone()
+    };
+    let plan = plan::build(valid, &previous, &host).map_err(|e| format!("cannot plan: {e}"))?;
     let check = net::self_check(&plan);
     for note in &check.notes {
         info!("{note}");

@@ -10,7 +10,7 @@ mod netlink;
 pub mod netns;
 pub mod tproxy;
 
-pub use host::host_facts;
+pub use host::{host_facts, listening_ports};
 
 use crate::plan::{BridgePlan, GroupPlan, Plan};
 use firewall::{Mapping, NatSpec};
@@ -514,6 +514,11 @@ pub fn self_check(plan: &Plan) -> SelfCheck {
             netns::NETNS_DIR
         ));
     }
+    if plan.bridge.firewall == "nftables" {
+        check
+            .errors
+            .extend(port_conflicts(plan, &host::listeners()));
+    }
     if plan.bridge.firewall == "nftables"
         && let Err(e) = firewall_probe()
     {
@@ -530,6 +535,23 @@ pub fn self_check(plan: &Plan) -> SelfCheck {
         Err(_) => check.notes.push("br_netfilter is not loaded: bridged traffic between groups bypasses the host firewall (outpost does not need it)".into()),
     }
     check
+}
+
+/// Mapped host ports that a host service listens on: the DNAT rule would take its traffic
+/// (from the host itself too) to the group instead.
+fn port_conflicts(plan: &Plan, listeners: &[host::Listener]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for group in plan.groups.iter().filter(|g| g.netns.is_some()) {
+        for port in group.ports.iter().filter(|p| p.host_port > 0) {
+            for l in listeners.iter().filter(|l| l.port == port.host_port) {
+                errors.push(format!(
+                    "group \"{}\" port \"{}\" maps host port {}, which {} already listens on: its traffic would go to the group; choose another port",
+                    group.name, port.label, port.host_port, l.describe()
+                ));
+            }
+        }
+    }
+    errors
 }
 
 /// Creates a bridge and a veth pair in a throwaway network namespace (a probe thread's

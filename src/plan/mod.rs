@@ -25,6 +25,9 @@ pub struct HostFacts {
     pub default_address: Ipv4Addr,
     /// Where `default_address` came from, for the plan's reader.
     pub default_address_source: String,
+    /// Ports host services listen on (TCP) or are bound to (UDP): dynamic ports of bridge
+    /// groups are kept off them.
+    pub listening_ports: BTreeSet<u16>,
 }
 
 impl HostFacts {
@@ -35,6 +38,7 @@ impl HostFacts {
             hostname: "localhost".into(),
             default_address: Ipv4Addr::LOCALHOST,
             default_address_source: "placeholder".into(),
+            listening_ports: BTreeSet::new(),
         }
     }
 }
@@ -357,7 +361,7 @@ fn build_checked(
         .map(|g| g.name.as_str())
         .collect();
     let leases = leases::lease_addresses(valid.subnet, &bridge_groups, state)?;
-    let mut ports = plan_ports(valid, state)?;
+    let mut ports = plan_ports(valid, state, host)?;
     let ctx = Context {
         valid,
         node_name: &node_name,
@@ -428,6 +432,7 @@ fn sidecar_label(service: &Service) -> String {
 fn plan_ports(
     valid: &ValidConfig,
     state: &NodeState,
+    host: &HostFacts,
 ) -> Result<BTreeMap<String, Vec<PortPlan>>, String> {
     let cfg = &valid.config;
     let mut by_group: BTreeMap<String, Vec<PortPlan>> = BTreeMap::new();
@@ -466,11 +471,12 @@ fn plan_ports(
                 requests.push(PortRequest {
                     group: group.name.clone(),
                     label: port.label.clone(),
-                    // Only a port whose namespace side follows the host side can clash.
-                    avoid: if port.netns_port == 0 && is_bridge(group) {
-                        avoid.clone()
-                    } else {
-                        BTreeSet::new()
+                    // Only a port whose namespace side follows the host side can clash
+                    // inside; a mapped host port must not be one a host service uses.
+                    avoid: match (is_bridge(group), port.netns_port) {
+                        (true, 0) => avoid.union(&host.listening_ports).copied().collect(),
+                        (true, _) => host.listening_ports.clone(),
+                        (false, _) => BTreeSet::new(),
                     },
                 });
                 request_slots.push((group.name.clone(), pi));

@@ -8,6 +8,19 @@
 source "$(dirname "$0")/lib.sh"
 setup_host
 write_config "$WORK/outpost.toml"
+
+# A host service on the port group a maps (as Consul's 8500 would be): apply refuses,
+# naming the port, the group and the listener, and changes nothing.
+serve host tcp 8080 host-service 127.0.0.1
+nft list ruleset > "$WORK/nft-before"; ip -j link > "$WORK/links-before"
+if "$OUTPOST" apply -c "$WORK/outpost.toml" 2> "$WORK/refused"; then fail "apply mapped a port a host service listens on"; fi
+grep -q 'group "a" port "http" maps host port 8080, which tcp 127.0.0.1:8080 (python3, pid [0-9]*) already listens on' "$WORK/refused" \
+    || fail "the refusal names the port, the group and the listener: $(cat "$WORK/refused")"
+diff -u "$WORK/nft-before" <(nft list ruleset) || fail "a refused apply changed nf_tables"
+diff -u "$WORK/links-before" <(ip -j link) || fail "a refused apply changed links"
+expect_eq "$(ask host tcp 127.0.0.1 8080)" "host-service 127.0.0.1" "the host service keeps its port"
+kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+
 "$OUTPOST" apply -c "$WORK/outpost.toml"
 
 serve outpost-a tcp 80 a

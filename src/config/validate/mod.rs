@@ -116,7 +116,7 @@ pub fn validate(config: Config) -> Result<ValidConfig, Vec<Problem>> {
         check_group(&mut c, gi, group);
     }
     if let Some(range) = dynamic_ports {
-        check_static_ports(&mut c, &config.groups, range);
+        check_static_ports(&mut c, &config.groups, range, &consul_ports(&config.consul));
     }
     match (c.problems.is_empty(), subnet, dynamic_ports) {
         (true, Some(subnet), Some(dynamic_ports)) => Ok(ValidConfig {

@@ -254,9 +254,41 @@ pub(super) fn check_envoy(c: &mut Checker, envoy: &Envoy) {
     }
 }
 
-/// Static host ports are node-wide: two groups cannot both take one, and the dynamic range
-/// is kept for allocation.
-pub(super) fn check_static_ports(c: &mut Checker, groups: &[Group], (low, high): (u16, u16)) {
+/// The host ports Consul's agent answers on, by what it serves there: the HTTP API of
+/// `address`, gRPC (`grpc_address`, else Consul's default 8502) and DNS (`dns_address`, else
+/// 8600). A group mapping one of them would capture the host's own traffic to Consul (its
+/// token included) through the DNAT rule.
+pub(super) fn consul_ports(consul: &Consul) -> Vec<(u16, &'static str)> {
+    let port_of = |text: &str| {
+        let rest = text.split_once("://").map_or(text, |(_, rest)| rest);
+        host_port(rest.trim_end_matches('/')).map(|(_, port)| port)
+    };
+    let mut ports = Vec::new();
+    if !consul.address.starts_with("unix://") {
+        ports.extend(port_of(&consul.address).map(|p| (p, "Consul's HTTP API (consul.address)")));
+    }
+    match &consul.grpc_address {
+        Some(grpc) if grpc.starts_with("unix://") => {}
+        Some(grpc) => {
+            ports.extend(port_of(grpc).map(|p| (p, "Consul's gRPC (consul.grpc_address)")))
+        }
+        None => ports.push((8502, "Consul's gRPC (its default port)")),
+    }
+    match &consul.dns_address {
+        Some(dns) => ports.extend(port_of(dns).map(|p| (p, "Consul's DNS (consul.dns_address)"))),
+        None => ports.push((8600, "Consul's DNS (its default port)")),
+    }
+    ports
+}
+
+/// Static host ports are node-wide: two groups cannot both take one, the dynamic range is
+/// kept for allocation, and a bridge group may not map a port Consul answers on.
+pub(super) fn check_static_ports(
+    c: &mut Checker,
+    groups: &[Group],
+    (low, high): (u16, u16),
+    consul: &[(u16, &str)],
+) {
     let mut owners: BTreeMap<u16, (&str, &str)> = BTreeMap::new();
     for (gi, group) in groups.iter().enumerate() {
         let Some(network) = &group.network else {
@@ -271,6 +303,13 @@ pub(super) fn check_static_ports(c: &mut Checker, groups: &[Group], (low, high):
                 c.err(
                     at.clone(),
                     format!("static port {host} is inside network.dynamic_ports {low}-{high}, which is kept for dynamic ports"),
+                );
+            }
+            let bridge = network.mode == "bridge";
+            if let Some((_, what)) = consul.iter().find(|(p, _)| bridge && *p == host) {
+                c.err(
+                    at.clone(),
+                    format!("static port {host} is {what}: mapping it would send the host's own Consul traffic to group \"{}\"", group.name),
                 );
             }
             if let Some((owner_group, owner_label)) =
