@@ -15,6 +15,7 @@ pub mod relay;
 pub mod retry;
 pub mod state;
 pub mod supervise;
+pub mod text;
 
 /// `outpost version` output, from build.rs.
 pub fn version_text() -> String {

@@ -107,3 +107,36 @@ fn envoy_bootstrap_help_lists_consuls_flags_with_their_defaults() {
         assert!(text.contains(default), "default {default} missing:\n{text}");
     }
 }
+
+/// A huge config is refused unread, and a huge value is quoted only in part: an error
+/// about a 900 KB name is one short line, not the value twice.
+#[test]
+fn huge_configs_and_values_give_short_errors() {
+    let dir = std::env::temp_dir().join(format!("outpost-cli-huge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let task = "[[group.task]]\nname = \"t\"\ncommand = \"/bin/true\"\n";
+    let oversized = dir.join("oversized.toml");
+    let filler = format!("# {}\n", "x".repeat(1 << 20));
+    std::fs::write(
+        &oversized,
+        format!("{filler}[[group]]\nname = \"g\"\n{task}"),
+    )
+    .unwrap();
+    let out = outpost(&["validate", "-c", &oversized.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(stderr.contains("larger than 1048576 bytes"), "{stderr}");
+
+    let long_value = dir.join("long-value.toml");
+    let name = "x".repeat(900 * 1024);
+    std::fs::write(&long_value, format!("[[group]]\nname = \"{name}\"\n{task}")).unwrap();
+    let out = outpost(&["validate", "-c", &long_value.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(stderr.len() < 400, "{} bytes of errors", stderr.len());
+    assert!(
+        stderr.contains(&format!("\"{}… (921600 bytes)\"", &name[..80])),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -47,17 +47,38 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// The largest config file read: a device's config is a few KiB.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// How much of a value a message quotes.
+const QUOTED_MAX: usize = 80;
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<ValidConfig, Vec<Diagnostic>> {
     let file = path.display().to_string();
-    let source = std::fs::read_to_string(path).map_err(|e| {
+    let problem = |message: String| {
         vec![Diagnostic {
             file: file.clone(),
             position: None,
-            message: format!("cannot read config: {e}"),
+            message,
         }]
-    })?;
-    parse(&source, &file)
+    };
+    let source = read_capped(path).map_err(|e| problem(format!("cannot read config: {e}")))?;
+    match source {
+        Some(source) => parse(&source, &file),
+        None => Err(problem(format!(
+            "the config is larger than {MAX_CONFIG_BYTES} bytes (1 MiB), which outpost does not read"
+        ))),
+    }
+}
+
+/// The file's text, or `None` when it is larger than `MAX_CONFIG_BYTES`.
+fn read_capped(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)?;
+    Ok((text.len() as u64 <= MAX_CONFIG_BYTES).then_some(text))
 }
 
 /// Parses and validates config text; `file` is only used in diagnostics.
@@ -65,7 +86,7 @@ pub fn parse(source: &str, file: &str) -> Result<ValidConfig, Vec<Diagnostic>> {
     let at = |offset: usize, message: String| Diagnostic {
         file: file.to_string(),
         position: Some(locate::line_col(source, offset)),
-        message,
+        message: crate::text::cut_quoted(&message, QUOTED_MAX),
     };
     let root = toml::de::DeTable::parse(source).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
@@ -108,7 +129,7 @@ pub fn parse(source: &str, file: &str) -> Result<ValidConfig, Vec<Diagnostic>> {
 /// `[agent] run_dir` read line by line from a file that may not validate (for `status`,
 /// which only needs to find the agent's socket); the default when it is not there.
 pub fn run_dir_hint(path: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = read_capped(path).ok().flatten().unwrap_or_default();
     let mut in_agent = false;
     for line in text.lines().map(str::trim) {
         if line.starts_with('[') {

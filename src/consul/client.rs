@@ -361,6 +361,9 @@ impl Client {
     }
 }
 
+/// How much of an error answer's body is kept.
+const ERROR_BODY_MAX: usize = 512;
+
 fn answer(
     result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
 ) -> Result<String, ConsulError> {
@@ -370,9 +373,14 @@ fn answer(
         .body_mut()
         .read_to_string()
         .map_err(|e| ConsulError::Unreachable(format!("reading the answer: {e}")))?;
+    if status == 200 {
+        return Ok(body);
+    }
+    let acl_not_found = status == 403 && body.contains("ACL not found");
+    // An error page goes into logs and `status`: only its start.
+    let body = crate::text::cut(&body, ERROR_BODY_MAX);
     match status {
-        200 => Ok(body),
-        403 if body.contains("ACL not found") => Err(ConsulError::AclNotFound(body)),
+        403 if acl_not_found => Err(ConsulError::AclNotFound(body)),
         500..=599 => Err(ConsulError::Server { status, body }),
         _ => Err(ConsulError::Rejected { status, body }),
     }

@@ -201,7 +201,7 @@ impl Job<'_> {
                     message: format!(
                         "{binary} exited with {}: {}",
                         out.status,
-                        String::from_utf8_lossy(&out.stderr).trim()
+                        crate::text::cut(String::from_utf8_lossy(&out.stderr).trim(), 512)
                     ),
                     retryable: true,
                 })
