@@ -80,12 +80,19 @@ fn cstring(text: &str, what: &str) -> Result<CString, String> {
     CString::new(text).map_err(|_| format!("{what} contains a NUL byte"))
 }
 
-/// Opens a log for appending, in a directory only root writes (`allocdir`); a link at its
-/// name is refused, not followed.
+/// Opens a log for appending, in a directory only root writes (`allocdir`). A link at its
+/// name (planted while a task could write there) is removed, never followed.
 fn open_log(path: &Path) -> Result<File, String> {
-    let (dir, name) = split(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    dir.append(&name, 0o640)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+    let failed = |e: std::io::Error| format!("cannot open {}: {e}", path.display());
+    let (dir, name) = split(path).map_err(failed)?;
+    match dir.append(&name, 0o640) {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            log::warn!("removed {}: it was a link", path.display());
+            dir.remove(&name).map_err(failed)?;
+            dir.append(&name, 0o640).map_err(failed)
+        }
+        other => other.map_err(failed),
+    }
 }
 
 /// The directory of `path` (followed: the agent's own) and the file's name in it.
@@ -366,11 +373,34 @@ fn child(
 /// with some ignored (a shell's `&` ignores SIGINT), and a task's kill_signal must work.
 fn reset_signals() {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // The kernel's `struct sigaction` (x86_64 and aarch64 alike). The call goes straight to
+    // the kernel: libc refuses the numbers it keeps for itself (32-34), which a parent may
+    // still have left ignored.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
     for signo in 1..=64 {
         if signo != libc::SIGKILL && signo != libc::SIGSTOP {
-            // SAFETY: signal() is async-signal-safe; numbers the kernel or libc reserve
-            // fail with EINVAL and are left alone.
-            unsafe { libc::signal(signo, libc::SIG_DFL) };
+            // SAFETY: rt_sigaction reads the struct above, which lives through the call.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signo,
+                    &default,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                )
+            };
         }
     }
 }
@@ -559,7 +589,9 @@ pub fn rotate(current: &Path, max_files: u32, max_bytes: u64) -> std::io::Result
     let (dir, name) = split(current)?;
     let mut log = match dir.read(&name) {
         Ok(file) => file,
+        // Not there yet, or a link (removed when the task starts): nothing to rotate.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(false),
         Err(e) => return Err(e),
     };
     if log.metadata()?.len() <= max_bytes {

@@ -5,37 +5,7 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Command;
-
-fn run_scenario(name: &str) {
-    if !support::root_or_skip(&format!("network scenario {name}")) {
-        return;
-    }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/net");
-    let out = Command::new("unshare")
-        .args([
-            "--net",
-            "--mount",
-            "--propagation",
-            "private",
-            "--fork",
-            "--",
-        ])
-        .arg("bash")
-        .arg(dir.join(name))
-        .env("OUTPOST", env!("CARGO_BIN_EXE_outpost"))
-        .output()
-        .expect("run unshare (util-linux)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "scenario {name} failed ({:?})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
-    eprintln!("{stdout}");
-}
+use support::net_scenario as run_scenario;
 
 #[test]
 fn traffic_flows_between_groups_host_outside_and_hairpin() {
@@ -60,9 +30,4 @@ fn firewall_none_and_a_conflicting_bridge_name() {
 #[test]
 fn run_keeps_tasks_across_agent_restarts_restarts_crashes_and_reloads() {
     run_scenario("agent.sh");
-}
-
-#[test]
-fn the_lan_reaches_only_mapped_ports_and_groups_never_the_hosts_loopback() {
-    run_scenario("hostile.sh");
 }

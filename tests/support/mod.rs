@@ -26,6 +26,36 @@ pub fn root_or_skip(what: &str) -> bool {
     root
 }
 
+/// Runs `tests/net/<name>` in its own throwaway host network and mount namespace.
+pub fn net_scenario(name: &str) {
+    if !root_or_skip(&format!("network scenario {name}")) {
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/net");
+    let out = std::process::Command::new("unshare")
+        .args([
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            "--fork",
+            "--",
+        ])
+        .arg("bash")
+        .arg(dir.join(name))
+        .env("OUTPOST", env!("CARGO_BIN_EXE_outpost"))
+        .output()
+        .expect("run unshare (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "scenario {name} failed ({:?})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    eprintln!("{stdout}");
+}
+
 /// Root, and this thread in a private network namespace with lo up (a Consul double
 /// started afterwards serves there). `false` when the test must be skipped.
 pub fn private_network(what: &str) -> bool {
