@@ -4,8 +4,8 @@
 //!
 //! 1. links planted where the agent writes or chowns (an older layout's task-owned
 //!    directory, the task's `secrets/`, the group's logs) are not followed;
-//! 2, 4, 5. network: host ports in use, the LAN routing the group subnet, the host's
-//!    loopback over the bridge (`tests/net/hostile.sh`);
+//! 2. (with 4 and 5) network: host ports in use, the LAN routing the group subnet, the
+//!    host's loopback over the bridge (`tests/net/hostile.sh`);
 //! 3. consul-cli mode's token is not on a command line (`tests/apply_consul.rs`,
 //!    `consul_cli_mode_…`, reads it back as `consul` gets it);
 //! 6. tasks run as `nobody` with no capabilities and `no_new_privs`; a root task keeps only
@@ -234,8 +234,8 @@ fn a_task_cannot_take_root_files_escape_its_privileges_or_inherit_the_agents() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// 7. The relay's socket: Envoy's group connects, another user (another group's task) is
-/// refused, whatever order the agent and the relay set it up in.
+/// Item 7, the relay's socket: Envoy's group connects, another user (another group's task)
+/// is refused, whatever order the agent and the relay set it up in.
 #[test]
 fn the_xds_socket_is_open_to_envoys_group_only() {
     if !support::root_or_skip("the xDS socket's permissions") {
