@@ -9,7 +9,7 @@
 //! 3. consul-cli mode's token is not on a command line (`tests/apply_consul.rs`,
 //!    `consul_cli_mode_…`, reads it back as `consul` gets it);
 //! 6. tasks run as `nobody` with no capabilities and `no_new_privs`; a root task keeps only
-//!    Nomad's default set; neither can join the host's namespaces or flush nf_tables;
+//!    Nomad's default set; neither can make namespaces (the way into the host's) or flush nf_tables;
 //! 7. the xDS socket is open to Envoy's group only;
 //! 8. no descriptor, ignored signal or blocked signal of the agent's reaches a task.
 
@@ -28,7 +28,7 @@ try() { if "$@" >/dev/null 2>&1; then echo ok; else echo denied; fi; }
   echo "plant-in-secrets $(try ln -s /etc/passwd secrets/planted)"
   echo "plant-in-logs $(try ln -s /etc/passwd ../alloc/logs/probe.stdout.1)"
   echo "read-group-tokens $(try ls ../secrets)"
-  echo "join-host-netns $(try nsenter -t 1 -n true)"
+  echo "new-namespace $(try unshare --net true)"
   echo "flush-nftables $(try nft flush ruleset)"
   echo "write-shared $(try touch ../alloc/data/mine)"
 } > local/results.tmp
@@ -212,7 +212,7 @@ fn a_task_cannot_take_root_files_escape_its_privileges_or_inherit_the_agents() {
     assert_eq!(rootly["CapEff"], default_root, "{rootly:?}");
     assert_eq!(rootly["NoNewPrivs"], "1");
     for facts in [&probe, &rootly] {
-        assert_eq!(facts["join-host-netns"], "denied", "{facts:?}");
+        assert_eq!(facts["new-namespace"], "denied", "{facts:?}");
         assert_eq!(facts["flush-nftables"], "denied", "{facts:?}");
     }
     // cap_add gives a non-root task exactly what it asked for, through the ambient set.
