@@ -463,7 +463,8 @@ fn drop_bounding(keep: u64) -> bool {
 
 /// Sets the permitted and effective sets to `keep`; for a non-root user, also the
 /// inheritable and ambient sets, so the capabilities survive its exec (a root task gets
-/// its bounding set at exec).
+/// its bounding set at exec). Capabilities the agent itself lacks (its systemd unit's
+/// bounding set) cannot be given and are left out.
 fn set_capabilities(keep: u64, non_root: bool) -> bool {
     #[repr(C)]
     struct Header {
@@ -478,12 +479,22 @@ fn set_capabilities(keep: u64, non_root: bool) -> bool {
         inheritable: u32,
     }
     const VERSION_3: u32 = 0x2008_0522;
-    let inheritable = if non_root { keep } else { 0 };
-    let word = |mask: u64, i: u32| (mask >> (32 * i)) as u32;
     let header = Header {
         version: VERSION_3,
         pid: 0,
     };
+    let mut held = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capget writes two data structs into `held`.
+    if unsafe { libc::syscall(libc::SYS_capget, &header, held.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    let keep = keep & (u64::from(held[1].permitted) << 32 | u64::from(held[0].permitted));
+    let inheritable = if non_root { keep } else { 0 };
+    let word = |mask: u64, i: u32| (mask >> (32 * i)) as u32;
     let data = [0, 1].map(|i| Data {
         effective: word(keep, i),
         permitted: word(keep, i),
