@@ -13,7 +13,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -248,6 +248,138 @@ pub fn begin(spec: &Spec) -> Result<Starting, String> {
             })
         }
     }
+}
+
+/// What a short helper command printed, and how it ended.
+#[derive(Debug)]
+pub struct Captured {
+    /// The exit code; 128+n when killed by signal n.
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `argv` with exactly `env` to its end and returns what it printed (each stream cut
+/// at `limit` bytes), for helper commands (`envoy --version`, `consul connect envoy`):
+/// the same fork/exec as tasks, without a namespace, user or journal. Killed after
+/// `timeout`. (std's `Command` costs the device binary ~10 KiB more than this.)
+pub fn capture(
+    argv: &[String],
+    env: &[(String, String)],
+    timeout: Duration,
+    limit: usize,
+) -> Result<Captured, String> {
+    let program = argv.first().ok_or("empty command")?;
+    let args: Vec<CString> = argv
+        .iter()
+        .map(|a| cstring(a, "an argument"))
+        .collect::<Result<_, _>>()?;
+    let vars: Vec<CString> = env
+        .iter()
+        .map(|(k, v)| cstring(&format!("{k}={v}"), "an environment variable"))
+        .collect::<Result<_, _>>()?;
+    let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    arg_ptrs.push(std::ptr::null());
+    let mut env_ptrs: Vec<*const libc::c_char> = vars.iter().map(|e| e.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    let root = cstring("/", "the directory")?;
+    let devnull = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    let pipe =
+        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+    let ((out_read, out_write), (err_read, err_write)) = (pipe()?, pipe()?);
+    let (report_read, report_write) = pipe()?;
+    let (out_write, err_write) = (File::from(out_write), File::from(err_write));
+    // SAFETY: as in `begin`, the child only makes async-signal-safe calls, then execs.
+    let pid = match unsafe { fork() } {
+        Err(e) => return Err(format!("fork: {e}")),
+        Ok(ForkResult::Child) => {
+            let files = ChildFiles {
+                netns: None,
+                stdout: &out_write,
+                stderr: &err_write,
+                devnull: &devnull,
+            };
+            let errno = child(&arg_ptrs, &env_ptrs, &root, &files, None, None);
+            let bytes = errno.to_ne_bytes();
+            // SAFETY: plain syscalls on valid fds in the forked child.
+            unsafe {
+                libc::write(report_write.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
+                libc::_exit(127);
+            }
+        }
+        Ok(ForkResult::Parent { child }) => child,
+    };
+    drop((out_write, err_write, report_write));
+    let started = Starting {
+        proc: Proc {
+            pid: pid.as_raw(),
+            start_time: 0,
+        },
+        program: program.clone(),
+        report: File::from(report_read),
+    };
+    started.confirm()?;
+    let deadline = Instant::now() + timeout;
+    let (stdout, stderr) = read_both(File::from(out_read), File::from(err_read), deadline, limit);
+    loop {
+        if let Some(code) = reap(pid.as_raw()) {
+            return Ok(Captured {
+                code,
+                stdout,
+                stderr,
+            });
+        }
+        if Instant::now() >= deadline {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+            return Err(format!("{program} did not finish within {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Reads two pipes until both end or `deadline`, keeping at most `limit` bytes of each.
+fn read_both(out: File, err: File, deadline: Instant, limit: usize) -> (String, String) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut streams = [(Some(out), Vec::new()), (Some(err), Vec::new())];
+    while streams.iter().any(|(f, _)| f.is_some()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let wait =
+            PollTimeout::try_from(left.as_millis().min(10_000) as i32).unwrap_or(PollTimeout::MAX);
+        let mut fds: Vec<PollFd> = streams
+            .iter()
+            .filter_map(|(f, _)| f.as_ref())
+            .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            .collect();
+        if poll(&mut fds, wait).is_err() {
+            break;
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        let mut ready = ready.into_iter();
+        for (file, kept) in streams.iter_mut() {
+            let Some(f) = file.as_mut() else { continue };
+            if !ready.next().unwrap_or(false) {
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            match f.read(&mut buf) {
+                Ok(0) | Err(_) => *file = None,
+                Ok(n) => kept.extend_from_slice(&buf[..n.min(limit.saturating_sub(kept.len()))]),
+            }
+        }
+    }
+    let [(_, out), (_, err)] = streams;
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
 }
 
 /// Appends `pid start_time` to the journal.
@@ -708,6 +840,33 @@ mod tests {
             "cannot start /no/such/binary: execve failed: No such file or directory (os error 2)"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn capture_returns_both_streams_the_code_and_gives_up_on_time() {
+        let sh = |script: &str| vec!["/bin/sh".to_string(), "-c".into(), script.into()];
+        let env = [("WHO".to_string(), "outpost".to_string())];
+        let out = capture(
+            &sh("echo out $WHO; echo err >&2; exit 3"),
+            &env,
+            Duration::from_secs(5),
+            1024,
+        )
+        .unwrap();
+        assert_eq!(
+            (out.code, out.stdout.as_str(), out.stderr.as_str()),
+            (3, "out outpost\n", "err\n")
+        );
+        // Only `env`: nothing of the agent's environment.
+        let out = capture(&sh("echo ${HOME:-none}"), &[], Duration::from_secs(5), 1024).unwrap();
+        assert_eq!(out.stdout, "none\n");
+        let cut = capture(&sh("yes | head -c 100000"), &[], Duration::from_secs(5), 10).unwrap();
+        assert_eq!(cut.stdout, "y\ny\ny\ny\ny\n");
+        let slow = capture(&sh("sleep 5"), &[], Duration::from_millis(100), 10).unwrap_err();
+        assert!(slow.contains("did not finish within 100ms"), "{slow}");
+        let missing =
+            capture(&["/no/such".to_string()], &[], Duration::from_secs(1), 10).unwrap_err();
+        assert!(missing.contains("execve failed"), "{missing}");
     }
 
     #[test]

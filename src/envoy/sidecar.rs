@@ -53,6 +53,8 @@ pub struct Job<'a> {
 }
 
 const BOOTSTRAP: &str = "envoy_bootstrap.json";
+/// How long one `consul connect envoy` run may take.
+const CONSUL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The token `consul connect envoy` reads (consul-cli mode).
 const TOKEN_FILE: &str = ".consul_http_token";
 
@@ -185,23 +187,20 @@ impl Job<'_> {
                         .write_private(TOKEN_FILE, token.as_bytes(), None)
                         .map_err(|e| format!("cannot write the token file for {binary}: {e}"))?;
                 }
-                let out = std::process::Command::new(binary)
-                    .args(self.argv(false))
-                    .env_clear()
-                    .envs(env.iter().map(|(k, v)| (k, v)))
-                    .stdin(std::process::Stdio::null())
-                    .output();
+                let mut argv = vec![binary.clone()];
+                argv.extend(self.argv(false));
+                let out = crate::supervise::capture(&argv, &env, CONSUL_TIMEOUT, 4 << 20);
                 let _ = self.secrets.remove(TOKEN_FILE);
                 let out = out.map_err(|e| format!("cannot run {binary}: {e}"))?;
-                if out.status.success() {
-                    return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+                if out.code == 0 {
+                    return Ok(out.stdout);
                 }
                 // Nomad retries any failed run: the registration may not be visible yet.
                 Err(Failure {
                     message: format!(
-                        "{binary} exited with {}: {}",
-                        out.status,
-                        crate::text::cut(String::from_utf8_lossy(&out.stderr).trim(), 512)
+                        "{binary} exited with exit status: {}: {}",
+                        out.code,
+                        crate::text::cut(out.stderr.trim(), 512)
                     ),
                     retryable: true,
                 })

@@ -2,11 +2,9 @@
 //! starts, and whether the local Consul agent supports it (`xDS.SupportedProxies.envoy` of
 //! `/v1/agent/self`, a list of the newest patch of each supported minor version).
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long `envoy --version` may take (it prints and exits; a hung binary is not Envoy).
 const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,38 +61,19 @@ pub fn read(binary: &str) -> Result<EnvoyVersion, String> {
             "Envoy binary {binary}: not an executable file (envoy.binary)"
         ));
     }
-    let mut child = Command::new(path)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("Envoy binary {binary}: cannot run it: {e}"))?;
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if start.elapsed() < VERSION_TIMEOUT => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Ok(None) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "Envoy binary {binary}: `--version` did not finish within {VERSION_TIMEOUT:?}"
-                ));
-            }
-        }
-    };
-    let mut output = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        // A version line is short; more than this is not Envoy's answer.
-        let _ = out.by_ref().take(64 * 1024).read_to_string(&mut output);
-    }
-    match from_version_output(&output) {
-        Some(version) if status.success() => Ok(version),
+    // A version line is short; more than this is not Envoy's answer.
+    let out = crate::supervise::capture(
+        &[binary.to_string(), "--version".to_string()],
+        &[],
+        VERSION_TIMEOUT,
+        64 * 1024,
+    )
+    .map_err(|e| format!("Envoy binary {binary}: `--version`: {e}"))?;
+    match from_version_output(&out.stdout) {
+        Some(version) if out.code == 0 => Ok(version),
         _ => Err(format!(
-            "Envoy binary {binary}: `--version` gave no Envoy version ({status})"
+            "Envoy binary {binary}: `--version` gave no Envoy version (exit code {})",
+            out.code
         )),
     }
 }
