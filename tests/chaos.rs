@@ -720,7 +720,9 @@ fn an_envoy_that_exits_at_once_forever_is_held_back_and_the_agent_stays_idle() {
     node.configure(&[("web", "a"), ("api", "")]);
     let config = std::fs::read_to_string(&node.file).unwrap().replacen(
         "name = \"api\"\n",
-        "name = \"api\"\n[group.restart]\nattempts = 2\ninterval = \"1s\"\ndelay = \"100ms\"\nmode = \"fail\"\n\
+        // The interval is long enough that a slow start (a loaded CI machine) never opens a
+        // second restart window within one allocation: each one starts Envoy 3 times.
+        "name = \"api\"\n[group.restart]\nattempts = 2\ninterval = \"5s\"\ndelay = \"100ms\"\nmode = \"fail\"\n\
          [group.reschedule]\ndelay = \"200ms\"\nmax_delay = \"800ms\"\n",
         1,
     );
