@@ -310,7 +310,7 @@ fn config_text(n: usize) -> String {
 
 fn plan_for(n: usize) -> Plan {
     let valid =
-        outpost::config::parse(&config_text(n), "bench.toml").expect("bench config is valid");
+        outpost::parse_config(&config_text(n), "bench.toml").expect("bench config is valid");
     let host = HostFacts {
         hostname: "bench".into(),
         default_address: Ipv4Addr::new(192, 0, 2, 1),

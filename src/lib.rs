@@ -17,6 +17,20 @@ pub mod state;
 pub mod supervise;
 pub mod text;
 
+/// Reads and validates a config file, `${…}` references included: the way in for every
+/// command.
+pub fn load_config(path: &std::path::Path) -> Result<config::ValidConfig, Vec<config::Diagnostic>> {
+    config::load(path, plan::unresolved_references)
+}
+
+/// `load_config` for config text; `file` names it in diagnostics.
+pub fn parse_config(
+    source: &str,
+    file: &str,
+) -> Result<config::ValidConfig, Vec<config::Diagnostic>> {
+    config::parse(source, file, plan::unresolved_references)
+}
+
 /// `outpost version` output, from build.rs.
 pub fn version_text() -> String {
     format!(

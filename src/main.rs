@@ -142,7 +142,7 @@ fn main() -> ExitCode {
 }
 
 fn load(path: &std::path::Path) -> Result<config::ValidConfig, ExitCode> {
-    config::load(path).map_err(|diagnostics| {
+    outpost::load_config(path).map_err(|diagnostics| {
         for d in &diagnostics {
             eprintln!("{d}");
         }
@@ -244,7 +244,7 @@ fn envoy_bootstrap(cmd: &outpost::envoy::command::EnvoyBootstrap) -> ExitCode {
 fn status(cmd: &StatusCmd) -> ExitCode {
     // The file may have been broken since the agent read it (a failed reload keeps the
     // running config): find its run_dir anyway.
-    let run_dir = match config::load(&cmd.config) {
+    let run_dir = match outpost::load_config(&cmd.config) {
         Ok(valid) => valid.config.agent.run_dir.clone(),
         Err(_) => config::run_dir_hint(&cmd.config),
     };

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const FILE_NAME: &str = "state.json";
-const VERSION: u32 = 1;
+pub const VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeState {
@@ -54,34 +54,6 @@ pub fn load(path: &Path) -> Result<NodeState, String> {
         ));
     }
     Ok(state)
-}
-
-/// The state a plan implies: each group's lease and dynamic ports.
-pub fn from_plan(plan: &crate::plan::Plan) -> NodeState {
-    let groups = plan
-        .groups
-        .iter()
-        .map(|g| {
-            let state = GroupState {
-                address: g
-                    .netns
-                    .as_ref()
-                    .and_then(|ns| ns.address.split('/').next())
-                    .map(str::to_string),
-                ports: g
-                    .ports
-                    .iter()
-                    .filter(|p| p.dynamic)
-                    .map(|p| (p.label.clone(), p.host_port))
-                    .collect(),
-            };
-            (g.name.clone(), state)
-        })
-        .collect();
-    NodeState {
-        version: VERSION,
-        groups,
-    }
 }
 
 /// Writes the state atomically and privately (see `files::write_private`), so a power cut

@@ -210,7 +210,7 @@ impl Node {
     }
 
     fn plan(&self) -> outpost::plan::Plan {
-        let valid = outpost::config::load(&self.file).expect("the chaos config is valid");
+        let valid = outpost::load_config(&self.file).expect("the chaos config is valid");
         outpost::plan::build(
             &valid,
             &outpost::state::NodeState::default(),
@@ -332,7 +332,7 @@ impl Node {
         let want_ns: BTreeSet<String> = plan
             .groups
             .iter()
-            .map(|g| outpost::plan::netns_name(&g.name))
+            .map(|g| outpost::config::naming::netns_name(&g.name))
             .collect();
         let ns = self.netns();
         if ns != want_ns {

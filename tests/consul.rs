@@ -3,7 +3,7 @@
 mod support;
 
 use miniserde::json::Value;
-use outpost::config::{self, ValidConfig};
+use outpost::config::ValidConfig;
 use outpost::consul::client::{Client, ConsulError};
 use outpost::consul::preflight;
 use outpost::consul::sync::{self, Wanted};
@@ -53,7 +53,7 @@ fn assert_logs_free_of(secrets: &[&str]) {
 }
 
 fn consul_config(url: &str, extra: &str) -> ValidConfig {
-    config::parse(
+    outpost::parse_config(
         &format!("[consul]\naddress = \"{url}\"\n{extra}"),
         "test.toml",
     )
@@ -62,7 +62,7 @@ fn consul_config(url: &str, extra: &str) -> ValidConfig {
 
 fn countdash_plan() -> Plan {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/countdash.toml");
-    let valid = config::load(&path).expect("countdash is valid");
+    let valid = outpost::load_config(&path).expect("countdash is valid");
     let facts = HostFacts {
         hostname: "gateway-7".into(),
         default_address: Ipv4Addr::new(192, 0, 2, 10),

@@ -176,7 +176,7 @@ fn runner(default_cases: u32) -> TestRunner {
 
 /// The property of one config text: located errors, or a plan that renders.
 fn check_config(text: &str) -> Result<(), TestCaseError> {
-    match outpost::config::parse(text, "fuzz.toml") {
+    match outpost::parse_config(text, "fuzz.toml") {
         Err(diagnostics) => {
             prop_assert!(!diagnostics.is_empty(), "rejected without a reason");
             let lines = text.lines().count().max(1);
@@ -208,7 +208,7 @@ fn check_config(text: &str) -> Result<(), TestCaseError> {
 fn the_examples_themselves_are_valid() {
     for (name, text) in EXAMPLES {
         assert!(
-            outpost::config::parse(text, name).is_ok(),
+            outpost::parse_config(text, name).is_ok(),
             "{name} must validate, or the mutations start from a broken file"
         );
     }
@@ -220,7 +220,7 @@ fn mutated_configs_are_rejected_with_a_location_or_planned_never_a_panic() {
     runner(768)
         .run(&mutated_config(), |(example, edits)| {
             let text = config_text(example, &edits);
-            match outpost::config::parse(&text, "fuzz.toml") {
+            match outpost::parse_config(&text, "fuzz.toml") {
                 Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
                 Err(_) => rejected.fetch_add(1, Ordering::Relaxed),
             };
@@ -271,7 +271,7 @@ fn an_invalid_config_applies_nothing() {
             let text = config_text(example, &edits)
                 .replace("/var/lib/outpost", &data_dir.display().to_string())
                 .replace("http://127.0.0.1:8500", &double.url());
-            if outpost::config::parse(&text, "fuzz.toml").is_ok() {
+            if outpost::parse_config(&text, "fuzz.toml").is_ok() {
                 return Ok(()); // only broken files here
             }
             tried.fetch_add(1, Ordering::Relaxed);
@@ -373,7 +373,7 @@ fn answer(stream: std::net::TcpStream, answers: &Mutex<Answers>) {
 /// The plan of one of the examples (which are valid: see the_examples_themselves_are_valid).
 fn example_plan(example: usize) -> plan::Plan {
     let (name, text) = EXAMPLES[example];
-    let valid = outpost::config::parse(text, name).expect("the example validates");
+    let valid = outpost::parse_config(text, name).expect("the example validates");
     plan::build(&valid, &NodeState::default(), &HostFacts::placeholder()).expect("its plan")
 }
 

@@ -2,7 +2,6 @@
 //! whole against reviewed snapshots in tests/expected/ (regenerate with
 //! `UPDATE_EXPECTED=1 cargo test --test plan`, then review the diff).
 
-use outpost::config;
 use outpost::plan::{self, HostFacts, Plan};
 use outpost::state::{GroupState, NodeState};
 use std::net::Ipv4Addr;
@@ -20,7 +19,7 @@ fn facts() -> HostFacts {
 
 fn plan_for(example: &str, state: &NodeState) -> Plan {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(example);
-    let valid = config::load(&path).unwrap_or_else(|d| panic!("{example}: {d:?}"));
+    let valid = outpost::load_config(&path).unwrap_or_else(|d| panic!("{example}: {d:?}"));
     plan::build(&valid, state, &facts()).expect("plan")
 }
 

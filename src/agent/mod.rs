@@ -411,7 +411,7 @@ fn prepare(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
     if !check.errors.is_empty() {
         return Err(check.errors.join("\n"));
     }
-    let next = state::from_plan(&plan);
+    let next = plan::node_state(&plan);
     if next != previous {
         state::save(&state_path, &next)
             .map_err(|e| format!("cannot write state file {}: {e}", state_path.display()))?;
@@ -491,7 +491,7 @@ pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), String> {
     let consul = consul.and_then(|()| release_tokens_in(valid, &group_dirs(&plan.run_dir)));
     net::teardown(&plan).map_err(|e| e.to_string())?;
     if state_path.exists() {
-        state::save(&state_path, &state::from_plan(&plan.without_groups()))
+        state::save(&state_path, &plan::node_state(&plan.without_groups()))
             .map_err(|e| format!("cannot write state file {}: {e}", state_path.display()))?;
     }
     consul.map_err(|e| {

@@ -15,7 +15,7 @@ use super::{
     Tokens, has_services, prepare, relay_socket, relay_target, sync_consul, write_bootstraps,
 };
 use crate::alloc::{Phase, Runner, TaskState};
-use crate::config::{self, ValidConfig};
+use crate::config::ValidConfig;
 use crate::consul::anti_entropy::{self, QUICK_CHECK};
 use crate::envoy::version::EnvoyVersion;
 use crate::plan::{GroupPlan, HostFacts, Plan};
@@ -673,7 +673,7 @@ impl Agent {
 
     /// SIGHUP: a valid new config replaces the old one group by group.
     fn reload(&mut self) {
-        let valid = match config::load(&self.path) {
+        let valid = match crate::load_config(&self.path) {
             Ok(v) => v,
             Err(diagnostics) => {
                 for d in &diagnostics {

@@ -7,6 +7,7 @@ pub mod duration;
 pub mod ipv4;
 mod load;
 pub mod locate;
+pub mod naming;
 mod read;
 mod schema;
 pub(crate) mod validate;
@@ -52,8 +53,12 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// How much of a value a message quotes.
 const QUOTED_MAX: usize = 80;
 
-/// Reads and validates a config file.
-pub fn load(path: &Path) -> Result<ValidConfig, Vec<Diagnostic>> {
+/// Checks of a valid config that need more than the config (the planner's variables):
+/// supplied by the caller, so `config` imports nothing above it.
+pub type LateCheck = fn(&ValidConfig) -> Vec<validate::Problem>;
+
+/// Reads and validates a config file, then runs `late_check` on it.
+pub fn load(path: &Path, late_check: LateCheck) -> Result<ValidConfig, Vec<Diagnostic>> {
     let file = path.display().to_string();
     let problem = |message: String| {
         vec![Diagnostic {
@@ -64,7 +69,7 @@ pub fn load(path: &Path) -> Result<ValidConfig, Vec<Diagnostic>> {
     };
     let source = read_capped(path).map_err(|e| problem(format!("cannot read config: {e}")))?;
     match source {
-        Some(source) => parse(&source, &file),
+        Some(source) => parse(&source, &file, late_check),
         None => Err(problem(format!(
             "the config is larger than {MAX_CONFIG_BYTES} bytes (1 MiB), which outpost does not read"
         ))),
@@ -81,8 +86,13 @@ fn read_capped(path: &Path) -> std::io::Result<Option<String>> {
     Ok((text.len() as u64 <= MAX_CONFIG_BYTES).then_some(text))
 }
 
-/// Parses and validates config text; `file` is only used in diagnostics.
-pub fn parse(source: &str, file: &str) -> Result<ValidConfig, Vec<Diagnostic>> {
+/// Parses and validates config text, then runs `late_check`; `file` is only used in
+/// diagnostics.
+pub fn parse(
+    source: &str,
+    file: &str,
+    late_check: LateCheck,
+) -> Result<ValidConfig, Vec<Diagnostic>> {
     let at = |offset: usize, message: String| Diagnostic {
         file: file.to_string(),
         position: Some(locate::line_col(source, offset)),
@@ -117,12 +127,12 @@ pub fn parse(source: &str, file: &str) -> Result<ValidConfig, Vec<Diagnostic>> {
         located.into_iter().map(|(_, d)| d).collect::<Vec<_>>()
     };
     let valid = validate::validate(config).map_err(located)?;
-    // `${…}` references can only be checked against the variables the plan derives.
-    let unresolved = crate::plan::unresolved_references(&valid);
-    if unresolved.is_empty() {
+    // E.g. `${…}` references, checked against the variables the plan derives.
+    let late = late_check(&valid);
+    if late.is_empty() {
         Ok(valid)
     } else {
-        Err(located(unresolved))
+        Err(located(late))
     }
 }
 

@@ -122,7 +122,7 @@ fn default_binds(
     netns_port_of: &dyn Fn(&str) -> Option<u16>,
 ) -> Vec<(String, String, u16)> {
     let any = "0.0.0.0".to_string();
-    let service_port = crate::plan::service_port(service)
+    let service_port = crate::config::naming::service_port(service)
         .and_then(|label| netns_port_of(&label).or_else(|| label.parse().ok()))
         .unwrap_or(0);
     if let Some(ingress) = &gateway.ingress {

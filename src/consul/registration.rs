@@ -252,7 +252,7 @@ pub fn expose_paths(input: &ServiceInputs) -> Vec<(String, String, u16, String)>
 fn exposed_check_label(service: &Service, ci: usize, check: &Check) -> String {
     match &check.port {
         Some(port) => port.0.clone(),
-        None => crate::plan::expose_check_label(service, ci),
+        None => crate::config::naming::expose_check_label(service, ci),
     }
 }
 

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use crate::plan::NETNS_DIR;
+pub use crate::config::naming::NETNS_DIR;
 
 /// statfs magic of nsfs: the file is a live namespace, not a leftover empty file.
 const NSFS_MAGIC: i64 = 0x6e73_6673;

@@ -7,10 +7,14 @@ mod leases;
 pub mod render;
 
 use crate::config::locate::Seg;
+use crate::config::naming::{
+    NETNS_DIR, alloc_id, envoy_ports, expose_check_label, gateway_kind, has_sidecar,
+    host_veth_name, netns_name, service_id, service_port, sidecar_label,
+};
 use crate::config::validate::{PROXY_PREFIX, Problem};
 use crate::config::{Dur, Group, Ipv4Net, Logs, Restart, Service, ValidConfig};
 use crate::path;
-use crate::state::NodeState;
+use crate::state::{self, NodeState};
 use env::EnvMap;
 use leases::PortRequest;
 use miniserde::Serialize;
@@ -220,64 +224,7 @@ impl Plan {
     }
 }
 
-/// Envoy's admin and ready ports inside the namespace for the `i`th service of a group
-/// (DESIGN.md: admin 127.0.0.2:19000+i, ready 127.0.0.1:19100+i).
-pub fn envoy_ports(service_index: usize) -> (u16, u16) {
-    let i = u16::try_from(service_index).unwrap_or(u16::MAX).min(99);
-    (19000 + i, 19100 + i)
-}
-
-pub const NETNS_DIR: &str = "/run/netns";
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-pub fn netns_name(group: &str) -> String {
-    format!("outpost-{group}")
-}
-
-/// Host end of a group's veth: `op` + 8 hex digits of a hash of the group name, so it fits
-/// IFNAMSIZ whatever the group is called.
-pub fn host_veth_name(group: &str) -> String {
-    format!("op{:08x}", fnv1a64(group.as_bytes(), 0) as u32)
-}
-
-/// Consul service ID (DESIGN.md): `_outpost-<group>-<service>-<port label or number>`.
-pub fn service_id(group: &str, service: &Service) -> String {
-    match service_port(service) {
-        Some(port) => format!("_outpost-{group}-{}-{port}", service.name),
-        None => format!("_outpost-{group}-{}", service.name),
-    }
-}
-
-/// The gateway kind of a service (`ingress`, `terminating`, `mesh`), if it is one.
-pub fn gateway_kind(service: &Service) -> Option<&'static str> {
-    let gateway = service.connect.as_ref()?.gateway.as_ref()?;
-    if gateway.ingress.is_some() {
-        Some("ingress")
-    } else if gateway.terminating.is_some() {
-        Some("terminating")
-    } else {
-        gateway.mesh.as_ref().map(|_| "mesh")
-    }
-}
-
-/// The service's port label or number. A terminating gateway written without one gets
-/// Nomad's injected `connect-terminating-<service>` (§1.4).
-pub fn service_port(service: &Service) -> Option<String> {
-    match (&service.port, gateway_kind(service)) {
-        (Some(port), _) => Some(port.0.clone()),
-        (None, Some("terminating")) => Some(format!("connect-terminating-{}", service.name)),
-        (None, _) => None,
-    }
-}
-
-/// The dynamic port label of the `ci`th check of a service when it is exposed through the
-/// sidecar without a port of its own: Nomad's `svc_<service>_ck_<6 hex>` (§1.6). Nomad's hex
-/// comes from its check hash; ours from a hash of the service name and check index, just as
-/// stable.
-pub fn expose_check_label(service: &Service, ci: usize) -> String {
-    let hash = fnv1a64(format!("{}_{ci}", service.name).as_bytes(), 0);
-    format!("svc_{}_ck_{:06x}", service.name, hash & 0xff_ffff)
-}
 
 /// Port labels Nomad injects for a service's proxy or gateway (§1.4), and for its checks
 /// exposed through the sidecar (§1.6).
@@ -298,27 +245,32 @@ fn injected_labels(service: &Service) -> Vec<String> {
     }
 }
 
-fn fnv1a64(bytes: &[u8], seed: u64) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325 ^ seed, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// A stable, UUID-shaped allocation ID for `NOMAD_ALLOC_ID`: the same node and group always
-/// get the same ID, so metrics tags and logs stay comparable across restarts.
-fn alloc_id(node: &str, group: &str) -> String {
-    let key = format!("{node}/{group}");
-    let hi = fnv1a64(key.as_bytes(), 0);
-    let lo = fnv1a64(key.as_bytes(), 0x9e37_79b9_7f4a_7c15);
-    let hex = format!("{hi:016x}{lo:016x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+/// The state a plan implies: each group's lease and dynamic ports.
+pub fn node_state(plan: &Plan) -> NodeState {
+    let groups = plan
+        .groups
+        .iter()
+        .map(|g| {
+            let state = state::GroupState {
+                address: g
+                    .netns
+                    .as_ref()
+                    .and_then(|ns| ns.address.split('/').next())
+                    .map(str::to_string),
+                ports: g
+                    .ports
+                    .iter()
+                    .filter(|p| p.dynamic)
+                    .map(|p| (p.label.clone(), p.host_port))
+                    .collect(),
+            };
+            (g.name.clone(), state)
+        })
+        .collect();
+    NodeState {
+        version: state::VERSION,
+        groups,
+    }
 }
 
 /// Builds the plan. Errors are resource exhaustion (no free address or port).
@@ -410,22 +362,6 @@ fn build_checked(
 
 fn is_bridge(group: &Group) -> bool {
     group.network.as_ref().is_some_and(|n| n.mode == "bridge")
-}
-
-fn has_sidecar(service: &Service) -> bool {
-    service
-        .connect
-        .as_ref()
-        .is_some_and(|c| c.sidecar_service.is_some())
-}
-
-fn sidecar_label(service: &Service) -> String {
-    service
-        .connect
-        .as_ref()
-        .and_then(|c| c.sidecar_service.as_ref())
-        .and_then(|s| s.port.clone())
-        .unwrap_or_else(|| format!("{PROXY_PREFIX}-{}", service.name))
 }
 
 /// Every group's ports (written and injected), with dynamic host ports allocated.
@@ -1096,19 +1032,4 @@ struct TaskSpec<'a> {
     logs: Logs,
     restart: Restart,
     config_path: Vec<Seg>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_fit_their_limits() {
-        let long = "a".repeat(63);
-        assert_eq!(host_veth_name(&long).len(), 10);
-        assert_ne!(host_veth_name("api"), host_veth_name("web"));
-        assert_eq!(alloc_id("n", "g"), alloc_id("n", "g"));
-        assert_ne!(alloc_id("n", "g"), alloc_id("n", "h"));
-        assert_eq!(alloc_id("n", "g").len(), 36);
-    }
 }

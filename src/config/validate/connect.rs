@@ -422,7 +422,7 @@ pub(super) fn check_upstream_collisions(c: &mut Checker, gi: usize, group: &Grou
             continue;
         };
         if net.is_bridge() {
-            let (admin, ready) = crate::plan::envoy_ports(si);
+            let (admin, ready) = crate::config::naming::envoy_ports(si);
             netns_ports.insert(
                 admin,
                 format!("Envoy's admin port for service \"{}\"", service.name),

@@ -12,10 +12,10 @@ pub(super) fn check_tasks(c: &mut Checker, gi: usize, group: &Group) {
             s.connect
                 .as_ref()
                 .is_some_and(|k| k.sidecar_service.is_some())
-                || crate::plan::gateway_kind(s).is_some()
+                || crate::config::naming::gateway_kind(s).is_some()
         })
         .map(|s| {
-            let prefix = crate::plan::gateway_kind(s)
+            let prefix = crate::config::naming::gateway_kind(s)
                 .map_or(PROXY_PREFIX.to_string(), |kind| format!("connect-{kind}"));
             (format!("{prefix}-{}", s.name), s.name.as_str())
         })
