@@ -30,7 +30,7 @@ try() { if "$@" >/dev/null 2>&1; then echo ok; else echo denied; fi; }
   echo "read-group-tokens $(try ls ../secrets)"
   echo "new-namespace $(try unshare --net true)"
   echo "flush-nftables $(try nft flush ruleset)"
-  echo "write-shared $(try touch ../alloc/data/mine)"
+  echo "write-shared $(try touch "../alloc/data/$NOMAD_TASK_NAME")"
 } > local/results.tmp
 mv local/results.tmp local/results
 exec sleep 1000
