@@ -322,24 +322,25 @@ fn plan_for(n: usize) -> Plan {
 
 fn bench_outpost(n: usize) -> Samples {
     let plan = plan_for(n);
-    let mut host = HostNetwork::prepare(&plan).expect("prepare host");
+    let mut host = HostNetwork::prepare(&plan.bridge).expect("prepare host");
     let mut s = Samples {
         up: Vec::new(),
         down: Vec::new(),
     };
     for i in 0..n {
         let t = Instant::now();
-        host.ensure_group(&plan.groups[i]).expect("group up");
-        net::sync_firewall(&plan.bridge, &plan.groups[..=i]).expect("firewall");
+        host.ensure_group(&plan.groups[i].net()).expect("group up");
+        net::sync_firewall(&plan.bridge, &plan.net_groups()[..=i]).expect("firewall");
         s.up.push(t.elapsed());
     }
     for i in (0..n).rev() {
         let t = Instant::now();
-        host.remove_group(&plan.groups[i]).expect("group down");
-        net::sync_firewall(&plan.bridge, &plan.groups[..i]).expect("firewall");
+        host.remove_group(&plan.groups[i].net())
+            .expect("group down");
+        net::sync_firewall(&plan.bridge, &plan.net_groups()[..i]).expect("firewall");
         s.down.push(t.elapsed());
     }
-    net::teardown(&plan).expect("teardown");
+    net::teardown(&plan.bridge).expect("teardown");
     wait_for_links_gone("op");
     s
 }

@@ -382,7 +382,7 @@ fn remove_orphan_dirs(plan: &Plan) {
 /// host (so a crash mid-apply re-plans the same addresses and ports), then reconciles.
 pub fn apply(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
     let plan = prepare(valid, host)?;
-    net::apply(&plan).map_err(|e| e.to_string())?;
+    net::apply(&plan.bridge, &plan.net_groups()).map_err(|e| e.to_string())?;
     info!(
         "network applied: {} group(s), bridge {}",
         plan.groups.len(),
@@ -404,7 +404,7 @@ fn prepare(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
         ..host.clone()
     };
     let plan = plan::build(valid, &previous, &host).map_err(|e| format!("cannot plan: {e}"))?;
-    let check = net::self_check(&plan);
+    let check = net::self_check(&plan.bridge, &plan.net_groups());
     for note in &check.notes {
         info!("{note}");
     }
@@ -489,7 +489,7 @@ pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), String> {
     }
     stop_tasks(&plan);
     let consul = consul.and_then(|()| release_tokens_in(valid, &group_dirs(&plan.run_dir)));
-    net::teardown(&plan).map_err(|e| e.to_string())?;
+    net::teardown(&plan.bridge).map_err(|e| e.to_string())?;
     if state_path.exists() {
         state::save(&state_path, &plan::node_state(&plan.without_groups()))
             .map_err(|e| format!("cannot write state file {}: {e}", state_path.display()))?;

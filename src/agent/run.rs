@@ -404,7 +404,7 @@ impl Agent {
         for (binary, version) in &envoys {
             info!("Envoy {version} at {binary}");
         }
-        net::apply(&plan).map_err(|e| e.to_string())?;
+        net::apply(&plan.bridge, &plan.net_groups()).map_err(|e| e.to_string())?;
         info!("network applied: {} group(s)", plan.groups.len());
         let records = load_records(&plan.run_dir);
         stop_strays(&records, &plan);
@@ -720,7 +720,7 @@ impl Agent {
         }
         crate::alloc::stop_all(&mut going);
         super::remove_orphan_dirs(&plan);
-        if let Err(e) = net::apply(&plan) {
+        if let Err(e) = net::apply(&plan.bridge, &plan.net_groups()) {
             error!("reload: network: {e}");
         }
         for group in &plan.groups {

@@ -2,7 +2,7 @@
 //! that holds the default route (the address services are advertised on by default), and
 //! the ports host services listen on (a group must not map one of them).
 
-use crate::plan::HostFacts;
+use super::spec::HostFacts;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -8,13 +8,14 @@ mod host;
 mod link;
 mod netlink;
 pub mod netns;
+pub mod spec;
 pub mod tproxy;
 
 pub use host::{host_facts, listening_ports};
 
-use crate::plan::{BridgePlan, GroupPlan, Plan};
 use firewall::{Mapping, NatSpec};
 use log::{info, warn};
+use spec::{BridgePlan, GroupNet};
 use std::collections::BTreeSet;
 use std::io;
 use std::net::Ipv4Addr;
@@ -65,10 +66,9 @@ fn is_our_veth(name: &str) -> bool {
 }
 
 /// The port mappings of a bridge group (none in host mode).
-pub fn group_mappings(group: &GroupPlan) -> Vec<Mapping> {
+pub fn group_mappings(group: &GroupNet) -> Vec<Mapping> {
     let Some(address) = group
         .netns
-        .as_ref()
         .and_then(|ns| ns.address.split('/').next())
         .and_then(|a| a.parse::<Ipv4Addr>().ok())
     else {
@@ -78,7 +78,7 @@ pub fn group_mappings(group: &GroupPlan) -> Vec<Mapping> {
         .ports
         .iter()
         .map(|p| Mapping {
-            group: group.name.clone(),
+            group: group.name.to_string(),
             label: p.label.clone(),
             host_port: p.host_port,
             address,
@@ -87,7 +87,7 @@ pub fn group_mappings(group: &GroupPlan) -> Vec<Mapping> {
         .collect()
 }
 
-fn nat_spec(bridge: &BridgePlan, groups: &[GroupPlan]) -> NatSpec {
+fn nat_spec(bridge: &BridgePlan, groups: &[GroupNet]) -> NatSpec {
     NatSpec {
         bridge: bridge.name.clone(),
         subnet: bridge.subnet,
@@ -97,23 +97,23 @@ fn nat_spec(bridge: &BridgePlan, groups: &[GroupPlan]) -> NatSpec {
 
 /// Brings the host to the plan's network: bridge, every bridge group's namespace, veth,
 /// address and route, the NAT table; removes our namespaces, veths and rules no group owns.
-pub fn apply(plan: &Plan) -> Result<(), NetError> {
-    let bridge_groups: Vec<&GroupPlan> = plan.groups.iter().filter(|g| g.netns.is_some()).collect();
+pub fn apply(bridge: &BridgePlan, groups: &[GroupNet]) -> Result<(), NetError> {
+    let bridge_groups: Vec<&GroupNet> = groups.iter().filter(|g| g.netns.is_some()).collect();
     if bridge_groups.is_empty() {
         // Nothing needs the bridge: leave no bridge, namespace or rule of ours behind.
-        return teardown(plan);
+        return teardown(bridge);
     }
-    let mut host = HostNetwork::prepare(plan)?;
+    let mut host = HostNetwork::prepare(bridge)?;
     for group in &bridge_groups {
         host.ensure_group(group)?;
     }
     host.remove_orphans(&bridge_groups)?;
-    sync_firewall(&plan.bridge, &plan.groups)
+    sync_firewall(bridge, groups)
 }
 
 /// Replaces our NAT table with the rules for `groups` (or removes it when the firewall is
 /// not ours).
-pub fn sync_firewall(bridge: &BridgePlan, groups: &[GroupPlan]) -> Result<(), NetError> {
+pub fn sync_firewall(bridge: &BridgePlan, groups: &[GroupNet]) -> Result<(), NetError> {
     if bridge.firewall == "nftables" {
         firewall::replace(&nat_spec(bridge, groups))
             .context(|| format!("install nf_tables table {}", firewall::TABLE))
@@ -130,44 +130,44 @@ pub struct HostNetwork {
 }
 
 impl HostNetwork {
-    pub fn prepare(plan: &Plan) -> Result<HostNetwork, NetError> {
+    pub fn prepare(plan: &BridgePlan) -> Result<HostNetwork, NetError> {
         let mut sock = link::open().context(|| "open a netlink route socket".into())?;
         // First, because it refuses a name taken by another kind of interface before
         // anything on the host has changed.
         let bridge = ensure_bridge(&mut sock, plan)?;
         netns::ensure_dir().context(|| "prepare /run/netns".into())?;
         write_sysctl("net/ipv4/ip_forward", "1")?;
-        keep_sysctls(&plan.bridge.name)?;
+        keep_sysctls(&plan.name)?;
         Ok(HostNetwork {
             sock,
             bridge,
-            bridge_plan: plan.bridge.clone(),
+            bridge_plan: plan.clone(),
         })
     }
 
     /// One group's namespace, veth pair, address and route (not its NAT rules: see
     /// `sync_firewall`).
-    pub fn ensure_group(&mut self, group: &GroupPlan) -> Result<(), NetError> {
+    pub fn ensure_group(&mut self, group: &GroupNet) -> Result<(), NetError> {
         ensure_group(&mut self.sock, self.bridge, &self.bridge_plan, group)
     }
 
     /// Deletes a group's namespace; the kernel removes its veth.
-    pub fn remove_group(&mut self, group: &GroupPlan) -> Result<(), NetError> {
-        let Some(ns) = &group.netns else {
+    pub fn remove_group(&mut self, group: &GroupNet) -> Result<(), NetError> {
+        let Some(ns) = group.netns else {
             return Ok(());
         };
         netns::delete(&ns.name)
             .context(|| format!("group {}: delete namespace {}", group.name, ns.name))
     }
 
-    fn remove_orphans(&mut self, groups: &[&GroupPlan]) -> Result<(), NetError> {
+    fn remove_orphans(&mut self, groups: &[&GroupNet]) -> Result<(), NetError> {
         remove_orphans(&mut self.sock, groups)
     }
 }
 
 /// Removes everything `apply` made: every `outpost-*` namespace and our veths, our NAT
 /// table, and the bridge if no port of anyone else is left on it.
-pub fn teardown(plan: &Plan) -> Result<(), NetError> {
+pub fn teardown(bridge_plan: &BridgePlan) -> Result<(), NetError> {
     for name in netns::list(NETNS_PREFIX).context(|| "list /run/netns".into())? {
         netns::delete(&name).context(|| format!("delete namespace {name}"))?;
         info!("deleted namespace {name}");
@@ -186,7 +186,7 @@ pub fn teardown(plan: &Plan) -> Result<(), NetError> {
         Err(e) if e.raw_os_error() == Some(nix::libc::EPROTONOSUPPORT) => {}
         Err(e) => return Err(e).context(|| format!("remove nf_tables table {}", firewall::TABLE)),
     }
-    let bridge_name = &plan.bridge.name;
+    let bridge_name = &bridge_plan.name;
     let Some(bridge) =
         link::get(&mut sock, bridge_name).context(|| format!("look up bridge {bridge_name}"))?
     else {
@@ -225,8 +225,8 @@ fn bridge_mac(name: &str) -> [u8; 6] {
     [0x02, b[1], b[2], b[3], b[4], b[5]]
 }
 
-fn ensure_bridge(sock: &mut netlink::Socket, plan: &Plan) -> Result<i32, NetError> {
-    let name = &plan.bridge.name;
+fn ensure_bridge(sock: &mut netlink::Socket, plan: &BridgePlan) -> Result<i32, NetError> {
+    let name = &plan.name;
     let existing = link::get(sock, name).context(|| format!("look up bridge {name}"))?;
     let bridge = match existing {
         Some(l) if l.kind.as_deref() == Some("bridge") => l,
@@ -253,8 +253,8 @@ fn ensure_bridge(sock: &mut netlink::Socket, plan: &Plan) -> Result<i32, NetErro
                 })?
         }
     };
-    let gateway = plan.bridge.subnet.gateway();
-    link::set_only_address(sock, bridge.index, gateway, plan.bridge.subnet.prefix)
+    let gateway = plan.subnet.gateway();
+    link::set_only_address(sock, bridge.index, gateway, plan.subnet.prefix)
         .context(|| format!("set address {gateway} on bridge {name}"))?;
     if !bridge.up {
         link::set_up(sock, bridge.index).context(|| format!("set bridge {name} up"))?;
@@ -288,9 +288,9 @@ fn ensure_group(
     sock: &mut netlink::Socket,
     bridge: i32,
     bridge_plan: &BridgePlan,
-    group: &GroupPlan,
+    group: &GroupNet,
 ) -> Result<(), NetError> {
-    let Some(ns) = &group.netns else {
+    let Some(ns) = group.netns else {
         return Ok(());
     };
     let created = netns::create(&ns.name)
@@ -377,7 +377,7 @@ fn ensure_group(
             group.name, ns.name
         )
     })?;
-    if let Some(t) = &group.tproxy {
+    if let Some(t) = group.tproxy {
         netns::run_in(&ns.name, || tproxy::apply(t)).context(|| {
             format!(
                 "group {}: transparent proxy rules (table {}) in {}",
@@ -431,10 +431,10 @@ fn configure_inside(
     std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
 }
 
-fn remove_orphans(sock: &mut netlink::Socket, groups: &[&GroupPlan]) -> Result<(), NetError> {
+fn remove_orphans(sock: &mut netlink::Socket, groups: &[&GroupNet]) -> Result<(), NetError> {
     let wanted_ns: BTreeSet<&str> = groups
         .iter()
-        .filter_map(|g| g.netns.as_ref())
+        .filter_map(|g| g.netns)
         .map(|n| n.name.as_str())
         .collect();
     for name in netns::list(NETNS_PREFIX).context(|| "list /run/netns".into())? {
@@ -445,7 +445,7 @@ fn remove_orphans(sock: &mut netlink::Socket, groups: &[&GroupPlan]) -> Result<(
     }
     let wanted_veth: BTreeSet<&str> = groups
         .iter()
-        .filter_map(|g| g.netns.as_ref())
+        .filter_map(|g| g.netns)
         .map(|n| n.host_veth.as_str())
         .collect();
     for l in link::list(sock).context(|| "list links".into())? {
@@ -499,12 +499,12 @@ pub struct SelfCheck {
     pub notes: Vec<String>,
 }
 
-pub fn self_check(plan: &Plan) -> SelfCheck {
+pub fn self_check(bridge: &BridgePlan, groups: &[GroupNet]) -> SelfCheck {
     let mut check = SelfCheck {
         errors: Vec::new(),
         notes: Vec::new(),
     };
-    if !plan.groups.iter().any(|g| g.netns.is_some()) {
+    if !groups.iter().any(|g| g.netns.is_some()) {
         return check;
     }
     check.errors.extend(probe_link_support());
@@ -514,12 +514,12 @@ pub fn self_check(plan: &Plan) -> SelfCheck {
             netns::NETNS_DIR
         ));
     }
-    if plan.bridge.firewall == "nftables" {
+    if bridge.firewall == "nftables" {
         check
             .errors
-            .extend(port_conflicts(plan, &host::listeners()));
+            .extend(port_conflicts(groups, &host::listeners()));
     }
-    if plan.bridge.firewall == "nftables"
+    if bridge.firewall == "nftables"
         && let Err(e) = firewall_probe()
     {
         check.errors.push(format!(
@@ -529,7 +529,7 @@ pub fn self_check(plan: &Plan) -> SelfCheck {
     match std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").map(|v| v.trim() == "1") {
         Ok(true) => check.notes.push(format!(
             "net.bridge.bridge-nf-call-iptables = 1: traffic between groups on bridge {} also passes the host's ip filter hooks; if a host firewall drops forwarded packets, allow {}",
-            plan.bridge.name, plan.bridge.subnet
+            bridge.name, bridge.subnet
         )),
         Ok(false) => {}
         Err(_) => check.notes.push("br_netfilter is not loaded: bridged traffic between groups bypasses the host firewall (outpost does not need it)".into()),
@@ -539,9 +539,9 @@ pub fn self_check(plan: &Plan) -> SelfCheck {
 
 /// Mapped host ports that a host service listens on: the DNAT rule would take its traffic
 /// (from the host itself too) to the group instead.
-fn port_conflicts(plan: &Plan, listeners: &[host::Listener]) -> Vec<String> {
+fn port_conflicts(groups: &[GroupNet], listeners: &[host::Listener]) -> Vec<String> {
     let mut errors = Vec::new();
-    for group in plan.groups.iter().filter(|g| g.netns.is_some()) {
+    for group in groups.iter().filter(|g| g.netns.is_some()) {
         for port in group.ports.iter().filter(|p| p.host_port > 0) {
             for l in listeners.iter().filter(|l| l.port == port.host_port) {
                 errors.push(format!(

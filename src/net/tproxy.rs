@@ -21,8 +21,8 @@ use super::firewall::{
     chain_msg, existing_rules, rule_msg, table_msg, text,
 };
 use super::netlink::{NLM_F_CREATE, Socket};
+use super::spec::TproxyPlan;
 use crate::config::Ipv4Net;
-use crate::plan::TproxyPlan;
 use neli::consts::socket::NlFamily;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};

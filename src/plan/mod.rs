@@ -12,7 +12,8 @@ use crate::config::naming::{
     host_veth_name, netns_name, service_id, service_port, sidecar_label,
 };
 use crate::config::validate::{PROXY_PREFIX, Problem};
-use crate::config::{Dur, Group, Ipv4Net, Logs, Restart, Service, ValidConfig};
+use crate::config::{Dur, Group, Logs, Restart, Service, ValidConfig};
+pub use crate::net::spec::{BridgePlan, GroupNet, HostFacts, NetnsPlan, PortPlan, TproxyPlan};
 use crate::path;
 use crate::state::{self, NodeState};
 use env::EnvMap;
@@ -20,32 +21,6 @@ use leases::PortRequest;
 use miniserde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-
-/// Facts about the host the plan depends on, gathered by the caller (`net::host_facts`).
-#[derive(Clone, Debug)]
-pub struct HostFacts {
-    pub hostname: String,
-    /// Used when `network.advertise_address` is not set.
-    pub default_address: Ipv4Addr,
-    /// Where `default_address` came from, for the plan's reader.
-    pub default_address_source: String,
-    /// Ports host services listen on (TCP) or are bound to (UDP): dynamic ports of bridge
-    /// groups are kept off them.
-    pub listening_ports: BTreeSet<u16>,
-}
-
-impl HostFacts {
-    /// Stand-in facts for checks that only need the plan's shape (variable names), not its
-    /// values.
-    pub fn placeholder() -> HostFacts {
-        HostFacts {
-            hostname: "localhost".into(),
-            default_address: Ipv4Addr::LOCALHOST,
-            default_address_source: "placeholder".into(),
-            listening_ports: BTreeSet::new(),
-        }
-    }
-}
 
 #[derive(Debug, Serialize)]
 pub struct Plan {
@@ -57,16 +32,6 @@ pub struct Plan {
     pub bridge: BridgePlan,
     pub dynamic_ports: String,
     pub groups: Vec<GroupPlan>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct BridgePlan {
-    pub name: String,
-    pub address: String,
-    pub subnet: Ipv4Net,
-    pub firewall: String,
-    /// The NAT rules every bridge group shares (nft syntax), if the firewall is ours.
-    pub firewall_rules: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -94,48 +59,6 @@ pub struct GroupPlan {
     pub tasks: Vec<TaskPlan>,
     /// Transparent proxy redirection inside the namespace, if a sidecar asks for it.
     pub tproxy: Option<TproxyPlan>,
-}
-
-/// Consul SDK's traffic-redirection config as Nomad fills it (reference/nomad-connect.md
-/// §9), and the rules it becomes.
-#[derive(Debug, Serialize)]
-pub struct TproxyPlan {
-    /// Envoy's uid: its own outbound traffic is not redirected (Nomad's default 101).
-    pub proxy_uid: String,
-    /// Envoy's public listener (the sidecar port inside the namespace).
-    pub inbound_port: u16,
-    /// Envoy's outbound listener (15001 unless set).
-    pub outbound_port: u16,
-    /// Sorted, de-duplicated: static ports, `exclude_inbound_ports`, expose listeners.
-    pub exclude_inbound_ports: Vec<String>,
-    pub exclude_outbound_ports: Vec<u16>,
-    pub exclude_outbound_cidrs: Vec<String>,
-    pub exclude_uids: Vec<String>,
-    /// Consul's DNS (`consul.dns_address`) unless `no_dns`.
-    pub dns: Option<String>,
-    /// The nf_tables rules (nft syntax) installed in the namespace.
-    pub rules: Vec<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct NetnsPlan {
-    pub name: String,
-    pub path: String,
-    pub host_veth: String,
-    pub interface: String,
-    pub address: String,
-    pub gateway: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PortPlan {
-    pub label: String,
-    pub host_port: u16,
-    /// The port inside the group's namespace (equal to `host_port` in host mode).
-    pub netns_port: u16,
-    pub dynamic: bool,
-    /// Added by outpost (sidecar ports), not written in the config.
-    pub injected: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -208,7 +131,24 @@ pub struct RestartPlan {
     pub mode: String,
 }
 
+impl GroupPlan {
+    /// What the network makes for this group.
+    pub fn net(&self) -> GroupNet<'_> {
+        GroupNet {
+            name: &self.name,
+            netns: self.netns.as_ref(),
+            ports: &self.ports,
+            tproxy: self.tproxy.as_ref(),
+        }
+    }
+}
+
 impl Plan {
+    /// Every group as the network sees it.
+    pub fn net_groups(&self) -> Vec<GroupNet<'_>> {
+        self.groups.iter().map(GroupPlan::net).collect()
+    }
+
     /// The same node-level plan with no groups (what remains once everything is removed).
     pub fn without_groups(&self) -> Plan {
         Plan {
@@ -330,7 +270,7 @@ fn build_checked(
     let ours = cfg.network.firewall == "nftables";
     if ours {
         for group in &mut groups {
-            group.firewall_rules = crate::net::group_mappings(group)
+            group.firewall_rules = crate::net::group_mappings(&group.net())
                 .iter()
                 .flat_map(crate::net::firewall::describe_mapping)
                 .collect();
