@@ -9,7 +9,7 @@
 //! and can take over processes an earlier agent started (`adopt`).
 
 use crate::config::duration;
-use crate::plan::{GroupPlan, TaskPlan};
+use crate::plan::{GroupPlan, Lifecycle, TaskPlan};
 use crate::supervise::{self, Proc, Spec};
 use log::{info, warn};
 use std::path::{Path, PathBuf};
@@ -44,7 +44,7 @@ pub enum TaskState {
 #[derive(Debug)]
 pub struct Task {
     pub plan_name: String,
-    pub lifecycle: String,
+    pub lifecycle: Lifecycle,
     pub spec: Spec,
     pub state: TaskState,
     pub restarts: u32,
@@ -132,7 +132,7 @@ fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Tas
     let logs = Path::new(&group.alloc_dir).join("alloc/logs");
     Task {
         plan_name: t.name.clone(),
-        lifecycle: t.lifecycle.clone(),
+        lifecycle: t.lifecycle,
         spec: Spec {
             argv: t.argv.clone(),
             env: t.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -228,10 +228,14 @@ impl Runner {
         let all = self
             .tasks
             .iter()
-            .all(|t| matches!(t.state, TaskState::Running(_)) || is_prestart(t));
+            .all(|t| matches!(t.state, TaskState::Running(_)) || runs_to_completion(t));
         if adopted > 0 && all {
             for t in &mut self.tasks {
-                if is_prestart(t) && t.state == TaskState::Pending {
+                // Prestart and poststart tasks ran; poststop tasks wait for the stop.
+                if runs_to_completion(t)
+                    && t.lifecycle != Lifecycle::Poststop
+                    && t.state == TaskState::Pending
+                {
                     t.state = TaskState::Done;
                 }
             }
@@ -265,7 +269,7 @@ impl Runner {
         changed |= self.restart_due(now);
         match self.phase {
             Phase::Sidecars => {
-                let started = self.start_where(|t| t.lifecycle == "prestart sidecar");
+                let started = self.start_where(|t| t.lifecycle == Lifecycle::PrestartSidecar);
                 changed |= started;
                 // An Envoy started just now cannot answer yet: ask from the next tick on, so
                 // the other groups' sidecars start without waiting on this question.
@@ -282,19 +286,23 @@ impl Runner {
                 }
             }
             Phase::Prestart => {
-                changed |= self.start_where(|t| t.lifecycle == "prestart");
+                changed |= self.start_where(is_prestart);
                 let done = self
                     .tasks
                     .iter()
-                    .filter(|t| t.lifecycle == "prestart")
+                    .filter(|t| is_prestart(t))
                     .all(|t| matches!(t.state, TaskState::Done | TaskState::Failed));
                 if done {
                     self.set_phase(Phase::Main);
                 }
             }
             Phase::Main => {
-                changed |= self.start_where(|t| t.lifecycle == "main");
-                changed |= self.start_where(|t| t.lifecycle.starts_with("poststart"));
+                changed |= self.start_where(|t| {
+                    matches!(
+                        t.lifecycle,
+                        Lifecycle::Main | Lifecycle::Poststart | Lifecycle::PoststartSidecar
+                    )
+                });
                 self.set_phase(Phase::Running);
             }
             Phase::Failed => {
@@ -364,7 +372,7 @@ impl Runner {
     fn sidecars_ready(&self) -> bool {
         self.tasks
             .iter()
-            .filter(|t| t.lifecycle == "prestart sidecar")
+            .filter(|t| t.lifecycle == Lifecycle::PrestartSidecar)
             .all(|t| match (&t.state, &t.ready_check, &self.netns) {
                 (TaskState::Running(_), Some(admin), Some(ns)) => {
                     let uid = t.spec.user.as_deref().map(supervise::credentials);
@@ -425,7 +433,7 @@ impl Runner {
             }
             changed = true;
             let how = code.map_or("exited".to_string(), |c| format!("exited with {c}"));
-            if task.lifecycle == "prestart" && code == Some(0) {
+            if runs_to_completion(task) && code == Some(0) {
                 info!("group {}: task {} {how}; done", self.name, task.plan_name);
                 task.state = TaskState::Done;
                 continue;
@@ -516,7 +524,7 @@ impl Runner {
     fn take_running(&mut self, sidecars: bool) -> Vec<supervise::Stopping> {
         let mut stopping = Vec::new();
         for task in &mut self.tasks {
-            if task.lifecycle.contains("sidecar") != sidecars {
+            if task.lifecycle.is_sidecar() != sidecars {
                 continue;
             }
             if let TaskState::Running(proc) = task.state {
@@ -549,20 +557,107 @@ impl Runner {
 /// poststart task concurrently, then every sidecar. So stopping many groups (teardown, a
 /// reload) takes one shutdown_delay + kill_timeout per class, not one per group.
 pub fn stop_all(runners: &mut [Runner]) {
-    for sidecars in [false, true] {
-        let stopping: Vec<supervise::Stopping> = runners
-            .iter_mut()
-            .flat_map(|r| r.take_running(sidecars))
-            .collect();
-        supervise::stop_all(&stopping);
-    }
+    // Poststop tasks run for groups whose tasks ran, not for one that never got that far.
+    let ran: Vec<bool> = runners
+        .iter()
+        .map(|r| {
+            r.tasks
+                .iter()
+                .any(|t| !t.lifecycle.is_sidecar() && matches!(t.state, TaskState::Running(_)))
+        })
+        .collect();
+    let stopping: Vec<supervise::Stopping> = runners
+        .iter_mut()
+        .flat_map(|r| r.take_running(false))
+        .collect();
+    supervise::stop_all(&stopping);
+    run_poststop(runners, &ran);
+    let stopping: Vec<supervise::Stopping> = runners
+        .iter_mut()
+        .flat_map(|r| r.take_running(true))
+        .collect();
+    supervise::stop_all(&stopping);
     for runner in runners {
         runner.set_phase(Phase::Stopped);
     }
 }
 
+/// How long poststop tasks may run before they are stopped: a stop happens inside the
+/// agent's loop (a failed group, a reload), which systemd's 30 s watchdog watches.
+const POSTSTOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// Nomad's poststop tasks: started once the main tasks have stopped (sidecars still run),
+/// each run to its end, at most `POSTSTOP_LIMIT`; then stopped with its kill signal.
+fn run_poststop(runners: &mut [Runner], ran: &[bool]) {
+    let mut running: Vec<(usize, usize)> = Vec::new();
+    for (ri, runner) in runners.iter_mut().enumerate() {
+        if !ran.get(ri).copied().unwrap_or(false) {
+            continue;
+        }
+        for (ti, task) in runner.tasks.iter_mut().enumerate() {
+            if task.lifecycle != Lifecycle::Poststop {
+                continue;
+            }
+            start(&runner.name, task);
+            if let Some(starting) = task.starting.take() {
+                match starting.confirm() {
+                    Ok(proc) => {
+                        info!(
+                            "group {}: started poststop task {} (pid {})",
+                            runner.name, task.plan_name, proc.pid
+                        );
+                        running.push((ri, ti));
+                    }
+                    Err(e) => failed_to_start(&runner.name, task, e),
+                }
+            }
+        }
+    }
+    let deadline = Instant::now() + POSTSTOP_LIMIT;
+    while Instant::now() < deadline {
+        running.retain(|&(ri, ti)| {
+            let runner = &mut runners[ri];
+            let task = &mut runner.tasks[ti];
+            let TaskState::Running(proc) = task.state else {
+                return false;
+            };
+            match supervise::reap(proc.pid) {
+                None if proc.alive() => true,
+                code => {
+                    let how = code.map_or("exited".to_string(), |c| format!("exited with {c}"));
+                    info!(
+                        "group {}: poststop task {} {how}",
+                        runner.name, task.plan_name
+                    );
+                    task.state = TaskState::Done;
+                    false
+                }
+            }
+        });
+        if running.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    warn!("poststop tasks still running after {POSTSTOP_LIMIT:?}; stopping them");
+    let stopping: Vec<supervise::Stopping> = runners
+        .iter_mut()
+        .flat_map(|r| r.take_running(false))
+        .collect();
+    supervise::stop_all(&stopping);
+}
+
 fn is_prestart(t: &Task) -> bool {
-    t.lifecycle == "prestart"
+    t.lifecycle == Lifecycle::Prestart
+}
+
+/// Tasks that run once to their end (exit 0 is done, not a reason to restart): Nomad's
+/// prestart, poststart and poststop tasks that are not sidecars.
+fn runs_to_completion(t: &Task) -> bool {
+    matches!(
+        t.lifecycle,
+        Lifecycle::Prestart | Lifecycle::Poststart | Lifecycle::Poststop
+    )
 }
 
 /// The group's and the task's directories, owned as `allocdir` describes.

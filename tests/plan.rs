@@ -102,7 +102,8 @@ fn gateways_are_main_tasks_with_nomads_injected_ports() {
             .expect(task_name);
         assert_eq!(task.kind.as_deref(), Some(task_kind));
         assert_eq!(
-            task.lifecycle, "main",
+            task.lifecycle.as_str(),
+            "main",
             "a gateway is not a prestart sidecar"
         );
         assert_eq!(task.shutdown_delay, "5s");
@@ -153,7 +154,7 @@ fn countdash_injects_sidecars_with_nomad_args_and_addresses() {
         .expect("injected sidecar task");
     assert!(proxy.injected);
     assert_eq!(proxy.kind.as_deref(), Some("connect-proxy:count-api"));
-    assert_eq!(proxy.lifecycle, "prestart sidecar");
+    assert_eq!(proxy.lifecycle.as_str(), "prestart sidecar");
     assert_eq!(
         proxy.argv,
         [

@@ -94,8 +94,8 @@ fn quickstart_serves_the_mapped_port_without_consul_and_notifies_systemd() {
 }
 
 /// Runs the agent on `groups` (TOML after the agent section, in scratch directories) until
-/// its log satisfies `done` (at most 30 s), tears down, and returns the log and whether the
-/// teardown succeeded. `None` when the test must be skipped.
+/// its log satisfies `done` (at most 30 s), tears down, and returns the log (the teardown's
+/// included) and whether the teardown succeeded. `None` when the test must be skipped.
 fn run_until(name: &str, groups: &str, done: impl Fn(&str) -> bool) -> Option<(String, bool)> {
     if !support::private_network(name) {
         return None;
@@ -123,6 +123,7 @@ fn run_until(name: &str, groups: &str, done: impl Fn(&str) -> bool) -> Option<(S
     }
     let down = outpost(&["teardown"]).status().is_ok_and(|s| s.success());
     let _ = agent.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or(text);
     let _ = std::fs::remove_dir_all(&dir);
     Some((text, down))
 }
@@ -211,4 +212,62 @@ command = "/no/such/program"
     );
     assert!(failed(&text), "{text}");
     assert!(down);
+}
+
+/// Nomad's lifecycle hooks beyond prestart: a poststart task runs once with the main task
+/// (exit 0 is done, not restarted), and a poststop task runs when the group stops, after
+/// its main task has stopped (gone, or a zombie its new parent has not reaped yet).
+#[test]
+fn poststart_runs_once_and_poststop_runs_after_the_main_task_stopped() {
+    let out = std::env::temp_dir().join(format!("outpost-poststop-out-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    // The tasks run as nobody.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let result = out.join("poststop");
+    let groups = format!(
+        r#"
+[[group]]
+name = "job"
+
+[[group.task]]
+name = "server"
+command = "/bin/sh"
+args = ["-c", "echo $$ > $NOMAD_ALLOC_DIR/data/server.pid; exec sleep 1000"]
+
+[[group.task]]
+name = "greet"
+command = "/bin/sh"
+args = ["-c", "echo hello"]
+[group.task.lifecycle]
+hook = "poststart"
+
+[[group.task]]
+name = "cleanup"
+command = "/bin/sh"
+args = ["-c", "s=$(cut -d' ' -f3 /proc/$(cat $NOMAD_ALLOC_DIR/data/server.pid)/stat 2>/dev/null); case $s in ''|Z) r=server-stopped;; *) r=server-running;; esac; echo $r > {}"]
+[group.task.lifecycle]
+hook = "poststop"
+"#,
+        result.display()
+    );
+    let started = |text: &str| {
+        text.contains("started task server") && text.contains("task greet exited with 0; done")
+    };
+    let Some((text, down)) = run_until("poststop", &groups, started) else {
+        return;
+    };
+    let ran = std::fs::read_to_string(&result).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&out);
+    assert!(down, "{text}");
+    // Not started with the main task, started at the stop, after the server stopped.
+    assert_eq!(text.matches("started task cleanup").count(), 0, "{text}");
+    assert!(text.contains("started poststop task cleanup"), "{text}");
+    assert!(
+        text.contains("poststop task cleanup exited with 0"),
+        "{text}"
+    );
+    assert_eq!(ran, "server-stopped\n", "{text}");
+    // The poststart task ran once.
+    assert_eq!(text.matches("started task greet").count(), 1, "{text}");
 }

@@ -765,7 +765,7 @@ impl Agent {
                     .iter()
                     .map(|t| TaskStatus {
                         name: t.plan_name.clone(),
-                        lifecycle: t.lifecycle.clone(),
+                        lifecycle: t.lifecycle.to_string(),
                         state: match t.state {
                             TaskState::Pending => "pending".into(),
                             TaskState::Running(_) => "running".into(),

@@ -100,8 +100,7 @@ pub struct TaskPlan {
     /// Nomad's task kind, e.g. `connect-proxy:count-api`, for injected tasks.
     pub kind: Option<String>,
     pub injected: bool,
-    /// `main`, `prestart`, `prestart sidecar`, `poststart`, `poststart sidecar`, `poststop`.
-    pub lifecycle: String,
+    pub lifecycle: Lifecycle,
     pub driver: String,
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -115,6 +114,68 @@ pub struct TaskPlan {
     pub shutdown_delay: String,
     pub logs: LogsPlan,
     pub restart: RestartPlan,
+}
+
+/// When a task runs in its group's life (Nomad's `lifecycle` block). Shown and serialized
+/// as Nomad writes it: `main`, `prestart`, `prestart sidecar`, `poststart`, …
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Runs to completion (exit 0) before the main tasks start.
+    Prestart,
+    /// Starts first and runs beside the group (Envoy).
+    PrestartSidecar,
+    Main,
+    /// Starts with the main tasks and may exit.
+    Poststart,
+    /// Starts with the main tasks and runs beside them.
+    PoststartSidecar,
+    /// Runs to completion once the main tasks have stopped.
+    Poststop,
+}
+
+impl Lifecycle {
+    fn from_hook(hook: &str, sidecar: bool) -> Lifecycle {
+        match (hook, sidecar) {
+            ("prestart", true) => Lifecycle::PrestartSidecar,
+            ("prestart", false) => Lifecycle::Prestart,
+            ("poststart", true) => Lifecycle::PoststartSidecar,
+            ("poststart", false) => Lifecycle::Poststart,
+            ("poststop", _) => Lifecycle::Poststop,
+            // validate refuses any other hook.
+            _ => Lifecycle::Main,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Prestart => "prestart",
+            Lifecycle::PrestartSidecar => "prestart sidecar",
+            Lifecycle::Main => "main",
+            Lifecycle::Poststart => "poststart",
+            Lifecycle::PoststartSidecar => "poststart sidecar",
+            Lifecycle::Poststop => "poststop",
+        }
+    }
+
+    /// Runs as long as the group does, restarted even after exit 0.
+    pub fn is_sidecar(self) -> bool {
+        matches!(
+            self,
+            Lifecycle::PrestartSidecar | Lifecycle::PoststartSidecar
+        )
+    }
+}
+
+impl std::fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Lifecycle {
+    fn begin(&self) -> miniserde::ser::Fragment<'_> {
+        miniserde::ser::Fragment::Str(std::borrow::Cow::Borrowed(self.as_str()))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -434,11 +495,9 @@ impl Context<'_> {
         let restart = group.restart.clone().unwrap_or_default();
         let mut tasks = Vec::new();
         for (ti, task) in group.tasks.iter().enumerate() {
-            let lifecycle = match &task.lifecycle {
-                None => "main".to_string(),
-                Some(l) if l.sidecar => format!("{} sidecar", l.hook),
-                Some(l) => l.hook.clone(),
-            };
+            let lifecycle = task.lifecycle.as_ref().map_or(Lifecycle::Main, |l| {
+                Lifecycle::from_hook(&l.hook, l.sidecar)
+            });
             let spec = TaskSpec {
                 name: task.name.clone(),
                 kind: None,
@@ -775,16 +834,16 @@ impl Context<'_> {
         // A gateway is the group's main task; a sidecar starts before the group's tasks
         // and runs beside them (§1.2, §1.3).
         let (kind, lifecycle) = match &proxy.gateway {
-            Some(gw) => (format!("connect-{gw}:{}", service.name), "main"),
+            Some(gw) => (format!("connect-{gw}:{}", service.name), Lifecycle::Main),
             None => (
                 format!("{PROXY_PREFIX}:{}", service.name),
-                "prestart sidecar",
+                Lifecycle::PrestartSidecar,
             ),
         };
         TaskSpec {
             name: proxy.task.clone(),
             kind: Some(kind),
-            lifecycle: lifecycle.into(),
+            lifecycle,
             driver: "exec".into(),
             command: overrides
                 .and_then(|t| t.command.clone())
@@ -957,7 +1016,7 @@ pub const ENVOY_UID: &str = "101";
 struct TaskSpec<'a> {
     name: String,
     kind: Option<String>,
-    lifecycle: String,
+    lifecycle: Lifecycle,
     driver: String,
     command: String,
     args: Vec<String>,

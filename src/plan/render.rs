@@ -181,7 +181,7 @@ fn group_text(out: &mut String, group: &GroupPlan) {
 fn task_text(out: &mut String, task: &TaskPlan) {
     let what = match &task.kind {
         Some(kind) => format!("injected {kind}, {}", task.lifecycle),
-        None => task.lifecycle.clone(),
+        None => task.lifecycle.to_string(),
     };
     let _ = writeln!(out, "  + Task \"{}\" ({what})", task.name);
     let _ = writeln!(out, "      argv   {}", task.argv.join(" "));
