@@ -8,8 +8,7 @@
 //! Network and Consul are the agent's business; a runner only starts and watches processes,
 //! and can take over processes an earlier agent started (`adopt`).
 
-use crate::config::duration;
-use crate::plan::{GroupPlan, Lifecycle, TaskPlan};
+use crate::plan::{GroupPlan, Lifecycle, RestartMode, TaskPlan};
 use crate::supervise::{self, Proc, Spec};
 use log::{info, warn};
 use std::path::{Path, PathBuf};
@@ -124,10 +123,6 @@ fn start_journal(group: &GroupPlan) -> Option<PathBuf> {
     Some(supervise::journal_in(run_dir))
 }
 
-fn dur(text: &str, default: Duration) -> Duration {
-    duration::parse(text).unwrap_or(default)
-}
-
 fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Task {
     let logs = Path::new(&group.alloc_dir).join("alloc/logs");
     Task {
@@ -147,9 +142,9 @@ fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Tas
         state: TaskState::Pending,
         restarts: 0,
         last_error: None,
-        kill_signal: supervise::parse_signal(&t.kill_signal),
-        kill_timeout: dur(&t.kill_timeout, Duration::from_secs(5)),
-        shutdown_delay: dur(&t.shutdown_delay, Duration::ZERO),
+        kill_signal: t.kill_signal.0,
+        kill_timeout: t.kill_timeout.0,
+        shutdown_delay: t.shutdown_delay.0,
         ready_check: ready,
         awaiting_bootstrap: false,
         starting: None,
@@ -175,16 +170,14 @@ impl Runner {
                 task_from_plan(group, t, ready)
             })
             .collect();
+        // Every task of a group has the group's policy (a task's own overrides it in the
+        // plan); a group has at least one task (validate).
         let restart = group.tasks.first().map(|t| &t.restart);
         let policy = Policy {
             attempts: restart.map_or(2, |r| r.attempts),
-            interval: restart.map_or(Duration::from_secs(1800), |r| {
-                dur(&r.interval, Duration::from_secs(1800))
-            }),
-            delay: restart.map_or(Duration::from_secs(15), |r| {
-                dur(&r.delay, Duration::from_secs(15))
-            }),
-            fail: restart.is_none_or(|r| r.mode == "fail"),
+            interval: restart.map_or(Duration::from_secs(1800), |r| r.interval.0),
+            delay: restart.map_or(Duration::from_secs(15), |r| r.delay.0),
+            fail: restart.is_none_or(|r| r.mode == RestartMode::Fail),
         };
         Runner {
             name: group.name.clone(),
@@ -196,8 +189,8 @@ impl Runner {
             needs_consul: !group.services.is_empty(),
             wants_consul: false,
             reschedule: Reschedule {
-                base: dur(&group.reschedule.delay, Duration::from_secs(30)),
-                max: dur(&group.reschedule.max_delay, Duration::from_secs(3600)),
+                base: group.reschedule.delay.0,
+                max: group.reschedule.max_delay.0,
                 count: 0,
                 restart_at: None,
             },

@@ -718,11 +718,6 @@ pub fn pidfd(pid: i32) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Parses a signal name as Nomad writes it (`SIGINT`, `SIGTERM`, …).
-pub fn parse_signal(name: &str) -> Signal {
-    name.parse().unwrap_or(Signal::SIGTERM)
-}
-
 /// Copy-and-truncate rotation of a log the task keeps open with O_APPEND: when `current`
 /// (`<task>.stdout.0`) passes `max_bytes`, older files move up one index (`.1` is the most
 /// recent old one) and those beyond `max_files` go. The task keeps writing, unaware, and

@@ -106,7 +106,7 @@ fn gateways_are_main_tasks_with_nomads_injected_ports() {
             "main",
             "a gateway is not a prestart sidecar"
         );
-        assert_eq!(task.shutdown_delay, "5s");
+        assert_eq!(task.shutdown_delay.to_string(), "5s");
         let proxy = group.services[0].proxy.as_ref().expect("gateway proxy");
         assert_eq!(proxy.gateway.as_deref(), Some(kind));
         // The gateway bootstraps as its own service ID, with no -sidecar-proxy suffix.

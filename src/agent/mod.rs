@@ -479,7 +479,7 @@ pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), String> {
             .groups
             .iter()
             .filter(|g| !g.services.is_empty())
-            .filter_map(|g| crate::config::duration::parse(&g.shutdown_delay).ok())
+            .map(|g| g.shutdown_delay.0)
             .max()
             .unwrap_or_default();
         if !delay.is_zero() {

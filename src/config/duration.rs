@@ -83,6 +83,13 @@ fn decimal_times(number: &str, scale: u128) -> Option<u128> {
 
 /// Formats like Go's `time.Duration.String()` (`5s`, `1m30s`, `30m0s`, `500ms`), which is what
 /// Consul and Nomad print and accept.
+/// Serialized as written in a config (`"5s"`), for `plan --json`.
+impl miniserde::Serialize for Dur {
+    fn begin(&self) -> miniserde::ser::Fragment<'_> {
+        miniserde::ser::Fragment::Str(std::borrow::Cow::Owned(self.to_string()))
+    }
+}
+
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let nanos = self.0.as_nanos();

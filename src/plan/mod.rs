@@ -36,8 +36,8 @@ pub struct Plan {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ReschedulePlan {
-    pub delay: String,
-    pub max_delay: String,
+    pub delay: Dur,
+    pub max_delay: Dur,
 }
 
 #[derive(Debug, Serialize)]
@@ -51,7 +51,7 @@ pub struct GroupPlan {
     /// The port-mapping rules this group adds (nft syntax), if the firewall is ours.
     pub firewall_rules: Vec<String>,
     pub alloc_dir: String,
-    pub shutdown_delay: String,
+    pub shutdown_delay: Dur,
     /// The back-off before the group starts again after a task failed for good.
     pub reschedule: ReschedulePlan,
     pub ports: Vec<PortPlan>,
@@ -109,9 +109,9 @@ pub struct TaskPlan {
     /// The capabilities the task keeps (`caps::for_task`).
     pub capabilities: Vec<String>,
     pub dir: String,
-    pub kill_signal: String,
-    pub kill_timeout: String,
-    pub shutdown_delay: String,
+    pub kill_signal: KillSignal,
+    pub kill_timeout: Dur,
+    pub shutdown_delay: Dur,
     pub logs: LogsPlan,
     pub restart: RestartPlan,
 }
@@ -187,9 +187,50 @@ pub struct LogsPlan {
 #[derive(Debug, Serialize)]
 pub struct RestartPlan {
     pub attempts: u32,
-    pub interval: String,
-    pub delay: String,
-    pub mode: String,
+    pub interval: Dur,
+    pub delay: Dur,
+    pub mode: RestartMode,
+}
+
+/// What the restart policy does once `attempts` are used within `interval` (Nomad's
+/// `restart.mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartMode {
+    /// The task fails, and with it the group (rescheduled).
+    Fail,
+    /// The task waits for the interval to end, then starts again.
+    Delay,
+}
+
+impl RestartMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartMode::Fail => "fail",
+            RestartMode::Delay => "delay",
+        }
+    }
+}
+
+impl Serialize for RestartMode {
+    fn begin(&self) -> miniserde::ser::Fragment<'_> {
+        miniserde::ser::Fragment::Str(std::borrow::Cow::Borrowed(self.as_str()))
+    }
+}
+
+/// The signal that asks a task to stop (validated against `KILL_SIGNALS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KillSignal(pub nix::sys::signal::Signal);
+
+impl std::fmt::Display for KillSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+impl Serialize for KillSignal {
+    fn begin(&self) -> miniserde::ser::Fragment<'_> {
+        miniserde::ser::Fragment::Str(std::borrow::Cow::Borrowed(self.0.as_str()))
+    }
 }
 
 impl GroupPlan {
@@ -557,10 +598,10 @@ impl Context<'_> {
             routes,
             firewall_rules: Vec::new(),
             alloc_dir,
-            shutdown_delay: group.shutdown_delay.to_string(),
+            shutdown_delay: group.shutdown_delay,
             reschedule: ReschedulePlan {
-                delay: group.reschedule.delay.to_string(),
-                max_delay: group.reschedule.max_delay.to_string(),
+                delay: group.reschedule.delay,
+                max_delay: group.reschedule.max_delay,
             },
             ports,
             services,
@@ -881,6 +922,20 @@ impl Context<'_> {
     ) -> TaskPlan {
         let dir = format!("{alloc_dir}/{}", spec.name);
         let (user, capabilities) = user_and_capabilities(&spec);
+        let kill_signal = match spec.kill_signal.parse() {
+            Ok(signal) => KillSignal(signal),
+            Err(_) => {
+                // validate refuses these; the plan says so rather than guess one.
+                let mut at = spec.config_path.clone();
+                at.push(Seg::Key("kill_signal"));
+                problems.push(Problem {
+                    path: at,
+                    target: crate::config::locate::Target::Value,
+                    message: format!("kill_signal \"{}\" is not a signal", spec.kill_signal),
+                });
+                KillSignal(nix::sys::signal::Signal::SIGTERM)
+            }
+        };
         let mut vars = group_env.clone();
         vars.insert("NOMAD_TASK_NAME".into(), spec.name.clone());
         vars.insert("NOMAD_TASK_DIR".into(), format!("{dir}/local"));
@@ -942,18 +997,21 @@ impl Context<'_> {
             user: Some(user),
             capabilities,
             dir,
-            kill_signal: spec.kill_signal,
-            kill_timeout: spec.kill_timeout.to_string(),
-            shutdown_delay: spec.shutdown_delay.to_string(),
+            kill_signal,
+            kill_timeout: spec.kill_timeout,
+            shutdown_delay: spec.shutdown_delay,
             logs: LogsPlan {
                 max_files: spec.logs.max_files,
                 max_file_size_mb: spec.logs.max_file_size,
             },
             restart: RestartPlan {
                 attempts: spec.restart.attempts,
-                interval: spec.restart.interval.to_string(),
-                delay: spec.restart.delay.to_string(),
-                mode: spec.restart.mode.clone(),
+                interval: spec.restart.interval,
+                delay: spec.restart.delay,
+                mode: match spec.restart.mode.as_str() {
+                    "delay" => RestartMode::Delay,
+                    _ => RestartMode::Fail,
+                },
             },
         }
     }

@@ -204,7 +204,7 @@ fn task_text(out: &mut String, task: &TaskPlan) {
         task.restart.attempts,
         task.restart.interval,
         task.restart.delay,
-        task.restart.mode
+        task.restart.mode.as_str()
     );
     let mut hidden = 0;
     for (key, value) in &task.env {
