@@ -81,8 +81,8 @@ struct StatusCmd {
 /// Make the host match the plan once, then exit: bridge, each group's namespace, veth,
 /// address, route and port mappings, then the group services in the local Consul agent
 /// (with workload tokens per consul.acl.mode); removes outpost's namespaces, veths, rules
-/// and registrations that no group owns. Idempotent. Needs root. (Running the tasks and
-/// Envoy arrives with the agent.)
+/// and registrations that no group owns, and writes the Envoy bootstraps. Idempotent. Needs
+/// root. It starts no task: `run` does.
 #[argh(subcommand, name = "apply")]
 struct ApplyCmd {
     /// the config file

@@ -1,6 +1,7 @@
-//! One retry policy for everything that waits on something outside: exponential backoff
-//! with a cap and jitter, measured on the monotonic clock (a device without an RTC may boot
-//! in 1970; retries must not care).
+//! Retrying what waits on something outside (Consul, bootstraps): exponential backoff with
+//! a cap and jitter, measured on the monotonic clock (a device without an RTC may boot in
+//! 1970; retries must not care). Restarting tasks is Nomad's restart and reschedule policy,
+//! which `alloc` follows instead; it takes its jitter from here (`Jitter`).
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! The plan: everything outpost will create, derived as a pure function of the validated
 //! config, the node state (leases, dynamic ports) and a few host facts. No root, no network,
-//! no clock. `outpost plan` prints it; `apply` (later) makes the host match it.
+//! no clock. `outpost plan` prints it; `apply` and `run` make the host match it.
 
 pub mod env;
 mod leases;
