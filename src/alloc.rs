@@ -732,3 +732,141 @@ fn envoy_ready(netns: &str, admin: &str, as_uid: Option<u32>) -> bool {
     })
     .unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(lifecycle: Lifecycle, state: TaskState, now: Instant) -> Task {
+        Task {
+            plan_name: "t".into(),
+            lifecycle,
+            spec: Spec {
+                argv: vec!["/bin/true".into()],
+                env: Vec::new(),
+                dir: PathBuf::from("/nonexistent"),
+                netns: None,
+                user: None,
+                caps: None,
+                stdout: PathBuf::from("/nonexistent/out"),
+                stderr: PathBuf::from("/nonexistent/err"),
+                journal: None,
+            },
+            state,
+            restarts: 0,
+            last_error: None,
+            kill_signal: nix::sys::signal::Signal::SIGTERM,
+            kill_timeout: Duration::from_secs(1),
+            shutdown_delay: Duration::ZERO,
+            ready_check: None,
+            awaiting_bootstrap: false,
+            starting: None,
+            log_files: 1,
+            log_bytes: 1,
+            window_start: now,
+            window_count: 0,
+        }
+    }
+
+    fn runner(tasks: Vec<Task>, now: Instant) -> Runner {
+        Runner {
+            name: "g".into(),
+            netns: None,
+            phase: Phase::Waiting,
+            tasks,
+            policy: Policy {
+                attempts: 2,
+                interval: Duration::from_secs(10),
+                delay: Duration::from_secs(1),
+                fail: true,
+            },
+            phase_since: now,
+            needs_consul: false,
+            wants_consul: false,
+            reschedule: Reschedule {
+                base: Duration::from_millis(200),
+                max: Duration::from_millis(800),
+                count: 0,
+                restart_at: None,
+            },
+        }
+    }
+
+    #[test]
+    fn restarts_follow_nomads_tracker() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut policy = runner(Vec::new(), t0).policy;
+        let mut t = task(Lifecycle::Main, TaskState::Pending, t0);
+        // Two restarts within the interval, each after the delay (plus jitter up to 25%).
+        assert_eq!(
+            next_after_exit(&mut t, &policy, t0, 0.0),
+            TaskState::Restarting(t0 + s(1))
+        );
+        let jittered = next_after_exit(&mut t, &policy, t0 + s(2), 1.0);
+        assert_eq!(
+            jittered,
+            TaskState::Restarting(t0 + s(3) + Duration::from_millis(250))
+        );
+        // fail mode: the third exit in the interval fails the task.
+        assert_eq!(
+            next_after_exit(&mut t, &policy, t0 + s(4), 0.0),
+            TaskState::Failed
+        );
+        // Once the interval has passed, the count starts again.
+        let mut later = task(Lifecycle::Main, TaskState::Pending, t0);
+        later.window_count = 2;
+        assert_eq!(
+            next_after_exit(&mut later, &policy, t0 + s(11), 0.0),
+            TaskState::Restarting(t0 + s(12))
+        );
+        // delay mode: the third exit waits for the interval's end.
+        policy.fail = false;
+        let mut waits = task(Lifecycle::Main, TaskState::Pending, t0);
+        waits.window_count = 2;
+        assert_eq!(
+            next_after_exit(&mut waits, &policy, t0 + s(4), 0.0),
+            TaskState::Restarting(t0 + s(10))
+        );
+        assert_eq!(waits.window_count, 0);
+    }
+
+    #[test]
+    fn reschedule_doubles_to_its_cap_and_resets_after_a_long_run() {
+        let mut r = runner(Vec::new(), Instant::now()).reschedule;
+        let delays: Vec<u128> = (0..4)
+            .map(|_| r.next_delay(Duration::ZERO).as_millis())
+            .collect();
+        assert_eq!(delays, [200, 400, 800, 800]);
+        // A group that ran for max_delay before failing starts the back-off over.
+        assert_eq!(r.next_delay(Duration::from_millis(800)).as_millis(), 200);
+    }
+
+    #[test]
+    fn phases_advance_on_a_fake_clock_and_a_failure_reschedules_the_group() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // A poststop task is never started by `tick`: the group's phases can be watched
+        // without a process.
+        let mut r = runner(vec![task(Lifecycle::Poststop, TaskState::Pending, t0)], t0);
+        r.tick(t0);
+        assert_eq!(r.phase, Phase::Waiting, "waits to be released");
+        r.release();
+        let mut phases = Vec::new();
+        for i in 0..3 {
+            r.tick(t0 + ms(i));
+            phases.push(r.phase);
+        }
+        assert_eq!(phases, [Phase::Prestart, Phase::Main, Phase::Running]);
+        // A task failing for good fails the group, which starts again after the back-off.
+        r.tasks[0].state = TaskState::Failed;
+        r.tick(t0 + ms(10));
+        assert_eq!(r.phase, Phase::Failed);
+        assert_eq!(r.next_due(), Some(t0 + ms(210)));
+        r.tick(t0 + ms(209));
+        assert_eq!(r.phase, Phase::Failed, "not before its time");
+        r.tick(t0 + ms(210));
+        assert_eq!(r.phase, Phase::Sidecars);
+        assert_eq!(r.tasks[0].state, TaskState::Pending);
+    }
+}
