@@ -8,6 +8,7 @@ mod host;
 mod link;
 mod netlink;
 pub mod netns;
+mod nft;
 pub mod spec;
 pub mod tproxy;
 

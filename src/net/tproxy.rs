@@ -15,12 +15,12 @@
 //! Unlike the host table, the set is replaced whole (in one atomic batch) when it differs:
 //! order matters here, and the namespace holds nothing else.
 
-use super::firewall::{
+use super::netlink::{NLM_F_CREATE, Socket};
+use super::nft::{
     Chain, Expr, IPPROTO_TCP, IPPROTO_UDP, NF_INET_LOCAL_OUT, NF_INET_PRE_ROUTING,
     NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFT_MSG_DELTABLE, NFT_MSG_NEWTABLE, batch_marker,
     chain_msg, existing_rules, rule_msg, table_msg, text,
 };
-use super::netlink::{NLM_F_CREATE, Socket};
 use super::spec::TproxyPlan;
 use crate::config::Ipv4Net;
 use neli::consts::socket::NlFamily;
