@@ -16,7 +16,7 @@ pub use host::{host_facts, listening_ports};
 
 use firewall::{Mapping, NatSpec};
 use log::{info, warn};
-use spec::{BridgePlan, GroupNet};
+use spec::{BridgePlan, Firewall, GroupNet};
 use std::collections::BTreeSet;
 use std::io;
 use std::net::Ipv4Addr;
@@ -115,7 +115,7 @@ pub fn apply(bridge: &BridgePlan, groups: &[GroupNet]) -> Result<(), NetError> {
 /// Replaces our NAT table with the rules for `groups` (or removes it when the firewall is
 /// not ours).
 pub fn sync_firewall(bridge: &BridgePlan, groups: &[GroupNet]) -> Result<(), NetError> {
-    if bridge.firewall == "nftables" {
+    if bridge.firewall == Firewall::Nftables {
         firewall::replace(&nat_spec(bridge, groups))
             .context(|| format!("install nf_tables table {}", firewall::TABLE))
     } else {
@@ -515,12 +515,12 @@ pub fn self_check(bridge: &BridgePlan, groups: &[GroupNet]) -> SelfCheck {
             netns::NETNS_DIR
         ));
     }
-    if bridge.firewall == "nftables" {
+    if bridge.firewall == Firewall::Nftables {
         check
             .errors
             .extend(port_conflicts(groups, &host::listeners()));
     }
-    if bridge.firewall == "nftables"
+    if bridge.firewall == Firewall::Nftables
         && let Err(e) = firewall_probe()
     {
         check.errors.push(format!(

@@ -32,12 +32,45 @@ impl HostFacts {
     }
 }
 
+/// Who owns the NAT and filter rules (`network.firewall`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firewall {
+    /// outpost's nf_tables table: port mappings, masquerade, forward filter, martian drop.
+    Nftables,
+    /// None of it: the admin's own rules map ports and filter.
+    None,
+}
+
+impl Firewall {
+    /// From `network.firewall` as validated (`nftables` or `none`).
+    pub fn from_config(name: &str) -> Firewall {
+        if name == "none" {
+            Firewall::None
+        } else {
+            Firewall::Nftables
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firewall::Nftables => "nftables",
+            Firewall::None => "none",
+        }
+    }
+}
+
+impl Serialize for Firewall {
+    fn begin(&self) -> miniserde::ser::Fragment<'_> {
+        miniserde::ser::Fragment::Str(std::borrow::Cow::Borrowed(self.as_str()))
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct BridgePlan {
     pub name: String,
     pub address: String,
     pub subnet: Ipv4Net,
-    pub firewall: String,
+    pub firewall: Firewall,
     /// The NAT rules every bridge group shares (nft syntax), if the firewall is ours.
     pub firewall_rules: Vec<String>,
 }

@@ -13,7 +13,9 @@ use crate::config::naming::{
 };
 use crate::config::validate::{PROXY_PREFIX, Problem};
 use crate::config::{Dur, Group, Logs, Restart, Service, ValidConfig};
-pub use crate::net::spec::{BridgePlan, GroupNet, HostFacts, NetnsPlan, PortPlan, TproxyPlan};
+pub use crate::net::spec::{
+    BridgePlan, Firewall, GroupNet, HostFacts, NetnsPlan, PortPlan, TproxyPlan,
+};
 use crate::path;
 use crate::state::{self, NodeState};
 use env::EnvMap;
@@ -369,7 +371,8 @@ fn build_checked(
         groups.push(ctx.group(gi, group, group_ports, lease, &mut problems));
     }
     let (low, high) = valid.dynamic_ports;
-    let ours = cfg.network.firewall == "nftables";
+    let firewall = Firewall::from_config(&cfg.network.firewall);
+    let ours = firewall == Firewall::Nftables;
     if ours {
         for group in &mut groups {
             group.firewall_rules = crate::net::group_mappings(&group.net())
@@ -393,7 +396,7 @@ fn build_checked(
             name: cfg.network.bridge.clone(),
             address: format!("{}/{}", valid.subnet.gateway(), valid.subnet.prefix),
             subnet: valid.subnet,
-            firewall: cfg.network.firewall.clone(),
+            firewall,
             firewall_rules: if ours { shared_rules } else { Vec::new() },
         },
         dynamic_ports: format!("{low}-{high}"),

@@ -76,7 +76,7 @@ pub fn text(plan: &Plan) -> String {
         plan.bridge.address,
         plan.bridge.subnet,
         plan.dynamic_ports,
-        plan.bridge.firewall
+        plan.bridge.firewall.as_str()
     );
     let _ = writeln!(
         out,
