@@ -16,7 +16,7 @@
 mod support;
 
 use miniserde::json::{self, Number, Object, Value};
-use outpost::config::{Acl, Consul, Dur, Preflight};
+use outpost::config::{Acl, AclMode, Consul, Dur, Preflight};
 use outpost::consul::client::Client;
 use outpost::consul::{acl, anti_entropy, gateway, preflight, sync};
 use outpost::plan::{self, HostFacts};
@@ -655,9 +655,9 @@ fn exercise_consul(url: &str, state_dir: &std::path::Path) -> Result<Vec<String>
     }
     let jwt_file = state_dir.join("jwt");
     std::fs::write(&jwt_file, JWT).unwrap();
-    for mode in ["login", "service-identity"] {
+    for mode in [AclMode::Login, AclMode::ServiceIdentity] {
         let acl = Acl {
-            mode: mode.into(),
+            mode,
             jwt_file: Some(jwt_file.display().to_string()),
             ..Acl::default()
         };

@@ -1,7 +1,7 @@
 //! The agent: turns a config into a running node. One reconcile pass (`apply`), `teardown`
 //! in Nomad's stop order, and the pieces the long-running loop (`run`) shares with them.
 
-use crate::config::ValidConfig;
+use crate::config::{AclMode, BootstrapMode, ValidConfig};
 use crate::consul::acl::{self, WorkloadToken};
 use crate::consul::client::Client;
 use crate::consul::gateway;
@@ -42,7 +42,7 @@ fn workload_token(
     service: &ServicePlan,
 ) -> Result<Option<WorkloadToken>, String> {
     let consul = &valid.config.consul;
-    if consul.acl.mode == "agent-token" {
+    if consul.acl.mode == AclMode::AgentToken {
         return Ok(None);
     }
     let what = format!("service {}", service.name);
@@ -71,7 +71,8 @@ fn workload_token(
     })?;
     info!(
         "{what}: new Consul token {} ({} mode)",
-        token.accessor, consul.acl.mode
+        token.accessor,
+        consul.acl.mode.as_str()
     );
     preflight::token(&base.with_token(&token.secret), &consul.preflight, &what)
         .map_err(|e| e.to_string())?;
@@ -224,11 +225,11 @@ fn write_bootstraps<'a>(
     only_task: Option<&str>,
 ) -> Result<(), String> {
     let consul = &valid.config.consul;
-    let renderer = match valid.config.envoy.bootstrap.as_str() {
-        "consul-cli" => Renderer::ConsulCli {
+    let renderer = match valid.config.envoy.bootstrap {
+        BootstrapMode::ConsulCli => Renderer::ConsulCli {
             binary: valid.config.envoy.consul_binary.clone(),
         },
-        _ => Renderer::Native,
+        BootstrapMode::Native => Renderer::Native,
     };
     let agent_token = crate::consul::client::agent_token(consul)?;
     for group in groups {

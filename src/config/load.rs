@@ -78,7 +78,9 @@ fn consul(t: Table) -> Consul {
 fn acl(t: Table) -> Acl {
     let d = Acl::default();
     let a = Acl {
-        mode: t.string("mode").unwrap_or(d.mode),
+        mode: t
+            .choice("mode", "consul.acl.mode", &AclMode::CHOICES)
+            .unwrap_or(d.mode),
         auth_method: t.string("auth_method").unwrap_or(d.auth_method),
         jwt_file: t.string("jwt_file"),
     };
@@ -132,7 +134,9 @@ fn envoy(t: Table) -> Envoy {
     let d = Envoy::default();
     let e = Envoy {
         binary: t.string("binary").unwrap_or(d.binary),
-        bootstrap: t.string("bootstrap").unwrap_or(d.bootstrap),
+        bootstrap: t
+            .choice("bootstrap", "envoy.bootstrap", &BootstrapMode::CHOICES)
+            .unwrap_or(d.bootstrap),
         consul_binary: t.string("consul_binary").unwrap_or(d.consul_binary),
         log_level: t.string("log_level").unwrap_or(d.log_level),
         concurrency: t.u16("concurrency").unwrap_or(d.concurrency),

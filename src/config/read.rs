@@ -119,6 +119,29 @@ impl<'a> Table<'a> {
         }
     }
 
+    /// One of `choices`, by its name; anything else is reported as `validate` would
+    /// (`what must be one of "a", "b"; got "c"`).
+    pub fn choice<T: Copy>(
+        &self,
+        key: &'static str,
+        what: &str,
+        choices: &[(&str, T)],
+    ) -> Option<T> {
+        let v = self.get(key)?;
+        let text = self.string(key)?;
+        match choices.iter().find(|(name, _)| *name == text) {
+            Some((_, value)) => Some(*value),
+            None => {
+                let names: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+                self.errors.push(
+                    v.span().start,
+                    format!("{what} must be one of {}; got \"{text}\"", names.join(", ")),
+                );
+                None
+            }
+        }
+    }
+
     pub fn string_or(&self, key: &'static str, default: &str) -> String {
         self.string(key).unwrap_or_else(|| default.to_string())
     }

@@ -87,10 +87,52 @@ impl Default for Consul {
     }
 }
 
+/// Which token a service registers with (`consul.acl.mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AclMode {
+    /// The configured token, for everything.
+    AgentToken,
+    /// A token per service from an auth-method login with a JWT (Nomad's workload identity).
+    Login,
+    /// A token per service with a service identity, made with the configured token.
+    ServiceIdentity,
+}
+
+impl AclMode {
+    pub const CHOICES: [(&'static str, AclMode); 3] = [
+        ("agent-token", AclMode::AgentToken),
+        ("login", AclMode::Login),
+        ("service-identity", AclMode::ServiceIdentity),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AclMode::AgentToken => "agent-token",
+            AclMode::Login => "login",
+            AclMode::ServiceIdentity => "service-identity",
+        }
+    }
+}
+
+/// How Envoy's bootstrap is made (`envoy.bootstrap`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootstrapMode {
+    /// Rendered in-process, as `consul connect envoy -bootstrap` would print it.
+    Native,
+    /// By running `consul connect envoy -bootstrap`, as Nomad does.
+    ConsulCli,
+}
+
+impl BootstrapMode {
+    pub const CHOICES: [(&'static str, BootstrapMode); 2] = [
+        ("native", BootstrapMode::Native),
+        ("consul-cli", BootstrapMode::ConsulCli),
+    ];
+}
+
 #[derive(Debug)]
 pub struct Acl {
-    /// `agent-token`, `login` or `service-identity`.
-    pub mode: String,
+    pub mode: AclMode,
     /// For `login`: the auth method (Nomad's default name).
     pub auth_method: String,
     /// For `login`: file holding the JWT presented to the auth method.
@@ -100,7 +142,7 @@ pub struct Acl {
 impl Default for Acl {
     fn default() -> Self {
         Acl {
-            mode: "agent-token".into(),
+            mode: AclMode::AgentToken,
             auth_method: "nomad-workloads".into(),
             jwt_file: None,
         }
@@ -154,8 +196,7 @@ impl Default for Network {
 #[derive(Debug)]
 pub struct Envoy {
     pub binary: String,
-    /// `native` or `consul-cli`.
-    pub bootstrap: String,
+    pub bootstrap: BootstrapMode,
     /// For `consul-cli`: the `consul` binary.
     pub consul_binary: String,
     pub log_level: String,
@@ -166,7 +207,7 @@ impl Default for Envoy {
     fn default() -> Self {
         Envoy {
             binary: "/usr/bin/envoy".into(),
-            bootstrap: "native".into(),
+            bootstrap: BootstrapMode::Native,
             consul_binary: "/usr/bin/consul".into(),
             log_level: "info".into(),
             concurrency: 1,

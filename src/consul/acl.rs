@@ -5,7 +5,7 @@
 //! in a 0700 directory under run_dir (tmpfs) and never in a log line or an error.
 
 use super::client::{Client, ConsulError};
-use crate::config::Acl;
+use crate::config::{Acl, AclMode};
 use miniserde::json::{self, Object, Value};
 use std::fmt;
 use std::path::Path;
@@ -52,8 +52,8 @@ pub fn obtain(
     service: &str,
     node: &str,
 ) -> Result<Option<WorkloadToken>, String> {
-    let answer = match acl.mode.as_str() {
-        "login" => {
+    let answer = match acl.mode {
+        AclMode::Login => {
             let jwt_file = acl.jwt_file.as_deref().unwrap_or_default();
             let jwt = std::fs::read_to_string(jwt_file)
                 .map_err(|e| format!("cannot read consul.acl.jwt_file {jwt_file}: {e}"))?;
@@ -76,7 +76,7 @@ pub fn obtain(
                     )
                 })?
         }
-        "service-identity" => {
+        AclMode::ServiceIdentity => {
             let mut identity = Object::new();
             identity.insert("ServiceName".into(), Value::String(service.into()));
             let mut body = Object::new();
@@ -95,7 +95,7 @@ pub fn obtain(
                     format!("creating a service-identity token for service {service}: {e}")
                 })?
         }
-        _ => return Ok(None),
+        AclMode::AgentToken => return Ok(None),
     };
     parse_token(&answer).map(Some).map_err(|e| e.to_string())
 }
@@ -103,10 +103,10 @@ pub fn obtain(
 /// Gives the token back: logout for login tokens, delete for service-identity tokens.
 /// Already gone is fine.
 pub fn release(client: &Client, acl: &Acl, token: &WorkloadToken) -> Result<(), ConsulError> {
-    let result = match acl.mode.as_str() {
-        "login" => client.with_token(&token.secret).post("/v1/acl/logout", ""),
-        "service-identity" => client.delete(&format!("/v1/acl/token/{}", token.accessor)),
-        _ => return Ok(()),
+    let result = match acl.mode {
+        AclMode::Login => client.with_token(&token.secret).post("/v1/acl/logout", ""),
+        AclMode::ServiceIdentity => client.delete(&format!("/v1/acl/token/{}", token.accessor)),
+        AclMode::AgentToken => return Ok(()),
     };
     match result {
         Ok(_)

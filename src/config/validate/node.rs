@@ -91,13 +91,7 @@ pub(super) fn check_consul(c: &mut Checker, consul: &Consul) {
             "sync_interval must be at least 1s",
         );
     }
-    c.one_of(
-        path!["consul", "acl", "mode"],
-        "consul.acl.mode",
-        &consul.acl.mode,
-        &["agent-token", "login", "service-identity"],
-    );
-    if consul.acl.mode == "login" && consul.acl.jwt_file.is_none() {
+    if consul.acl.mode == AclMode::Login && consul.acl.jwt_file.is_none() {
         c.err(
             path!["consul", "acl", "mode"],
             "consul.acl.mode = \"login\" needs consul.acl.jwt_file",
@@ -231,12 +225,6 @@ pub(super) fn check_envoy(c: &mut Checker, envoy: &Envoy) {
         path!["envoy", "consul_binary"],
         "envoy.consul_binary",
         &envoy.consul_binary,
-    );
-    c.one_of(
-        path!["envoy", "bootstrap"],
-        "envoy.bootstrap",
-        &envoy.bootstrap,
-        &["native", "consul-cli"],
     );
     c.one_of(
         path!["envoy", "log_level"],
