@@ -108,7 +108,7 @@ fn gateways_are_main_tasks_with_nomads_injected_ports() {
         );
         assert_eq!(task.shutdown_delay.to_string(), "5s");
         let proxy = group.services[0].proxy.as_ref().expect("gateway proxy");
-        assert_eq!(proxy.gateway.as_deref(), Some(kind));
+        assert_eq!(proxy.gateway.map(|g| g.as_str()), Some(kind));
         // The gateway bootstraps as its own service ID, with no -sidecar-proxy suffix.
         assert_eq!(proxy.id, group.services[0].id);
         assert_eq!(proxy.port_label, label);

@@ -274,7 +274,7 @@ fn write_bootstraps<'a>(
                 preflight: &consul.preflight,
                 renderer: renderer.clone(),
                 proxy_id: &sidecar.id,
-                gateway: sidecar.gateway.as_deref(),
+                gateway: sidecar.gateway.map(|g| g.as_str()),
                 admin_bind: &sidecar.envoy_admin,
                 ready_bind: &sidecar.envoy_ready,
                 grpc_addr: grpc_addr(valid, group),

@@ -33,15 +33,45 @@ pub fn service_id(group: &str, service: &Service) -> String {
     }
 }
 
-/// The gateway kind of a service (`ingress`, `terminating`, `mesh`), if it is one.
-pub fn gateway_kind(service: &Service) -> Option<&'static str> {
+/// The kind of a Connect gateway, as Consul and `-gateway` name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewayKind {
+    Ingress,
+    Terminating,
+    Mesh,
+}
+
+impl GatewayKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayKind::Ingress => "ingress",
+            GatewayKind::Terminating => "terminating",
+            GatewayKind::Mesh => "mesh",
+        }
+    }
+}
+
+impl std::fmt::Display for GatewayKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl miniserde::Serialize for GatewayKind {
+    fn begin(&self) -> miniserde::ser::Fragment<'_> {
+        miniserde::ser::Fragment::Str(std::borrow::Cow::Borrowed(self.as_str()))
+    }
+}
+
+/// The gateway kind of a service, if it is one.
+pub fn gateway_kind(service: &Service) -> Option<GatewayKind> {
     let gateway = service.connect.as_ref()?.gateway.as_ref()?;
     if gateway.ingress.is_some() {
-        Some("ingress")
+        Some(GatewayKind::Ingress)
     } else if gateway.terminating.is_some() {
-        Some("terminating")
+        Some(GatewayKind::Terminating)
     } else {
-        gateway.mesh.as_ref().map(|_| "mesh")
+        gateway.mesh.as_ref().map(|_| GatewayKind::Mesh)
     }
 }
 
@@ -50,7 +80,9 @@ pub fn gateway_kind(service: &Service) -> Option<&'static str> {
 pub fn service_port(service: &Service) -> Option<String> {
     match (&service.port, gateway_kind(service)) {
         (Some(port), _) => Some(port.0.clone()),
-        (None, Some("terminating")) => Some(format!("connect-terminating-{}", service.name)),
+        (None, Some(GatewayKind::Terminating)) => {
+            Some(format!("connect-terminating-{}", service.name))
+        }
         (None, _) => None,
     }
 }

@@ -8,7 +8,7 @@ pub mod render;
 
 use crate::config::locate::Seg;
 use crate::config::naming::{
-    NETNS_DIR, alloc_id, envoy_ports, expose_check_label, gateway_kind, has_sidecar,
+    GatewayKind, NETNS_DIR, alloc_id, envoy_ports, expose_check_label, gateway_kind, has_sidecar,
     host_veth_name, netns_name, service_id, service_port, sidecar_label,
 };
 use crate::config::validate::{PROXY_PREFIX, Problem};
@@ -85,8 +85,8 @@ pub struct ProxyPlan {
     /// The proxy ID Envoy bootstraps as: the sidecar's, or the gateway service's own.
     pub id: String,
     pub name: String,
-    /// `ingress`, `terminating` or `mesh` for a gateway (`-gateway`); none for a sidecar.
-    pub gateway: Option<String>,
+    /// The gateway's kind (`-gateway`); none for a sidecar.
+    pub gateway: Option<GatewayKind>,
     /// The sidecar's public port, or the gateway's service port (its WAN port for mesh).
     pub port_label: String,
     pub host_port: u16,
@@ -283,9 +283,9 @@ fn injected_labels(service: &Service) -> Vec<String> {
             }
             labels
         }
-        Some("terminating") => service_port(service).into_iter().collect(),
-        Some("mesh") => vec![format!("connect-mesh-{}-lan", service.name)],
-        _ => Vec::new(),
+        Some(GatewayKind::Terminating) => service_port(service).into_iter().collect(),
+        Some(GatewayKind::Mesh) => vec![format!("connect-mesh-{}-lan", service.name)],
+        Some(GatewayKind::Ingress) | None => Vec::new(),
     }
 }
 
@@ -720,7 +720,7 @@ impl Context<'_> {
             ProxyPlan {
                 id: proxy_id,
                 name,
-                gateway: gateway.map(str::to_string),
+                gateway,
                 port_label: label,
                 host_port: planned.map_or(0, |p| p.host_port),
                 netns_port: planned.map_or(0, |p| p.netns_port),

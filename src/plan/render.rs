@@ -133,7 +133,7 @@ fn group_text(out: &mut String, group: &GroupPlan) {
         );
         match &service.proxy {
             Some(s) if s.gateway.is_some() => {
-                let kind = s.gateway.as_deref().unwrap_or_default();
+                let kind = s.gateway.map_or("", |g| g.as_str());
                 let _ = writeln!(
                     out,
                     "      {kind} gateway {} on port {} (host {} -> {}), envoy admin {} ready {}",
