@@ -13,8 +13,11 @@ use crate::{net, state};
 use log::{info, warn};
 use std::path::{Path, PathBuf};
 
+mod records;
 pub mod relay;
 pub mod run;
+mod status;
+mod workers;
 
 /// Where a service's workload token is kept: the group's secrets directory on tmpfs.
 fn token_path(group: &GroupPlan, service_id: &str) -> PathBuf {

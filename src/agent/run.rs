@@ -10,19 +10,18 @@
 //! broken file changes nothing (and says why); otherwise groups are added, changed and
 //! removed.
 
+pub use super::records::*;
 use super::relay::{NodeRelay, RELAY_RECORD, RELAY_TASK};
-use super::{
-    Tokens, has_services, prepare, relay_socket, relay_target, sync_consul, write_bootstraps,
-};
+pub use super::status::*;
+use super::workers::*;
+use super::{Tokens, has_services, prepare, relay_socket, write_bootstraps};
 use crate::alloc::{Phase, Runner, TaskState};
 use crate::config::ValidConfig;
 use crate::consul::anti_entropy::{self, QUICK_CHECK};
 use crate::envoy::version::EnvoyVersion;
 use crate::plan::{GroupPlan, HostFacts, Plan};
-use crate::supervise::{Proc, Stopping};
 use crate::{envoy, files, net};
 use log::{error, info, warn};
-use miniserde::{Deserialize, Serialize};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -30,276 +29,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TICK: Duration = Duration::from_millis(250);
-const CONSUL_RETRY: Duration = Duration::from_secs(5);
-/// Threads that write the waiting groups' bootstraps at once.
-const BOOTSTRAP_THREADS: usize = 4;
 const ROTATE_EVERY: Duration = Duration::from_secs(10);
-/// SIGTERM, then SIGKILL after this, for processes whose group is no longer configured.
-const STRAY_KILL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One running task as recorded for the next agent.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TaskRecord {
-    pub task: String,
-    pub pid: i32,
-    pub start_time: u64,
-    pub restarts: u32,
-}
-
-pub fn records_path(run_dir: &str) -> PathBuf {
-    Path::new(run_dir).join("processes.json")
-}
-
-pub fn pid_path(run_dir: &str) -> PathBuf {
-    Path::new(run_dir).join("outpost.pid")
-}
-
-/// The start journal of `run_dir`.
-pub fn journal_path(run_dir: &str) -> PathBuf {
-    crate::supervise::journal_in(Path::new(run_dir))
-}
-
-pub fn socket_path(run_dir: &str) -> PathBuf {
-    Path::new(run_dir).join("outpost.sock")
-}
-
-pub fn load_records(run_dir: &str) -> BTreeMap<String, Vec<TaskRecord>> {
-    std::fs::read_to_string(records_path(run_dir))
-        .ok()
-        .and_then(|t| miniserde::json::from_str(&t).ok())
-        .unwrap_or_default()
-}
-
-/// The recorded processes of `group`, as the runner takes them.
-pub fn group_records(
-    records: &BTreeMap<String, Vec<TaskRecord>>,
-    group: &str,
-) -> Vec<(String, Proc, u32)> {
-    records
-        .get(group)
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            (
-                r.task.clone(),
-                Proc {
-                    pid: r.pid,
-                    start_time: r.start_time,
-                },
-                r.restarts,
-            )
-        })
-        .collect()
-}
-
-/// Stops the processes no runner looks after, all at once (SIGTERM, SIGKILL after
-/// `STRAY_KILL_TIMEOUT`): recorded tasks of groups `plan` does not have (a reload cut
-/// short, or a group removed while no agent ran), and processes in the start journal that
-/// nobody recorded (an agent killed between fork and record; runners start their own).
-pub fn stop_strays(records: &BTreeMap<String, Vec<TaskRecord>>, plan: &Plan) {
-    let recorded: BTreeSet<(i32, u64)> = records
-        .values()
-        .flatten()
-        .map(|r| (r.pid, r.start_time))
-        .collect();
-    let unplanned = records
-        .iter()
-        .filter(|(group, _)| {
-            group.as_str() != RELAY_RECORD && !plan.groups.iter().any(|g| &g.name == *group)
-        })
-        .flat_map(|(group, tasks)| {
-            tasks.iter().map(move |t| {
-                let proc = Proc {
-                    pid: t.pid,
-                    start_time: t.start_time,
-                };
-                (
-                    format!("group {group} (no longer configured): task {}", t.task),
-                    proc,
-                )
-            })
-        });
-    let unrecorded = crate::supervise::journaled(&journal_path(&plan.run_dir))
-        .into_iter()
-        .filter(|p| !recorded.contains(&(p.pid, p.start_time)))
-        .map(|proc| {
-            let what = "a process started by an agent stopped before recording it";
-            (what.to_string(), proc)
-        });
-    let strays: Vec<Stopping> = unplanned
-        .chain(unrecorded)
-        .filter(|(_, proc)| proc.alive())
-        .map(|(what, proc)| Stopping {
-            what,
-            proc,
-            signal: nix::sys::signal::Signal::SIGTERM,
-            delay: Duration::ZERO,
-            timeout: STRAY_KILL_TIMEOUT,
-        })
-        .collect();
-    crate::supervise::stop_all(&strays);
-}
-
-/// What a worker thread did with Consul.
-enum Outcome {
-    /// Registration, and the bootstraps of the groups that waited for it, for `plan`.
-    Synced {
-        plan: Arc<Plan>,
-        result: Result<Synced, String>,
-    },
-    /// The presence check between full syncs: a service Consul no longer has, if any.
-    Checked { missing: Option<String> },
-    /// The bootstrap of one Envoy, written anew before its restart (or why not).
-    Refreshed {
-        group: String,
-        task: String,
-        error: Option<String>,
-    },
-}
-
-struct Synced {
-    tokens: Tokens,
-    /// Groups whose bootstraps are written: they may start.
-    released: Vec<String>,
-    /// Waiting groups whose bootstraps failed (retried soon).
-    unreleased: usize,
-    /// Where the released groups' relays forward.
-    relay_target: Option<String>,
-    /// The Envoy versions the agent supports (`xDS.SupportedProxies.envoy`), when read.
-    supported_envoy: Option<Vec<String>>,
-}
-
-/// Registers the plan's services, then writes the bootstraps of the `waiting` groups.
-fn sync_and_bootstrap(
-    valid: &ValidConfig,
-    plan: &Plan,
-    waiting: &[String],
-) -> Result<Synced, String> {
-    let tokens = sync_consul(valid, plan, false)?;
-    let groups: Vec<&GroupPlan> = plan
-        .groups
-        .iter()
-        .filter(|g| waiting.contains(&g.name))
-        .collect();
-    let outcomes = write_bootstraps_side_by_side(valid, &groups, &tokens);
-    let mut released = Vec::new();
-    for (group, written) in outcomes {
-        match written {
-            Ok(()) => released.push(group),
-            Err(e) => warn!(
-                "group {group}: {e}; retrying in {}s",
-                CONSUL_RETRY.as_secs()
-            ),
-        }
-    }
-    let (mut target, mut supported_envoy) = (None, None);
-    if !released.is_empty()
-        && let Ok(client) = crate::consul::client::Client::new(&valid.config.consul)
-    {
-        let agent = crate::consul::agent::agent_info(&client);
-        target = Some(relay_target(valid, agent.as_ref()));
-        supported_envoy = agent.ok().map(|a| a.supported_envoy);
-    }
-    Ok(Synced {
-        tokens,
-        unreleased: waiting.len() - released.len(),
-        released,
-        relay_target: target,
-        supported_envoy,
-    })
-}
-
-/// Writes each group's bootstraps; by group name, whether it worked. The bootstraps are
-/// independent and each waits on a few round trips to Consul, so `BOOTSTRAP_THREADS`
-/// threads write them side by side (20 sidecars: 72 ms one by one, see benches/agent.rs).
-fn write_bootstraps_side_by_side(
-    valid: &ValidConfig,
-    groups: &[&GroupPlan],
-    tokens: &Tokens,
-) -> Vec<(String, Result<(), String>)> {
-    let write = |chunk: &[&GroupPlan]| -> Vec<(String, Result<(), String>)> {
-        chunk
-            .iter()
-            .map(|g| {
-                let written = write_bootstraps(valid, std::iter::once(*g), tokens, None);
-                (g.name.clone(), written)
-            })
-            .collect()
-    };
-    let per_thread = groups.len().div_ceil(BOOTSTRAP_THREADS).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = groups
-            .chunks(per_thread)
-            .map(|chunk| scope.spawn(move || write(chunk)))
-            .collect();
-        // A panicked thread's groups are not released; the next sync retries them.
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    })
-}
-
-/// Consul work runs on worker threads, so that a slow Consul — the token preflight may wait
-/// a minute for ACL replication, a bootstrap retries as long — never stalls the loop:
-/// restarts, the status socket and the watchdog go on. A worker leaves its outcome in a
-/// shared list and wakes the loop through a pipe. One sync at a time; one refresh per Envoy
-/// at a time.
-struct Workers {
-    outcomes: Arc<Mutex<Vec<Outcome>>>,
-    wake_read: OwnedFd,
-    wake_write: Arc<OwnedFd>,
-    syncing: bool,
-    checking: bool,
-    refreshing: BTreeSet<(String, String)>,
-}
-
-impl Workers {
-    fn new() -> Result<Workers, String> {
-        let (wake_read, wake_write) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-                .map_err(|e| format!("pipe: {e}"))?;
-        Ok(Workers {
-            outcomes: Arc::new(Mutex::new(Vec::new())),
-            wake_read,
-            wake_write: Arc::new(wake_write),
-            syncing: false,
-            checking: false,
-            refreshing: BTreeSet::new(),
-        })
-    }
-
-    /// Runs `work` on a new thread; false (and logged) when no thread could be made.
-    fn spawn(&self, work: impl FnOnce() -> Outcome + Send + 'static) -> bool {
-        let (outcomes, wake) = (self.outcomes.clone(), self.wake_write.clone());
-        let spawned = std::thread::Builder::new()
-            .name("consul".into())
-            .spawn(move || {
-                let outcome = work();
-                // A poisoned lock only means another worker panicked; the list is intact.
-                outcomes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(outcome);
-                let _ = nix::unistd::write(&*wake, &[1]);
-            });
-        if let Err(e) = &spawned {
-            warn!("cannot start a thread for Consul work: {e}; trying again later");
-        }
-        spawned.is_ok()
-    }
-
-    /// The outcomes that arrived, after emptying the wake pipe.
-    fn arrived(&self) -> Vec<Outcome> {
-        let mut sink = [0u8; 64];
-        while nix::unistd::read(&self.wake_read, &mut sink).is_ok_and(|n| n > 0) {}
-        std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
 
 /// Consul's side of the loop: when to try again and what went wrong last.
 struct ConsulState {
@@ -365,27 +99,6 @@ fn envoy_versions(
         }
     }
     Ok(envoys)
-}
-
-/// `sd_notify` without libsystemd: one datagram to `$NOTIFY_SOCKET` (`@` = abstract).
-fn notify(message: &str) {
-    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let sent = match path.strip_prefix('@') {
-        Some(name) => {
-            use std::os::linux::net::SocketAddrExt;
-            std::os::unix::net::SocketAddr::from_abstract_name(name)
-                .and_then(|addr| socket.send_to_addr(message.as_bytes(), &addr))
-        }
-        None => socket.send_to(message.as_bytes(), &path),
-    };
-    if let Err(e) = sent {
-        warn!("sd_notify {message}: {e}");
-    }
 }
 
 /// A group's runner; a group without services needs no Consul and may start at once.
@@ -803,60 +516,6 @@ impl Agent {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-pub struct Status {
-    pub pid: u32,
-    pub config: String,
-    pub consul_synced: bool,
-    pub consul_last_error: Option<String>,
-    /// The Envoy binaries the proxies run and their versions (absent from older agents).
-    pub envoy: Option<Vec<EnvoyStatus>>,
-    /// The pid of the xDS relay serving every group's socket, when one runs.
-    pub relay_pid: Option<i32>,
-    pub groups: Vec<GroupStatus>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct EnvoyStatus {
-    pub binary: String,
-    pub version: String,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct GroupStatus {
-    pub name: String,
-    pub phase: String,
-    pub tasks: Vec<TaskStatus>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct TaskStatus {
-    pub name: String,
-    pub lifecycle: String,
-    pub state: String,
-    pub pid: Option<i32>,
-    pub restarts: u32,
-    pub last_error: Option<String>,
-}
-
-/// The pid of a running agent for this `run_dir`, if any.
-pub fn running_agent(run_dir: &str) -> Option<i32> {
-    let text = std::fs::read_to_string(pid_path(run_dir)).ok()?;
-    let (pid, start) = text.trim().split_once(' ')?;
-    let proc = Proc {
-        pid: pid.parse().ok()?,
-        start_time: start.parse().ok()?,
-    };
-    proc.alive().then_some(proc.pid)
-}
-
-fn write_pid_file(run_dir: &str) -> Result<(), String> {
-    let me = std::process::id() as i32;
-    let start = crate::supervise::start_time(me).unwrap_or(0);
-    files::write_private(&pid_path(run_dir), format!("{me} {start}\n").as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", pid_path(run_dir).display()))
-}
-
 /// Runs the agent until SIGTERM/SIGINT.
 pub fn run(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<(), String> {
     let run_dir = valid.config.agent.run_dir.clone();
@@ -994,20 +653,4 @@ pub fn run(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<(), Strin
             let _ = stream.write_all(agent.status_json().as_bytes());
         }
     }
-}
-
-/// `outpost status`: asks the running agent.
-pub fn query_status(run_dir: &str) -> Result<Status, String> {
-    use std::io::Read;
-    let path = socket_path(run_dir);
-    let mut stream = std::os::unix::net::UnixStream::connect(&path)
-        .map_err(|e| format!("no agent answers on {}: {e}", path.display()))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    stream
-        .read_to_string(&mut text)
-        .map_err(|e| format!("reading the agent's status: {e}"))?;
-    miniserde::json::from_str(&text).map_err(|_| "the agent's status is not valid JSON".to_string())
 }

@@ -1,0 +1,80 @@
+//! What the agent tells the outside: `outpost status` over the status socket, and systemd
+//! through `sd_notify`.
+
+use super::records::socket_path;
+use log::warn;
+use miniserde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// `sd_notify` without libsystemd: one datagram to `$NOTIFY_SOCKET` (`@` = abstract).
+pub(super) fn notify(message: &str) {
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let sent = match path.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name)
+                .and_then(|addr| socket.send_to_addr(message.as_bytes(), &addr))
+        }
+        None => socket.send_to(message.as_bytes(), &path),
+    };
+    if let Err(e) = sent {
+        warn!("sd_notify {message}: {e}");
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub config: String,
+    pub consul_synced: bool,
+    pub consul_last_error: Option<String>,
+    /// The Envoy binaries the proxies run and their versions (absent from older agents).
+    pub envoy: Option<Vec<EnvoyStatus>>,
+    /// The pid of the xDS relay serving every group's socket, when one runs.
+    pub relay_pid: Option<i32>,
+    pub groups: Vec<GroupStatus>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct EnvoyStatus {
+    pub binary: String,
+    pub version: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub name: String,
+    pub phase: String,
+    pub tasks: Vec<TaskStatus>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub name: String,
+    pub lifecycle: String,
+    pub state: String,
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    pub last_error: Option<String>,
+}
+
+/// `outpost status`: asks the running agent.
+pub fn query_status(run_dir: &str) -> Result<Status, String> {
+    use std::io::Read;
+    let path = socket_path(run_dir);
+    let mut stream = std::os::unix::net::UnixStream::connect(&path)
+        .map_err(|e| format!("no agent answers on {}: {e}", path.display()))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .map_err(|e| format!("reading the agent's status: {e}"))?;
+    miniserde::json::from_str(&text).map_err(|_| "the agent's status is not valid JSON".to_string())
+}
