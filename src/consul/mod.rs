@@ -6,6 +6,7 @@ pub mod agent;
 pub mod anti_entropy;
 pub mod client;
 pub mod gateway;
+pub mod lookup;
 pub mod preflight;
 pub mod registration;
 pub mod sync;
