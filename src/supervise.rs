@@ -124,6 +124,40 @@ pub(crate) fn credentials(user: &str) -> Result<(u32, u32), String> {
     }
 }
 
+/// argv and the environment as execve takes them, built before fork: the child allocates
+/// nothing. The pointers point into `_strings`, which lives as long as they do.
+struct ExecArgs {
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    env: Vec<*const libc::c_char>,
+}
+
+impl ExecArgs {
+    fn new(argv: &[String], env: &[(String, String)]) -> Result<ExecArgs, String> {
+        let args: Vec<CString> = argv
+            .iter()
+            .map(|a| cstring(a, "an argument"))
+            .collect::<Result<_, _>>()?;
+        let vars: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| cstring(&format!("{k}={v}"), "an environment variable"))
+            .collect::<Result<_, _>>()?;
+        let pointers = |strings: &[CString]| {
+            let mut list: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+            list.push(std::ptr::null());
+            list
+        };
+        let (argv, env) = (pointers(&args), pointers(&vars));
+        let mut strings = args;
+        strings.extend(vars);
+        Ok(ExecArgs {
+            _strings: strings,
+            argv,
+            env,
+        })
+    }
+}
+
 /// A process forked and released, whose exec is not confirmed yet: a supervisor starting
 /// many forks them all, then confirms them, instead of waiting on each child in turn to be
 /// scheduled and exec (on a busy device, that wait is most of a start).
@@ -158,16 +192,7 @@ impl Starting {
 /// whether it did.
 pub fn begin(spec: &Spec) -> Result<Starting, String> {
     let program = spec.argv.first().ok_or("empty command")?;
-    let argv: Vec<CString> = spec
-        .argv
-        .iter()
-        .map(|a| cstring(a, "an argument"))
-        .collect::<Result<_, _>>()?;
-    let env: Vec<CString> = spec
-        .env
-        .iter()
-        .map(|(k, v)| cstring(&format!("{k}={v}"), "an environment variable"))
-        .collect::<Result<_, _>>()?;
+    let exec = ExecArgs::new(&spec.argv, &spec.env)?;
     let dir = cstring(&spec.dir.to_string_lossy(), "the directory")?;
     std::fs::create_dir_all(&spec.dir)
         .map_err(|e| format!("cannot create {}: {e}", spec.dir.display()))?;
@@ -182,11 +207,6 @@ pub fn begin(spec: &Spec) -> Result<Starting, String> {
     let stderr = open_log(&spec.stderr)?;
     let devnull = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
     let creds = spec.user.as_deref().map(credentials).transpose()?;
-    // The child allocates nothing: its pointer arrays are built here.
-    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    argv_ptrs.push(std::ptr::null());
-    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
-    env_ptrs.push(std::ptr::null());
     let (report_read, report_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // The child waits on this gate until the parent has noted it in the journal; if the
@@ -215,7 +235,7 @@ pub fn begin(spec: &Spec) -> Result<Starting, String> {
                 stderr: &stderr,
                 devnull: &devnull,
             };
-            let errno = child(&argv_ptrs, &env_ptrs, &dir, &files, creds, spec.caps);
+            let errno = child(&exec.argv, &exec.env, &dir, &files, creds, spec.caps);
             let bytes = errno.to_ne_bytes();
             // SAFETY: plain syscalls on valid fds in the forked child.
             unsafe {
@@ -270,18 +290,7 @@ pub fn capture(
     limit: usize,
 ) -> Result<Captured, String> {
     let program = argv.first().ok_or("empty command")?;
-    let args: Vec<CString> = argv
-        .iter()
-        .map(|a| cstring(a, "an argument"))
-        .collect::<Result<_, _>>()?;
-    let vars: Vec<CString> = env
-        .iter()
-        .map(|(k, v)| cstring(&format!("{k}={v}"), "an environment variable"))
-        .collect::<Result<_, _>>()?;
-    let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    arg_ptrs.push(std::ptr::null());
-    let mut env_ptrs: Vec<*const libc::c_char> = vars.iter().map(|e| e.as_ptr()).collect();
-    env_ptrs.push(std::ptr::null());
+    let exec = ExecArgs::new(argv, env)?;
     let root = cstring("/", "the directory")?;
     let devnull = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
     let pipe =
@@ -299,7 +308,7 @@ pub fn capture(
                 stderr: &err_write,
                 devnull: &devnull,
             };
-            let errno = child(&arg_ptrs, &env_ptrs, &root, &files, None, None);
+            let errno = child(&exec.argv, &exec.env, &root, &files, None, None);
             let bytes = errno.to_ne_bytes();
             // SAFETY: plain syscalls on valid fds in the forked child.
             unsafe {
