@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The Consul double's xDS server: what a Consul agent's gRPC port serves to Envoy.
 
-Started by tests/support/consul_double.rs (`ConsulDouble::serve_xds`) beside the double's HTTP
+Started by tests/support/consul_double/ (`ConsulDouble::serve_xds`) beside the double's HTTP
 API, it builds each proxy's configuration from the agent's state as Consul's proxycfg does,
 reading it through the double's own HTTP API (the same agent, so the double stays one coherent
 Consul): the proxy's registration (`/v1/agent/service/<proxy id>`), the datacenter
