@@ -253,25 +253,12 @@ fn write_bootstraps<'a>(
             // Envoy reads its bootstrap through its group; the task's directories are
             // set to their owners first, so nothing a task planted is written through.
             let (uid, gid) = crate::supervise::credentials(task.user.as_deref().unwrap_or("0"))?;
-            let secrets =
-                crate::allocdir::prepare(Path::new(&group.alloc_dir), &task.name, uid, gid)
-                    .map_err(|e| {
-                        format!(
-                            "group {}: task {}: cannot prepare its directories: {e}",
-                            group.name, task.name
-                        )
-                    })?;
-            if relay_socket(valid, group).is_some() {
-                let group_dir = crate::allocdir::group(Path::new(&group.alloc_dir))
-                    .and_then(|g| crate::allocdir::xds(&g, gid))
-                    .map_err(|e| {
-                        format!(
-                            "group {}: cannot prepare its xds directory: {e}",
-                            group.name
-                        )
-                    })?;
-                drop(group_dir);
-            }
+            let secrets = envoy_dirs(valid, group, &task.name, uid, gid).map_err(|e| {
+                format!(
+                    "group {}: task {}: cannot prepare its directories: {e}",
+                    group.name, task.name
+                )
+            })?;
             let job = Job {
                 consul,
                 preflight: &consul.preflight,
@@ -295,6 +282,23 @@ fn write_bootstraps<'a>(
         }
     }
     Ok(())
+}
+
+/// An Envoy task's directories (`allocdir`), and the group's `xds/` when a relay serves
+/// it, open to Envoy's group `gid`; returns the task's `secrets/`.
+fn envoy_dirs(
+    valid: &ValidConfig,
+    group: &GroupPlan,
+    task: &str,
+    uid: u32,
+    gid: u32,
+) -> std::io::Result<crate::files::Dir> {
+    let dir = crate::allocdir::group(Path::new(&group.alloc_dir))?;
+    crate::allocdir::shared(&dir)?;
+    if relay_socket(valid, group).is_some() {
+        crate::allocdir::xds(&dir, gid)?;
+    }
+    crate::allocdir::task(&dir, task, uid, gid)
 }
 
 /// The identity variables Nomad gives the bootstrap command, in its order.
@@ -402,13 +406,15 @@ pub fn apply(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
 fn prepare(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
     let state_path = state::path_in(&valid.config.agent.data_dir);
     let previous = state::load(&state_path)?;
-    // What listens on the host now (a reload may come long after the start).
+    // What listens on the host now (a reload may come long after the start): read once,
+    // for the planner's dynamic ports and the check of mapped ones.
+    let listeners = net::host::listeners();
     let host = HostFacts {
-        listening_ports: net::listening_ports(),
+        listening_ports: listeners.iter().map(|l| l.port).collect(),
         ..host.clone()
     };
     let plan = plan::build(valid, &previous, &host).map_err(|e| format!("cannot plan: {e}"))?;
-    let check = net::self_check(&plan.bridge, &plan.net_groups());
+    let check = net::self_check(&plan.bridge, &plan.net_groups(), &listeners);
     for note in &check.notes {
         info!("{note}");
     }

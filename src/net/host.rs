@@ -3,7 +3,6 @@
 //! the ports host services listen on (a group must not map one of them).
 
 use super::spec::HostFacts;
-use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const ROUTE_TABLE: &str = "/proc/net/route";
@@ -70,11 +69,6 @@ pub fn listeners() -> Vec<Listener> {
         }
     }
     all
-}
-
-/// The ports of `listeners`, for the planner to keep dynamic ports off them.
-pub fn listening_ports() -> BTreeSet<u16> {
-    listeners().iter().map(|l| l.port).collect()
 }
 
 /// Lines of /proc/net/{tcp,udp}[6] (`sl local_address rem_address st … uid timeout inode`)

@@ -4,7 +4,7 @@
 //! and our objects that no group owns any more are removed.
 
 pub mod firewall;
-mod host;
+pub mod host;
 mod link;
 mod netlink;
 pub mod netns;
@@ -12,7 +12,7 @@ mod nft;
 pub mod spec;
 pub mod tproxy;
 
-pub use host::{host_facts, listening_ports};
+pub use host::host_facts;
 
 use firewall::{Mapping, NatSpec};
 use log::{info, warn};
@@ -500,7 +500,12 @@ pub struct SelfCheck {
     pub notes: Vec<String>,
 }
 
-pub fn self_check(bridge: &BridgePlan, groups: &[GroupNet]) -> SelfCheck {
+/// `listeners`: what listens on the host (`host::listeners`), for mapped-port conflicts.
+pub fn self_check(
+    bridge: &BridgePlan,
+    groups: &[GroupNet],
+    listeners: &[host::Listener],
+) -> SelfCheck {
     let mut check = SelfCheck {
         errors: Vec::new(),
         notes: Vec::new(),
@@ -516,9 +521,7 @@ pub fn self_check(bridge: &BridgePlan, groups: &[GroupNet]) -> SelfCheck {
         ));
     }
     if bridge.firewall == Firewall::Nftables {
-        check
-            .errors
-            .extend(port_conflicts(groups, &host::listeners()));
+        check.errors.extend(port_conflicts(groups, listeners));
     }
     if bridge.firewall == Firewall::Nftables
         && let Err(e) = firewall_probe()
