@@ -1,6 +1,18 @@
 //! outpost: what a Nomad client does for Consul service mesh, for one edge device.
 //! See DESIGN.md for the architecture (plan, then apply) and the module map.
 
+/// `miniserde::Serialize` for a type shown as its `as_str()` (enums written as the config
+/// and Nomad write them), in `plan --json` and the status.
+macro_rules! serialize_as_str {
+    ($type:ty) => {
+        impl miniserde::Serialize for $type {
+            fn begin(&self) -> miniserde::ser::Fragment<'_> {
+                miniserde::ser::Fragment::Str(std::borrow::Cow::Borrowed(self.as_str()))
+            }
+        }
+    };
+}
+
 pub mod agent;
 pub mod alloc;
 pub mod allocdir;

@@ -57,11 +57,7 @@ impl std::fmt::Display for GatewayKind {
     }
 }
 
-impl miniserde::Serialize for GatewayKind {
-    fn begin(&self) -> miniserde::ser::Fragment<'_> {
-        miniserde::ser::Fragment::Str(std::borrow::Cow::Borrowed(self.as_str()))
-    }
-}
+serialize_as_str!(GatewayKind);
 
 /// The gateway kind of a service, if it is one.
 pub fn gateway_kind(service: &Service) -> Option<GatewayKind> {

@@ -59,11 +59,7 @@ impl Firewall {
     }
 }
 
-impl Serialize for Firewall {
-    fn begin(&self) -> miniserde::ser::Fragment<'_> {
-        miniserde::ser::Fragment::Str(std::borrow::Cow::Borrowed(self.as_str()))
-    }
-}
+serialize_as_str!(Firewall);
 
 #[derive(Clone, Debug, Serialize)]
 pub struct BridgePlan {

@@ -152,11 +152,7 @@ impl std::fmt::Display for Lifecycle {
     }
 }
 
-impl Serialize for Lifecycle {
-    fn begin(&self) -> miniserde::ser::Fragment<'_> {
-        miniserde::ser::Fragment::Str(std::borrow::Cow::Borrowed(self.as_str()))
-    }
-}
+serialize_as_str!(Lifecycle);
 
 #[derive(Debug, Serialize)]
 pub struct LogsPlan {
@@ -191,27 +187,25 @@ impl RestartMode {
     }
 }
 
-impl Serialize for RestartMode {
-    fn begin(&self) -> miniserde::ser::Fragment<'_> {
-        miniserde::ser::Fragment::Str(std::borrow::Cow::Borrowed(self.as_str()))
-    }
-}
+serialize_as_str!(RestartMode);
 
 /// The signal that asks a task to stop (validated against `KILL_SIGNALS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KillSignal(pub nix::sys::signal::Signal);
 
-impl std::fmt::Display for KillSignal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0.as_str())
+impl KillSignal {
+    pub fn as_str(self) -> &'static str {
+        self.0.as_str()
     }
 }
 
-impl Serialize for KillSignal {
-    fn begin(&self) -> miniserde::ser::Fragment<'_> {
-        miniserde::ser::Fragment::Str(std::borrow::Cow::Borrowed(self.0.as_str()))
+impl std::fmt::Display for KillSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
+
+serialize_as_str!(KillSignal);
 
 impl GroupPlan {
     /// What the network makes for this group.
