@@ -5,6 +5,7 @@ use std::process::Command;
 fn main() {
     let target = std::env::var("TARGET").unwrap_or_else(|_| "unknown".into());
     println!("cargo:rustc-env=OUTPOST_TARGET={target}");
+    discard_unwind_tables(&target);
 
     let commit = std::env::var("OUTPOST_GIT_COMMIT")
         .ok()
@@ -18,6 +19,18 @@ fn main() {
         if std::path::Path::new(path).exists() {
             println!("cargo:rerun-if-changed={path}");
         }
+    }
+}
+
+/// The device build (aarch64 musl, linked by rust-lld) drops the unwind tables: see
+/// link/discard-unwind-tables.ld. Only the binary: tests and benches keep them.
+fn discard_unwind_tables(target: &str) {
+    let script = "link/discard-unwind-tables.ld";
+    println!("cargo:rerun-if-changed={script}");
+    let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
+    if target == "aarch64-unknown-linux-musl" && release {
+        let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+        println!("cargo:rustc-link-arg-bins=-T{dir}/{script}");
     }
 }
 
