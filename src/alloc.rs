@@ -8,6 +8,7 @@
 //! Network and Consul are the agent's business; a runner only starts and watches processes,
 //! and can take over processes an earlier agent started (`adopt`).
 
+use crate::error::{Context, Error};
 use crate::plan::{GroupPlan, Lifecycle, RestartMode, TaskPlan};
 use crate::supervise::{self, Proc, Spec};
 use log::{info, warn};
@@ -654,7 +655,7 @@ fn runs_to_completion(t: &Task) -> bool {
 }
 
 /// The group's and the task's directories, owned as `allocdir` describes.
-fn make_dirs(task: &Task) -> Result<(), String> {
+fn make_dirs(task: &Task) -> Result<(), Error> {
     let (uid, gid) = match task.spec.user.as_deref() {
         Some(user) => supervise::credentials(user)?,
         None => (0, 0),
@@ -662,12 +663,7 @@ fn make_dirs(task: &Task) -> Result<(), String> {
     let group_dir = task.spec.dir.parent().unwrap_or(&task.spec.dir);
     crate::allocdir::prepare(group_dir, &task.plan_name, uid, gid)
         .map(drop)
-        .map_err(|e| {
-            format!(
-                "cannot prepare its directories in {}: {e}",
-                group_dir.display()
-            )
-        })
+        .with_context(|| format!("cannot prepare its directories in {}", group_dir.display()))
 }
 
 fn start(group: &str, task: &mut Task) {
@@ -684,9 +680,9 @@ fn start(group: &str, task: &mut Task) {
     }
 }
 
-fn failed_to_start(group: &str, task: &mut Task, why: String) {
+fn failed_to_start(group: &str, task: &mut Task, why: Error) {
     warn!("group {group}: task {}: {why}", task.plan_name);
-    task.last_error = Some(why);
+    task.last_error = Some(why.to_string());
     task.state = TaskState::Failed;
 }
 

@@ -20,6 +20,7 @@ pub mod caps;
 pub mod config;
 pub mod consul;
 pub mod envoy;
+pub mod error;
 pub mod files;
 pub mod net;
 pub mod plan;

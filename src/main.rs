@@ -1,12 +1,10 @@
 //! The `outpost` command line: argument parsing and dispatch only.
 
 use argh::FromArgs;
+use outpost::error::{Context, Error};
 use outpost::{agent, config, net, plan, state};
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// Exit code for a bad config (sysexits EX_CONFIG), as `validate` promises.
-const EX_CONFIG: u8 = 78;
 
 #[derive(FromArgs)]
 /// outpost: Nomad-style Consul service mesh for one edge device, from one TOML file.
@@ -108,7 +106,18 @@ struct VersionCmd {}
 
 fn main() -> ExitCode {
     let cli: Cli = argh::from_env();
-    match cli.command {
+    // The one exit path: every command returns here, and its error says how to exit.
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&e);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<(), Error> {
+    match command {
         Command::Validate(cmd) => validate(&cmd),
         Command::Plan(cmd) => plan(&cmd),
         Command::Run(cmd) => with_agent(&cmd.config, |valid, host| {
@@ -123,141 +132,84 @@ fn main() -> ExitCode {
         }
         Command::EnvoyBootstrap(cmd) => envoy_bootstrap(&cmd),
         Command::Relay(cmd) => {
-            let _ = simple_logger::SimpleLogger::new()
-                .with_level(log::LevelFilter::Info)
-                .init();
-            match outpost::relay::serve(&cmd.sockets) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    log::error!("relay {}: {e}", cmd.sockets.display());
-                    ExitCode::FAILURE
-                }
-            }
+            start_logging(log::LevelFilter::Info);
+            outpost::relay::serve(&cmd.sockets)
+                .with_context(|| format!("relay {}", cmd.sockets.display()))
         }
         Command::Version(_) => {
             println!("{}", outpost::version_text());
-            ExitCode::SUCCESS
+            Ok(())
         }
     }
 }
 
-fn load(path: &std::path::Path) -> Result<config::ValidConfig, ExitCode> {
-    outpost::load_config(path).map_err(|diagnostics| {
-        for d in &diagnostics {
-            eprintln!("{d}");
-        }
-        ExitCode::from(EX_CONFIG)
-    })
+/// A command's error: in the log once logging runs (the agent's commands, under systemd's
+/// journal), else on stderr as it is (config diagnostics already name their place).
+fn report(e: &Error) {
+    if log::max_level() == log::LevelFilter::Off {
+        eprintln!("{e}");
+    } else {
+        log::error!("{e}");
+    }
+}
+
+fn start_logging(level: log::LevelFilter) {
+    let _ = simple_logger::SimpleLogger::new().with_level(level).init();
 }
 
 /// Loads the config, starts logging at its level, and runs one agent action.
 fn with_agent(
     path: &std::path::Path,
-    action: impl FnOnce(config::ValidConfig, &plan::HostFacts) -> Result<(), String>,
-) -> ExitCode {
-    let valid = match load(path) {
-        Ok(valid) => valid,
-        Err(code) => return code,
-    };
-    let level = valid
-        .config
-        .agent
-        .log_level
-        .parse()
-        .unwrap_or(log::LevelFilter::Info);
-    let _ = simple_logger::SimpleLogger::new().with_level(level).init();
-    match action(valid, &net::host_facts()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    action: impl FnOnce(config::ValidConfig, &plan::HostFacts) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let valid = outpost::load_config(path)?;
+    let level = valid.config.agent.log_level.parse();
+    start_logging(level.unwrap_or(log::LevelFilter::Info));
+    action(valid, &net::host_facts())
 }
 
-fn validate(cmd: &ValidateCmd) -> ExitCode {
-    match load(&cmd.config) {
-        Ok(valid) => {
-            println!(
-                "{}: valid ({} group{})",
-                cmd.config.display(),
-                valid.config.groups.len(),
-                if valid.config.groups.len() == 1 {
-                    ""
-                } else {
-                    "s"
-                }
-            );
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
-    }
+fn validate(cmd: &ValidateCmd) -> Result<(), Error> {
+    let valid = outpost::load_config(&cmd.config)?;
+    let groups = valid.config.groups.len();
+    let plural = if groups == 1 { "" } else { "s" };
+    println!("{}: valid ({groups} group{plural})", cmd.config.display());
+    Ok(())
 }
 
-fn plan(cmd: &PlanCmd) -> ExitCode {
-    let valid = match load(&cmd.config) {
-        Ok(valid) => valid,
-        Err(code) => return code,
-    };
+fn plan(cmd: &PlanCmd) -> Result<(), Error> {
+    let valid = outpost::load_config(&cmd.config)?;
     let state_path = state::path_in(&valid.config.agent.data_dir);
-    let node_state = match state::load(&state_path) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("outpost: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match plan::build(&valid, &node_state, &net::host_facts()) {
-        Ok(p) if cmd.json => {
-            print!("{}", plan::render::json(&p));
-            ExitCode::SUCCESS
-        }
-        Ok(p) => {
-            print!("{}", plan::render::text(&p));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("outpost: cannot plan: {e}");
-            ExitCode::FAILURE
-        }
+    let node_state = state::load(&state_path)?;
+    let p = plan::build(&valid, &node_state, &net::host_facts()).context("cannot plan")?;
+    match cmd.json {
+        true => print!("{}", plan::render::json(&p)),
+        false => print!("{}", plan::render::text(&p)),
     }
+    Ok(())
 }
 
 /// Like `consul connect envoy -bootstrap`: warnings and errors as plain lines on stderr,
 /// the JSON on stdout, exit 1 on error.
-fn envoy_bootstrap(cmd: &outpost::envoy::command::EnvoyBootstrap) -> ExitCode {
-    match outpost::envoy::command::run(cmd, &|var| std::env::var(var).ok()) {
-        Ok(out) => {
-            for w in &out.warnings {
-                eprintln!("{w}");
-            }
-            print!("{}", out.json);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
+fn envoy_bootstrap(cmd: &outpost::envoy::command::EnvoyBootstrap) -> Result<(), Error> {
+    let out = outpost::envoy::command::run(cmd, &|var| std::env::var(var).ok())?;
+    for w in &out.warnings {
+        eprintln!("{w}");
     }
+    print!("{}", out.json);
+    Ok(())
 }
 
-fn status(cmd: &StatusCmd) -> ExitCode {
+fn status(cmd: &StatusCmd) -> Result<(), Error> {
     // The file may have been broken since the agent read it (a failed reload keeps the
     // running config): find its run_dir anyway.
     let run_dir = match outpost::load_config(&cmd.config) {
         Ok(valid) => valid.config.agent.run_dir.clone(),
         Err(_) => config::run_dir_hint(&cmd.config),
     };
-    let status = match agent::run::query_status(&run_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("outpost: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let status = agent::run::query_status(&run_dir)?;
     if cmd.json {
         println!("{}", miniserde::json::to_string(&status));
-        return ExitCode::SUCCESS;
+        return Ok(());
     }
     println!(
         "agent pid {}, config {}, Consul {}",
@@ -289,5 +241,5 @@ fn status(cmd: &StatusCmd) -> ExitCode {
             );
         }
     }
-    ExitCode::SUCCESS
+    Ok(())
 }

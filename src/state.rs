@@ -1,6 +1,7 @@
 //! The node state file (`data_dir/state.json`): what must survive a restart so the plan stays
 //! stable — each group's IP lease and dynamic host ports. Secrets are never stored here.
 
+use crate::error::Error;
 use miniserde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,7 @@ pub fn path_in(data_dir: &str) -> PathBuf {
 /// Reads the state file. A missing file is a first run (empty state); an unreadable or
 /// corrupt file is an error, because silently starting empty would move every group to a
 /// new address and new ports.
-pub fn load(path: &Path) -> Result<NodeState, String> {
+pub fn load(path: &Path) -> Result<NodeState, Error> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -38,7 +39,12 @@ pub fn load(path: &Path) -> Result<NodeState, String> {
                 ..<NodeState as Default>::default()
             });
         }
-        Err(e) => return Err(format!("cannot read state file {}: {e}", path.display())),
+        Err(e) => {
+            return Err(Error::permanent(format!(
+                "cannot read state file {}: {e}",
+                path.display()
+            )));
+        }
     };
     let state: NodeState = miniserde::json::from_str(&text).map_err(|_| {
         format!(
@@ -47,11 +53,11 @@ pub fn load(path: &Path) -> Result<NodeState, String> {
         )
     })?;
     if state.version != VERSION {
-        return Err(format!(
+        return Err(Error::permanent(format!(
             "state file {} has version {}, this outpost reads version {VERSION}",
             path.display(),
             state.version
-        ));
+        )));
     }
     Ok(state)
 }
@@ -76,7 +82,7 @@ mod tests {
         assert_eq!(load(&file).unwrap().groups.len(), 0);
 
         std::fs::write(&file, "{\"version\": 1, \"groups\": ").unwrap();
-        assert!(load(&file).unwrap_err().contains("not valid"));
+        assert!(load(&file).unwrap_err().message().contains("not valid"));
 
         std::fs::write(
             &file,

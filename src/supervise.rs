@@ -6,6 +6,7 @@
 //! never by pid alone (pids are reused).
 
 use crate::caps::CapSet;
+use crate::error::{Context, Error};
 use crate::files::Dir;
 use nix::libc;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
@@ -76,14 +77,15 @@ impl Proc {
     }
 }
 
-fn cstring(text: &str, what: &str) -> Result<CString, String> {
-    CString::new(text).map_err(|_| format!("{what} contains a NUL byte"))
+fn cstring(text: &str, what: &str) -> Result<CString, Error> {
+    CString::new(text).map_err(|_| Error::permanent(format!("{what} contains a NUL byte")))
 }
 
 /// Opens a log for appending, in a directory only root writes (`allocdir`). A link at its
 /// name (planted while a task could write there) is removed, never followed.
-fn open_log(path: &Path) -> Result<File, String> {
-    let failed = |e: std::io::Error| format!("cannot open {}: {e}", path.display());
+fn open_log(path: &Path) -> Result<File, Error> {
+    let failed =
+        |e: std::io::Error| Error::from(e).context(format!("cannot open {}", path.display()));
     let (dir, name) = split(path).map_err(failed)?;
     match dir.append(&name, 0o640) {
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
@@ -106,7 +108,7 @@ fn split(path: &Path) -> std::io::Result<(Dir, String)> {
 }
 
 /// uid, gid and supplementary groups of `user` (a name or a number).
-pub(crate) fn credentials(user: &str) -> Result<(u32, u32), String> {
+pub(crate) fn credentials(user: &str) -> Result<(u32, u32), Error> {
     let found = match user.parse::<u32>() {
         Ok(uid) => nix::unistd::User::from_uid(uid.into()),
         Err(_) => nix::unistd::User::from_name(user),
@@ -118,9 +120,11 @@ pub(crate) fn credentials(user: &str) -> Result<(u32, u32), String> {
             Ok(uid) => Ok((uid, uid)),
             // The default user, on a system image without it: the kernel's overflow ids.
             Err(_) if user == "nobody" => Ok((65534, 65534)),
-            Err(_) => Err(format!("user {user:?} does not exist")),
+            Err(_) => Err(Error::permanent(format!("user {user:?} does not exist"))),
         },
-        Err(e) => Err(format!("cannot look up user {user:?}: {e}")),
+        Err(e) => Err(Error::permanent(format!(
+            "cannot look up user {user:?}: {e}"
+        ))),
     }
 }
 
@@ -133,7 +137,7 @@ struct ExecArgs {
 }
 
 impl ExecArgs {
-    fn new(argv: &[String], env: &[(String, String)]) -> Result<ExecArgs, String> {
+    fn new(argv: &[String], env: &[(String, String)]) -> Result<ExecArgs, Error> {
         let args: Vec<CString> = argv
             .iter()
             .map(|a| cstring(a, "an argument"))
@@ -171,7 +175,7 @@ pub struct Starting {
 
 impl Starting {
     /// Waits for the exec: the running process, or why it could not start (it is reaped).
-    pub fn confirm(mut self) -> Result<Proc, String> {
+    pub fn confirm(mut self) -> Result<Proc, Error> {
         let mut buf = [0u8; 8];
         let n = self.report.read(&mut buf).unwrap_or(0);
         if n == 8 {
@@ -179,10 +183,10 @@ impl Starting {
             let report = u64::from_ne_bytes(buf);
             let why = std::io::Error::from_raw_os_error((report & 0xffff_ffff) as i32);
             let step = STEPS[(report >> 32) as usize % STEPS.len()];
-            return Err(format!(
+            return Err(Error::permanent(format!(
                 "cannot start {}: {step} failed: {why}",
                 self.program
-            ));
+            )));
         }
         Ok(self.proc)
     }
@@ -190,35 +194,35 @@ impl Starting {
 
 /// Forks the process, notes it in the journal and lets it exec; `Starting::confirm` says
 /// whether it did.
-pub fn begin(spec: &Spec) -> Result<Starting, String> {
+pub fn begin(spec: &Spec) -> Result<Starting, Error> {
     let program = spec.argv.first().ok_or("empty command")?;
     let exec = ExecArgs::new(&spec.argv, &spec.env)?;
     let dir = cstring(&spec.dir.to_string_lossy(), "the directory")?;
     std::fs::create_dir_all(&spec.dir)
-        .map_err(|e| format!("cannot create {}: {e}", spec.dir.display()))?;
+        .with_context(|| format!("cannot create {}", spec.dir.display()))?;
     let netns = match &spec.netns {
         Some(path) => Some(
             File::open(path)
-                .map_err(|e| format!("cannot open namespace {}: {e}", path.display()))?,
+                .with_context(|| format!("cannot open namespace {}", path.display()))?,
         ),
         None => None,
     };
     let stdout = open_log(&spec.stdout)?;
     let stderr = open_log(&spec.stderr)?;
-    let devnull = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    let devnull = File::open("/dev/null").context("cannot open /dev/null")?;
     let creds = spec.user.as_deref().map(credentials).transpose()?;
     let (report_read, report_write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     // The child waits on this gate until the parent has noted it in the journal; if the
     // parent dies first (kill -9), the gate reads EOF and the child exits unexec'd.
     let (gate_read, gate_write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
 
     // SAFETY: the child calls only async-signal-safe functions (read, sigprocmask, setsid,
     // setns, chdir, dup2, setgroups/setgid/setuid, execve, write, _exit, close) on data
     // prepared above, then execs or exits.
     match unsafe { fork() } {
-        Err(e) => Err(format!("fork: {e}")),
+        Err(e) => Err(Error::permanent(format!("fork: {e}"))),
         Ok(ForkResult::Child) => {
             drop(report_read);
             drop(gate_write);
@@ -253,10 +257,10 @@ pub fn begin(spec: &Spec) -> Result<Starting, String> {
             {
                 drop(gate_write); // the child exits without exec
                 let _ = nix::sys::wait::waitpid(child, None);
-                return Err(format!(
+                return Err(Error::permanent(format!(
                     "cannot start {program}: cannot note it in {}: {e}",
                     journal.display()
-                ));
+                )));
             }
             let mut gate = File::from(gate_write);
             let _ = std::io::Write::write_all(&mut gate, b"x");
@@ -288,19 +292,18 @@ pub fn capture(
     env: &[(String, String)],
     timeout: Duration,
     limit: usize,
-) -> Result<Captured, String> {
+) -> Result<Captured, Error> {
     let program = argv.first().ok_or("empty command")?;
     let exec = ExecArgs::new(argv, env)?;
     let root = cstring("/", "the directory")?;
-    let devnull = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
-    let pipe =
-        || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+    let devnull = File::open("/dev/null").context("cannot open /dev/null")?;
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe");
     let ((out_read, out_write), (err_read, err_write)) = (pipe()?, pipe()?);
     let (report_read, report_write) = pipe()?;
     let (out_write, err_write) = (File::from(out_write), File::from(err_write));
     // SAFETY: as in `begin`, the child only makes async-signal-safe calls, then execs.
     let pid = match unsafe { fork() } {
-        Err(e) => return Err(format!("fork: {e}")),
+        Err(e) => return Err(Error::permanent(format!("fork: {e}"))),
         Ok(ForkResult::Child) => {
             let files = ChildFiles {
                 netns: None,
@@ -341,7 +344,9 @@ pub fn capture(
         if Instant::now() >= deadline {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(pid, None);
-            return Err(format!("{program} did not finish within {timeout:?}"));
+            return Err(Error::permanent(format!(
+                "{program} did not finish within {timeout:?}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -767,7 +772,7 @@ mod tests {
     use super::*;
 
     /// Starts the process and waits until it has exec'd.
-    fn spawn(spec: &Spec) -> Result<Proc, String> {
+    fn spawn(spec: &Spec) -> Result<Proc, Error> {
         begin(spec)?.confirm()
     }
 
@@ -840,7 +845,7 @@ mod tests {
 
         let missing = spawn(&spec(&dir, &["/no/such/binary"])).unwrap_err();
         assert_eq!(
-            missing,
+            missing.message(),
             "cannot start /no/such/binary: execve failed: No such file or directory (os error 2)"
         );
         let _ = std::fs::remove_dir_all(&dir);
@@ -867,10 +872,13 @@ mod tests {
         let cut = capture(&sh("yes | head -c 100000"), &[], Duration::from_secs(5), 10).unwrap();
         assert_eq!(cut.stdout, "y\ny\ny\ny\ny\n");
         let slow = capture(&sh("sleep 5"), &[], Duration::from_millis(100), 10).unwrap_err();
-        assert!(slow.contains("did not finish within 100ms"), "{slow}");
+        assert!(
+            slow.message().contains("did not finish within 100ms"),
+            "{slow}"
+        );
         let missing =
             capture(&["/no/such".to_string()], &[], Duration::from_secs(1), 10).unwrap_err();
-        assert!(missing.contains("execve failed"), "{missing}");
+        assert!(missing.message().contains("execve failed"), "{missing}");
     }
 
     #[test]

@@ -407,7 +407,8 @@ fn unreadable_tls_files_are_reported_by_setting_name() {
     );
     let err = Client::new(&valid.config.consul).unwrap_err();
     assert!(
-        err.starts_with("cannot read consul.ca_file /nonexistent/ca.pem:"),
+        err.message()
+            .starts_with("cannot read consul.ca_file /nonexistent/ca.pem:"),
         "{err}"
     );
 }
@@ -671,11 +672,11 @@ fn a_sidecar_bootstrap_is_rendered_from_the_agents_own_view() {
     )
     .unwrap_err();
     assert!(
-        missing.retryable,
+        missing.is_retryable(),
         "a proxy not yet registered is worth waiting for"
     );
     assert_eq!(
-        missing.message,
+        missing.message(),
         "failed fetch proxy config from local agent: Unexpected response code: 404 (unknown service ID: nope-sidecar-proxy)"
     );
 }

@@ -615,7 +615,7 @@ fn exercise_consul(url: &str, state_dir: &std::path::Path) -> Result<Vec<String>
         token: Some(SECRET.into()),
         ..Consul::default()
     };
-    let client = Client::new(&consul).map_err(TestCaseError::fail)?;
+    let client = Client::new(&consul).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let cmd = outpost::envoy::command::EnvoyBootstrap {
         proxy_id: Some("_outpost-api-count-api-9001-sidecar-proxy".into()),
         http_addr: Some(url.to_string()),
@@ -678,7 +678,7 @@ fn exercise_consul(url: &str, state_dir: &std::path::Path) -> Result<Vec<String>
         service_base: Dur::millis(1),
     };
     if let Err(e) = preflight::token(&client, &quick, "service count-api") {
-        errors.push(e.0);
+        errors.push(e.to_string());
     }
     let gplan = example_plan(2);
     let entries = config_entries(&gplan);

@@ -8,6 +8,7 @@ use crate::consul::gateway;
 use crate::consul::preflight;
 use crate::consul::sync::{self, Wanted};
 use crate::envoy::sidecar::{Job, Renderer};
+use crate::error::{Context, Error};
 use crate::plan::{self, GroupPlan, HostFacts, Plan, ServicePlan};
 use crate::{net, state};
 use log::{info, warn};
@@ -43,7 +44,7 @@ fn workload_token(
     plan: &Plan,
     group: &GroupPlan,
     service: &ServicePlan,
-) -> Result<Option<WorkloadToken>, String> {
+) -> Result<Option<WorkloadToken>, Error> {
     let consul = &valid.config.consul;
     if consul.acl.mode == AclMode::AgentToken {
         return Ok(None);
@@ -77,8 +78,7 @@ fn workload_token(
         token.accessor,
         consul.acl.mode.as_str()
     );
-    preflight::token(&base.with_token(&token.secret), &consul.preflight, &what)
-        .map_err(|e| e.to_string())?;
+    preflight::token(&base.with_token(&token.secret), &consul.preflight, &what)?;
     Ok(Some(token))
 }
 
@@ -93,13 +93,13 @@ type Tokens = std::collections::BTreeMap<String, String>;
 /// Registers the plan's services (each with its workload token) and removes outpost's
 /// services no group owns. With `consul_optional` (a config without services) an
 /// unreachable Consul is only a warning.
-fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Result<Tokens, String> {
+fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Result<Tokens, Error> {
     let base = Client::new(&valid.config.consul)?;
-    let at = |e: &dyn std::fmt::Display| {
-        format!(
-            "Consul registration at {}: {e}",
+    let at = |e: Error| {
+        e.context(format!(
+            "Consul registration at {}",
             valid.config.consul.address
-        )
+        ))
     };
     let entries: Vec<&miniserde::json::Value> = plan
         .groups
@@ -110,7 +110,7 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Resul
         .collect();
     // Entries first: an ingress gateway's Envoy gets its listeners from its entry.
     if !entries.is_empty() || !consul_optional {
-        gateway::sync_entries(&base, &entries, &plan.node_name).map_err(|e| at(&e))?;
+        gateway::sync_entries(&base, &entries, &plan.node_name).map_err(|e| at(e.into()))?;
     }
     let mut registered = 0;
     let mut keep = Vec::new();
@@ -131,20 +131,20 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Resul
                 id: &service.id,
                 body: &service.registration,
             }];
-            let services = listed.as_ref().map_err(|e| at(e))?;
+            let services = listed.as_ref().map_err(|e| at(e.clone().into()))?;
             registered += sync::register_missing(&client, &wanted, services)
-                .map_err(|e| at(&e))?
+                .map_err(|e| at(e.into()))?
                 .len();
             keep.push(service.id.as_str());
         }
     }
     let removed = match listed {
-        Ok(services) => sync::remove_unowned(&base, &services, &keep).map_err(|e| at(&e))?,
+        Ok(services) => sync::remove_unowned(&base, &services, &keep).map_err(|e| at(e.into()))?,
         Err(e) if consul_optional && e.is_retryable() => {
             warn!("Consul: cannot check for leftover registrations ({e}); groups need no Consul");
             return Ok(tokens);
         }
-        Err(e) => return Err(at(&e)),
+        Err(e) => return Err(at(e.into())),
     };
     info!(
         "Consul: {registered} service(s) registered, {} deregistered, {} unchanged",
@@ -152,7 +152,7 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Resul
         keep.len() - registered
     );
     // Nomad's order for a group that went: deregistered, then its tokens given back.
-    release_tokens_in(valid, &orphan_dirs(plan)).map_err(|e| at(&e))?;
+    release_tokens_in(valid, &orphan_dirs(plan)).map_err(at)?;
     Ok(tokens)
 }
 
@@ -226,7 +226,7 @@ fn write_bootstraps<'a>(
     groups: impl Iterator<Item = &'a GroupPlan>,
     tokens: &Tokens,
     only_task: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let consul = &valid.config.consul;
     let renderer = match valid.config.envoy.bootstrap {
         BootstrapMode::ConsulCli => Renderer::ConsulCli {
@@ -314,7 +314,7 @@ const IDENTITY_VARS: [&str; 8] = [
 ];
 
 /// Deregisters every service of ours (Consul is needed only when the config has services).
-fn deregister_all(valid: &ValidConfig, plan: &Plan) -> Result<(), String> {
+fn deregister_all(valid: &ValidConfig, plan: &Plan) -> Result<(), Error> {
     sync_consul(valid, &plan.without_groups(), !has_services(plan)).map(|_| ())
 }
 
@@ -354,7 +354,7 @@ fn token_files(group_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Gives back the workload tokens kept in `dirs`, deleting each file once Consul took it.
-fn release_tokens_in(valid: &ValidConfig, dirs: &[PathBuf]) -> Result<(), String> {
+fn release_tokens_in(valid: &ValidConfig, dirs: &[PathBuf]) -> Result<(), Error> {
     let files: Vec<PathBuf> = dirs.iter().flat_map(|d| token_files(d)).collect();
     if files.is_empty() {
         return Ok(());
@@ -363,7 +363,7 @@ fn release_tokens_in(valid: &ValidConfig, dirs: &[PathBuf]) -> Result<(), String
     for path in files {
         if let Some(token) = read_token(&path) {
             acl::release(&base, &valid.config.consul.acl, &token)
-                .map_err(|e| format!("releasing Consul token {}: {e}", token.accessor))?;
+                .with_context(|| format!("releasing Consul token {}", token.accessor))?;
             info!("released Consul token {}", token.accessor);
         }
         let _ = std::fs::remove_file(&path);
@@ -388,9 +388,9 @@ fn remove_orphan_dirs(plan: &Plan) {
 
 /// Plans from the config and the node state, records the plan's leases before touching the
 /// host (so a crash mid-apply re-plans the same addresses and ports), then reconciles.
-pub fn apply(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
+pub fn apply(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, Error> {
     let plan = prepare(valid, host)?;
-    net::apply(&plan.bridge, &plan.net_groups()).map_err(|e| e.to_string())?;
+    net::apply(&plan.bridge, &plan.net_groups())?;
     info!(
         "network applied: {} group(s), bridge {}",
         plan.groups.len(),
@@ -403,7 +403,7 @@ pub fn apply(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
 }
 
 /// The plan, checked against the host, with its leases recorded before anything changes.
-fn prepare(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
+fn prepare(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, Error> {
     let state_path = state::path_in(&valid.config.agent.data_dir);
     let previous = state::load(&state_path)?;
     // What listens on the host now (a reload may come long after the start): read once,
@@ -413,18 +413,18 @@ fn prepare(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, String> {
         listening_ports: listeners.iter().map(|l| l.port).collect(),
         ..host.clone()
     };
-    let plan = plan::build(valid, &previous, &host).map_err(|e| format!("cannot plan: {e}"))?;
+    let plan = plan::build(valid, &previous, &host).context("cannot plan")?;
     let check = net::self_check(&plan.bridge, &plan.net_groups(), &listeners);
     for note in &check.notes {
         info!("{note}");
     }
     if !check.errors.is_empty() {
-        return Err(check.errors.join("\n"));
+        return Err(Error::config(check.errors.join("\n")));
     }
     let next = plan::node_state(&plan);
     if next != previous {
         state::save(&state_path, &next)
-            .map_err(|e| format!("cannot write state file {}: {e}", state_path.display()))?;
+            .with_context(|| format!("cannot write state file {}", state_path.display()))?;
     }
     Ok(plan)
 }
@@ -471,13 +471,13 @@ fn stop_tasks(plan: &Plan) {
 }
 
 /// Removes everything outpost made on this host and releases every lease.
-pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), String> {
+pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), Error> {
     let state_path = state::path_in(&valid.config.agent.data_dir);
     let previous = state::load(&state_path).unwrap_or_else(|e| {
         warn!("{e}; tearing down by name only");
         state::NodeState::default()
     });
-    let plan = plan::build(valid, &previous, host).map_err(|e| format!("cannot plan: {e}"))?;
+    let plan = plan::build(valid, &previous, host).context("cannot plan")?;
     stop_agent(&plan);
     // Nomad's order: deregister first, so nothing is routed to groups that are going away;
     // wait the groups' shutdown_delay; stop main tasks, then sidecars; give back the tokens;
@@ -499,10 +499,10 @@ pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), String> {
     }
     stop_tasks(&plan);
     let consul = consul.and_then(|()| release_tokens_in(valid, &group_dirs(&plan.run_dir)));
-    net::teardown(&plan.bridge).map_err(|e| e.to_string())?;
+    net::teardown(&plan.bridge)?;
     if state_path.exists() {
         state::save(&state_path, &plan::node_state(&plan.without_groups()))
-            .map_err(|e| format!("cannot write state file {}: {e}", state_path.display()))?;
+            .with_context(|| format!("cannot write state file {}", state_path.display()))?;
     }
     consul.map_err(|e| {
         format!("{e}; the network was removed: run teardown again once Consul answers, to deregister and release tokens")

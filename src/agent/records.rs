@@ -3,6 +3,7 @@
 //! journaled but never recorded).
 
 use super::relay::RELAY_RECORD;
+use crate::error::{Context, Error};
 use crate::files;
 use crate::plan::Plan;
 use crate::supervise::{Proc, Stopping};
@@ -128,9 +129,9 @@ pub fn running_agent(run_dir: &str) -> Option<i32> {
     proc.alive().then_some(proc.pid)
 }
 
-pub(super) fn write_pid_file(run_dir: &str) -> Result<(), String> {
+pub(super) fn write_pid_file(run_dir: &str) -> Result<(), Error> {
     let me = std::process::id() as i32;
     let start = crate::supervise::start_time(me).unwrap_or(0);
     files::write_private(&pid_path(run_dir), format!("{me} {start}\n").as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", pid_path(run_dir).display()))
+        .with_context(|| format!("cannot write {}", pid_path(run_dir).display()))
 }

@@ -120,8 +120,11 @@ impl NodeRelay {
     }
 
     fn start(&mut self, now: Instant) -> bool {
+        // After an upgrade replaced the binary under a running agent, the kernel names the
+        // old one "<path> (deleted)": the relay starts from the new one at the same path.
         let exe = std::env::current_exe()
             .map(|p| p.display().to_string())
+            .map(|p| p.trim_end_matches(" (deleted)").to_string())
             .unwrap_or_else(|_| "/usr/local/bin/outpost".into());
         let spec = Spec {
             argv: vec![

@@ -19,6 +19,7 @@ use crate::alloc::{Phase, Runner, TaskState};
 use crate::config::ValidConfig;
 use crate::consul::anti_entropy::{self, QUICK_CHECK};
 use crate::envoy::version::EnvoyVersion;
+use crate::error::{Context, Error};
 use crate::plan::{GroupPlan, HostFacts, Plan};
 use crate::{envoy, files, net};
 use log::{error, info, warn};
@@ -40,7 +41,7 @@ struct ConsulState {
     next_try: Instant,
     /// The next presence check (anti-entropy between full syncs).
     next_check: Instant,
-    last_error: Option<String>,
+    last_error: Option<Error>,
     synced_once: bool,
 }
 
@@ -75,7 +76,7 @@ fn relay_sockets(valid: &ValidConfig, plan: &Plan) -> BTreeSet<PathBuf> {
 fn envoy_versions(
     plan: &Plan,
     known: &[(String, EnvoyVersion)],
-) -> Result<Vec<(String, EnvoyVersion)>, String> {
+) -> Result<Vec<(String, EnvoyVersion)>, Error> {
     let mut envoys: Vec<(String, EnvoyVersion)> = Vec::new();
     for group in &plan.groups {
         for proxy in group.services.iter().filter_map(|s| s.proxy.as_ref()) {
@@ -92,8 +93,9 @@ fn envoy_versions(
             }
             let version = match known.iter().find(|(b, _)| b == binary) {
                 Some((_, v)) => *v,
-                None => envoy::version::read(binary)
-                    .map_err(|e| format!("group {}: {e}", group.name))?,
+                None => {
+                    envoy::version::read(binary).with_context(|| format!("group {}", group.name))?
+                }
             };
             envoys.push((binary.clone(), version));
         }
@@ -111,13 +113,13 @@ fn new_runner(group: &GroupPlan) -> Runner {
 }
 
 impl Agent {
-    fn start(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<Agent, String> {
+    fn start(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<Agent, Error> {
         let plan = prepare(&valid, &host)?;
         let envoys = envoy_versions(&plan, &[])?;
         for (binary, version) in &envoys {
             info!("Envoy {version} at {binary}");
         }
-        net::apply(&plan.bridge, &plan.net_groups()).map_err(|e| e.to_string())?;
+        net::apply(&plan.bridge, &plan.net_groups())?;
         info!("network applied: {} group(s)", plan.groups.len());
         let records = load_records(&plan.run_dir);
         stop_strays(&records, &plan);
@@ -268,7 +270,7 @@ impl Agent {
                 match result {
                     Ok(synced) => self.synced(synced, now),
                     Err(e) => {
-                        if self.consul.last_error.as_deref() != Some(e.as_str()) {
+                        if self.consul.last_error.as_ref() != Some(&e) {
                             warn!("{e}; retrying every {}s", CONSUL_RETRY.as_secs());
                         }
                         self.consul.last_error = Some(e);
@@ -500,7 +502,7 @@ impl Agent {
             pid: std::process::id(),
             config: self.path.display().to_string(),
             consul_synced: self.consul.synced_once && self.consul.last_error.is_none(),
-            consul_last_error: self.consul.last_error.clone(),
+            consul_last_error: self.consul.last_error.as_ref().map(Error::to_string),
             relay_pid: self.relay.proc().map(|p| p.pid),
             envoy: Some(
                 self.envoys
@@ -517,12 +519,12 @@ impl Agent {
 }
 
 /// Runs the agent until SIGTERM/SIGINT.
-pub fn run(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<(), String> {
+pub fn run(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<(), Error> {
     let run_dir = valid.config.agent.run_dir.clone();
     if let Some(pid) = running_agent(&run_dir) {
-        return Err(format!(
+        return Err(Error::permanent(format!(
             "an outpost agent (pid {pid}) already runs for {run_dir}; stop it first"
-        ));
+        )));
     }
     let mut mask = SigSet::empty();
     for s in [
@@ -533,22 +535,19 @@ pub fn run(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<(), Strin
     ] {
         mask.add(s);
     }
-    mask.thread_block()
-        .map_err(|e| format!("blocking signals: {e}"))?;
+    mask.thread_block().context("blocking signals")?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| format!("signalfd: {e}"))?;
+        .context("signalfd")?;
 
-    std::fs::create_dir_all(&run_dir).map_err(|e| format!("cannot create {run_dir}: {e}"))?;
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {run_dir}"))?;
     write_pid_file(&run_dir)?;
     let socket = socket_path(&run_dir);
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)
-        .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("status socket: {e}"))?;
+    listener.set_nonblocking(true).context("status socket")?;
 
     let mut agent = Agent::start(path, valid, host)?;
     let watchdog = std::env::var("WATCHDOG_USEC")

@@ -2,6 +2,7 @@
 //! through `sd_notify`.
 
 use super::records::socket_path;
+use crate::error::{Context, Error};
 use log::warn;
 use miniserde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -64,17 +65,16 @@ pub struct TaskStatus {
 }
 
 /// `outpost status`: asks the running agent.
-pub fn query_status(run_dir: &str) -> Result<Status, String> {
+pub fn query_status(run_dir: &str) -> Result<Status, Error> {
     use std::io::Read;
     let path = socket_path(run_dir);
     let mut stream = std::os::unix::net::UnixStream::connect(&path)
-        .map_err(|e| format!("no agent answers on {}: {e}", path.display()))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
+        .with_context(|| format!("no agent answers on {}", path.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut text = String::new();
     stream
         .read_to_string(&mut text)
-        .map_err(|e| format!("reading the agent's status: {e}"))?;
-    miniserde::json::from_str(&text).map_err(|_| "the agent's status is not valid JSON".to_string())
+        .context("reading the agent's status")?;
+    miniserde::json::from_str(&text)
+        .map_err(|_| Error::permanent("the agent's status is not valid JSON"))
 }

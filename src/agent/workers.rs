@@ -4,6 +4,7 @@
 
 use super::{Tokens, relay_target, sync_consul, write_bootstraps};
 use crate::config::ValidConfig;
+use crate::error::{Context, Error};
 use crate::plan::{GroupPlan, Plan};
 use log::warn;
 use std::collections::BTreeSet;
@@ -21,7 +22,7 @@ pub(super) enum Outcome {
     /// Registration, and the bootstraps of the groups that waited for it, for `plan`.
     Synced {
         plan: Arc<Plan>,
-        result: Result<Synced, String>,
+        result: Result<Synced, Error>,
     },
     /// The presence check between full syncs: a service Consul no longer has, if any.
     Checked { missing: Option<String> },
@@ -29,7 +30,7 @@ pub(super) enum Outcome {
     Refreshed {
         group: String,
         task: String,
-        error: Option<String>,
+        error: Option<Error>,
     },
 }
 
@@ -50,7 +51,7 @@ pub(super) fn sync_and_bootstrap(
     valid: &ValidConfig,
     plan: &Plan,
     waiting: &[String],
-) -> Result<Synced, String> {
+) -> Result<Synced, Error> {
     let tokens = sync_consul(valid, plan, false)?;
     let groups: Vec<&GroupPlan> = plan
         .groups
@@ -92,8 +93,8 @@ pub(super) fn write_bootstraps_side_by_side(
     valid: &ValidConfig,
     groups: &[&GroupPlan],
     tokens: &Tokens,
-) -> Vec<(String, Result<(), String>)> {
-    let write = |chunk: &[&GroupPlan]| -> Vec<(String, Result<(), String>)> {
+) -> Vec<(String, Result<(), Error>)> {
+    let write = |chunk: &[&GroupPlan]| -> Vec<(String, Result<(), Error>)> {
         chunk
             .iter()
             .map(|g| {
@@ -131,10 +132,10 @@ pub(super) struct Workers {
 }
 
 impl Workers {
-    pub(super) fn new() -> Result<Workers, String> {
+    pub(super) fn new() -> Result<Workers, Error> {
         let (wake_read, wake_write) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-                .map_err(|e| format!("pipe: {e}"))?;
+                .context("pipe")?;
         Ok(Workers {
             outcomes: Arc::new(Mutex::new(Vec::new())),
             wake_read,

@@ -5,6 +5,7 @@
 //! The token is sent as `X-Consul-Token` and never appears in an error or a log line.
 
 use crate::config::Consul;
+use crate::error::{Context, Error};
 use std::fmt;
 use std::time::Duration;
 use ureq::http::Uri;
@@ -139,6 +140,17 @@ impl fmt::Display for ConsulError {
 
 impl std::error::Error for ConsulError {}
 
+/// Whether a Consul failure is worth a retry is decided here, once: unreachable and 5xx
+/// are. Callers that know more (a 404 for a registration on its way) say so themselves.
+impl From<ConsulError> for crate::error::Error {
+    fn from(e: ConsulError) -> crate::error::Error {
+        match e.is_retryable() {
+            true => crate::error::Error::temporary(e.to_string()),
+            false => crate::error::Error::permanent(e.to_string()),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
@@ -163,17 +175,18 @@ impl fmt::Debug for Client {
 #[cfg(feature = "tls")]
 mod tls {
     use crate::config::Consul;
+    use crate::error::{Context, Error};
     use std::sync::Arc;
     use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 
     /// The PEM items of a file, or of every file in a directory (a CA path).
-    fn read_pem(path: &str, what: &str) -> Result<Vec<PemItem<'static>>, String> {
+    fn read_pem(path: &str, what: &str) -> Result<Vec<PemItem<'static>>, Error> {
         let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
+            std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
         };
         let bytes = if std::path::Path::new(path).is_dir() {
             let mut files: Vec<_> = std::fs::read_dir(path)
-                .map_err(|e| format!("cannot read {what} {path}: {e}"))?
+                .with_context(|| format!("cannot read {what} {path}"))?
                 .filter_map(Result::ok)
                 .map(|e| e.path())
                 .filter(|p| p.is_file())
@@ -190,10 +203,10 @@ mod tls {
         };
         ureq::tls::parse_pem(&bytes)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{what} {path} is not valid PEM: {e}"))
+            .map_err(|e| Error::permanent(format!("{what} {path} is not valid PEM: {e}")))
     }
 
-    pub fn config(cfg: &Consul) -> Result<TlsConfig, String> {
+    pub fn config(cfg: &Consul) -> Result<TlsConfig, Error> {
         let mut roots: Vec<Certificate<'static>> = Vec::new();
         if let Some(ca) = &cfg.ca_file {
             for item in read_pem(ca, "consul.ca_file")? {
@@ -202,7 +215,9 @@ mod tls {
                 }
             }
             if roots.is_empty() {
-                return Err(format!("consul.ca_file {ca} holds no certificate"));
+                return Err(Error::permanent(format!(
+                    "consul.ca_file {ca} holds no certificate"
+                )));
             }
         }
         let client_cert = match (&cfg.cert_file, &cfg.key_file) {
@@ -220,7 +235,9 @@ mod tls {
                         PemItem::PrivateKey(k) => Some(k),
                         _ => None,
                     })
-                    .ok_or_else(|| format!("consul.key_file {key} holds no private key"))?;
+                    .ok_or_else(|| {
+                        Error::permanent(format!("consul.key_file {key} holds no private key"))
+                    })?;
                 Some(ClientCert::new_with_certs(&chain, key))
             }
             _ => None,
@@ -237,12 +254,12 @@ mod tls {
 }
 
 /// The agent's own token: `consul.token`, else the contents of `consul.token_file`.
-pub fn agent_token(cfg: &Consul) -> Result<Option<String>, String> {
+pub fn agent_token(cfg: &Consul) -> Result<Option<String>, Error> {
     match (&cfg.token, &cfg.token_file) {
         (Some(t), _) => Ok(Some(t.clone())),
         (None, Some(file)) => std::fs::read_to_string(file)
             .map(|t| Some(t.trim().to_string()))
-            .map_err(|e| format!("cannot read consul.token_file {file}: {e}")),
+            .with_context(|| format!("cannot read consul.token_file {file}")),
         (None, None) => Ok(None),
     }
 }
@@ -251,7 +268,7 @@ pub fn agent_token(cfg: &Consul) -> Result<Option<String>, String> {
 const IO_BUFFER: usize = 16 * 1024;
 
 impl Client {
-    pub fn new(cfg: &Consul) -> Result<Client, String> {
+    pub fn new(cfg: &Consul) -> Result<Client, Error> {
         let (base, unix_socket) = match cfg.address.split_once("://") {
             Some(("http" | "https", _)) => (cfg.address.trim_end_matches('/').to_string(), None),
             Some(("unix", path)) => (
@@ -259,10 +276,10 @@ impl Client {
                 Some(std::path::PathBuf::from(path)),
             ),
             _ => {
-                return Err(format!(
+                return Err(Error::permanent(format!(
                     "consul.address {} is not http(s):// or unix://",
                     cfg.address
-                ));
+                )));
             }
         };
         let token = agent_token(cfg)?;
@@ -279,10 +296,10 @@ impl Client {
         let builder = builder.tls_config(tls::config(cfg)?);
         #[cfg(not(feature = "tls"))]
         if cfg.address.starts_with("https://") {
-            return Err(format!(
+            return Err(Error::permanent(format!(
                 "consul.address {} needs TLS, and this outpost was built without it (the tls feature)",
                 cfg.address
-            ));
+            )));
         }
         let config = builder.build();
         let (agent, base) = match (&cfg.tls_server_name, base.strip_prefix("https://")) {

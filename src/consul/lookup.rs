@@ -4,48 +4,21 @@
 
 use super::agent::{self, ProxyInfo};
 use super::client::{Client, ConsulError};
+use crate::error::Error;
 use miniserde::json::{Object, Value};
 
-/// Why a lookup (or the bootstrap command) failed; `retryable` when waiting may help (the proxy not registered
-/// yet, Consul unreachable or failing), which is how the agent's bootstrap loop decides.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub message: String,
-    pub retryable: bool,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl From<String> for Failure {
-    fn from(message: String) -> Failure {
-        Failure {
-            message,
-            retryable: false,
-        }
-    }
-}
-
-impl From<&str> for Failure {
-    fn from(message: &str) -> Failure {
-        message.to_string().into()
-    }
-}
-
-/// A Consul error in `context`; a 404 is worth waiting for (the registration is on its way).
-pub fn consul_failure(context: &str, e: ConsulError) -> Failure {
-    let retryable = e.is_retryable() || matches!(e, ConsulError::Rejected { status: 404, .. });
-    Failure {
-        message: format!("{context}: {e}"),
-        retryable,
+/// A Consul error met while looking something up for a bootstrap, in `context`. A 404 is
+/// worth waiting for here (the registration is on its way), which is how the agent's
+/// bootstrap loop decides to retry.
+pub fn consul_failure(context: &str, e: ConsulError) -> Error {
+    match e {
+        ConsulError::Rejected { status: 404, .. } => Error::temporary(format!("{context}: {e}")),
+        e => Error::from(e).context(context),
     }
 }
 
 /// The one sidecar proxy registered for `parent` (by destination service ID).
-pub fn sidecar_for(client: &Client, parent: &str) -> Result<String, Failure> {
+pub fn sidecar_for(client: &Client, parent: &str) -> Result<String, Error> {
     let all = services(client, "")?;
     let mut ids: Vec<String> = all
         .values()
@@ -60,28 +33,30 @@ pub fn sidecar_for(client: &Client, parent: &str) -> Result<String, Failure> {
         .collect();
     ids.sort();
     match ids.len() {
-        0 => Err(format!("No sidecar proxy registered for {parent}").into()),
+        0 => Err(Error::permanent(format!(
+            "No sidecar proxy registered for {parent}"
+        ))),
         1 => Ok(ids.remove(0)),
-        _ => Err(format!(
+        _ => Err(Error::permanent(format!(
             "More than one sidecar proxy registered for {parent}.\n    Start proxy with -proxy-id and one of the following IDs: {}",
             ids.join(", ")
-        )
-        .into()),
+        ))),
     }
 }
 
 /// The one gateway of `kind` registered with the agent.
-pub fn gateway_by_kind(client: &Client, kind: &str) -> Result<String, Failure> {
+pub fn gateway_by_kind(client: &Client, kind: &str) -> Result<String, Error> {
     let filter = format!("?filter={}", percent_encode(&format!("Kind == `{kind}`")));
     let found = services(client, &filter)?;
     let mut ids: Vec<&String> = found.keys().collect();
     match ids.len() {
-        0 => Err(format!("No {kind} services registered with this agent").into()),
+        0 => Err(Error::permanent(format!(
+            "No {kind} services registered with this agent"
+        ))),
         1 => Ok(ids.remove(0).clone()),
-        _ => Err(format!(
+        _ => Err(Error::permanent(format!(
             "Cannot lookup the {kind}'s proxy ID because multiple are registered with the agent"
-        )
-        .into()),
+        ))),
     }
 }
 
@@ -98,13 +73,15 @@ fn destination_id(svc: Option<&Value>) -> String {
     }
 }
 
-fn services(client: &Client, query: &str) -> Result<Object, Failure> {
+fn services(client: &Client, query: &str) -> Result<Object, Error> {
     let text = client
         .get(&format!("/v1/agent/services{query}"))
         .map_err(|e| consul_failure("Failed looking up services", e))?;
     match miniserde::json::from_str::<Value>(&text) {
         Ok(Value::Object(o)) => Ok(o),
-        _ => Err("Failed looking up services: the answer is not a JSON object".into()),
+        _ => Err(Error::permanent(
+            "Failed looking up services: the answer is not a JSON object",
+        )),
     }
 }
 
@@ -128,7 +105,7 @@ pub fn proxy(
     node_name: Option<&str>,
     namespace: &str,
     partition: &str,
-) -> Result<ProxyInfo, Failure> {
+) -> Result<ProxyInfo, Error> {
     let mut scope = String::new();
     for (key, value) in [("ns", namespace), ("partition", partition)] {
         if !value.is_empty() {
@@ -156,7 +133,9 @@ pub fn proxy(
         }
     };
     if !proxy.is_proxy {
-        return Err("service is not a Connect proxy or gateway".into());
+        return Err(Error::permanent(
+            "service is not a Connect proxy or gateway",
+        ));
     }
     Ok(proxy)
 }
@@ -184,7 +163,7 @@ fn catalog_proxy(text: &str) -> Option<ProxyInfo> {
 
 /// The `proxy-defaults/global` entry; an error answer (404: no entry) means none, only an
 /// unreachable agent fails.
-pub fn proxy_defaults(client: &Client, partition: &str) -> Result<Option<Object>, Failure> {
+pub fn proxy_defaults(client: &Client, partition: &str) -> Result<Option<Object>, Error> {
     let query = if partition.is_empty() {
         String::new()
     } else {

@@ -6,23 +6,13 @@
 
 use super::client::{Client, ConsulError};
 use crate::config::Preflight;
+use crate::error::Error;
 use crate::retry::{Backoff, retry_until};
 use std::time::Duration;
 
-#[derive(Debug, PartialEq, Eq)]
-pub struct PreflightError(pub String);
-
-impl std::fmt::Display for PreflightError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for PreflightError {}
-
 /// `GET /v1/acl/token/self?stale` with `client`'s token until it answers 200. ACLs
 /// disabled (401) passes: there is no token to wait for.
-pub fn token(client: &Client, p: &Preflight, what: &str) -> Result<(), PreflightError> {
+pub fn token(client: &Client, p: &Preflight, what: &str) -> Result<(), Error> {
     // Nomad: first try at once, then a constant 2 x base.
     let backoff = Backoff {
         base: p.token_base.0 * 2,
@@ -42,7 +32,7 @@ pub fn token(client: &Client, p: &Preflight, what: &str) -> Result<(), Preflight
         |e| e.is_retryable() || matches!(e, ConsulError::AclNotFound(_)),
     );
     result.map_err(|gave_up| {
-        PreflightError(format!(
+        Error::temporary(format!(
             "ACL token preflight for {what}: the local Consul agent did not resolve the token within {} ({} attempts); last answer: {}",
             crate::retry::secs(gave_up.waited),
             gave_up.attempts,
@@ -52,7 +42,7 @@ pub fn token(client: &Client, p: &Preflight, what: &str) -> Result<(), Preflight
 }
 
 /// `GET /v1/agent/service/<id>` until the local agent has the sidecar registration.
-pub fn service(client: &Client, p: &Preflight, sidecar_id: &str) -> Result<(), PreflightError> {
+pub fn service(client: &Client, p: &Preflight, sidecar_id: &str) -> Result<(), Error> {
     // Nomad: 1s doubling with up to 500ms jitter, within the 60s budget.
     let backoff = Backoff {
         base: p.service_base.0,
@@ -79,7 +69,7 @@ pub fn service(client: &Client, p: &Preflight, sidecar_id: &str) -> Result<(), P
         },
     );
     result.map_err(|gave_up| {
-        PreflightError(format!(
+        Error::temporary(format!(
             "service preflight: the local Consul agent did not show {sidecar_id} within {} ({} attempts); last answer: {}",
             crate::retry::secs(gave_up.waited),
             gave_up.attempts,

@@ -502,7 +502,7 @@ fn dynamic_resources(token: &str) -> J {
 
 /// The bootstrap document, printed as Consul prints it (ends with `}` and two newlines), or
 /// what is wrong with the inputs (a bad fragment, bind address or sink URL).
-pub fn render(i: &Inputs) -> Result<String, String> {
+pub fn render(i: &Inputs) -> Result<String, crate::error::Error> {
     let c = &i.config;
     let mut sinks = stats::sinks(c, &|var| std::env::var(var).ok())?;
     sinks.extend(

@@ -10,8 +10,8 @@ use super::stats::split_host_port;
 use crate::config::Consul;
 use crate::consul::agent::{self, AgentInfo};
 use crate::consul::client::{Client, ConsulError};
-pub use crate::consul::lookup::Failure;
 use crate::consul::lookup::{self, consul_failure};
+use crate::error::Error;
 use argh::FromArgs;
 use miniserde::json::{Object, Value};
 use std::net::{IpAddr, ToSocketAddrs};
@@ -147,11 +147,14 @@ fn io_error(op: &str, path: &str, e: &std::io::Error) -> String {
 }
 
 /// The PEM text of a CA file, or of every file in a CA directory (in name order).
-fn read_ca(file: Option<&str>, dir: Option<&str>) -> Result<Option<String>, String> {
+fn read_ca(file: Option<&str>, dir: Option<&str>) -> Result<Option<String>, Error> {
     if let Some(file) = file {
-        return std::fs::read_to_string(file)
-            .map(Some)
-            .map_err(|e| format!("Error loading CA File: {}", io_error("open", file, &e)));
+        return std::fs::read_to_string(file).map(Some).map_err(|e| {
+            Error::permanent(format!(
+                "Error loading CA File: {}",
+                io_error("open", file, &e)
+            ))
+        });
     }
     let Some(dir) = dir else { return Ok(None) };
     let entries = std::fs::read_dir(dir).map_err(|e| io_error("lstat", dir, &e))?;
@@ -172,23 +175,23 @@ fn read_ca(file: Option<&str>, dir: Option<&str>) -> Result<Option<String>, Stri
 
 /// `localhost` and other names resolved to an IP (Envoy's STATIC clusters need IPs);
 /// IPv4 first, as Go's resolver does.
-fn resolve(host: &str) -> Result<String, String> {
+fn resolve(host: &str) -> Result<String, Error> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ip.to_string());
     }
     let addrs: Vec<_> = (host, 0)
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .map_err(|e| Error::permanent(format!("cannot resolve {host}: {e}")))?
         .collect();
     addrs
         .iter()
         .find(|a| a.is_ipv4())
         .or(addrs.first())
         .map(|a| a.ip().to_string())
-        .ok_or_else(|| format!("cannot resolve {host}"))
+        .ok_or_else(|| Error::permanent(format!("cannot resolve {host}")))
 }
 
-fn gateway_kind(name: &str) -> Result<&'static str, String> {
+fn gateway_kind(name: &str) -> Result<&'static str, Error> {
     match name {
         "api" => Ok("api-gateway"),
         "terminating" => Ok("terminating-gateway"),
@@ -202,7 +205,7 @@ fn gateway_kind(name: &str) -> Result<&'static str, String> {
 fn http_client(
     cmd: &EnvoyBootstrap,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(Client, String), String> {
+) -> Result<(Client, String), Error> {
     let mut address = pick(&cmd.http_addr, env, "CONSUL_HTTP_ADDR")
         .unwrap_or_else(|| "127.0.0.1:8500".to_string());
     if !address.contains("://") {
@@ -240,10 +243,15 @@ fn http_client(
     Ok((Client::new(&consul)?, token.unwrap_or_default()))
 }
 
-fn read_token(file: &str) -> Result<String, String> {
+fn read_token(file: &str) -> Result<String, Error> {
     std::fs::read_to_string(file)
         .map(|t| t.trim().to_string())
-        .map_err(|e| format!("Error loading token file: {}", io_error("open", file, &e)))
+        .map_err(|e| {
+            Error::permanent(format!(
+                "Error loading token file: {}",
+                io_error("open", file, &e)
+            ))
+        })
 }
 
 /// The proxy ID to bootstrap, looked up when only `--sidecar-for` or `--gateway` is given.
@@ -253,7 +261,7 @@ fn resolve_proxy_id(
     kind: Option<&str>,
     proxy_id: Option<String>,
     sidecar_for: Option<String>,
-) -> Result<String, Failure> {
+) -> Result<String, Error> {
     if let Some(id) = proxy_id {
         return Ok(id);
     }
@@ -272,12 +280,12 @@ fn resolve_proxy_id(
 }
 
 /// `ip[:port]` with Consul's defaults: no IP is 127.0.0.1 for the check, port 8443.
-fn lan_address(address: Option<&str>) -> Result<(String, u16), String> {
+fn lan_address(address: Option<&str>) -> Result<(String, u16), Error> {
     let text = address.unwrap_or(":8443");
     let (host, port) = match split_host_port(text) {
         Some((host, port)) => (host.to_string(), port),
         None if !text.contains(':') || text.parse::<IpAddr>().is_ok() => (text.to_string(), 8443),
-        None => return Err(format!("Invalid address {text:?}")),
+        None => return Err(Error::permanent(format!("Invalid address {text:?}"))),
     };
     Ok((host, port))
 }
@@ -288,7 +296,7 @@ fn register_gateway(
     client: &Client,
     kind: &str,
     id: &str,
-) -> Result<(), Failure> {
+) -> Result<(), Error> {
     let name = cmd.service.clone().unwrap_or_else(|| kind.to_string());
     let (lan_ip, port) = lan_address(cmd.address.as_deref())?;
     let mut body = Object::new();
@@ -362,10 +370,10 @@ fn register_gateway(
 fn xds_address(
     explicit: Option<String>,
     has_grpc_ca: bool,
-    agent: &dyn Fn() -> Result<AgentInfo, Failure>,
+    agent: &dyn Fn() -> Result<AgentInfo, Error>,
     loopback: &str,
     warnings: &mut Vec<String>,
-) -> Result<(AgentAddress, bool), Failure> {
+) -> Result<(AgentAddress, bool), Error> {
     let loopback = if loopback.contains(':') {
         format!("[{loopback}]")
     } else {
@@ -377,7 +385,7 @@ fn xds_address(
             let me = match agent() {
                 Ok(me) => me,
                 // An agent token without agent:read: Consul carries on with the default.
-                Err(e) if e.message.contains("Permission denied") => AgentInfo {
+                Err(e) if e.message().contains("Permission denied") => AgentInfo {
                     debug_grpc_port: Some(0),
                     ..AgentInfo::default()
                 },
@@ -424,7 +432,7 @@ fn xds_address(
 }
 
 /// Runs the command: the flags, then the environment, then the agent's answers.
-pub fn run(cmd: &EnvoyBootstrap, env: &dyn Fn(&str) -> Option<String>) -> Result<Output, Failure> {
+pub fn run(cmd: &EnvoyBootstrap, env: &dyn Fn(&str) -> Option<String>) -> Result<Output, Error> {
     let mut warnings = Vec::new();
     let proxy_id = pick(&cmd.proxy_id, env, "CONNECT_PROXY_ID");
     let sidecar_for = pick(&cmd.sidecar_for, env, "CONNECT_SIDECAR_FOR");
@@ -478,7 +486,7 @@ pub fn run(cmd: &EnvoyBootstrap, env: &dyn Fn(&str) -> Option<String>) -> Result
 
     // The agent's own view, read once: dual-stack defaults and the xDS port.
     let agent_self = std::cell::OnceCell::new();
-    let agent = || -> Result<AgentInfo, Failure> {
+    let agent = || -> Result<AgentInfo, Error> {
         agent_self
             .get_or_init(|| agent::agent_info(&client))
             .clone()

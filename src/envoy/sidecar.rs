@@ -10,8 +10,9 @@
 //! - `secrets/.envoy_bootstrap.env` — its environment, a JSON array of `KEY=value`;
 //! - `<alloc>/alloc/logs/envoy_bootstrap.stderr.0` — what the last failed attempt said.
 
-use super::command::{self, EnvoyBootstrap, Failure};
+use super::command::{self, EnvoyBootstrap};
 use crate::config::{Consul, Preflight};
+use crate::error::{Context, Error};
 use crate::files::Dir;
 use crate::retry::{Backoff, retry_until};
 use argh::FromArgs;
@@ -149,15 +150,10 @@ impl Job<'_> {
         self.secrets.path().join(BOOTSTRAP)
     }
 
-    fn write_secret(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+    fn write_secret(&self, name: &str, bytes: &[u8]) -> Result<(), Error> {
         self.secrets
             .write_private(name, bytes, Some(self.reader_gid))
-            .map_err(|e| {
-                format!(
-                    "cannot write {}: {e}",
-                    self.secrets.path().join(name).display()
-                )
-            })
+            .with_context(|| format!("cannot write {}", self.secrets.path().join(name).display()))
     }
 
     fn stderr_path(&self) -> PathBuf {
@@ -165,7 +161,7 @@ impl Job<'_> {
     }
 
     /// One attempt: the bootstrap JSON, or why not.
-    fn attempt(&self) -> Result<String, Failure> {
+    fn attempt(&self) -> Result<String, Error> {
         let env = self.env();
         match &self.renderer {
             Renderer::Native => {
@@ -185,25 +181,22 @@ impl Job<'_> {
                 if let Some(token) = &self.token {
                     self.secrets
                         .write_private(TOKEN_FILE, token.as_bytes(), None)
-                        .map_err(|e| format!("cannot write the token file for {binary}: {e}"))?;
+                        .with_context(|| format!("cannot write the token file for {binary}"))?;
                 }
                 let mut argv = vec![binary.clone()];
                 argv.extend(self.argv(false));
                 let out = crate::supervise::capture(&argv, &env, CONSUL_TIMEOUT, 4 << 20);
                 let _ = self.secrets.remove(TOKEN_FILE);
-                let out = out.map_err(|e| format!("cannot run {binary}: {e}"))?;
+                let out = out.with_context(|| format!("cannot run {binary}"))?;
                 if out.code == 0 {
                     return Ok(out.stdout);
                 }
                 // Nomad retries any failed run: the registration may not be visible yet.
-                Err(Failure {
-                    message: format!(
-                        "{binary} exited with exit status: {}: {}",
-                        out.code,
-                        crate::text::cut(out.stderr.trim(), 512)
-                    ),
-                    retryable: true,
-                })
+                Err(Error::temporary(format!(
+                    "{binary} exited with exit status: {}: {}",
+                    out.code,
+                    crate::text::cut(out.stderr.trim(), 512)
+                )))
             }
         }
     }
@@ -211,7 +204,7 @@ impl Job<'_> {
     /// Writes the debug files, then the bootstrap, retrying within the preflight budget
     /// (`REFRESH_BUDGET` for a refresh). A failed first write leaves no bootstrap; a failed
     /// refresh leaves the previous one in place.
-    pub fn write(&self) -> Result<PathBuf, String> {
+    pub fn write(&self) -> Result<PathBuf, Error> {
         let cmd = self.argv(true).join(" ") + "\n";
         self.write_secret(".envoy_bootstrap.cmd", cmd.as_bytes())?;
         self.write_secret(".envoy_bootstrap.env", env_json(&self.env()).as_bytes())?;
@@ -237,17 +230,16 @@ impl Job<'_> {
                     if !self.refresh {
                         let _ = self.secrets.remove(BOOTSTRAP);
                     }
-                    self.log_failure(&e.message);
+                    self.log_failure(e.message());
                 }
                 attempt
             },
-            |e| e.retryable,
+            Error::is_retryable,
         );
         let json = result.map_err(|gave_up| {
-            format!(
-                "error creating bootstrap configuration for Connect proxy sidecar: {}",
-                gave_up.last
-            )
+            gave_up
+                .last
+                .context("error creating bootstrap configuration for Connect proxy sidecar")
         })?;
         self.write_secret(BOOTSTRAP, json.as_bytes())?;
         info!("{what}: written to {}", path.display());

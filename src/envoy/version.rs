@@ -2,6 +2,7 @@
 //! starts, and whether the local Consul agent supports it (`xDS.SupportedProxies.envoy` of
 //! `/v1/agent/self`, a list of the newest patch of each supported minor version).
 
+use crate::error::{Context, Error};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -53,13 +54,13 @@ pub fn from_version_output(output: &str) -> Option<EnvoyVersion> {
 
 /// Runs `binary --version`. The error says what is wrong with the binary: missing, not an
 /// executable file, not answering like Envoy.
-pub fn read(binary: &str) -> Result<EnvoyVersion, String> {
+pub fn read(binary: &str) -> Result<EnvoyVersion, Error> {
     let path = Path::new(binary);
-    let meta = std::fs::metadata(path).map_err(|e| format!("Envoy binary {binary}: {e}"))?;
+    let meta = std::fs::metadata(path).with_context(|| format!("Envoy binary {binary}"))?;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        return Err(format!(
+        return Err(Error::permanent(format!(
             "Envoy binary {binary}: not an executable file (envoy.binary)"
-        ));
+        )));
     }
     // A version line is short; more than this is not Envoy's answer.
     let out = crate::supervise::capture(
@@ -68,13 +69,13 @@ pub fn read(binary: &str) -> Result<EnvoyVersion, String> {
         VERSION_TIMEOUT,
         64 * 1024,
     )
-    .map_err(|e| format!("Envoy binary {binary}: `--version`: {e}"))?;
+    .with_context(|| format!("Envoy binary {binary}: `--version`"))?;
     match from_version_output(&out.stdout) {
         Some(version) if out.code == 0 => Ok(version),
-        _ => Err(format!(
+        _ => Err(Error::permanent(format!(
             "Envoy binary {binary}: `--version` gave no Envoy version (exit code {})",
             out.code
-        )),
+        ))),
     }
 }
 
@@ -118,16 +119,16 @@ mod tests {
     #[test]
     fn a_missing_or_non_executable_binary_is_named() {
         let e = read("/nonexistent/envoy").unwrap_err();
-        assert!(e.contains("/nonexistent/envoy"), "{e}");
+        assert!(e.message().contains("/nonexistent/envoy"), "{e}");
         let dir = std::env::temp_dir().join(format!("outpost-version-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("envoy");
         std::fs::write(&file, "#!/bin/sh\necho hello\n").unwrap();
         let e = read(file.to_str().unwrap()).unwrap_err();
-        assert!(e.contains("not an executable file"), "{e}");
+        assert!(e.message().contains("not an executable file"), "{e}");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
         let e = read(file.to_str().unwrap()).unwrap_err();
-        assert!(e.contains("gave no Envoy version"), "{e}");
+        assert!(e.message().contains("gave no Envoy version"), "{e}");
         std::fs::write(
             &file,
             "#!/bin/sh\necho \"$0  version: 0000/1.36.4/Clean/RELEASE/BoringSSL\"\n",

@@ -3,6 +3,7 @@
 //! the ports host services listen on (a group must not map one of them).
 
 use super::spec::HostFacts;
+use crate::error::{Context, Error};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const ROUTE_TABLE: &str = "/proc/net/route";
@@ -128,16 +129,20 @@ fn owner_of(inode: u64) -> Option<(i32, String)> {
         })
 }
 
-fn default_route_address() -> Result<(String, Ipv4Addr), String> {
+fn default_route_address() -> Result<(String, Ipv4Addr), Error> {
     let table = std::fs::read_to_string(ROUTE_TABLE)
-        .map_err(|e| format!("cannot read {ROUTE_TABLE}: {e}"))?;
+        .with_context(|| format!("cannot read {ROUTE_TABLE}"))?;
     let iface = default_route_interface(&table).ok_or("no IPv4 default route")?;
-    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| format!("cannot list addresses: {e}"))?;
+    let addrs = nix::ifaddrs::getifaddrs().context("cannot list addresses")?;
     addrs
         .filter(|a| a.interface_name == iface)
         .find_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
         .map(|ip| (iface.clone(), ip))
-        .ok_or_else(|| format!("default route interface {iface} has no IPv4 address"))
+        .ok_or_else(|| {
+            Error::permanent(format!(
+                "default route interface {iface} has no IPv4 address"
+            ))
+        })
 }
 
 /// The interface of the up default route with the lowest metric, from /proc/net/route

@@ -48,6 +48,13 @@ impl std::fmt::Display for NetError {
 
 impl std::error::Error for NetError {}
 
+/// The kernel said no: trying the same change again would not help.
+impl From<NetError> for crate::error::Error {
+    fn from(e: NetError) -> crate::error::Error {
+        crate::error::Error::permanent(e.to_string())
+    }
+}
+
 trait Context<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T, NetError>;
 }

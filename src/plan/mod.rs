@@ -13,6 +13,7 @@ use crate::config::naming::{
 };
 use crate::config::validate::{PROXY_PREFIX, Problem};
 use crate::config::{Dur, Group, Logs, Restart, Service, ValidConfig};
+use crate::error::Error;
 pub use crate::net::spec::{
     BridgePlan, Firewall, GroupNet, HostFacts, NetnsPlan, PortPlan, TproxyPlan,
 };
@@ -64,7 +65,7 @@ pub fn node_state(plan: &Plan) -> NodeState {
 }
 
 /// Builds the plan. Errors are resource exhaustion (no free address or port).
-pub fn build(valid: &ValidConfig, state: &NodeState, host: &HostFacts) -> Result<Plan, String> {
+pub fn build(valid: &ValidConfig, state: &NodeState, host: &HostFacts) -> Result<Plan, Error> {
     build_checked(valid, state, host).map(|(plan, _)| plan)
 }
 
@@ -85,7 +86,7 @@ fn build_checked(
     valid: &ValidConfig,
     state: &NodeState,
     host: &HostFacts,
-) -> Result<(Plan, Vec<Problem>), String> {
+) -> Result<(Plan, Vec<Problem>), Error> {
     let cfg = &valid.config;
     let node_name = cfg
         .agent
