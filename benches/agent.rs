@@ -15,6 +15,7 @@
 //! (`cargo build --release --target x86_64-unknown-linux-musl`), the shipped kind, else the
 //! bench profile's own. Prints the tables and, last,
 //! `agent: groups=20 up_ms=… rss_kib=… down_ms=…` (medians of the stub Envoy's rounds).
+//! `OUTPOST_BENCH_BINARIES=a:b` measures several builds one after the other in one run.
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -180,14 +181,21 @@ fn print_header() {
     );
 }
 
+/// The binaries to measure: `OUTPOST_BENCH_BINARIES` (colon-separated, measured one after
+/// the other in this run, to compare builds side by side), else the one described above.
+fn binaries(root: &Path) -> Vec<PathBuf> {
+    if let Ok(list) = std::env::var("OUTPOST_BENCH_BINARIES") {
+        return std::env::split_paths(&list).collect();
+    }
+    let musl = root.join("target/x86_64-unknown-linux-musl/release/outpost");
+    match musl.exists() {
+        true => vec![musl],
+        false => vec![PathBuf::from(env!("CARGO_BIN_EXE_outpost"))],
+    }
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let musl = root.join("target/x86_64-unknown-linux-musl/release/outpost");
-    let bin: PathBuf = if musl.exists() {
-        musl
-    } else {
-        PathBuf::from(env!("CARGO_BIN_EXE_outpost"))
-    };
     if !support::root_or_skip("the agent benchmark") {
         println!("agent: skipped (needs root for namespaces)");
         return;
@@ -196,12 +204,6 @@ fn main() {
         return;
     }
     support::uplink(&["192.0.2.10/24"]);
-    let version = Command::new(&bin).arg("version").output();
-    let version = version
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    println!("binary: {} ({version})", bin.display());
-
     let double = support::xds_double();
     let dir = std::env::temp_dir().join(format!("outpost-bench-agent-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -228,160 +230,172 @@ fn main() {
     std::fs::write(&file, config(&dir, &double.url(), &envoy)).expect("config");
     let run = support::PrivateRun::new();
     let log = dir.join("agent.log");
-    let outpost = |args: &[&str]| {
-        let mut cmd = run.command(&bin.display().to_string());
-        cmd.args(args).arg("-c").arg(&file);
-        if let Ok(f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-        {
-            cmd.stderr(f);
-        }
-        cmd
-    };
+    let bench = |bin: &Path| {
+        let version = Command::new(bin).arg("version").output();
+        let version = version
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        println!("binary: {} ({version})", bin.display());
+        let outpost = |args: &[&str]| {
+            let mut cmd = run.command(&bin.display().to_string());
+            cmd.args(args).arg("-c").arg(&file);
+            if let Ok(f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+            {
+                cmd.stderr(f);
+            }
+            cmd
+        };
 
-    println!(
-        "{GROUPS} bridge groups, each a service with a Connect sidecar (stub Envoy), Consul double without lag"
-    );
-    println!(
-        "ms after `run` was spawned: network applied, services registered, last bootstrap written,"
-    );
-    println!(
-        "last Envoy exec'd (the agent logs it once the exec succeeded), last stub Envoy running (its"
-    );
-    println!(
-        "wrapper's first line), all tasks running (polled every 20 ms); agent_cpu: the agent's own CPU"
-    );
-    println!("time until the last stub ran, in 10 ms ticks");
-    // Rounds with the stand-in Envoy idle (`idle`: the agent's own speed, nothing else
-    // starting), or with the stub (Python, ~40 ms of CPU each at start, answering /ready).
-    let measure = |idle: bool| -> Option<Vec<Round>> {
-        if idle {
-            std::fs::write(&idle_flag, "").ok()?;
-        } else {
-            let _ = std::fs::remove_file(&idle_flag);
-        }
-        print_header();
-        let mut rounds = Vec::new();
-        for round in 1..=ROUNDS {
-            let _ = std::fs::remove_file(&execs);
-            let started = now_ns();
-            let clock = Instant::now();
-            let mut agent = match outpost(&["run"]).spawn() {
-                Ok(a) => a,
-                Err(e) => {
-                    println!("agent: cannot start {}: {e}", bin.display());
-                    return None;
+        println!(
+            "{GROUPS} bridge groups, each a service with a Connect sidecar (stub Envoy), Consul double without lag"
+        );
+        println!(
+            "ms after `run` was spawned: network applied, services registered, last bootstrap written,"
+        );
+        println!(
+            "last Envoy exec'd (the agent logs it once the exec succeeded), last stub Envoy running (its"
+        );
+        println!(
+            "wrapper's first line), all tasks running (polled every 20 ms); agent_cpu: the agent's own CPU"
+        );
+        println!("time until the last stub ran, in 10 ms ticks");
+        // Rounds with the stand-in Envoy idle (`idle`: the agent's own speed, nothing else
+        // starting), or with the stub (Python, ~40 ms of CPU each at start, answering /ready).
+        let measure = |idle: bool| -> Option<Vec<Round>> {
+            if idle {
+                std::fs::write(&idle_flag, "").ok()?;
+            } else {
+                let _ = std::fs::remove_file(&idle_flag);
+            }
+            print_header();
+            let mut rounds = Vec::new();
+            for round in 1..=ROUNDS {
+                let _ = std::fs::remove_file(&execs);
+                let started = now_ns();
+                let clock = Instant::now();
+                let mut agent = match outpost(&["run"]).spawn() {
+                    Ok(a) => a,
+                    Err(e) => {
+                        println!("agent: cannot start {}: {e}", bin.display());
+                        return None;
+                    }
+                };
+                let stop = Arc::new(AtomicBool::new(false));
+                let tracer = trace_stages(log.clone(), clock, stop.clone());
+                let mut all_ms = None;
+                let mut cpu_ms = None;
+                while clock.elapsed() < Duration::from_secs(60) {
+                    if cpu_ms.is_none() && count_lines(&execs) >= GROUPS {
+                        cpu_ms = Some(cpu_ticks(agent.id()) * 10);
+                    }
+                    let status = outpost(&["status", "--json"])
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                        .unwrap_or_default();
+                    let running = status.matches("\"state\":\"running\"").count();
+                    // Per group: app and Envoy (one relay serves the node); idle Envoys never get
+                    // ready, so no app.
+                    if idle && running == GROUPS && count_lines(&execs) >= GROUPS {
+                        std::thread::sleep(Duration::from_millis(100)); // the log catches up
+                        all_ms = Some(0.0);
+                        break;
+                    }
+                    if running == GROUPS * 2 {
+                        all_ms = Some(clock.elapsed().as_secs_f64() * 1000.0);
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
                 }
-            };
-            let stop = Arc::new(AtomicBool::new(false));
-            let tracer = trace_stages(log.clone(), clock, stop.clone());
-            let mut all_ms = None;
-            let mut cpu_ms = None;
-            while clock.elapsed() < Duration::from_secs(60) {
-                if cpu_ms.is_none() && count_lines(&execs) >= GROUPS {
+                if cpu_ms.is_none() {
                     cpu_ms = Some(cpu_ticks(agent.id()) * 10);
                 }
-                let status = outpost(&["status", "--json"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-                    .unwrap_or_default();
-                let running = status.matches("\"state\":\"running\"").count();
-                // Per group: app and Envoy (one relay serves the node); idle Envoys never get
-                // ready, so no app.
-                if idle && running == GROUPS && count_lines(&execs) >= GROUPS {
-                    std::thread::sleep(Duration::from_millis(100)); // the log catches up
-                    all_ms = Some(0.0);
-                    break;
+                stop.store(true, Ordering::Relaxed);
+                let stages = tracer.join().unwrap_or_default();
+                let stamps: Vec<u128> = std::fs::read_to_string(&execs)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect();
+                let (Some(all_ms), true) = (all_ms, stamps.len() >= GROUPS) else {
+                    println!(
+                        "agent: round {round} did not come up ({} Envoys exec'd); see {}",
+                        stamps.len(),
+                        log.display()
+                    );
+                    let _ = outpost(&["teardown"]).status();
+                    return None;
+                };
+                let last = stamps.iter().copied().max().unwrap_or(started);
+                let envoys_ms = (last.saturating_sub(started)) as f64 / 1e6;
+                if !idle {
+                    std::thread::sleep(Duration::from_secs(2));
                 }
-                if running == GROUPS * 2 {
-                    all_ms = Some(clock.elapsed().as_secs_f64() * 1000.0);
-                    break;
+                let rss_kib = kib(agent.id(), "VmRSS:");
+                let hwm_kib = kib(agent.id(), "VmHWM:");
+                let down = Instant::now();
+                let ok = outpost(&["teardown"]).status().is_ok_and(|s| s.success());
+                let down_ms = down.elapsed().as_secs_f64() * 1000.0;
+                let _ = agent.wait();
+                if !ok {
+                    println!("agent: teardown failed; see {}", log.display());
+                    return None;
                 }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if cpu_ms.is_none() {
-                cpu_ms = Some(cpu_ticks(agent.id()) * 10);
-            }
-            stop.store(true, Ordering::Relaxed);
-            let stages = tracer.join().unwrap_or_default();
-            let stamps: Vec<u128> = std::fs::read_to_string(&execs)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.trim().parse().ok())
-                .collect();
-            let (Some(all_ms), true) = (all_ms, stamps.len() >= GROUPS) else {
                 println!(
-                    "agent: round {round} did not come up ({} Envoys exec'd); see {}",
-                    stamps.len(),
-                    log.display()
+                    "{round:<6} {:>8.1} {:>11.1} {:>11.1} {:>10.1} {envoys_ms:>9.1} {:>10} {all_ms:>8.1} {rss_kib:>8} {hwm_kib:>8} {down_ms:>8.1}",
+                    stages.network,
+                    stages.registered,
+                    stages.bootstraps,
+                    stages.execs,
+                    cpu_ms.unwrap_or(0)
                 );
-                let _ = outpost(&["teardown"]).status();
-                return None;
-            };
-            let last = stamps.iter().copied().max().unwrap_or(started);
-            let envoys_ms = (last.saturating_sub(started)) as f64 / 1e6;
-            if !idle {
-                std::thread::sleep(Duration::from_secs(2));
+                rounds.push(Round {
+                    stages,
+                    cpu_ms: cpu_ms.unwrap_or(0),
+                    envoys_ms,
+                    all_ms,
+                    rss_kib,
+                    hwm_kib,
+                    down_ms,
+                });
             }
-            let rss_kib = kib(agent.id(), "VmRSS:");
-            let hwm_kib = kib(agent.id(), "VmHWM:");
-            let down = Instant::now();
-            let ok = outpost(&["teardown"]).status().is_ok_and(|s| s.success());
-            let down_ms = down.elapsed().as_secs_f64() * 1000.0;
-            let _ = agent.wait();
-            if !ok {
-                println!("agent: teardown failed; see {}", log.display());
-                return None;
-            }
-            println!(
-                "{round:<6} {:>8.1} {:>11.1} {:>11.1} {:>10.1} {envoys_ms:>9.1} {:>10} {all_ms:>8.1} {rss_kib:>8} {hwm_kib:>8} {down_ms:>8.1}",
-                stages.network,
-                stages.registered,
-                stages.bootstraps,
-                stages.execs,
-                cpu_ms.unwrap_or(0)
-            );
-            rounds.push(Round {
-                stages,
-                cpu_ms: cpu_ms.unwrap_or(0),
-                envoys_ms,
-                all_ms,
-                rss_kib,
-                hwm_kib,
-                down_ms,
-            });
-        }
-        Some(rounds)
+            Some(rounds)
+        };
+        println!(
+            "stand-in Envoy idle (exec'd, then sleeps): the agent alone; all_up, RSS not settled"
+        );
+        let Some(idle) = measure(true) else {
+            return;
+        };
+        let idle_up = median(idle.iter().map(|r| r.stages.execs).collect());
+        println!("stub Envoy (Python: reads its bootstrap and registration, answers /ready)");
+        let Some(rounds) = measure(false) else {
+            return;
+        };
+        let stub_ran = median(rounds.iter().map(|r| r.envoys_ms).collect());
+        let all = median(rounds.iter().map(|r| r.all_ms).collect());
+        let rss = median(rounds.iter().map(|r| r.rss_kib as f64).collect());
+        let hwm = median(rounds.iter().map(|r| r.hwm_kib as f64).collect());
+        let down = median(rounds.iter().map(|r| r.down_ms).collect());
+        let cpu = median(rounds.iter().map(|r| r.cpu_ms as f64).collect());
+        let stage = |f: fn(&Stages) -> f64| median(rounds.iter().map(|r| f(&r.stages)).collect());
+        let up = stage(|s| s.execs);
+        println!(
+            "medians: network {:.0} ms, registration {:.0} ms more, bootstraps {:.0} ms more, 21 processes (the relay, an Envoy per group) exec'd {:.0} ms more; the last stub ran at {stub_ran:.0} ms; the agent's CPU until then: {cpu:.0} ms",
+            stage(|s| s.network),
+            stage(|s| s.registered) - stage(|s| s.network),
+            stage(|s| s.bootstraps) - stage(|s| s.registered),
+            up - stage(|s| s.bootstraps)
+        );
+        println!(
+            "budgets (DESIGN.md): 20 sidecars exec'd <= 250 ms: {up:.0} ms ({idle_up:.0} ms with the idle stand-in); RSS with 20 groups <= 4096 KiB: {rss:.0} KiB (peak {hwm:.0}); all tasks running: {all:.0} ms"
+        );
+        println!("agent: groups={GROUPS} up_ms={up:.0} rss_kib={rss:.0} down_ms={down:.0}");
     };
-    println!("stand-in Envoy idle (exec'd, then sleeps): the agent alone; all_up, RSS not settled");
-    let Some(idle) = measure(true) else {
-        return;
-    };
-    let idle_up = median(idle.iter().map(|r| r.stages.execs).collect());
-    println!("stub Envoy (Python: reads its bootstrap and registration, answers /ready)");
-    let Some(rounds) = measure(false) else {
-        return;
-    };
-    let stub_ran = median(rounds.iter().map(|r| r.envoys_ms).collect());
-    let all = median(rounds.iter().map(|r| r.all_ms).collect());
-    let rss = median(rounds.iter().map(|r| r.rss_kib as f64).collect());
-    let hwm = median(rounds.iter().map(|r| r.hwm_kib as f64).collect());
-    let down = median(rounds.iter().map(|r| r.down_ms).collect());
-    let cpu = median(rounds.iter().map(|r| r.cpu_ms as f64).collect());
-    let stage = |f: fn(&Stages) -> f64| median(rounds.iter().map(|r| f(&r.stages)).collect());
-    let up = stage(|s| s.execs);
-    println!(
-        "medians: network {:.0} ms, registration {:.0} ms more, bootstraps {:.0} ms more, 21 processes (the relay, an Envoy per group) exec'd {:.0} ms more; the last stub ran at {stub_ran:.0} ms; the agent's CPU until then: {cpu:.0} ms",
-        stage(|s| s.network),
-        stage(|s| s.registered) - stage(|s| s.network),
-        stage(|s| s.bootstraps) - stage(|s| s.registered),
-        up - stage(|s| s.bootstraps)
-    );
-    println!(
-        "budgets (DESIGN.md): 20 sidecars exec'd <= 250 ms: {up:.0} ms ({idle_up:.0} ms with the idle stand-in); RSS with 20 groups <= 4096 KiB: {rss:.0} KiB (peak {hwm:.0}); all tasks running: {all:.0} ms"
-    );
+    for bin in binaries(root) {
+        bench(&bin);
+    }
     let _ = std::fs::remove_dir_all(&dir);
-    println!("agent: groups={GROUPS} up_ms={up:.0} rss_kib={rss:.0} down_ms={down:.0}");
 }
