@@ -1,9 +1,11 @@
 //! `outpost run`: the long-running agent. It reconciles every group (network, Consul
-//! registration and bootstraps, processes), then keeps them converged from one plain poll
-//! loop — signals through a signalfd, process exits through pidfds, the status socket, and
-//! timers (restart delays, Consul retries and anti-entropy, log rotation, the systemd
-//! watchdog). No async runtime: every wait is one `poll`. What waits on Consul (registration,
-//! token preflight, bootstraps) runs on short-lived worker threads that wake the loop.
+//! registration and bootstraps, processes), then keeps them converged from one loop on
+//! smol's reactor (`serve`): signals through a signalfd, process exits through pidfds, the
+//! status socket and a timer for the earliest due work (restart delays, Consul retries and
+//! anti-entropy, log rotation, the systemd watchdog). Each pass looks at everything; the
+//! loop then waits for the next of those events. What waits on Consul (registration, token
+//! preflight, bootstraps) runs on smol's blocking pool (`workers`), and the loop awaits it
+//! with the rest.
 //!
 //! SIGTERM/SIGINT: the agent exits and the groups keep running; the next `run` adopts them
 //! from `run_dir/processes.json` (pid + start time). SIGHUP: the config is read again; a
@@ -23,14 +25,17 @@ use crate::error::{Context, Error};
 use crate::plan::{GroupPlan, HostFacts, Plan};
 use crate::{envoy, files, net};
 use log::{error, info, warn};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use smol::Async;
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::{AsFd, OwnedFd};
+use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 const TICK: Duration = Duration::from_millis(250);
@@ -159,7 +164,7 @@ impl Agent {
                 synced_once: false,
             },
             tokens: Tokens::new(),
-            workers: Workers::new()?,
+            workers: Workers::new(),
             envoys,
             envoys_compared: false,
             relay,
@@ -190,13 +195,11 @@ impl Agent {
             .map(|r| r.name.clone())
             .collect();
         let (valid, plan) = (self.valid.clone(), self.plan.clone());
-        self.workers.syncing = self.workers.spawn(move || {
+        self.workers.spawn(move || {
             let result = sync_and_bootstrap(&valid, &plan, &waiting);
             Outcome::Synced { plan, result }
         });
-        if !self.workers.syncing {
-            self.consul.next_try = now + CONSUL_RETRY;
-        }
+        self.workers.syncing = true;
     }
 
     /// Between full syncs, every `QUICK_CHECK`: does Consul still have every service? A
@@ -217,7 +220,8 @@ impl Agent {
             }
         }
         let consul = self.valid.clone();
-        self.workers.checking = self.workers.spawn(move || {
+        self.workers.checking = true;
+        self.workers.spawn(move || {
             let client = crate::consul::client::Client::new(&consul.config.consul);
             // A failed check says nothing: the full sync notices and reports a down Consul.
             let missing = client
@@ -246,14 +250,12 @@ impl Agent {
             let (valid, plan, tokens) =
                 (self.valid.clone(), self.plan.clone(), self.tokens.clone());
             let key = (group.clone(), task.clone());
-            let spawned = self.workers.spawn(move || {
+            self.workers.spawn(move || {
                 let only = plan.groups.iter().filter(|g| g.name == group);
                 let error = write_bootstraps(&valid, only, &tokens, Some(&task)).err();
                 Outcome::Refreshed { group, task, error }
             });
-            if spawned {
-                self.workers.refreshing.insert(key);
-            }
+            self.workers.refreshing.insert(key);
         }
     }
 
@@ -518,7 +520,73 @@ impl Agent {
     }
 }
 
-/// Runs the agent until SIGTERM/SIGINT.
+/// What woke the loop.
+enum Wake {
+    /// A signal, a status query, a child's exit or a timer: the loop's pass looks at all.
+    Event,
+    /// Consul work finished.
+    Worker(Outcome),
+}
+
+/// The agent's event sources, registered with smol's reactor.
+struct Sources {
+    signals: Async<SignalFd>,
+    status: Async<UnixListener>,
+    /// A pidfd per running process (tasks and Envoys), by (pid, start time); readable once
+    /// the process exits.
+    children: BTreeMap<(i32, u64), Async<OwnedFd>>,
+}
+
+impl Sources {
+    /// Watches exactly the processes that run now.
+    fn watch_children(&mut self, agent: &Agent) {
+        let running: BTreeSet<(i32, u64)> = agent
+            .runners
+            .iter()
+            .flat_map(|r| r.tasks.iter())
+            .filter_map(|t| match t.state {
+                TaskState::Running(p) => Some((p.pid, p.start_time)),
+                _ => None,
+            })
+            .collect();
+        self.children.retain(|key, _| running.contains(key));
+        for key in running {
+            if self.children.contains_key(&key) {
+                continue;
+            }
+            // No pidfd (an exited process, or a kernel before 5.3): the timer's pass looks.
+            if let Some(fd) = crate::supervise::pidfd(key.0)
+                && let Ok(watched) = Async::new(fd)
+            {
+                self.children.insert(key, watched);
+            }
+        }
+    }
+
+    /// Waits until something happens or `deadline` passes.
+    async fn next(&self, workers: &mut Workers, deadline: Instant) -> Wake {
+        let mut timer = smol::Timer::at(deadline);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(outcome) = workers.poll_finished(cx) {
+                return Poll::Ready(Wake::Worker(outcome));
+            }
+            let ready = self.signals.poll_readable(cx).is_ready()
+                || self.status.poll_readable(cx).is_ready()
+                || self
+                    .children
+                    .values()
+                    .any(|child| child.poll_readable(cx).is_ready())
+                || Pin::new(&mut timer).poll(cx).is_ready();
+            match ready {
+                true => Poll::Ready(Wake::Event),
+                false => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT./// Runs the agent until SIGTERM/SIGINT.
 pub fn run(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<(), Error> {
     let run_dir = valid.config.agent.run_dir.clone();
     if let Some(pid) = running_agent(&run_dir) {
@@ -526,6 +594,8 @@ pub fn run(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<(), Error
             "an outpost agent (pid {pid}) already runs for {run_dir}; stop it first"
         )));
     }
+    // Blocked before smol's threads (its reactor's, the blocking pool's) exist, so they
+    // inherit the mask and every signal comes through the signalfd.
     let mut mask = SigSet::empty();
     for s in [
         Signal::SIGTERM,
@@ -543,13 +613,28 @@ pub fn run(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<(), Error
     write_pid_file(&run_dir)?;
     let socket = socket_path(&run_dir);
     let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)
+    let status = Async::<UnixListener>::bind(&socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
-    listener.set_nonblocking(true).context("status socket")?;
+    let sources = Sources {
+        signals: Async::new(signals).context("signalfd")?,
+        status,
+        children: BTreeMap::new(),
+    };
 
-    let mut agent = Agent::start(path, valid, host)?;
+    let agent = Agent::start(path, valid, host)?;
+    smol::block_on(serve(agent, sources, &run_dir, &socket))
+}
+
+/// The loop: one pass over everything (Consul, the relay, every group's tasks, logs, the
+/// watchdog), then wait for the next event or the earliest timer.
+async fn serve(
+    mut agent: Agent,
+    mut sources: Sources,
+    run_dir: &str,
+    socket: &Path,
+) -> Result<(), Error> {
     let watchdog = std::env::var("WATCHDOG_USEC")
         .ok()
         .and_then(|u| u.parse::<u64>().ok())
@@ -603,39 +688,18 @@ pub fn run(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<(), Error
             last_watchdog = now;
         }
 
-        let pidfds: Vec<OwnedFd> = agent
-            .runners
-            .iter()
-            .flat_map(|r| r.tasks.iter())
-            .filter_map(|t| match t.state {
-                TaskState::Running(p) => crate::supervise::pidfd(p.pid),
-                _ => None,
-            })
-            .collect();
-        let mut fds = vec![
-            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-            PollFd::new(agent.workers.wake_read.as_fd(), PollFlags::POLLIN),
-        ];
-        fds.extend(
-            pidfds
-                .iter()
-                .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
-        );
-        let timeout = agent.next_timeout(Instant::now());
-        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        let _ = poll(&mut fds, PollTimeout::from(ms));
-        drop(fds);
-        for outcome in agent.workers.arrived() {
+        sources.watch_children(&agent);
+        let deadline = Instant::now() + agent.next_timeout(Instant::now());
+        if let Wake::Worker(outcome) = sources.next(&mut agent.workers, deadline).await {
             agent.finish(outcome, Instant::now());
         }
 
-        while let Ok(Some(info)) = signals.read_signal() {
+        while let Ok(Some(info)) = sources.signals.get_ref().read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGTERM | Signal::SIGINT) => {
                     agent.save_records();
-                    let _ = std::fs::remove_file(&socket);
-                    let _ = std::fs::remove_file(pid_path(&run_dir));
+                    let _ = std::fs::remove_file(socket);
+                    let _ = std::fs::remove_file(pid_path(run_dir));
                     info!("agent stopping; the groups keep running and the next `run` adopts them");
                     return Ok(());
                 }
@@ -646,8 +710,9 @@ pub fn run(path: &Path, valid: ValidConfig, host: HostFacts) -> Result<(), Error
                 _ => {}
             }
         }
-        while let Ok((mut stream, _)) = listener.accept() {
+        while let Ok((mut stream, _)) = sources.status.get_ref().accept() {
             use std::io::Write;
+            // Small (a few KiB for 20 groups), well under the socket's buffer: written at once.
             let _ = stream.set_nonblocking(false);
             let _ = stream.write_all(agent.status_json().as_bytes());
         }

@@ -1,15 +1,16 @@
-//! The agent's Consul work on worker threads (registration, token preflight, bootstraps),
-//! so a slow Consul never stalls the loop; outcomes come back through a shared list and a
-//! wake pipe.
+//! The agent's Consul work (registration, token preflight, bootstraps) on smol's blocking
+//! pool, so a slow Consul never stalls the loop; the loop awaits each task's outcome.
 
 use super::{Tokens, relay_target, sync_consul, write_bootstraps};
 use crate::config::ValidConfig;
-use crate::error::{Context, Error};
+use crate::error::Error;
 use crate::plan::{GroupPlan, Plan};
 use log::warn;
 use std::collections::BTreeSet;
-use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// How long the agent waits before trying Consul again.
@@ -117,59 +118,43 @@ pub(super) fn write_bootstraps_side_by_side(
     })
 }
 
-/// Consul work runs on worker threads, so that a slow Consul — the token preflight may wait
-/// a minute for ACL replication, a bootstrap retries as long — never stalls the loop:
-/// restarts, the status socket and the watchdog go on. A worker leaves its outcome in a
-/// shared list and wakes the loop through a pipe. One sync at a time; one refresh per Envoy
-/// at a time.
+/// Consul work runs on smol's blocking pool (ureq is blocking), so that a slow Consul —
+/// the token preflight may wait a minute for ACL replication, a bootstrap retries as long
+/// — never stalls the loop: restarts, the status socket and the watchdog go on. The loop
+/// awaits the tasks among its other events. One sync at a time; one refresh per Envoy at
+/// a time.
 pub(super) struct Workers {
-    pub(super) outcomes: Arc<Mutex<Vec<Outcome>>>,
-    pub(super) wake_read: OwnedFd,
-    pub(super) wake_write: Arc<OwnedFd>,
+    running: Vec<smol::Task<Outcome>>,
     pub(super) syncing: bool,
     pub(super) checking: bool,
     pub(super) refreshing: BTreeSet<(String, String)>,
 }
 
 impl Workers {
-    pub(super) fn new() -> Result<Workers, Error> {
-        let (wake_read, wake_write) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-                .context("pipe")?;
-        Ok(Workers {
-            outcomes: Arc::new(Mutex::new(Vec::new())),
-            wake_read,
-            wake_write: Arc::new(wake_write),
+    pub(super) fn new() -> Workers {
+        Workers {
+            running: Vec::new(),
             syncing: false,
             checking: false,
             refreshing: BTreeSet::new(),
-        })
-    }
-
-    /// Runs `work` on a new thread; false (and logged) when no thread could be made.
-    pub(super) fn spawn(&self, work: impl FnOnce() -> Outcome + Send + 'static) -> bool {
-        let (outcomes, wake) = (self.outcomes.clone(), self.wake_write.clone());
-        let spawned = std::thread::Builder::new()
-            .name("consul".into())
-            .spawn(move || {
-                let outcome = work();
-                // A poisoned lock only means another worker panicked; the list is intact.
-                outcomes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(outcome);
-                let _ = nix::unistd::write(&*wake, &[1]);
-            });
-        if let Err(e) = &spawned {
-            warn!("cannot start a thread for Consul work: {e}; trying again later");
         }
-        spawned.is_ok()
     }
 
-    /// The outcomes that arrived, after emptying the wake pipe.
-    pub(super) fn arrived(&self) -> Vec<Outcome> {
-        let mut sink = [0u8; 64];
-        while nix::unistd::read(&self.wake_read, &mut sink).is_ok_and(|n| n > 0) {}
-        std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Runs `work` on the blocking pool. When no thread can be made, the pool queues it
+    /// until one of its threads is free.
+    pub(super) fn spawn(&mut self, work: impl FnOnce() -> Outcome + Send + 'static) {
+        self.running.push(smol::unblock(work));
+    }
+
+    /// The outcome of a task that finished, if one did; otherwise `cx` is woken when one
+    /// does.
+    pub(super) fn poll_finished(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        for i in 0..self.running.len() {
+            if let Poll::Ready(outcome) = Pin::new(&mut self.running[i]).poll(cx) {
+                drop(self.running.swap_remove(i));
+                return Poll::Ready(outcome);
+            }
+        }
+        Poll::Pending
     }
 }

@@ -6,6 +6,53 @@
 use super::Service;
 use super::validate::PROXY_PREFIX;
 
+/// Longest Linux interface name (IFNAMSIZ - 1).
+pub const MAX_IFNAME: usize = 15;
+
+/// A Linux interface name: 1 to 15 bytes, so the kernel never refuses or cuts it. Fixed
+/// size (heapless): names are built and copied into netlink messages without allocating.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfName(heapless::String<MAX_IFNAME>);
+
+impl IfName {
+    /// `name` as an interface name, if it is one.
+    pub fn new(name: &str) -> Option<IfName> {
+        let fixed = heapless::String::try_from(name).ok()?;
+        (!name.is_empty()).then_some(IfName(fixed))
+    }
+
+    /// A name written in our source ("lo", "eth0"): all are short, and one that were not
+    /// would be cut, never refused.
+    pub fn literal(name: &'static str) -> IfName {
+        let mut fixed = heapless::String::new();
+        for c in name.chars() {
+            if fixed.push(c).is_err() {
+                break;
+            }
+        }
+        IfName(fixed)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for IfName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for IfName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+serialize_as_str!(IfName);
+
 /// Envoy's admin and ready ports inside the namespace for the `i`th service of a group
 /// (DESIGN.md: admin 127.0.0.2:19000+i, ready 127.0.0.1:19100+i).
 pub fn envoy_ports(service_index: usize) -> (u16, u16) {
@@ -21,8 +68,19 @@ pub fn netns_name(group: &str) -> String {
 
 /// Host end of a group's veth: `op` + 8 hex digits of a hash of the group name, so it fits
 /// IFNAMSIZ whatever the group is called.
-pub fn host_veth_name(group: &str) -> String {
-    format!("op{:08x}", fnv1a64(group.as_bytes(), 0) as u32)
+/// Inside each namespace the group's interface is `eth0`, as with Nomad's CNI bridge.
+pub fn group_interface() -> IfName {
+    IfName::literal(GROUP_INTERFACE)
+}
+
+pub const GROUP_INTERFACE: &str = "eth0";
+
+pub fn host_veth_name(group: &str) -> IfName {
+    use std::fmt::Write;
+    let mut name = heapless::String::new();
+    // 10 bytes: always fits.
+    let _ = write!(name, "op{:08x}", fnv1a64(group.as_bytes(), 0) as u32);
+    IfName(name)
 }
 
 /// Consul service ID (DESIGN.md): `_outpost-<group>-<service>-<port label or number>`.
@@ -134,6 +192,18 @@ pub fn sidecar_label(service: &Service) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interface_names_are_1_to_15_bytes() {
+        assert_eq!(
+            IfName::new("outpost-bridge1").as_deref(),
+            Some("outpost-bridge1")
+        );
+        assert_eq!(IfName::new("outpost-bridge12"), None);
+        assert_eq!(IfName::new(""), None);
+        assert_eq!(IfName::literal("lo").as_str(), "lo");
+        assert_eq!(group_interface().as_str(), "eth0");
+    }
 
     #[test]
     fn names_fit_their_limits() {

@@ -40,6 +40,7 @@ use super::nft::{
     rule_msg, table_msg, text, with_socket,
 };
 use crate::config::Ipv4Net;
+use crate::config::naming::IfName;
 use std::collections::BTreeSet;
 use std::io;
 use std::net::Ipv4Addr;
@@ -60,7 +61,7 @@ pub struct Mapping {
 /// Everything the table is derived from.
 #[derive(Clone, Debug)]
 pub struct NatSpec {
-    pub bridge: String,
+    pub bridge: IfName,
     pub subnet: Ipv4Net,
     pub mappings: Vec<Mapping>,
 }
@@ -143,9 +144,9 @@ fn rules(spec: &NatSpec) -> Vec<(&'static str, Vec<Expr>)> {
 
 /// The forward filter (new connections into the bridge only through a mapping) and the
 /// martian drop (127.0.0.0/8 from outside `lo`, unless it is the reply of a mapping).
-fn filter_rules(bridge: &str) -> Vec<(&'static str, Vec<Expr>)> {
+fn filter_rules(bridge: &IfName) -> Vec<(&'static str, Vec<Expr>)> {
     let to_bridge = || Expr::OifName {
-        name: bridge.to_string(),
+        name: bridge.clone(),
         equal: true,
     };
     let loopback = Ipv4Net {
@@ -166,7 +167,7 @@ fn filter_rules(bridge: &str) -> Vec<(&'static str, Vec<Expr>)> {
             vec![
                 to_bridge(),
                 Expr::IifName {
-                    name: bridge.to_string(),
+                    name: bridge.clone(),
                     equal: true,
                 },
                 Expr::Accept,
@@ -177,7 +178,7 @@ fn filter_rules(bridge: &str) -> Vec<(&'static str, Vec<Expr>)> {
             "input",
             vec![
                 Expr::IifName {
-                    name: "lo".into(),
+                    name: IfName::literal("lo"),
                     equal: false,
                 },
                 Expr::DaddrIn(loopback),
@@ -312,7 +313,7 @@ mod tests {
             ]
         );
         let spec = NatSpec {
-            bridge: "outpost".into(),
+            bridge: IfName::literal("outpost"),
             subnet: Ipv4Net::parse("172.26.64.0/20").unwrap(),
             mappings: vec![m],
         };

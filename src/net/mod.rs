@@ -24,8 +24,7 @@ use std::os::fd::AsRawFd;
 
 /// Our namespaces are `outpost-<group>`.
 const NETNS_PREFIX: &str = "outpost-";
-/// Inside each namespace the group's interface is `eth0`, as with Nomad's CNI bridge.
-const GROUP_IFNAME: &str = "eth0";
+use crate::config::naming::GROUP_INTERFACE as GROUP_IFNAME;
 /// IPv4 settings of a group's interface (netavark's choice): announce the address on link
 /// up, loose reverse-path filtering. Set over netlink with the link-up request.
 const GROUP_IPV4_CONF: [(u16, u32); 2] = [

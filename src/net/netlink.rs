@@ -53,20 +53,25 @@ impl Message {
     }
 
     pub fn attr(&mut self, attr_type: u16, payload: &[u8]) -> &mut Message {
-        let len = 4 + payload.len();
+        self.attr_parts(attr_type, &[payload])
+    }
+
+    /// An attribute whose payload is `parts` one after the other, copied straight into the
+    /// message (no scratch buffer).
+    fn attr_parts(&mut self, attr_type: u16, parts: &[&[u8]]) -> &mut Message {
+        let len = 4 + parts.iter().map(|p| p.len()).sum::<usize>();
         self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
         self.buf.extend_from_slice(&attr_type.to_ne_bytes());
-        self.buf.extend_from_slice(payload);
+        for part in parts {
+            self.buf.extend_from_slice(part);
+        }
         self.buf.resize(align4(self.buf.len()), 0);
         self
     }
 
     /// A NUL-terminated string attribute.
     pub fn attr_str(&mut self, attr_type: u16, value: &str) -> &mut Message {
-        let mut bytes = Vec::with_capacity(value.len() + 1);
-        bytes.extend_from_slice(value.as_bytes());
-        bytes.push(0);
-        self.attr(attr_type, &bytes)
+        self.attr_parts(attr_type, &[value.as_bytes(), &[0]])
     }
 
     pub fn attr_u32(&mut self, attr_type: u16, value: u32) -> &mut Message {

@@ -8,6 +8,7 @@ use super::netlink::{
     Message, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, Socket, attr_string, attrs,
 };
 use crate::config::Ipv4Net;
+use crate::config::naming::IfName;
 use neli::consts::socket::NlFamily;
 use std::io;
 use std::net::Ipv4Addr;
@@ -25,11 +26,11 @@ pub(super) enum Expr {
     /// Redirect to a local port.
     Redirect(u16),
     OifName {
-        name: String,
+        name: IfName,
         equal: bool,
     },
     IifName {
-        name: String,
+        name: IfName,
         equal: bool,
     },
     CtStatusDnat,
@@ -340,11 +341,11 @@ fn immediate(m: &mut Message, reg: u32, bytes: &[u8]) {
 }
 
 /// The interface name (in or out, by `key`) compared with `name`.
-fn if_name(m: &mut Message, key: u32, name: &str, equal: bool) {
+fn if_name(m: &mut Message, key: u32, name: &IfName, equal: bool) {
     meta(m, key);
+    // The kernel compares the whole IFNAMSIZ buffer; an IfName always leaves the NUL.
     let mut padded = [0u8; IFNAMSIZ];
-    let len = name.len().min(IFNAMSIZ - 1);
-    padded[..len].copy_from_slice(&name.as_bytes()[..len]);
+    padded[..name.len()].copy_from_slice(name.as_bytes());
     cmp(m, if equal { NFT_CMP_EQ } else { NFT_CMP_NEQ }, &padded);
 }
 

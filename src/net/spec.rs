@@ -2,6 +2,7 @@
 //! reads nothing else of the plan, so the arrows point one way: plan -> net.
 
 use crate::config::Ipv4Net;
+pub use crate::config::naming::IfName;
 use miniserde::Serialize;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -63,7 +64,7 @@ serialize_as_str!(Firewall);
 
 #[derive(Clone, Debug, Serialize)]
 pub struct BridgePlan {
-    pub name: String,
+    pub name: IfName,
     pub address: String,
     pub subnet: Ipv4Net,
     pub firewall: Firewall,
@@ -96,8 +97,8 @@ pub struct TproxyPlan {
 pub struct NetnsPlan {
     pub name: String,
     pub path: String,
-    pub host_veth: String,
-    pub interface: String,
+    pub host_veth: IfName,
+    pub interface: IfName,
     pub address: String,
     pub gateway: String,
 }

@@ -8,8 +8,9 @@ pub mod render;
 
 use crate::config::locate::Seg;
 use crate::config::naming::{
-    GatewayKind, NETNS_DIR, alloc_id, envoy_ports, expose_check_label, gateway_kind, has_sidecar,
-    host_veth_name, netns_name, service_id, service_port, sidecar_label,
+    GatewayKind, IfName, NETNS_DIR, alloc_id, envoy_ports, expose_check_label, gateway_kind,
+    group_interface, has_sidecar, host_veth_name, netns_name, service_id, service_port,
+    sidecar_label,
 };
 use crate::config::validate::{PROXY_PREFIX, Problem};
 use crate::config::{Dur, Group, Logs, Restart, Service, ValidConfig};
@@ -128,8 +129,14 @@ fn build_checked(
                 .collect();
         }
     }
+    let bridge = IfName::new(&cfg.network.bridge).ok_or_else(|| {
+        Error::config(format!(
+            "bridge name {:?} is not an interface name",
+            cfg.network.bridge
+        ))
+    })?;
     let shared_rules = crate::net::firewall::describe_shared(&crate::net::firewall::NatSpec {
-        bridge: cfg.network.bridge.clone(),
+        bridge: bridge.clone(),
         subnet: valid.subnet,
         mappings: Vec::new(),
     });
@@ -140,7 +147,7 @@ fn build_checked(
         data_dir: cfg.agent.data_dir.clone(),
         run_dir: cfg.agent.run_dir.clone(),
         bridge: BridgePlan {
-            name: cfg.network.bridge.clone(),
+            name: bridge,
             address: format!("{}/{}", valid.subnet.gateway(), valid.subnet.prefix),
             subnet: valid.subnet,
             firewall,
@@ -178,7 +185,7 @@ impl Context<'_> {
             name: netns_name(&group.name),
             path: format!("{NETNS_DIR}/{}", netns_name(&group.name)),
             host_veth: host_veth_name(&group.name),
-            interface: "eth0".into(),
+            interface: group_interface(),
             address: format!("{ip}/{}", self.valid.subnet.prefix),
             gateway: self.valid.subnet.gateway().to_string(),
         });

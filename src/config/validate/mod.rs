@@ -26,8 +26,7 @@ pub struct Problem {
     pub message: String,
 }
 
-/// Longest Linux interface name (IFNAMSIZ - 1).
-const MAX_IFNAME: usize = 15;
+use super::naming::MAX_IFNAME;
 /// The parent directory name shared by a group's tasks (Nomad's alloc dir layout).
 /// The entries of a group directory that are not task directories, and what they hold.
 const GROUP_DIR_ENTRIES: [(&str, &str); 3] = [
