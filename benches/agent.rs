@@ -209,6 +209,8 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     let records = dir.join("records");
     std::fs::create_dir_all(&records).expect("scratch dir");
+    // The stand-in Envoy runs as Envoy's uid (101), not root: it may write its records.
+    std::fs::set_permissions(&records, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let envoy = dir.join("envoy");
     let execs = dir.join("envoy-execs");
     // While this file exists the stand-in Envoy only sleeps: no CPU at start, no /ready.
@@ -273,7 +275,10 @@ fn main() {
             print_header();
             let mut rounds = Vec::new();
             for round in 1..=ROUNDS {
-                let _ = std::fs::remove_file(&execs);
+                // Emptied, not removed: the stand-in (uid 101) appends to it.
+                std::fs::write(&execs, "").expect("exec log");
+                std::fs::set_permissions(&execs, std::fs::Permissions::from_mode(0o666))
+                    .expect("chmod");
                 let started = now_ns();
                 let clock = Instant::now();
                 let mut agent = match outpost(&["run"]).spawn() {
@@ -367,12 +372,12 @@ fn main() {
             "stand-in Envoy idle (exec'd, then sleeps): the agent alone; all_up, RSS not settled"
         );
         let Some(idle) = measure(true) else {
-            return;
+            return false;
         };
         let idle_up = median(idle.iter().map(|r| r.stages.execs).collect());
         println!("stub Envoy (Python: reads its bootstrap and registration, answers /ready)");
         let Some(rounds) = measure(false) else {
-            return;
+            return false;
         };
         let stub_ran = median(rounds.iter().map(|r| r.envoys_ms).collect());
         let all = median(rounds.iter().map(|r| r.all_ms).collect());
@@ -393,9 +398,14 @@ fn main() {
             "budgets (DESIGN.md): 20 sidecars exec'd <= 250 ms: {up:.0} ms ({idle_up:.0} ms with the idle stand-in); RSS with 20 groups <= 4096 KiB: {rss:.0} KiB (peak {hwm:.0}); all tasks running: {all:.0} ms"
         );
         println!("agent: groups={GROUPS} up_ms={up:.0} rss_kib={rss:.0} down_ms={down:.0}");
+        true
     };
+    let mut all_measured = true;
     for bin in binaries(root) {
-        bench(&bin);
+        all_measured &= bench(&bin);
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    // A failed round's log stays for reading.
+    if all_measured {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
