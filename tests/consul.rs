@@ -703,3 +703,79 @@ fn a_body_larger_than_the_clients_buffers_goes_through_whole() {
     assert!(listed.len() > 64 * 1024, "{}", listed.len());
     assert!(listed.contains(&format!("199{}", "t".repeat(397))));
 }
+
+/// The plan of a config file or text, on a fixed host.
+fn plan_of(valid: &ValidConfig) -> Plan {
+    let facts = HostFacts {
+        hostname: "gateway-7".into(),
+        default_address: Ipv4Addr::new(192, 0, 2, 10),
+        default_address_source: "test".into(),
+        listening_ports: Default::default(),
+    };
+    plan::build(valid, &NodeState::default(), &facts).expect("plan")
+}
+
+/// A service without a port (Consul answers `"Port": 0`), one with a TTL check and tags,
+/// one on a named port with `to`, in a host-mode and a bridge group.
+const PORTLESS: &str = r#"
+[[group]]
+name = "jobs"
+[[group.service]]
+name = "worker"
+tags = ["batch"]
+[[group.service.check]]
+name = "alive"
+type = "ttl"
+ttl = "30s"
+[[group.task]]
+name = "worker"
+command = "/bin/sleep"
+args = ["1000"]
+
+[[group]]
+name = "web"
+[group.network]
+mode = "bridge"
+[[group.network.port]]
+label = "http"
+static = 8080
+to = 80
+[[group.service]]
+name = "web"
+port = "http"
+meta = { team = "edge" }
+[group.service.connect.sidecar_service]
+[[group.task]]
+name = "web"
+command = "/bin/sleep"
+args = ["1000"]
+"#;
+
+#[test]
+fn a_second_sync_writes_nothing_for_every_example_and_a_portless_service() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut configs: Vec<(String, ValidConfig)> = ["countdash", "gateways", "quickstart", "tproxy"]
+        .iter()
+        .map(|name| {
+            let path = root.join(format!("examples/{name}.toml"));
+            let valid = outpost::load_config(&path).expect("example is valid");
+            (name.to_string(), valid)
+        })
+        .collect();
+    let portless = outpost::parse_config(PORTLESS, "portless.toml").expect("valid");
+    configs.push(("portless".into(), portless));
+    for (name, valid) in configs {
+        let double = ConsulDouble::start();
+        let client = Client::new(&consul_config(&double.url(), "").config.consul).unwrap();
+        let plan = plan_of(&valid);
+        sync::sync(&client, &wanted(&plan), true).expect("first sync");
+        let before = double.log().len();
+        let again = sync::sync(&client, &wanted(&plan), true).expect("second sync");
+        let writes: Vec<String> = double.log()[before..]
+            .iter()
+            .filter(|l| l.method != "GET")
+            .map(|l| format!("{} {}", l.method, l.path))
+            .collect();
+        assert_eq!(writes, Vec::<String>::new(), "{name}: {again:?}");
+    }
+}

@@ -5,7 +5,7 @@
 use super::agent::string_items;
 use super::client::{Client, ConsulError};
 use log::info;
-use miniserde::json::{self, Object, Value};
+use miniserde::json::{self, Number, Object, Value};
 use std::collections::BTreeSet;
 
 pub const ID_PREFIX: &str = "_outpost-";
@@ -127,7 +127,25 @@ fn object<'a>(obj: &'a Object, key: &str) -> Option<&'a Object> {
     }
 }
 
+/// Consul answers with its zero values where we sent nothing (`"Port": 0`, `"Tags": []`,
+/// `"Meta": {}`), and we leave empty fields out as Nomad does: absent and zero are equal.
+fn is_zero(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => !b,
+        Some(Value::Number(n)) => {
+            matches!(n, Number::U64(0) | Number::I64(0)) || matches!(n, Number::F64(f) if *f == 0.0)
+        }
+        Some(Value::String(s)) => s.is_empty(),
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(Value::Object(o)) => o.is_empty(),
+    }
+}
+
 fn same(a: Option<&Value>, b: Option<&Value>) -> bool {
+    if is_zero(a) || is_zero(b) {
+        return is_zero(a) && is_zero(b);
+    }
     json::to_string(&a.cloned().unwrap_or(Value::Null))
         == json::to_string(&b.cloned().unwrap_or(Value::Null))
 }
