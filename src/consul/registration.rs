@@ -166,7 +166,10 @@ pub fn service_body(input: &ServiceInputs) -> Value {
             )
             .num(
                 "LocalServicePort",
-                u64::from(proxy.and_then(|p| p.local_service_port).unwrap_or(0)),
+                u64::from(local_service_port(
+                    input,
+                    proxy.and_then(|p| p.local_service_port),
+                )),
             )
             .set("Config", Value::Object(config))
             .set("Upstreams", Value::Array(upstreams))
@@ -210,6 +213,21 @@ pub fn service_body(input: &ServiceInputs) -> Value {
 /// The sidecar's expose paths as (path, protocol, local path port, listener port label): the
 /// written ones, then one per check with `expose = true` (Nomad's mutator, §1.6), routed to
 /// the service's port inside the namespace. Duplicates are skipped.
+/// The port the sidecar dials the app on: the proxy's `local_service_port`, else the
+/// service's port inside the namespace when it differs from the registered one (a label
+/// with `to`, e.g. `static = 8080, to = 80`: the app listens on 80 there). Nomad leaves it
+/// to Consul's default, the registered port, where nothing listens (Nomad #9824). 0 (left
+/// out) means Consul's default.
+fn local_service_port(input: &ServiceInputs, configured: Option<u16>) -> u16 {
+    match (configured, input.port, input.local_port) {
+        (Some(port), _, _) => port,
+        (None, Some(registered), Some(local)) if input.port_is_label && local != registered => {
+            local
+        }
+        _ => 0,
+    }
+}
+
 pub fn expose_paths(input: &ServiceInputs) -> Vec<(String, String, u16, String)> {
     let s = input.service;
     let written = s

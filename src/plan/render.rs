@@ -148,6 +148,9 @@ fn group_text(out: &mut String, group: &GroupPlan) {
                     "      sidecar {} on port {} (host {} -> {}), envoy admin {} ready {}",
                     s.id, s.port_label, s.host_port, s.netns_port, s.envoy_admin, s.envoy_ready
                 );
+                if let Some(local) = sidecar_local_port(&service.registration) {
+                    let _ = writeln!(out, "      sidecar dials the app on port {local}");
+                }
             }
             None => {}
         }
@@ -221,6 +224,19 @@ fn task_text(out: &mut String, task: &TaskPlan) {
 }
 
 /// One field of a registration body as compact JSON (`null` when absent).
+/// `LocalServicePort` of the sidecar's proxy, when the registration sets it (else Consul
+/// dials the registered port).
+fn sidecar_local_port(body: &Value) -> Option<String> {
+    let mut at = body;
+    for key in ["Connect", "SidecarService", "Proxy", "LocalServicePort"] {
+        at = match at {
+            Value::Object(o) => o.get(key)?,
+            _ => return None,
+        };
+    }
+    Some(miniserde::json::to_string(at))
+}
+
 fn registration_field(body: &Value, key: &str) -> String {
     match body {
         Value::Object(o) => miniserde::json::to_string(o.get(key).unwrap_or(&Value::Null)),
