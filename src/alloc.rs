@@ -62,6 +62,9 @@ pub struct Task {
     /// The task's `logs` block: files kept per stream and bytes per file.
     log_files: u32,
     log_bytes: u64,
+    /// The task's restart policy: its own `restart` block, else its group's (the plan
+    /// resolved which).
+    policy: Policy,
     window_start: Instant,
     window_count: u32,
 }
@@ -81,7 +84,6 @@ pub struct Runner {
     pub netns: Option<String>,
     pub phase: Phase,
     pub tasks: Vec<Task>,
-    policy: Policy,
     phase_since: Instant,
     /// The group registers services: it waits for Consul before each start.
     needs_consul: bool,
@@ -148,6 +150,12 @@ fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Tas
         shutdown_delay: t.shutdown_delay.0,
         ready_check: ready,
         awaiting_bootstrap: false,
+        policy: Policy {
+            attempts: t.restart.attempts,
+            interval: t.restart.interval.0,
+            delay: t.restart.delay.0,
+            fail: t.restart.mode == RestartMode::Fail,
+        },
         starting: None,
         log_files: t.logs.max_files,
         log_bytes: u64::from(t.logs.max_file_size_mb) << 20,
@@ -171,21 +179,11 @@ impl Runner {
                 task_from_plan(group, t, ready)
             })
             .collect();
-        // Every task of a group has the group's policy (a task's own overrides it in the
-        // plan); a group has at least one task (validate).
-        let restart = group.tasks.first().map(|t| &t.restart);
-        let policy = Policy {
-            attempts: restart.map_or(2, |r| r.attempts),
-            interval: restart.map_or(Duration::from_secs(1800), |r| r.interval.0),
-            delay: restart.map_or(Duration::from_secs(15), |r| r.delay.0),
-            fail: restart.is_none_or(|r| r.mode == RestartMode::Fail),
-        };
         Runner {
             name: group.name.clone(),
             netns: group.netns.as_ref().map(|n| n.name.clone()),
             phase: Phase::Waiting,
             tasks,
-            policy,
             phase_since: Instant::now(),
             needs_consul: !group.services.is_empty(),
             wants_consul: false,
@@ -341,9 +339,14 @@ impl Runner {
             self.name,
             failed.join(", ")
         );
+        let stopping = Instant::now();
         self.stop();
-        self.reschedule.restart_at = Some(now + delay);
+        // From the end of the stop, which may take the tasks' kill timeouts: the group
+        // stays down (and out of the catalog) for the whole back-off.
+        self.reschedule.restart_at = Some(now + stopping.elapsed() + delay);
         self.set_phase(Phase::Failed);
+        // Its services leave the catalog until it starts again.
+        self.wants_consul |= self.needs_consul;
     }
 
     fn start_again(&mut self, now: Instant) {
@@ -415,7 +418,6 @@ impl Runner {
     /// Notices exits: reaps our children, checks adopted ones by start time.
     fn watch(&mut self, now: Instant) -> bool {
         let mut changed = false;
-        let policy = self.policy.clone();
         let mut jitter = crate::retry::Jitter::new();
         for task in &mut self.tasks {
             let TaskState::Running(proc) = task.state else {
@@ -433,6 +435,7 @@ impl Runner {
                 continue;
             }
             task.last_error = Some(how.clone());
+            let policy = task.policy.clone();
             task.state = next_after_exit(task, &policy, now, jitter.sample());
             task.awaiting_bootstrap =
                 task.ready_check.is_some() && matches!(task.state, TaskState::Restarting(_));
@@ -759,8 +762,18 @@ mod tests {
             starting: None,
             log_files: 1,
             log_bytes: 1,
+            policy: test_policy(),
             window_start: now,
             window_count: 0,
+        }
+    }
+
+    fn test_policy() -> Policy {
+        Policy {
+            attempts: 2,
+            interval: Duration::from_secs(10),
+            delay: Duration::from_secs(1),
+            fail: true,
         }
     }
 
@@ -770,12 +783,6 @@ mod tests {
             netns: None,
             phase: Phase::Waiting,
             tasks,
-            policy: Policy {
-                attempts: 2,
-                interval: Duration::from_secs(10),
-                delay: Duration::from_secs(1),
-                fail: true,
-            },
             phase_since: now,
             needs_consul: false,
             wants_consul: false,
@@ -792,7 +799,7 @@ mod tests {
     fn restarts_follow_nomads_tracker() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
-        let mut policy = runner(Vec::new(), t0).policy;
+        let mut policy = test_policy();
         let mut t = task(Lifecycle::Main, TaskState::Pending, t0);
         // Two restarts within the interval, each after the delay (plus jitter up to 25%).
         assert_eq!(
@@ -858,10 +865,12 @@ mod tests {
         r.tasks[0].state = TaskState::Failed;
         r.tick(t0 + ms(10));
         assert_eq!(r.phase, Phase::Failed);
-        assert_eq!(r.next_due(), Some(t0 + ms(210)));
-        r.tick(t0 + ms(209));
+        // The back-off counts from the end of the stop (here, nothing to stop: about 0).
+        let due = r.next_due().expect("a restart is due");
+        assert!(due >= t0 + ms(210), "{:?}", due - t0);
+        r.tick(due - ms(1));
         assert_eq!(r.phase, Phase::Failed, "not before its time");
-        r.tick(t0 + ms(210));
+        r.tick(due);
         assert_eq!(r.phase, Phase::Sidecars);
         assert_eq!(r.tasks[0].state, TaskState::Pending);
     }

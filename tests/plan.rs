@@ -333,3 +333,37 @@ fn plan_command_json_is_the_library_plan() {
     };
     assert!(top.contains_key("groups") && top.contains_key("bridge"));
 }
+
+#[test]
+fn a_tasks_restart_block_overrides_its_groups_field_by_field() {
+    let text = r#"
+[[group]]
+name = "g"
+[group.restart]
+attempts = 5
+delay = "3s"
+[[group.task]]
+name = "inherits"
+command = "/bin/true"
+[[group.task]]
+name = "own"
+command = "/bin/true"
+[group.task.restart]
+mode = "delay"
+"#;
+    let valid = outpost::parse_config(text, "restart.toml").expect("valid");
+    let plan = plan::build(&valid, &NodeState::default(), &facts()).expect("plan");
+    let tasks = &plan.groups[0].tasks;
+    let restart = |name: &str| {
+        let t = tasks.iter().find(|t| t.name == name).expect("task");
+        (
+            t.restart.attempts,
+            t.restart.delay.0,
+            t.restart.mode.as_str(),
+        )
+    };
+    let three = std::time::Duration::from_secs(3);
+    assert_eq!(restart("inherits"), (5, three, "fail"));
+    // Nomad merges: the task's mode, the group's attempts and delay.
+    assert_eq!(restart("own"), (5, three, "delay"));
+}

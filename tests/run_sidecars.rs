@@ -391,3 +391,89 @@ fn a_missing_envoy_binary_stops_run_before_anything_changes() {
     assert!(!bridge.status.success(), "{log}");
     assert!(mesh.double.service_ids().is_empty());
 }
+
+#[test]
+fn a_service_on_a_port_with_to_is_reached_through_its_sidecar_on_the_to_port() {
+    let Some(mesh) = Mesh::new("run-port-to") else {
+        return;
+    };
+    // The API as the quickstart's web: host port 8080, the app on 80 in its namespace.
+    let config = std::fs::read_to_string(&mesh.file)
+        .unwrap()
+        .replace(
+            "name = \"api\"\n",
+            "name = \"api\"\n[[group.network.port]]\nlabel = \"http\"\nstatic = 8080\nto = 80\n",
+        )
+        .replace("port = \"9001\"", "port = \"http\"")
+        .replace("PORT = \"9001\"", "PORT = \"${NOMAD_PORT_http}\"");
+    std::fs::write(&mesh.file, config).unwrap();
+    // The [group.network.port] above lands after `mode = "bridge"` only if the group's
+    // network table comes first; check the config is what we meant.
+    let valid = outpost::load_config(&mesh.file).expect("valid");
+    assert!(valid.config.groups[0].network.is_some());
+    let mut agent = mesh.start_agent();
+    let all = mesh.wait(30, all_running);
+    assert!(all_running(&all), "{all:?}\n{}", mesh.log());
+    let proxy = "_outpost-api-count-api-http-sidecar-proxy";
+    let sidecar = Value::Object(mesh.double.service(proxy).expect("api sidecar"));
+    let local = number(field(field(&sidecar, "Proxy").unwrap(), "LocalServicePort"));
+    assert_eq!(local, 80, "{}", miniserde::json::to_string(&sidecar));
+    // Dashboard -> its upstream -> the API's sidecar -> the app on port 80.
+    let body = get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+    assert!(body.contains("\"count\""), "{body}");
+    mesh.teardown();
+    let _ = agent.wait();
+}
+
+#[test]
+fn a_group_that_fails_for_good_leaves_the_catalog_until_it_starts_again() {
+    let Some(mesh) = Mesh::new("run-failed-group") else {
+        return;
+    };
+    // The dashboard gets a task that fails for good after a moment; its group is stopped
+    // and started again 4 s later.
+    // (The group's name, not its task's, which is also "dashboard".)
+    let config = std::fs::read_to_string(&mesh.file).unwrap().replacen(
+        "name = \"dashboard\"\n",
+        "name = \"dashboard\"\n[group.reschedule]\ndelay = \"4s\"\nmax_delay = \"4s\"\n",
+        1,
+    ) + "\n[[group.task]]\nname = \"doomed\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"sleep 2; exit 1\"]\n[group.task.restart]\nattempts = 0\nmode = \"fail\"\n";
+    std::fs::write(&mesh.file, config).unwrap();
+    let dashboard = "_outpost-dashboard-count-dashboard-http";
+    let registered = |mesh: &Mesh| {
+        let ids = mesh.double.service_ids();
+        ids.iter().any(|id| id == dashboard) && ids.iter().any(|id| id == DASHBOARD_PROXY)
+    };
+    let mut agent = mesh.start_agent();
+    let wait_for = |want: bool| {
+        let start = Instant::now();
+        while registered(&mesh) != want && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registered(&mesh) == want
+    };
+    assert!(wait_for(true), "registered first\n{}", mesh.log());
+    assert!(
+        wait_for(false),
+        "deregistered once it failed\n{}",
+        mesh.log()
+    );
+    // The API group did not fail: it stays.
+    assert!(mesh.double.service(API_PROXY).is_some());
+    assert!(
+        wait_for(true),
+        "registered again after the back-off\n{}",
+        mesh.log()
+    );
+    let log = mesh.log();
+    assert!(
+        log.contains("task doomed failed; stopping the group"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("deregistered service {dashboard}")),
+        "{log}"
+    );
+    mesh.teardown();
+    let _ = agent.wait();
+}

@@ -91,9 +91,16 @@ fn has_services(plan: &Plan) -> bool {
 type Tokens = std::collections::BTreeMap<String, String>;
 
 /// Registers the plan's services (each with its workload token) and removes outpost's
-/// services no group owns. With `consul_optional` (a config without services) an
-/// unreachable Consul is only a warning.
-fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Result<Tokens, Error> {
+/// services no group owns. The `failed` groups (stopped for good until their reschedule)
+/// are left out, so they are deregistered and their tokens given back, as Nomad does for a
+/// failed allocation. With `consul_optional` (a config without services) an unreachable
+/// Consul is only a warning.
+fn sync_consul(
+    valid: &ValidConfig,
+    plan: &Plan,
+    failed: &[String],
+    consul_optional: bool,
+) -> Result<Tokens, Error> {
     let base = Client::new(&valid.config.consul)?;
     let at = |e: Error| {
         e.context(format!(
@@ -117,7 +124,7 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Resul
     let mut tokens = Tokens::new();
     // One look at the agent's services for the whole pass (not one per service).
     let listed = sync::agent_services(&base);
-    for group in &plan.groups {
+    for group in plan.groups.iter().filter(|g| !failed.contains(&g.name)) {
         for service in &group.services {
             let token = workload_token(&base, valid, plan, group, service)?;
             if let Some(t) = &token {
@@ -151,8 +158,15 @@ fn sync_consul(valid: &ValidConfig, plan: &Plan, consul_optional: bool) -> Resul
         removed.len(),
         keep.len() - registered
     );
-    // Nomad's order for a group that went: deregistered, then its tokens given back.
-    release_tokens_in(valid, &orphan_dirs(plan)).map_err(at)?;
+    // Nomad's order for a group that went or failed: deregistered, then its tokens given
+    // back.
+    let failed_dirs = plan
+        .groups
+        .iter()
+        .filter(|g| failed.contains(&g.name))
+        .map(|g| PathBuf::from(&g.alloc_dir));
+    let dirs: Vec<PathBuf> = orphan_dirs(plan).into_iter().chain(failed_dirs).collect();
+    release_tokens_in(valid, &dirs).map_err(at)?;
     Ok(tokens)
 }
 
@@ -315,7 +329,7 @@ const IDENTITY_VARS: [&str; 8] = [
 
 /// Deregisters every service of ours (Consul is needed only when the config has services).
 fn deregister_all(valid: &ValidConfig, plan: &Plan) -> Result<(), Error> {
-    sync_consul(valid, &plan.without_groups(), !has_services(plan)).map(|_| ())
+    sync_consul(valid, &plan.without_groups(), &[], !has_services(plan)).map(|_| ())
 }
 
 /// Every group directory under `run_dir/alloc`, configured or not: all are outpost's.
@@ -397,7 +411,7 @@ pub fn apply(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, Error> {
         plan.bridge.name
     );
     // After the network: a service must not be advertised before its port is mapped.
-    let tokens = sync_consul(valid, &plan, !has_services(&plan))?;
+    let tokens = sync_consul(valid, &plan, &[], !has_services(&plan))?;
     write_bootstraps(valid, plan.groups.iter(), &tokens, None)?;
     Ok(plan)
 }

@@ -188,18 +188,26 @@ impl Agent {
             self.consul.next_try = now + self.valid.config.consul.sync_interval.0;
             return;
         }
-        let waiting: Vec<String> = self
-            .runners
-            .iter()
-            .filter(|r| r.phase == Phase::Waiting)
-            .map(|r| r.name.clone())
-            .collect();
+        let waiting = self.groups_in(Phase::Waiting);
+        let failed = self.groups_in(Phase::Failed);
         let (valid, plan) = (self.valid.clone(), self.plan.clone());
         self.workers.spawn(move || {
-            let result = sync_and_bootstrap(&valid, &plan, &waiting);
-            Outcome::Synced { plan, result }
+            let result = sync_and_bootstrap(&valid, &plan, &waiting, &failed);
+            Outcome::Synced {
+                plan,
+                failed,
+                result,
+            }
         });
         self.workers.syncing = true;
+    }
+
+    fn groups_in(&self, phase: Phase) -> Vec<String> {
+        self.runners
+            .iter()
+            .filter(|r| r.phase == phase)
+            .map(|r| r.name.clone())
+            .collect()
     }
 
     /// Between full syncs, every `QUICK_CHECK`: does Consul still have every service? A
@@ -213,7 +221,14 @@ impl Agent {
             return;
         }
         let mut ids = Vec::new();
-        for service in self.plan.groups.iter().flat_map(|g| &g.services) {
+        // A failed group's services are deregistered on purpose.
+        let failed = self.groups_in(Phase::Failed);
+        let registered = self
+            .plan
+            .groups
+            .iter()
+            .filter(|g| !failed.contains(&g.name));
+        for service in registered.flat_map(|g| &g.services) {
             ids.push(service.id.clone());
             if let Some(proxy) = &service.proxy {
                 ids.push(proxy.id.clone());
@@ -262,13 +277,19 @@ impl Agent {
     /// Takes what a worker did.
     fn finish(&mut self, outcome: Outcome, now: Instant) {
         match outcome {
-            Outcome::Synced { plan, result } => {
+            Outcome::Synced {
+                plan,
+                failed,
+                result,
+            } => {
                 self.workers.syncing = false;
                 if !Arc::ptr_eq(&plan, &self.plan) {
                     // A reload came in between: sync the new plan now.
                     self.consul.next_try = now;
                     return;
                 }
+                // A group failed (or came back) while it ran: its registrations follow now.
+                let failed_changed = failed != self.groups_in(Phase::Failed);
                 match result {
                     Ok(synced) => self.synced(synced, now),
                     Err(e) => {
@@ -278,6 +299,9 @@ impl Agent {
                         self.consul.last_error = Some(e);
                         self.consul.next_try = now + CONSUL_RETRY;
                     }
+                }
+                if failed_changed {
+                    self.consul.next_try = now;
                 }
             }
             Outcome::Checked { missing } => {
@@ -463,7 +487,10 @@ impl Agent {
                 next = next.min(at);
             }
         }
-        next = next.min(self.consul.next_try);
+        // While a sync runs, its due time has passed: the loop waits for its outcome.
+        if !self.workers.syncing {
+            next = next.min(self.consul.next_try);
+        }
         if !self.workers.checking {
             next = next.min(self.consul.next_check);
         }

@@ -23,6 +23,8 @@ pub(super) enum Outcome {
     /// Registration, and the bootstraps of the groups that waited for it, for `plan`.
     Synced {
         plan: Arc<Plan>,
+        /// The groups it left out of Consul (failed for good).
+        failed: Vec<String>,
         result: Result<Synced, Error>,
     },
     /// The presence check between full syncs: a service Consul no longer has, if any.
@@ -47,13 +49,15 @@ pub(super) struct Synced {
     pub(super) supported_envoy: Option<Vec<String>>,
 }
 
-/// Registers the plan's services, then writes the bootstraps of the `waiting` groups.
+/// Registers the plan's services but the `failed` groups' (which are deregistered), then
+/// writes the bootstraps of the `waiting` groups.
 pub(super) fn sync_and_bootstrap(
     valid: &ValidConfig,
     plan: &Plan,
     waiting: &[String],
+    failed: &[String],
 ) -> Result<Synced, Error> {
-    let tokens = sync_consul(valid, plan, false)?;
+    let tokens = sync_consul(valid, plan, failed, false)?;
     let groups: Vec<&GroupPlan> = plan
         .groups
         .iter()

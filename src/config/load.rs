@@ -155,12 +155,21 @@ fn envoy(t: Table) -> Envoy {
 }
 
 fn group(t: Table) -> Group {
+    let restart = t
+        .table("restart")
+        .map(|r| read_restart(r, &Restart::default()));
+    // A task's own `restart` overrides its group's field by field, as Nomad merges them.
+    let base = restart.clone().unwrap_or_default();
     let g = Group {
         name: t.required("name"),
         network: t.table("network").map(group_network),
         services: t.tables("service").into_iter().map(service).collect(),
-        tasks: t.tables("task").into_iter().map(task).collect(),
-        restart: t.table("restart").map(restart),
+        tasks: t
+            .tables("task")
+            .into_iter()
+            .map(|t| task(t, &base))
+            .collect(),
+        restart,
         shutdown_delay: t.dur("shutdown_delay").unwrap_or_default(),
         reschedule: t.table("reschedule").map(reschedule).unwrap_or_default(),
         meta: t.env("meta"),
@@ -589,7 +598,7 @@ fn linked_service(t: Table) -> LinkedService {
     s
 }
 
-fn task(t: Table) -> Task {
+fn task(t: Table, group_restart: &Restart) -> Task {
     let task = Task {
         name: t.required("name"),
         driver: t.string_or("driver", "exec"),
@@ -607,7 +616,7 @@ fn task(t: Table) -> Task {
             done(l, &["hook", "sidecar"]);
             lc
         }),
-        restart: t.table("restart").map(restart),
+        restart: t.table("restart").map(|r| read_restart(r, group_restart)),
         logs: t.table("logs").map(logs),
         shutdown_delay: t.dur("shutdown_delay").unwrap_or_default(),
         kill_timeout: t.dur("kill_timeout").unwrap_or(Dur::secs(5)),
@@ -635,13 +644,14 @@ fn task(t: Table) -> Task {
     task
 }
 
-fn restart(t: Table) -> Restart {
-    let d = Restart::default();
+/// A `restart` block; what it leaves out comes from `base` (Nomad's defaults for a group,
+/// the group's block for a task).
+fn read_restart(t: Table, base: &Restart) -> Restart {
     let r = Restart {
-        attempts: t.u32("attempts").unwrap_or(d.attempts),
-        interval: t.dur("interval").unwrap_or(d.interval),
-        delay: t.dur("delay").unwrap_or(d.delay),
-        mode: t.string("mode").unwrap_or(d.mode),
+        attempts: t.u32("attempts").unwrap_or(base.attempts),
+        interval: t.dur("interval").unwrap_or(base.interval),
+        delay: t.dur("delay").unwrap_or(base.delay),
+        mode: t.string("mode").unwrap_or_else(|| base.mode.clone()),
     };
     done(t, &["attempts", "interval", "delay", "mode"]);
     r
