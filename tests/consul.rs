@@ -779,3 +779,28 @@ fn a_second_sync_writes_nothing_for_every_example_and_a_portless_service() {
         assert_eq!(writes, Vec::<String>::new(), "{name}: {again:?}");
     }
 }
+
+#[test]
+fn the_double_refuses_metadata_and_check_thresholds_as_consuls_agent_does() {
+    let double = ConsulDouble::start();
+    let client = Client::new(&consul_config(&double.url(), "").config.consul).unwrap();
+    let refused = |body: &str| match client.put("/v1/agent/service/register", body) {
+        Err(ConsulError::Rejected { status: 400, body }) => body,
+        other => panic!("{body}: {other:?}"),
+    };
+    let reserved = refused(r#"{"Name":"web","Meta":{"consul-version":"1"}}"#);
+    assert!(
+        reserved.contains("Key prefix 'consul-' is reserved"),
+        "{reserved}"
+    );
+    let dotted = refused(r#"{"Name":"web","Meta":{"team.name":"edge"}}"#);
+    assert!(
+        dotted.contains("Key contains invalid characters"),
+        "{dotted}"
+    );
+    let thresholds = refused(
+        r#"{"Name":"web","Checks":[{"TTL":"30s","FailuresBeforeWarning":3,"FailuresBeforeCritical":2}]}"#,
+    );
+    assert!(thresholds.contains("FailuresBeforeWarning"), "{thresholds}");
+    assert!(double.service_ids().is_empty());
+}

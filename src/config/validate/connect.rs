@@ -378,6 +378,7 @@ fn check_gateway(c: &mut Checker, at: Vec<Seg>, service: &Service, gateway: &Gat
             }
         }
     }
+    check_gateway_entries(c, &at, gateway);
     if let Some(term) = &gateway.terminating {
         for (ti, linked) in term.services.iter().enumerate() {
             for (key, value) in [

@@ -9,11 +9,13 @@ use super::{Ipv4Net, ValidConfig};
 use crate::path;
 
 mod connect;
+mod consul_rules;
 mod group;
 mod node;
 mod task;
 
 use connect::*;
+use consul_rules::*;
 use group::*;
 use node::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -113,6 +115,9 @@ pub fn validate(config: Config) -> Result<ValidConfig, Vec<Problem>> {
     check_group_names(&mut c, &config.groups);
     for (gi, group) in config.groups.iter().enumerate() {
         check_group(&mut c, gi, group);
+        for (si, service) in group.services.iter().enumerate() {
+            check_service_for_consul(&mut c, gi, si, service, config.consul.acl.mode);
+        }
     }
     if let Some(range) = dynamic_ports {
         check_static_ports(&mut c, &config.groups, range, &consul_ports(&config.consul));

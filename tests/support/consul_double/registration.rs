@@ -151,9 +151,48 @@ pub(super) fn validate_checks(obj: &Object) -> Result<Vec<Object>, Reply> {
                 "Invalid check: Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or GRPC checks",
             ));
         }
+        let count = |key| match c.get(key) {
+            Some(Value::Number(Number::U64(n))) => *n,
+            _ => 0,
+        };
+        if count("FailuresBeforeWarning") > count("FailuresBeforeCritical") {
+            return Err(text(
+                400,
+                "Invalid check: FailuresBeforeWarning can't be higher than FailuresBeforeCritical",
+            ));
+        }
         checks.push(c.clone());
     }
     Ok(checks)
+}
+
+/// The agent's metadata rules (structs.ValidateServiceMetadata).
+pub(super) fn validate_meta(meta: &Object) -> Result<(), Reply> {
+    let invalid = |why: &str| Err(text(400, &format!("Invalid Service Meta: {why}")));
+    if meta.len() > 64 {
+        return invalid("Node metadata cannot contain more than 64 key/value pairs");
+    }
+    for (key, value) in meta {
+        if key.is_empty() {
+            return invalid("Key cannot be blank");
+        }
+        if key.len() > 128 {
+            return invalid("Key is too long (limit: 128 characters)");
+        }
+        if !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+        {
+            return invalid("Key contains invalid characters");
+        }
+        if key.starts_with("consul-") {
+            return invalid("Key prefix 'consul-' is reserved for internal use");
+        }
+        if matches!(value, Value::String(v) if v.len() > 512) {
+            return invalid("Value is too long (limit: 512 characters)");
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn register(s: &mut State, body: &str) -> Reply {
@@ -233,6 +272,7 @@ pub(super) fn build_services(reg: &Object) -> Result<Vec<(Object, Vec<Object>)>,
     let address = get_str(reg, "Address")?.unwrap_or("").to_string();
     let tags = string_list(reg, "Tags")?;
     let meta = string_map(reg, "Meta")?;
+    validate_meta(&meta)?;
     let checks = validate_checks(reg)?;
     if let Some(proxy) = get_obj(reg, "Proxy")? {
         validate_proxy(proxy)?;
@@ -321,6 +361,7 @@ pub(super) fn expand_sidecar(
         tags = parent_tags.clone();
     }
     let mut meta = string_map(sidecar, "Meta")?;
+    validate_meta(&meta)?;
     if meta.is_empty() {
         meta = parent_meta.clone();
     }
