@@ -804,3 +804,84 @@ fn the_double_refuses_metadata_and_check_thresholds_as_consuls_agent_does() {
     assert!(thresholds.contains("FailuresBeforeWarning"), "{thresholds}");
     assert!(double.service_ids().is_empty());
 }
+
+#[test]
+fn verify_ssl_false_skips_the_agents_certificate_check_as_consul_http_ssl_verify_does() {
+    let pki = test_pki();
+    let dir = std::env::temp_dir().join(format!("outpost-noverify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let cert = write("client.pem", &pki.client_cert_pem);
+    let key = write("client-key.pem", &pki.client_key_pem);
+    let double = ConsulDouble::start_tls(tls_server(&pki));
+    // No CA: verified, the agent's certificate is not trusted; unverified, it answers.
+    let files = format!("cert_file = \"{cert}\"\nkey_file = \"{key}\"");
+    let verified = consul_config(&double.url(), &files);
+    let untrusted = Client::new(&verified.config.consul)
+        .unwrap()
+        .get("/v1/agent/self");
+    assert!(
+        matches!(untrusted, Err(ConsulError::Unreachable(_))),
+        "{untrusted:?}"
+    );
+    let unverified = consul_config(&double.url(), &format!("{files}\nverify_ssl = false"));
+    Client::new(&unverified.config.consul)
+        .unwrap()
+        .get("/v1/agent/self")
+        .expect("answers without verification");
+
+    // The drop-in reads CONSUL_HTTP_SSL_VERIFY=false the same way: it gets past TLS to the
+    // proxy lookup (nothing is registered, so Consul's 404 comes back).
+    let cmd = outpost::envoy::command::EnvoyBootstrap {
+        proxy_id: Some("web-sidecar-proxy".into()),
+        ..Default::default()
+    };
+    let env = |var: &str| match var {
+        "CONSUL_HTTP_ADDR" => Some(double.url()),
+        "CONSUL_HTTP_SSL_VERIFY" => Some("false".into()),
+        "CONSUL_CLIENT_CERT" => Some(cert.clone()),
+        "CONSUL_CLIENT_KEY" => Some(key.clone()),
+        _ => None,
+    };
+    let err = outpost::envoy::command::run(&cmd, &env).unwrap_err();
+    assert!(err.message().contains("404"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_drop_ins_deprecated_and_mesh_gateway_flags_follow_consuls_rules() {
+    use outpost::envoy::command::{EnvoyBootstrap, run};
+    let refused = |cmd: EnvoyBootstrap| run(&cmd, &|_| None).unwrap_err().to_string();
+    let both = EnvoyBootstrap {
+        mesh_gateway: true,
+        gateway: Some("mesh".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        refused(both),
+        "The mesh-gateway flag is deprecated and cannot be used alongside the gateway flag"
+    );
+    let ingress = EnvoyBootstrap {
+        gateway: Some("ingress".into()),
+        expose_servers: true,
+        register: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        refused(ingress),
+        "'-expose-servers' can only be used for mesh gateways"
+    );
+    let unregistered = EnvoyBootstrap {
+        mesh_gateway: true,
+        expose_servers: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        refused(unregistered),
+        "'-expose-servers' requires '-register'"
+    );
+}

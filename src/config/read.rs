@@ -156,10 +156,17 @@ impl<'a> Table<'a> {
     }
 
     pub fn bool(&self, key: &'static str) -> bool {
-        let Some(v) = self.get(key) else { return false };
+        self.bool_or(key, false)
+    }
+
+    /// A boolean whose absence means `default`.
+    pub fn bool_or(&self, key: &'static str, default: bool) -> bool {
+        let Some(v) = self.get(key) else {
+            return default;
+        };
         v.get_ref().as_bool().unwrap_or_else(|| {
             self.type_error(v, "a boolean");
-            false
+            default
         })
     }
 

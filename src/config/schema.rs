@@ -50,6 +50,11 @@ pub struct Consul {
     pub cert_file: Option<String>,
     pub key_file: Option<String>,
     pub tls_server_name: Option<String>,
+    /// HTTP basic auth `user:pass` (Nomad's `consul.auth`, Consul's `CONSUL_HTTP_AUTH`).
+    pub auth: Option<String>,
+    /// Verify the agent's certificate (Nomad's `consul.verify_ssl`, default true; Consul's
+    /// `CONSUL_HTTP_SSL_VERIFY=false` turns it off).
+    pub verify_ssl: bool,
     /// Where Envoy's xDS stream goes; default: Consul's gRPC port from `/v1/agent/self`.
     pub grpc_address: Option<String>,
     pub grpc_ca_file: Option<String>,
@@ -75,6 +80,8 @@ impl Default for Consul {
             cert_file: None,
             key_file: None,
             tls_server_name: None,
+            auth: None,
+            verify_ssl: true,
             grpc_address: None,
             dns_address: None,
             grpc_ca_file: None,

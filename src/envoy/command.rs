@@ -122,6 +122,30 @@ pub struct EnvoyBootstrap {
     /// ignore the envoy_* keys of the proxy's Proxy.Config
     #[argh(switch)]
     pub no_central_config: bool,
+    /// DEPRECATED: the same as --gateway mesh
+    #[argh(switch)]
+    pub mesh_gateway: bool,
+    /// with --register on a mesh gateway: expose the servers for WAN federation (meta consul-wan-federation = "1")
+    #[argh(switch)]
+    pub expose_servers: bool,
+    /// with --register: the gateway check's DeregisterCriticalServiceAfter (default "6h")
+    #[argh(option)]
+    pub deregister_after_critical: Option<String>,
+    /// accepted for Consul's command line: this command always prints the bootstrap
+    #[argh(switch)]
+    pub bootstrap: bool,
+    /// accepted and ignored, as Consul ignores it with -bootstrap
+    #[argh(option)]
+    pub envoy_binary: Option<String>,
+    /// accepted and ignored (legacy in Consul, unused)
+    #[argh(option)]
+    pub envoy_version: Option<String>,
+    /// accepted and ignored: Consul skips its Envoy version check only when it execs Envoy
+    #[argh(switch)]
+    pub ignore_envoy_compatibility: bool,
+    /// accepted and ignored (Consul's debug logging while generating)
+    #[argh(switch)]
+    pub enable_config_gen_logging: bool,
 }
 
 /// The bootstrap and the warnings Consul would print on stderr.
@@ -212,12 +236,9 @@ fn http_client(
         let tls = env("CONSUL_HTTP_SSL").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         address = format!("{}://{address}", if tls { "https" } else { "http" });
     }
-    if env("CONSUL_HTTP_SSL_VERIFY").is_some_and(|v| v.eq_ignore_ascii_case("false")) {
-        return Err(
-            "CONSUL_HTTP_SSL_VERIFY=false is not supported: give the agent's CA with --ca-file"
-                .into(),
-        );
-    }
+    // Go's strconv.ParseBool, as Consul's API client reads it.
+    let verify_ssl = !env("CONSUL_HTTP_SSL_VERIFY")
+        .is_some_and(|v| matches!(v.as_str(), "0" | "f" | "F" | "false" | "FALSE" | "False"));
     let ca_file = pick(&cmd.ca_file, env, "CONSUL_CACERT");
     let ca_path = pick(&cmd.ca_path, env, "CONSUL_CAPATH");
     // Checked first, with Consul's wording: its API client loads the CA before any call.
@@ -238,6 +259,8 @@ fn http_client(
         cert_file: pick(&cmd.client_cert, env, "CONSUL_CLIENT_CERT"),
         key_file: pick(&cmd.client_key, env, "CONSUL_CLIENT_KEY"),
         tls_server_name: pick(&cmd.tls_server_name, env, "CONSUL_TLS_SERVER_NAME"),
+        auth: env("CONSUL_HTTP_AUTH").filter(|a| !a.is_empty()),
+        verify_ssl,
         ..Consul::default()
     };
     Ok((Client::new(&consul)?, token.unwrap_or_default()))
@@ -355,8 +378,17 @@ fn register_gateway(
     check.insert("Name".into(), text(&format!("{kind} listening")));
     check.insert("TCP".into(), text(&format!("{check_ip}:{port}")));
     check.insert("Interval".into(), text("10s"));
-    check.insert("DeregisterCriticalServiceAfter".into(), text("6h"));
+    let deregister_after = cmd.deregister_after_critical.as_deref().unwrap_or("6h");
+    check.insert(
+        "DeregisterCriticalServiceAfter".into(),
+        text(deregister_after),
+    );
     body.insert("Check".into(), Value::Object(check));
+    if cmd.expose_servers {
+        let mut meta = Object::new();
+        meta.insert("consul-wan-federation".into(), text("1"));
+        body.insert("Meta".into(), Value::Object(meta));
+    }
     client
         .put(
             "/v1/agent/service/register",
@@ -439,7 +471,25 @@ pub fn run(cmd: &EnvoyBootstrap, env: &dyn Fn(&str) -> Option<String>) -> Result
     if cmd.node_name.is_some() && proxy_id.is_none() {
         return Err("'-node-name' requires '-proxy-id'".into());
     }
-    let kind = cmd.gateway.as_deref().map(gateway_kind).transpose()?;
+    if cmd.mesh_gateway && cmd.gateway.is_some() {
+        return Err(
+            "The mesh-gateway flag is deprecated and cannot be used alongside the gateway flag"
+                .into(),
+        );
+    }
+    let gateway = match cmd.mesh_gateway {
+        true => Some("mesh"),
+        false => cmd.gateway.as_deref(),
+    };
+    if cmd.expose_servers {
+        if gateway != Some("mesh") {
+            return Err("'-expose-servers' can only be used for mesh gateways".into());
+        }
+        if !cmd.register {
+            return Err("'-expose-servers' requires '-register'".into());
+        }
+    }
+    let kind = gateway.map(gateway_kind).transpose()?;
     if proxy_id.is_none() && sidecar_for.is_none() && kind.is_none() {
         return Err(
             "No proxy ID specified. One of -proxy-id, -sidecar-for, or -gateway is required".into(),

@@ -167,7 +167,7 @@ pub(super) fn validate_checks(obj: &Object) -> Result<Vec<Object>, Reply> {
 }
 
 /// The agent's metadata rules (structs.ValidateServiceMetadata).
-pub(super) fn validate_meta(meta: &Object) -> Result<(), Reply> {
+pub(super) fn validate_meta(meta: &Object, kind: &str) -> Result<(), Reply> {
     let invalid = |why: &str| Err(text(400, &format!("Invalid Service Meta: {why}")));
     if meta.len() > 64 {
         return invalid("Node metadata cannot contain more than 64 key/value pairs");
@@ -185,7 +185,9 @@ pub(super) fn validate_meta(meta: &Object) -> Result<(), Reply> {
         {
             return invalid("Key contains invalid characters");
         }
-        if key.starts_with("consul-") {
+        // The one reserved key a mesh gateway may carry (WAN federation).
+        let allowed = kind == "mesh-gateway" && key == "consul-wan-federation";
+        if key.starts_with("consul-") && !allowed {
             return invalid("Key prefix 'consul-' is reserved for internal use");
         }
         if matches!(value, Value::String(v) if v.len() > 512) {
@@ -272,7 +274,7 @@ pub(super) fn build_services(reg: &Object) -> Result<Vec<(Object, Vec<Object>)>,
     let address = get_str(reg, "Address")?.unwrap_or("").to_string();
     let tags = string_list(reg, "Tags")?;
     let meta = string_map(reg, "Meta")?;
-    validate_meta(&meta)?;
+    validate_meta(&meta, kind)?;
     let checks = validate_checks(reg)?;
     if let Some(proxy) = get_obj(reg, "Proxy")? {
         validate_proxy(proxy)?;
@@ -361,7 +363,7 @@ pub(super) fn expand_sidecar(
         tags = parent_tags.clone();
     }
     let mut meta = string_map(sidecar, "Meta")?;
-    validate_meta(&meta)?;
+    validate_meta(&meta, "connect-proxy")?;
     if meta.is_empty() {
         meta = parent_meta.clone();
     }
