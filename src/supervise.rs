@@ -293,9 +293,40 @@ pub fn capture(
     timeout: Duration,
     limit: usize,
 ) -> Result<Captured, Error> {
+    capture_in(&Confinement::default(), argv, env, timeout, limit)
+}
+
+/// Where and as whom a captured command runs: by default on the host as the agent (helper
+/// commands); for a script check, in its task's namespace, as its user, with its
+/// capabilities and in its directory.
+#[derive(Default)]
+pub struct Confinement<'a> {
+    pub netns: Option<&'a Path>,
+    pub user: Option<&'a str>,
+    pub caps: Option<CapSet>,
+    pub dir: Option<&'a Path>,
+}
+
+/// `capture` inside `confine`.
+pub fn capture_in(
+    confine: &Confinement,
+    argv: &[String],
+    env: &[(String, String)],
+    timeout: Duration,
+    limit: usize,
+) -> Result<Captured, Error> {
     let program = argv.first().ok_or("empty command")?;
     let exec = ExecArgs::new(argv, env)?;
-    let root = cstring("/", "the directory")?;
+    let dir = confine.dir.map_or("/".into(), |d| d.to_string_lossy());
+    let root = cstring(&dir, "the directory")?;
+    let netns = match confine.netns {
+        Some(path) => Some(
+            File::open(path)
+                .with_context(|| format!("cannot open namespace {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let creds = confine.user.map(credentials).transpose()?;
     let devnull = File::open("/dev/null").context("cannot open /dev/null")?;
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe");
     let ((out_read, out_write), (err_read, err_write)) = (pipe()?, pipe()?);
@@ -306,12 +337,12 @@ pub fn capture(
         Err(e) => return Err(Error::permanent(format!("fork: {e}"))),
         Ok(ForkResult::Child) => {
             let files = ChildFiles {
-                netns: None,
+                netns: netns.as_ref(),
                 stdout: &out_write,
                 stderr: &err_write,
                 devnull: &devnull,
             };
-            let errno = child(&exec.argv, &exec.env, &root, &files, None, None);
+            let errno = child(&exec.argv, &exec.env, &root, &files, creds, confine.caps);
             let bytes = errno.to_ne_bytes();
             // SAFETY: plain syscalls on valid fds in the forked child.
             unsafe {

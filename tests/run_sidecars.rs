@@ -477,3 +477,57 @@ fn a_group_that_fails_for_good_leaves_the_catalog_until_it_starts_again() {
     mesh.teardown();
     let _ = agent.wait();
 }
+
+#[test]
+fn a_script_check_runs_in_its_task_and_reports_each_result_to_consul() {
+    let Some(mesh) = Mesh::new("run-script-check") else {
+        return;
+    };
+    // The check exits with what the file says: 0 passing, 1 warning, 2 critical.
+    let verdict = mesh.dir.join("verdict");
+    std::fs::write(&verdict, "0").unwrap();
+    let check = format!(
+        "[[group.service.check]]\nname = \"api-script\"\ntype = \"script\"\ntask = \"web\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"echo checked as $(id -u) in $NOMAD_TASK_NAME; exit $(cat {})\"]\ninterval = \"1s\"\ntimeout = \"2s\"\n",
+        verdict.display()
+    );
+    let config = std::fs::read_to_string(&mesh.file).unwrap().replacen(
+        "port = \"9001\"\n",
+        &format!("port = \"9001\"\n{check}"),
+        1,
+    );
+    std::fs::write(&mesh.file, config).unwrap();
+    let mut agent = mesh.start_agent();
+    let status_of = || {
+        let (_, checks) = get_status(&mesh.double.address, "/v1/agent/checks").ok()?;
+        let Ok(Value::Object(all)) = miniserde::json::from_str::<Value>(&checks) else {
+            return None;
+        };
+        all.values().find_map(|c| {
+            (text(field(c, "Name")) == "api-script")
+                .then(|| (text(field(c, "Status")), text(field(c, "Output"))))
+        })
+    };
+    let wait_for = |want: &str| {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Some((status, output)) = status_of()
+                && status == want
+            {
+                return output;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("never {want}: {:?}\n{}", status_of(), mesh.log());
+    };
+    let output = wait_for("passing");
+    // As the task's user (nobody), with the task's environment.
+    assert!(output.contains("checked as 65534 in web"), "{output}");
+    std::fs::write(&verdict, "2").unwrap();
+    wait_for("critical");
+    std::fs::write(&verdict, "1").unwrap();
+    wait_for("warning");
+    std::fs::write(&verdict, "0").unwrap();
+    wait_for("passing");
+    mesh.teardown();
+    let _ = agent.wait();
+}

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 mod records;
 pub mod relay;
 pub mod run;
+mod script_checks;
 mod status;
 mod workers;
 

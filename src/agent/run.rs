@@ -14,6 +14,7 @@
 
 pub use super::records::*;
 use super::relay::{NodeRelay, RELAY_RECORD, RELAY_TASK};
+use super::script_checks::{self, ScriptChecks};
 pub use super::status::*;
 use super::workers::*;
 use super::{Tokens, has_services, prepare, relay_socket, write_bootstraps};
@@ -65,6 +66,7 @@ struct Agent {
     envoys_compared: bool,
     /// The one relay process for every group's xDS socket.
     relay: NodeRelay,
+    script_checks: ScriptChecks,
 }
 
 /// The xDS sockets the plan's groups need a relay for.
@@ -168,6 +170,7 @@ impl Agent {
             envoys,
             envoys_compared: false,
             relay,
+            script_checks: ScriptChecks::default(),
         };
         agent.save_records();
         Ok(agent)
@@ -274,6 +277,34 @@ impl Agent {
         }
     }
 
+    /// Runs the script checks that are due in running groups, each on a worker.
+    fn run_script_checks(&mut self, now: Instant) {
+        for runner in &self.runners {
+            let Some(group) = self.plan.groups.iter().find(|g| g.name == runner.name) else {
+                continue;
+            };
+            if runner.phase != Phase::Running {
+                self.script_checks.forget(group);
+                continue;
+            }
+            for check in self.script_checks.due(group, now) {
+                let (valid, plan) = (self.valid.clone(), self.plan.clone());
+                let token = self.tokens.get(&check.service_id).cloned();
+                let (group, check_id) = (group.name.clone(), check.check_id.clone());
+                self.workers.spawn(move || {
+                    let planned = plan.groups.iter().find(|g| g.name == group);
+                    let check = planned
+                        .and_then(|g| g.script_checks.iter().find(|c| c.check_id == check_id));
+                    let result = match (planned, check) {
+                        (Some(g), Some(c)) => script_checks::run(&valid, g, c, token.as_deref()),
+                        _ => Err(Error::permanent("no longer planned")),
+                    };
+                    Outcome::ScriptChecked { check_id, result }
+                });
+            }
+        }
+    }
+
     /// Takes what a worker did.
     fn finish(&mut self, outcome: Outcome, now: Instant) {
         match outcome {
@@ -303,6 +334,9 @@ impl Agent {
                 if failed_changed {
                     self.consul.next_try = now;
                 }
+            }
+            Outcome::ScriptChecked { check_id, result } => {
+                self.script_checks.finished(&check_id, &result);
             }
             Outcome::Checked { missing } => {
                 self.workers.checking = false;
@@ -486,6 +520,9 @@ impl Agent {
             if let Some(at) = r.next_due() {
                 next = next.min(at);
             }
+        }
+        if let Some(at) = self.script_checks.next_due() {
+            next = next.min(at);
         }
         // While a sync runs, its due time has passed: the loop waits for its outcome.
         if !self.workers.syncing {
@@ -679,6 +716,7 @@ async fn serve(
         let now = Instant::now();
         agent.consul_step(now);
         agent.refresh_bootstraps(now);
+        agent.run_script_checks(now);
         // The relay first: a group's sockets are served before its Envoy starts.
         let mut changed = agent.relay.tick(now);
         let mut wants_consul = false;

@@ -29,6 +29,11 @@ pub(super) enum Outcome {
     },
     /// The presence check between full syncs: a service Consul no longer has, if any.
     Checked { missing: Option<String> },
+    /// A script check ran and was reported (its status), or why not.
+    ScriptChecked {
+        check_id: String,
+        result: Result<&'static str, Error>,
+    },
     /// The bootstrap of one Envoy, written anew before its restart (or why not).
     Refreshed {
         group: String,

@@ -159,6 +159,46 @@ fn build_checked(
     Ok((plan, problems))
 }
 
+/// A script check's timeout if it had none (validate requires one).
+const SCRIPT_CHECK_TIMEOUT: Dur = Dur::secs(5);
+
+/// The group's `script` checks, each with its task's environment applied to its command
+/// (validation makes sure the task exists).
+fn script_checks(
+    group: &Group,
+    services: &[ServicePlan],
+    tasks: &[TaskPlan],
+) -> Vec<ScriptCheckPlan> {
+    let mut out = Vec::new();
+    for (service, planned) in group.services.iter().zip(services) {
+        for check in service.checks.iter().filter(|c| c.check_type == "script") {
+            let (Some(command), Some(interval)) = (&check.command, check.interval) else {
+                continue;
+            };
+            let Some(task) = tasks.iter().find(|t| Some(&t.name) == check.task.as_ref()) else {
+                continue;
+            };
+            let vars: EnvMap = task.env.clone().into_iter().collect();
+            let mut unresolved = Vec::new();
+            let argv = std::iter::once(command)
+                .chain(&check.args)
+                .map(|a| env::interpolate(a, &vars, &mut unresolved))
+                .collect();
+            use crate::consul::registration as reg;
+            out.push(ScriptCheckPlan {
+                check_id: reg::check_id(&planned.id, service, check),
+                name: reg::check_name(service, check),
+                service_id: planned.id.clone(),
+                task: task.name.clone(),
+                argv,
+                interval,
+                timeout: check.timeout.unwrap_or(SCRIPT_CHECK_TIMEOUT),
+            });
+        }
+    }
+    out
+}
+
 fn is_bridge(group: &Group) -> bool {
     group.network.as_ref().is_some_and(|n| n.mode == "bridge")
 }
@@ -246,6 +286,7 @@ impl Context<'_> {
             }
         }
 
+        let script_checks = script_checks(group, &services, &tasks);
         let routes = match &netns {
             Some(ns) => vec![format!("default via {} dev {}", ns.gateway, ns.interface)],
             None => Vec::new(),
@@ -270,6 +311,7 @@ impl Context<'_> {
             services,
             tasks,
             tproxy,
+            script_checks,
         }
     }
 }

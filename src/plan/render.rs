@@ -162,6 +162,18 @@ fn group_text(out: &mut String, group: &GroupPlan) {
             );
         }
     }
+    for check in &group.script_checks {
+        let _ = writeln!(
+            out,
+            "    script   check {:?} every {} (timeout {}) in task {}, reported to TTL check {}: {}",
+            check.name,
+            check.interval,
+            check.timeout,
+            check.task,
+            check.check_id,
+            check.argv.join(" ")
+        );
+    }
     if let Some(t) = &group.tproxy {
         let _ = writeln!(
             out,

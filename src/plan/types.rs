@@ -39,6 +39,24 @@ pub struct GroupPlan {
     pub tasks: Vec<TaskPlan>,
     /// Transparent proxy redirection inside the namespace, if a sidecar asks for it.
     pub tproxy: Option<TproxyPlan>,
+    /// The `script` checks outpost runs itself, as Nomad does, reporting to their TTL
+    /// checks in Consul.
+    pub script_checks: Vec<ScriptCheckPlan>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScriptCheckPlan {
+    /// The TTL check in Consul that the result goes to.
+    pub check_id: String,
+    pub name: String,
+    /// The service the check belongs to (its workload token reports the result).
+    pub service_id: String,
+    /// The task whose namespace, user, environment and directory it runs in.
+    pub task: String,
+    /// Command and arguments, `${…}` resolved with the task's environment.
+    pub argv: Vec<String>,
+    pub interval: Dur,
+    pub timeout: Dur,
 }
 
 #[derive(Debug, Serialize)]

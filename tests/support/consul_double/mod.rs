@@ -642,6 +642,12 @@ fn route(s: &mut State, r: &Request, negative_cached: &mut bool) -> Reply {
             (_, Some(_)) => method_not_allowed(&r.method, "GET, DELETE"),
         };
     }
+    if let Some(id) = path.strip_prefix("/v1/agent/check/update/") {
+        if !expect("PUT") {
+            return method_not_allowed(&r.method, "PUT");
+        }
+        return update_ttl_check(s, id, &r.body);
+    }
     if path == "/v1/agent/checks" {
         if !expect("GET") {
             return method_not_allowed(&r.method, "GET");

@@ -245,7 +245,7 @@ pub(super) fn register(s: &mut State, body: &str) -> Reply {
                     hc.insert("ServiceID".into(), Value::String(id.clone()));
                     hc.insert("ServiceName".into(), Value::String(name.clone()));
                     // What the agent will probe, as /v1/agent/checks shows it.
-                    let definition: Object = ["HTTP", "TCP", "GRPC", "Interval", "Timeout"]
+                    let definition: Object = ["HTTP", "TCP", "GRPC", "Interval", "Timeout", "TTL"]
                         .iter()
                         .filter_map(|k| Some((k.to_string(), check.get(*k)?.clone())))
                         .collect();
@@ -499,4 +499,44 @@ pub(super) fn filtered_services(s: &State, r: &Request) -> Result<Vec<Object>, R
         }
     }
     Ok(out)
+}
+
+/// `PUT /v1/agent/check/update/<id>` (`{"Status", "Output"}`): a TTL check's new state, as
+/// a script check's runner reports it.
+pub(super) fn update_ttl_check(s: &mut State, id: &str, body: &str) -> Reply {
+    let Ok(Value::Object(update)) = json::from_str::<Value>(body) else {
+        return bad("not a JSON object");
+    };
+    let Some(check) = s.checks.get_mut(id) else {
+        return text(
+            404,
+            &format!(
+                "Unknown check ID \"{id}\". Ensure that the check ID is passed, not the check name."
+            ),
+        );
+    };
+    let is_ttl = matches!(check.get("Definition"), Some(Value::Object(d)) if d.contains_key("TTL"));
+    if !is_ttl {
+        return text(
+            500,
+            &format!("CheckID \"{id}\" does not have associated TTL"),
+        );
+    }
+    let status = match update.get("Status") {
+        Some(Value::String(status)) => status.clone(),
+        _ => String::new(),
+    };
+    if !matches!(status.as_str(), "passing" | "warning" | "critical") {
+        return text(400, &format!("Invalid check status: '{status}'"));
+    }
+    let output = match update.get("Output") {
+        Some(Value::String(o)) => o.clone(),
+        _ => String::new(),
+    };
+    // The agent keeps at most 4 KiB of output (check_output_max_size).
+    let output: String = output.chars().take(4096).collect();
+    check.insert("Status".into(), Value::String(status));
+    check.insert("Output".into(), Value::String(output));
+    s.index += 1;
+    (200, String::new(), Vec::new())
 }
