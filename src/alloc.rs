@@ -62,6 +62,9 @@ pub struct Task {
     /// The task's `logs` block: files kept per stream and bytes per file.
     log_files: u32,
     log_bytes: u64,
+    /// The group's resolv.conf, written before the task starts (see `resolv_conf` in its
+    /// spec).
+    resolv_text: Option<String>,
     /// The task's restart policy: its own `restart` block, else its group's (the plan
     /// resolved which).
     policy: Policy,
@@ -141,7 +144,12 @@ fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Tas
             stdout: logs.join(format!("{}.stdout.0", t.name)),
             stderr: logs.join(format!("{}.stderr.0", t.name)),
             journal: start_journal(group),
+            resolv_conf: group
+                .resolv_conf
+                .as_ref()
+                .map(|_| Path::new(&group.alloc_dir).join(crate::allocdir::RESOLV_CONF)),
         },
+        resolv_text: group.resolv_conf.clone(),
         state: TaskState::Pending,
         restarts: 0,
         last_error: None,
@@ -666,7 +674,13 @@ fn make_dirs(task: &Task) -> Result<(), Error> {
     let group_dir = task.spec.dir.parent().unwrap_or(&task.spec.dir);
     crate::allocdir::prepare(group_dir, &task.plan_name, uid, gid)
         .map(drop)
-        .with_context(|| format!("cannot prepare its directories in {}", group_dir.display()))
+        .with_context(|| format!("cannot prepare its directories in {}", group_dir.display()))?;
+    if let Some(text) = &task.resolv_text {
+        let group = crate::allocdir::group(group_dir)?;
+        crate::allocdir::resolv_conf(&group, text)
+            .with_context(|| format!("cannot write the resolv.conf of {}", group_dir.display()))?;
+    }
+    Ok(())
 }
 
 fn start(group: &str, task: &mut Task) {
@@ -750,7 +764,9 @@ mod tests {
                 stdout: PathBuf::from("/nonexistent/out"),
                 stderr: PathBuf::from("/nonexistent/err"),
                 journal: None,
+                resolv_conf: None,
             },
+            resolv_text: None,
             state,
             restarts: 0,
             last_error: None,

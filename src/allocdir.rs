@@ -92,6 +92,13 @@ pub fn task(group: &Dir, name: &str, uid: u32, gid: u32) -> io::Result<Dir> {
     Ok(secrets)
 }
 
+/// The group's resolv.conf (root's, 0644), which its tasks see at /etc/resolv.conf.
+pub const RESOLV_CONF: &str = "resolv.conf";
+
+pub fn resolv_conf(group: &Dir, text: &str) -> io::Result<()> {
+    group.write_readable(RESOLV_CONF, text.as_bytes())
+}
+
 /// Everything of a group for one task: the shared directories and the task's own.
 pub fn prepare(alloc_dir: &Path, task_name: &str, uid: u32, gid: u32) -> io::Result<Dir> {
     let group = group(alloc_dir)?;

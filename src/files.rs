@@ -183,10 +183,26 @@ impl Dir {
     /// the old one, and the directory synced, so a power cut leaves the old file or the new
     /// one, never a mix.
     pub fn write_private(&self, name: &str, bytes: &[u8], gid: Option<u32>) -> io::Result<()> {
+        self.replace(name, bytes, gid, false)
+    }
+
+    /// `write_private`, but readable by everyone (0644): files tasks read and nobody
+    /// but root writes, such as a group's resolv.conf.
+    pub fn write_readable(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.replace(name, bytes, None, true)
+    }
+
+    fn replace(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        gid: Option<u32>,
+        readable: bool,
+    ) -> io::Result<()> {
         let tmp = format!(".{name}.tmp");
         self.remove(&tmp)?;
         let written = self
-            .write_new(&tmp, bytes, gid)
+            .write_new(&tmp, bytes, gid, readable)
             .and_then(|()| self.rename(&tmp, name));
         if written.is_err() {
             // A full disk: leave no partial file to take the space the next try needs.
@@ -196,7 +212,13 @@ impl Dir {
         nix::unistd::fsync(self.fd.as_fd()).map_err(io_err)
     }
 
-    fn write_new(&self, name: &str, bytes: &[u8], gid: Option<u32>) -> io::Result<()> {
+    fn write_new(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        gid: Option<u32>,
+        readable: bool,
+    ) -> io::Result<()> {
         let fd = openat(
             self.fd.as_fd(),
             name,
@@ -207,6 +229,9 @@ impl Dir {
         if let Some(gid) = gid {
             fchown(fd.as_fd(), None, Some(Gid::from_raw(gid))).map_err(io_err)?;
             fchmod(fd.as_fd(), Mode::from_bits_truncate(0o640)).map_err(io_err)?;
+        }
+        if readable {
+            fchmod(fd.as_fd(), Mode::from_bits_truncate(0o644)).map_err(io_err)?;
         }
         let mut file = File::from(fd);
         file.write_all(bytes)?;

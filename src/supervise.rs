@@ -42,6 +42,9 @@ pub struct Spec {
     /// one the agent was killed too early to record is still found
     /// (`agent::run::stop_strays`).
     pub journal: Option<PathBuf>,
+    /// Bind-mounted over /etc/resolv.conf in the process's own mount namespace (the
+    /// group's `dns`); `None`: the host's.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// A running process, identified beyond its pid.
@@ -211,6 +214,7 @@ pub fn begin(spec: &Spec) -> Result<Starting, Error> {
     let stderr = open_log(&spec.stderr)?;
     let devnull = File::open("/dev/null").context("cannot open /dev/null")?;
     let creds = spec.user.as_deref().map(credentials).transpose()?;
+    let resolv = resolv_source(spec.resolv_conf.as_deref())?;
     let (report_read, report_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     // The child waits on this gate until the parent has noted it in the journal; if the
@@ -235,6 +239,7 @@ pub fn begin(spec: &Spec) -> Result<Starting, Error> {
             }
             let files = ChildFiles {
                 netns: netns.as_ref(),
+                resolv_conf: resolv.as_ref(),
                 stdout: &stdout,
                 stderr: &stderr,
                 devnull: &devnull,
@@ -305,6 +310,7 @@ pub struct Confinement<'a> {
     pub user: Option<&'a str>,
     pub caps: Option<CapSet>,
     pub dir: Option<&'a Path>,
+    pub resolv_conf: Option<&'a Path>,
 }
 
 /// `capture` inside `confine`.
@@ -327,6 +333,7 @@ pub fn capture_in(
         None => None,
     };
     let creds = confine.user.map(credentials).transpose()?;
+    let resolv = resolv_source(confine.resolv_conf)?;
     let devnull = File::open("/dev/null").context("cannot open /dev/null")?;
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe");
     let ((out_read, out_write), (err_read, err_write)) = (pipe()?, pipe()?);
@@ -338,6 +345,7 @@ pub fn capture_in(
         Ok(ForkResult::Child) => {
             let files = ChildFiles {
                 netns: netns.as_ref(),
+                resolv_conf: resolv.as_ref(),
                 stdout: &out_write,
                 stderr: &err_write,
                 devnull: &devnull,
@@ -461,12 +469,14 @@ pub fn clear_journal(journal: &Path) {
 /// The files the child wires up.
 struct ChildFiles<'a> {
     netns: Option<&'a File>,
+    /// Bind-mounted over /etc/resolv.conf in a mount namespace of the child's own.
+    resolv_conf: Option<&'a CString>,
     stdout: &'a File,
     stderr: &'a File,
     devnull: &'a File,
 }
 
-const STEPS: [&str; 8] = [
+const STEPS: [&str; 9] = [
     "setns",
     "chdir",
     "dup2",
@@ -475,7 +485,20 @@ const STEPS: [&str; 8] = [
     "execve",
     "dropping capabilities",
     "no_new_privs",
+    "mounting the group's resolv.conf",
 ];
+
+/// The group's resolv.conf as the child mounts it, checked to be a file first.
+fn resolv_source(path: Option<&Path>) -> Result<Option<CString>, Error> {
+    let Some(path) = path else { return Ok(None) };
+    if !path.is_file() {
+        return Err(Error::permanent(format!(
+            "the group's resolv.conf {} is missing",
+            path.display()
+        )));
+    }
+    cstring(&path.to_string_lossy(), "the resolv.conf path").map(Some)
+}
 
 /// The child's side; returns `errno | step << 32` only when something failed.
 fn child(
@@ -497,6 +520,29 @@ fn child(
             && libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0
         {
             return fail(0);
+        }
+        if let Some(source) = files.resolv_conf {
+            // Its own mount namespace, changes not propagated back, then the group's file
+            // over the host's (through a link such as systemd-resolved's, onto its target).
+            let none = std::ptr::null();
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    none,
+                    c"/".as_ptr(),
+                    none,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    none.cast(),
+                ) != 0
+                || libc::mount(
+                    source.as_ptr(),
+                    c"/etc/resolv.conf".as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    none.cast(),
+                ) != 0
+            {
+                return fail(8);
+            }
         }
         if libc::chdir(dir.as_ptr()) != 0 {
             return fail(1);
@@ -818,6 +864,7 @@ mod tests {
             stdout: dir.join("logs/t.stdout.0"),
             stderr: dir.join("logs/t.stderr.0"),
             journal: Some(dir.join("starting")),
+            resolv_conf: None,
         }
     }
 

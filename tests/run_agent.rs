@@ -271,3 +271,77 @@ hook = "poststop"
     // The poststart task ran once.
     assert_eq!(text.matches("started task greet").count(), 1, "{text}");
 }
+
+#[test]
+fn a_groups_dns_block_is_its_tasks_resolv_conf_and_their_queries_reach_its_server() {
+    if !support::private_network("group-dns") {
+        return;
+    }
+    support::uplink(&["192.0.2.10/24"]);
+    // A stand-in DNS server on the uplink: it records the queries it gets.
+    let server = std::net::UdpSocket::bind("192.0.2.10:53").unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let host_resolv = std::fs::read("/etc/resolv.conf").ok();
+    let dir = std::env::temp_dir().join(format!("outpost-group-dns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("outpost.toml");
+    let config = format!(
+        r#"[agent]
+data_dir = "{0}/data"
+run_dir = "{0}/run"
+
+[[group]]
+name = "resolver"
+[group.network]
+mode = "bridge"
+[group.network.dns]
+servers = ["192.0.2.10"]
+searches = ["edge.internal"]
+options = ["ndots:1"]
+
+[[group.task]]
+name = "ask"
+command = "/bin/sh"
+args = ["-c", "cat /etc/resolv.conf; python3 -c \"import socket\ntry: socket.getaddrinfo('probe.example', 80)\nexcept OSError: pass\"; sleep 1000"]
+"#,
+        dir.display()
+    );
+    std::fs::write(&file, config).unwrap();
+    let run = support::PrivateRun::new();
+    let log = dir.join("agent.log");
+    let outpost = |args: &[&str]| run.outpost(args, &file, &log);
+    let mut agent = outpost(&["run"]).spawn().unwrap();
+    let mut packet = [0u8; 512];
+    let received = server.recv_from(&mut packet);
+    let stdout = std::fs::read_to_string(dir.join("run/alloc/resolver/alloc/logs/ask.stdout.0"))
+        .unwrap_or_default();
+    let down = outpost(&["teardown"]).status().is_ok_and(|s| s.success());
+    let _ = agent.wait();
+    let agent_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let (len, _) =
+        received.unwrap_or_else(|e| panic!("no query reached the server: {e}\n{agent_log}"));
+    // The question's name: length-prefixed labels after the 12-byte header.
+    let mut name = Vec::new();
+    let mut at = 12;
+    while at < len && packet[at] != 0 {
+        let n = packet[at] as usize;
+        name.push(String::from_utf8_lossy(&packet[at + 1..(at + 1 + n).min(len)]).to_string());
+        at += 1 + n;
+    }
+    assert_eq!(name.join("."), "probe.example", "{agent_log}");
+    assert_eq!(
+        stdout.lines().take(3).collect::<Vec<_>>(),
+        [
+            "nameserver 192.0.2.10",
+            "search edge.internal",
+            "options ndots:1"
+        ],
+        "{agent_log}"
+    );
+    // The host's own file is untouched.
+    assert_eq!(std::fs::read("/etc/resolv.conf").ok(), host_resolv);
+    assert!(down, "{agent_log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

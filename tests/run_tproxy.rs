@@ -36,9 +36,23 @@ fn transparent_proxy_redirects_outbound_inbound_and_dns_in_the_namespace() {
     answer_direct(&format!("{UPLINK}:7001"));
     answer_direct(&format!("{EXCLUDED_NET_HOST}:7000"));
     let dns = UdpSocket::bind(format!("{UPLINK}:8600")).unwrap();
+    // The names asked of "Consul's DNS" (length-prefixed labels after a 12-byte header).
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let names = asked.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 512];
-        while let Ok((_, from)) = dns.recv_from(&mut buf) {
+        while let Ok((len, from)) = dns.recv_from(&mut buf) {
+            let mut labels = Vec::new();
+            let mut at = 12;
+            while at < len && buf[at] != 0 {
+                let n = buf[at] as usize;
+                labels
+                    .push(String::from_utf8_lossy(&buf[at + 1..(at + 1 + n).min(len)]).to_string());
+                at += 1 + n;
+            }
+            if let Ok(mut names) = names.lock() {
+                names.push(labels.join("."));
+            }
             let _ = dns.send_to(b"dns", from);
         }
     });
@@ -87,6 +101,12 @@ exclude_outbound_cidrs = ["198.51.100.0/24"]
 name = "app"
 command = "/usr/bin/python3"
 args = ["{probe}", "serve", "9001"]
+
+# Resolves an upstream's virtual name through the group's resolv.conf (Consul's DNS).
+[[group.task]]
+name = "resolve"
+command = "/bin/sh"
+args = ["-c", "cat /etc/resolv.conf; python3 -c \"import socket\ntry: socket.getaddrinfo('count-api.virtual.consul', 80)\nexcept OSError: pass\"; sleep 1000"]
 "#,
         dir = dir.display(),
         consul = double.url(),
@@ -131,6 +151,24 @@ args = ["{probe}", "serve", "9001"]
     assert_eq!(in_group(&["tcp", EXCLUDED_NET_HOST, "7000"]), "direct");
     // DNS to Consul's DNS address goes to its real port.
     assert_eq!(in_group(&["udp", UPLINK, "53"]), "dns");
+    // A task resolves through its group's resolv.conf, which names Consul's DNS, so an
+    // upstream's virtual name reaches it (port 53, redirected to 8600).
+    let start = Instant::now();
+    let virtual_name = "count-api.virtual.consul".to_string();
+    while !asked.lock().unwrap().contains(&virtual_name)
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        asked.lock().unwrap().contains(&virtual_name),
+        "{:?}\n{}",
+        asked.lock().unwrap(),
+        show_log()
+    );
+    let resolv = std::fs::read_to_string(dir.join("run/alloc/app/alloc/logs/resolve.stdout.0"))
+        .unwrap_or_default();
+    assert_eq!(resolv.trim(), format!("nameserver {UPLINK}"));
 
     // Inbound to the service port goes through Envoy's public listener, which dials the
     // app from 127.0.0.1; without the rules the app would see the bridge address.

@@ -141,6 +141,7 @@ impl NodeRelay {
             stdout: self.log_path("stdout"),
             stderr: self.log_path("stderr"),
             journal: Some(supervise::journal_in(&self.run_dir)),
+            resolv_conf: None,
         };
         match supervise::begin(&spec).and_then(|s| s.confirm()) {
             Ok(proc) => {

@@ -96,11 +96,16 @@ pub(super) fn run(
         .find(|t| t.name == check.task)
         .ok_or_else(|| Error::permanent(format!("no task {} in the plan", check.task)))?;
     let env: Vec<(String, String)> = task.env.clone().into_iter().collect();
+    let resolv_conf = group
+        .resolv_conf
+        .as_ref()
+        .map(|_| Path::new(&group.alloc_dir).join(crate::allocdir::RESOLV_CONF));
     let confine = Confinement {
         netns: group.netns.as_ref().map(|n| Path::new(&n.path)),
         user: task.user.as_deref(),
         caps: Some(crate::caps::set_of(&task.capabilities)),
         dir: Some(Path::new(&task.dir)),
+        resolv_conf: resolv_conf.as_deref(),
     };
     let (status, output) =
         match supervise::capture_in(&confine, &check.argv, &env, check.timeout.0, OUTPUT_MAX) {

@@ -159,6 +159,28 @@ fn build_checked(
     Ok((plan, problems))
 }
 
+/// The group's resolv.conf: with transparent proxy and Consul's DNS (not `no_dns`), Consul's
+/// DNS address is the only server, as Nomad sets it (queries to its port 53 are redirected to
+/// Consul's DNS port); else the `dns` block's servers, searches and options.
+fn resolv_conf(group: &Group, tproxy: Option<&TproxyPlan>) -> Option<String> {
+    if let Some(dns) = tproxy.and_then(|t| t.dns.as_deref()) {
+        let ip = dns.rsplit_once(':').map_or(dns, |(ip, _)| ip);
+        return Some(format!("nameserver {ip}\n"));
+    }
+    let dns = group.network.as_ref()?.dns.as_ref()?;
+    let mut text = String::new();
+    for server in &dns.servers {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    if !dns.searches.is_empty() {
+        text.push_str(&format!("search {}\n", dns.searches.join(" ")));
+    }
+    if !dns.options.is_empty() {
+        text.push_str(&format!("options {}\n", dns.options.join(" ")));
+    }
+    Some(text)
+}
+
 /// A script check's timeout if it had none (validate requires one).
 const SCRIPT_CHECK_TIMEOUT: Dur = Dur::secs(5);
 
@@ -287,6 +309,7 @@ impl Context<'_> {
         }
 
         let script_checks = script_checks(group, &services, &tasks);
+        let resolv_conf = resolv_conf(group, tproxy.as_ref());
         let routes = match &netns {
             Some(ns) => vec![format!("default via {} dev {}", ns.gateway, ns.interface)],
             None => Vec::new(),
@@ -312,6 +335,7 @@ impl Context<'_> {
             tasks,
             tproxy,
             script_checks,
+            resolv_conf,
         }
     }
 }

@@ -162,6 +162,14 @@ fn group_text(out: &mut String, group: &GroupPlan) {
             );
         }
     }
+    if let Some(resolv) = &group.resolv_conf {
+        let lines: Vec<&str> = resolv.lines().collect();
+        let _ = writeln!(
+            out,
+            "    dns      /etc/resolv.conf for its tasks: {}",
+            lines.join("; ")
+        );
+    }
     for check in &group.script_checks {
         let _ = writeln!(
             out,

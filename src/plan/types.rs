@@ -42,6 +42,9 @@ pub struct GroupPlan {
     /// The `script` checks outpost runs itself, as Nomad does, reporting to their TTL
     /// checks in Consul.
     pub script_checks: Vec<ScriptCheckPlan>,
+    /// The group's resolv.conf, which its tasks see at /etc/resolv.conf: from its `dns`
+    /// block, or Consul's DNS with transparent proxy (none: the host's).
+    pub resolv_conf: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
