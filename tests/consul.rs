@@ -885,3 +885,92 @@ fn the_drop_ins_deprecated_and_mesh_gateway_flags_follow_consuls_rules() {
         "'-expose-servers' requires '-register'"
     );
 }
+
+#[test]
+fn ingress_tls_sds_headers_limits_and_host_rewrite_reach_the_config_entries() {
+    let text = r#"
+[[group]]
+name = "edge"
+[group.network]
+mode = "bridge"
+[[group.network.port]]
+label = "http"
+static = 8080
+[[group.service]]
+name = "ingress"
+port = "http"
+[group.service.connect.gateway.ingress.tls]
+enabled = true
+tls_min_version = "TLSv1_2"
+cipher_suites = ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]
+[group.service.connect.gateway.ingress.tls.sds]
+cluster_name = "sds-cluster"
+cert_resource = "edge-cert"
+[[group.service.connect.gateway.ingress.listener]]
+port = 8080
+protocol = "http"
+[[group.service.connect.gateway.ingress.listener.service]]
+name = "web"
+hosts = ["web.example.com"]
+max_connections = 100
+max_pending_requests = 10
+max_concurrent_requests = 50
+[group.service.connect.gateway.ingress.listener.service.tls.sds]
+cluster_name = "sds-cluster"
+cert_resource = "web-cert"
+[group.service.connect.gateway.ingress.listener.service.request_headers]
+add = { x-edge = "outpost" }
+remove = ["x-debug"]
+[group.service.connect.gateway.ingress.listener.service.response_headers]
+set = { cache-control = "no-store" }
+
+[[group]]
+name = "exit"
+[group.network]
+mode = "bridge"
+[[group.service]]
+name = "terminating"
+[group.service.connect.gateway.terminating]
+[[group.service.connect.gateway.terminating.service]]
+name = "billing"
+ca_file = "/etc/ssl/ca.pem"
+disable_auto_host_rewrite = true
+"#;
+    let valid = outpost::parse_config(text, "gateways.toml").expect("valid");
+    let plan = plan_of(&valid);
+    let double = ConsulDouble::start();
+    let client = Client::new(&consul_config(&double.url(), "").config.consul).unwrap();
+    let entries: Vec<&Value> = plan
+        .groups
+        .iter()
+        .flat_map(|g| &g.services)
+        .map(|s| &s.config_entry)
+        .filter(|e| !matches!(e, Value::Null))
+        .collect();
+    let synced = outpost::consul::gateway::sync_entries(&client, &entries, &plan.node_name)
+        .expect("the double accepts both entries");
+    assert_eq!(synced.written.len(), 2);
+    let ingress =
+        miniserde::json::to_string(&double.config_entry("ingress-gateway", "ingress").unwrap());
+    for part in [
+        r#""SDS":{"CertResource":"edge-cert","ClusterName":"sds-cluster"}"#,
+        r#""TLSMinVersion":"TLSv1_2""#,
+        r#""MaxConnections":100"#,
+        r#""MaxPendingRequests":10"#,
+        r#""MaxConcurrentRequests":50"#,
+        r#""RequestHeaders":{"Add":{"x-edge":"outpost"},"Remove":["x-debug"]}"#,
+        r#""ResponseHeaders":{"Set":{"cache-control":"no-store"}}"#,
+        r#""TLS":{"SDS":{"CertResource":"web-cert","ClusterName":"sds-cluster"}}"#,
+    ] {
+        assert!(ingress.contains(part), "{part} not in {ingress}");
+    }
+    let terminating = miniserde::json::to_string(
+        &double
+            .config_entry("terminating-gateway", "terminating")
+            .unwrap(),
+    );
+    assert!(
+        terminating.contains(r#""DisableAutoHostRewrite":true"#),
+        "{terminating}"
+    );
+}

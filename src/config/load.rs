@@ -545,6 +545,7 @@ fn ingress(t: Table) -> Ingress {
                 tls_min_version: tls.string("tls_min_version"),
                 tls_max_version: tls.string("tls_max_version"),
                 cipher_suites: tls.strings("cipher_suites"),
+                sds: tls.table("sds").map(sds),
             };
             done(
                 tls,
@@ -553,6 +554,7 @@ fn ingress(t: Table) -> Ingress {
                     "tls_min_version",
                     "tls_max_version",
                     "cipher_suites",
+                    "sds",
                 ],
             );
             v
@@ -575,8 +577,30 @@ fn ingress(t: Table) -> Ingress {
                             let svc = IngressService {
                                 name: s.required("name"),
                                 hosts: s.strings("hosts"),
+                                tls_sds: s.table("tls").and_then(|tls| {
+                                    let sds = tls.table("sds").map(sds);
+                                    done(tls, &["sds"]);
+                                    sds
+                                }),
+                                request_headers: s.table("request_headers").map(headers),
+                                response_headers: s.table("response_headers").map(headers),
+                                max_connections: s.u32("max_connections"),
+                                max_pending_requests: s.u32("max_pending_requests"),
+                                max_concurrent_requests: s.u32("max_concurrent_requests"),
                             };
-                            done(s, &["name", "hosts"]);
+                            done(
+                                s,
+                                &[
+                                    "name",
+                                    "hosts",
+                                    "tls",
+                                    "request_headers",
+                                    "response_headers",
+                                    "max_connections",
+                                    "max_pending_requests",
+                                    "max_concurrent_requests",
+                                ],
+                            );
                             svc
                         })
                         .collect(),
@@ -590,6 +614,25 @@ fn ingress(t: Table) -> Ingress {
     i
 }
 
+fn sds(t: Table) -> Sds {
+    let s = Sds {
+        cluster_name: t.required("cluster_name"),
+        cert_resource: t.required("cert_resource"),
+    };
+    done(t, &["cluster_name", "cert_resource"]);
+    s
+}
+
+fn headers(t: Table) -> HeaderChanges {
+    let h = HeaderChanges {
+        add: t.env("add"),
+        set: t.env("set"),
+        remove: t.strings("remove"),
+    };
+    done(t, &["add", "set", "remove"]);
+    h
+}
+
 fn linked_service(t: Table) -> LinkedService {
     let s = LinkedService {
         name: t.required("name"),
@@ -597,8 +640,19 @@ fn linked_service(t: Table) -> LinkedService {
         cert_file: t.string("cert_file"),
         key_file: t.string("key_file"),
         sni: t.string("sni"),
+        disable_auto_host_rewrite: t.bool("disable_auto_host_rewrite"),
     };
-    done(t, &["name", "ca_file", "cert_file", "key_file", "sni"]);
+    done(
+        t,
+        &[
+            "name",
+            "ca_file",
+            "cert_file",
+            "key_file",
+            "sni",
+            "disable_auto_host_rewrite",
+        ],
+    );
     s
 }
 

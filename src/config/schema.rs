@@ -453,6 +453,22 @@ pub struct IngressTls {
     pub tls_min_version: Option<String>,
     pub tls_max_version: Option<String>,
     pub cipher_suites: Vec<String>,
+    pub sds: Option<Sds>,
+}
+
+/// Certificates from an SDS server Envoy knows (Consul's `SDS` of ingress TLS).
+#[derive(Debug, Default)]
+pub struct Sds {
+    pub cluster_name: String,
+    pub cert_resource: String,
+}
+
+/// Header changes on an ingress service's requests or responses.
+#[derive(Debug, Default)]
+pub struct HeaderChanges {
+    pub add: Env,
+    pub set: Env,
+    pub remove: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -466,6 +482,13 @@ pub struct IngressListener {
 pub struct IngressService {
     pub name: String,
     pub hosts: Vec<String>,
+    /// The service's own certificate (SDS), overriding the gateway's.
+    pub tls_sds: Option<Sds>,
+    pub request_headers: Option<HeaderChanges>,
+    pub response_headers: Option<HeaderChanges>,
+    pub max_connections: Option<u32>,
+    pub max_pending_requests: Option<u32>,
+    pub max_concurrent_requests: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -480,6 +503,8 @@ pub struct LinkedService {
     pub cert_file: Option<String>,
     pub key_file: Option<String>,
     pub sni: Option<String>,
+    /// Keep the caller's Host header (Consul's `DisableAutoHostRewrite`).
+    pub disable_auto_host_rewrite: bool,
 }
 
 #[derive(Debug, Default)]

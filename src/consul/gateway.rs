@@ -7,7 +7,7 @@
 
 use super::client::{Client, ConsulError};
 use super::registration::{Obj, ServiceInputs, service_body as plain_body, strings};
-use crate::config::{Gateway, Service};
+use crate::config::{Gateway, HeaderChanges, Sds, Service};
 use log::info;
 use miniserde::json::{self, Array, Number, Object, Value};
 
@@ -162,6 +162,23 @@ pub fn config_entry(service: &Service, gateway: &Gateway, node: &str) -> Value {
                         Obj::new()
                             .str("Name", &s.name)
                             .set("Hosts", strings(&s.hosts))
+                            .set(
+                                "TLS",
+                                s.tls_sds.as_ref().map_or(Value::Null, |sds| {
+                                    Obj::new().set("SDS", sds_body(sds)).build()
+                                }),
+                            )
+                            .set("RequestHeaders", headers_body(s.request_headers.as_ref()))
+                            .set("ResponseHeaders", headers_body(s.response_headers.as_ref()))
+                            .num("MaxConnections", u64::from(s.max_connections.unwrap_or(0)))
+                            .num(
+                                "MaxPendingRequests",
+                                u64::from(s.max_pending_requests.unwrap_or(0)),
+                            )
+                            .num(
+                                "MaxConcurrentRequests",
+                                u64::from(s.max_concurrent_requests.unwrap_or(0)),
+                            )
                             .build()
                     })
                     .collect();
@@ -178,6 +195,7 @@ pub fn config_entry(service: &Service, gateway: &Gateway, node: &str) -> Value {
                 .opt_str("TLSMinVersion", &t.tls_min_version)
                 .opt_str("TLSMaxVersion", &t.tls_max_version)
                 .set("CipherSuites", strings(&t.cipher_suites))
+                .set("SDS", t.sds.as_ref().map_or(Value::Null, sds_body))
                 .build()
         });
         entry
@@ -195,6 +213,10 @@ pub fn config_entry(service: &Service, gateway: &Gateway, node: &str) -> Value {
                     .opt_str("CertFile", &s.cert_file)
                     .opt_str("KeyFile", &s.key_file)
                     .opt_str("SNI", &s.sni)
+                    .set(
+                        "DisableAutoHostRewrite",
+                        Value::Bool(s.disable_auto_host_rewrite),
+                    )
                     .build()
             })
             .collect();
@@ -206,6 +228,25 @@ pub fn config_entry(service: &Service, gateway: &Gateway, node: &str) -> Value {
     };
     entry
         .set("Meta", super::registration::string_map(&meta))
+        .build()
+}
+
+fn sds_body(sds: &Sds) -> Value {
+    Obj::new()
+        .str("ClusterName", &sds.cluster_name)
+        .str("CertResource", &sds.cert_resource)
+        .build()
+}
+
+/// `{Add, Set, Remove}` of an ingress service's header changes, as Consul's entry has them.
+fn headers_body(headers: Option<&HeaderChanges>) -> Value {
+    let Some(h) = headers else {
+        return Value::Null;
+    };
+    Obj::new()
+        .set("Add", super::registration::string_map(&h.add))
+        .set("Set", super::registration::string_map(&h.set))
+        .set("Remove", strings(&h.remove))
         .build()
 }
 

@@ -147,6 +147,21 @@ pub(super) fn check_gateway_entries(c: &mut Checker, at: &[Seg], gateway: &Gatew
         p
     };
     if let Some(ingress) = &gateway.ingress {
+        if let Some(tls) = &ingress.tls {
+            for (key, value) in [
+                ("tls_min_version", &tls.tls_min_version),
+                ("tls_max_version", &tls.tls_max_version),
+            ] {
+                if let Some(version) = value {
+                    c.one_of(
+                        sub(path!["ingress", "tls", key]),
+                        key,
+                        version,
+                        &["TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3"],
+                    );
+                }
+            }
+        }
         let mut ports = BTreeSet::new();
         for (li, listener) in ingress.listeners.iter().enumerate() {
             if !ports.insert(listener.port) {

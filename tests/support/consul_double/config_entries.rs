@@ -220,7 +220,13 @@ pub(super) fn validate_terminating_entry(entry: &Object) -> Result<(), Reply> {
         if name.is_empty() {
             return Err(text(400, "Service name cannot be blank."));
         }
-        if get_str(svc, "CertFile")?.is_some() != get_str(svc, "KeyFile")?.is_some() {
+        // One-way TLS needs only the CA; a client certificate needs all three.
+        let (ca, cert, key) = (
+            get_str(svc, "CAFile")?.is_some(),
+            get_str(svc, "CertFile")?.is_some(),
+            get_str(svc, "KeyFile")?.is_some(),
+        );
+        if (cert || key) && !(ca && cert && key) {
             return Err(text(
                 400,
                 &format!(
