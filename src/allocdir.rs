@@ -55,10 +55,26 @@ pub fn shared(group: &Dir) -> io::Result<Dir> {
             .sub(name, 0o1777)?
             .set_owner_mode(ROOT, ROOT, 0o1777)?;
     }
+    // The relay's socket to Consul's HTTP API for Connect native tasks: in a directory
+    // only root writes (not `tmp/`, where Nomad puts it), so no task can swap it.
+    alloc
+        .sub("consul", 0o755)?
+        .set_owner_mode(ROOT, ROOT, 0o755)?;
     let logs = alloc.sub("logs", 0o755)?;
     logs.set_owner_mode(ROOT, ROOT, 0o755)?;
     Ok(logs)
 }
+
+/// A group's socket to Consul's HTTP API (Connect native), under its directory.
+pub const CONSUL_HTTP_SOCKET: &str = "alloc/consul/consul_http.sock";
+/// In a native task's `secrets/`: its workload token (empty without one), and copies of
+/// the agent's TLS files, as Nomad's connect native hook writes them.
+pub const NATIVE_TOKEN: &str = "consul_token";
+pub const NATIVE_TLS_FILES: [(&str, &str); 3] = [
+    ("CONSUL_CACERT", "consul_ca_file.pem"),
+    ("CONSUL_CLIENT_CERT", "consul_cert_file.pem"),
+    ("CONSUL_CLIENT_KEY", "consul_key_file.pem"),
+];
 
 /// The group's token directory.
 pub fn tokens(group: &Dir) -> io::Result<Dir> {

@@ -39,6 +39,9 @@ pub struct List {
     /// Consul's gRPC address; empty while the agent does not know it yet.
     pub to: String,
     pub listen: Vec<PathBuf>,
+    /// Sockets relayed to Consul's HTTP API (Connect native tasks), each with its target
+    /// (`host:port` or `unix:///path`), open to every task of the group.
+    pub http: Vec<(PathBuf, String)>,
 }
 
 impl List {
@@ -48,6 +51,11 @@ impl List {
             match line.split_once(' ') {
                 Some(("to", to)) => list.to = to.trim().to_string(),
                 Some(("listen", path)) => list.listen.push(PathBuf::from(path.trim())),
+                Some(("http", rest)) => {
+                    if let Some((path, to)) = rest.trim().split_once(' ') {
+                        list.http.push((PathBuf::from(path), to.trim().to_string()));
+                    }
+                }
                 _ => {}
             }
         }
@@ -59,6 +67,9 @@ impl List {
         for path in &self.listen {
             text.push_str(&format!("listen {}\n", path.display()));
         }
+        for (path, to) in &self.http {
+            text.push_str(&format!("http {} {to}\n", path.display()));
+        }
         text
     }
 }
@@ -68,25 +79,34 @@ impl List {
 struct Relay {
     to: String,
     listeners: BTreeMap<PathBuf, UnixListener>,
+    /// The HTTP sockets' own targets (the others go to `to`).
+    http_targets: BTreeMap<PathBuf, String>,
 }
 
 impl Relay {
     /// Serves what `list` names now: binds new sockets, closes those no longer listed.
     fn apply(&mut self, list: List) {
         self.to = list.to;
+        self.http_targets = list.http.iter().cloned().collect();
+        let http_targets = &self.http_targets;
         self.listeners.retain(|path, _| {
-            let keep = list.listen.contains(path);
+            let keep = list.listen.contains(path) || http_targets.contains_key(path);
             if !keep {
                 let _ = std::fs::remove_file(path);
                 log::info!("relay: closed {}", path.display());
             }
             keep
         });
-        for path in list.listen {
+        let wanted = list
+            .listen
+            .into_iter()
+            .map(|p| (p, false))
+            .chain(list.http.into_iter().map(|(p, _)| (p, true)));
+        for (path, open_to_all) in wanted {
             if self.listeners.contains_key(&path) {
                 continue;
             }
-            match bind(&path) {
+            match bind(&path, open_to_all) {
                 Ok(listener) => {
                     self.listeners.insert(path, listener);
                 }
@@ -100,11 +120,12 @@ impl Relay {
         let Some(listener) = self.listeners.get(path) else {
             return;
         };
+        let to = self.http_targets.get(path).unwrap_or(&self.to);
         loop {
             match listener.accept() {
-                Ok((client, _)) if self.to.is_empty() => drop(client),
+                Ok((client, _)) if to.is_empty() => drop(client),
                 Ok((client, _)) => {
-                    let to = self.to.clone();
+                    let to = to.clone();
                     std::thread::spawn(move || {
                         if let Err(e) = pipe(client, &to) {
                             log::info!("relay to {to}: {e}");
@@ -123,8 +144,9 @@ impl Relay {
 
 /// Binds `path`, then makes the socket 0660 with its directory's group (Envoy's, set by
 /// the agent: `allocdir::xds`). The directory is root's and closed to others, so the
-/// changes by path cannot be redirected, and no other task can reach the socket.
-fn bind(path: &Path) -> io::Result<UnixListener> {
+/// changes by path cannot be redirected, and no other task can reach the socket. An HTTP
+/// socket (`open_to_all`) is 0666 in a directory only root writes (`allocdir::consul`).
+fn bind(path: &Path, open_to_all: bool) -> io::Result<UnixListener> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::DirBuilder::new()
@@ -134,6 +156,10 @@ fn bind(path: &Path) -> io::Result<UnixListener> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     listener.set_nonblocking(true)?;
+    if open_to_all {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+        return Ok(listener);
+    }
     let gid = std::fs::symlink_metadata(dir)?.gid();
     std::os::unix::fs::lchown(path, None, Some(gid))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
@@ -193,18 +219,63 @@ pub fn serve(list: &Path) -> io::Result<()> {
     }
 }
 
+/// A connection onwards: TCP to `host:port`, or a unix socket for `unix:///path`.
+enum Upstream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Upstream {
+    fn connect(to: &str) -> io::Result<Upstream> {
+        match to.strip_prefix("unix://") {
+            Some(path) => Ok(Upstream::Unix(UnixStream::connect(path)?)),
+            None => {
+                let tcp = TcpStream::connect(to)?;
+                tcp.set_nodelay(true)?;
+                Ok(Upstream::Tcp(tcp))
+            }
+        }
+    }
+
+    /// A reading and a writing half.
+    fn split(self) -> io::Result<(Box<dyn io::Read + Send>, Upstream)> {
+        Ok(match self {
+            Upstream::Tcp(s) => (Box::new(s.try_clone()?), Upstream::Tcp(s)),
+            Upstream::Unix(s) => (Box::new(s.try_clone()?), Upstream::Unix(s)),
+        })
+    }
+
+    fn shutdown_write(&self) {
+        let _ = match self {
+            Upstream::Tcp(s) => s.shutdown(Shutdown::Write),
+            Upstream::Unix(s) => s.shutdown(Shutdown::Write),
+        };
+    }
+}
+
+impl io::Write for Upstream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Upstream::Tcp(s) => s.write(buf),
+            Upstream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn pipe(client: UnixStream, to: &str) -> io::Result<()> {
     client.set_nonblocking(false)?;
-    let upstream = TcpStream::connect(to)?;
-    upstream.set_nodelay(true)?;
+    let upstream = Upstream::connect(to)?;
     let (mut client_r, mut client_w) = (client.try_clone()?, client);
-    let (mut up_r, mut up_w) = (upstream.try_clone()?, upstream);
+    let (mut up_r, mut up_w) = upstream.split()?;
     let back = std::thread::spawn(move || {
         let _ = io::copy(&mut up_r, &mut client_w);
         let _ = client_w.shutdown(Shutdown::Write);
     });
     let _ = io::copy(&mut client_r, &mut up_w);
-    let _ = up_w.shutdown(Shutdown::Write);
+    up_w.shutdown_write();
     let _ = back.join();
     Ok(())
 }
@@ -242,6 +313,10 @@ mod tests {
         let list = List {
             to: "127.0.0.1:8502".into(),
             listen: vec!["/a/grpc.sock".into(), "/b/grpc.sock".into()],
+            http: vec![(
+                "/a/consul_http.sock".into(),
+                "unix:///run/consul.sock".into(),
+            )],
         };
         assert_eq!(List::parse(&list.render()), list);
         assert_eq!(List::parse("garbage\nlisten\n"), List::default());
@@ -258,6 +333,7 @@ mod tests {
         relay.apply(List {
             to: to.clone(),
             listen: vec![a.clone()],
+            http: Vec::new(),
         });
         let mut first = UnixStream::connect(&a).unwrap();
         relay.accept(&a);
@@ -265,6 +341,7 @@ mod tests {
         relay.apply(List {
             to,
             listen: vec![b.clone()],
+            http: Vec::new(),
         });
         assert!(!a.exists() && UnixStream::connect(&a).is_err());
         let mut second = UnixStream::connect(&b).unwrap();
@@ -283,6 +360,7 @@ mod tests {
         relay.apply(List {
             to: String::new(),
             listen: vec![a.clone()],
+            http: Vec::new(),
         });
         let mut client = UnixStream::connect(&a).unwrap();
         relay.accept(&a);

@@ -531,3 +531,48 @@ fn a_script_check_runs_in_its_task_and_reports_each_result_to_consul() {
     mesh.teardown();
     let _ = agent.wait();
 }
+
+#[test]
+fn a_connect_native_task_reaches_consul_through_its_groups_socket_for_its_leaf() {
+    let Some(mesh) = Mesh::new("run-native") else {
+        return;
+    };
+    // Asks the agent for its service's leaf certificate as a Connect native app would:
+    // through CONSUL_HTTP_ADDR (a unix socket), with the token in CONSUL_HTTP_TOKEN_FILE.
+    let ask = r#"
+import http.client, os, socket
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(os.environ['CONSUL_HTTP_ADDR'][len('unix://'):])
+token = open(os.environ['CONSUL_HTTP_TOKEN_FILE']).read()
+c = Unix('consul')
+c.request('GET', '/v1/agent/connect/ca/leaf/native-app', headers={'X-Consul-Token': token})
+r = c.getresponse()
+print(r.status, 'CertPEM' in r.read().decode(), os.environ['CONSUL_HTTP_SSL'], flush=True)
+"#;
+    let group = format!(
+        "\n[[group]]\nname = \"native\"\n[group.network]\nmode = \"bridge\"\n[[group.service]]\nname = \"native-app\"\nport = \"7000\"\ntask = \"app\"\n[group.service.connect]\nnative = true\n[[group.task]]\nname = \"app\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", {:?}]\n",
+        format!("python3 -c \"$ASK\"; sleep 1000")
+    ) + &format!("[group.task.env]\nASK = {ask:?}\n");
+    let config = std::fs::read_to_string(&mesh.file).unwrap() + &group;
+    std::fs::write(&mesh.file, config).unwrap();
+    let mut agent = mesh.start_agent();
+    let stdout = mesh.dir.join("run/alloc/native/alloc/logs/app.stdout.0");
+    let start = Instant::now();
+    let mut answer = String::new();
+    while answer.is_empty() && start.elapsed() < Duration::from_secs(30) {
+        answer = std::fs::read_to_string(&stdout).unwrap_or_default();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stderr = std::fs::read_to_string(mesh.dir.join("run/alloc/native/alloc/logs/app.stderr.0"))
+        .unwrap_or_default();
+    assert_eq!(answer.trim(), "200 True false", "{stderr}\n{}", mesh.log());
+    // The socket is in a directory only root writes; tasks may connect to it.
+    use std::os::unix::fs::PermissionsExt;
+    let socket = mesh.dir.join("run/alloc/native/alloc/consul");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755);
+    mesh.teardown();
+    let _ = agent.wait();
+}

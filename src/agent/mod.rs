@@ -299,6 +299,71 @@ fn write_bootstraps<'a>(
     Ok(())
 }
 
+/// What each Connect native task reads to reach Consul (`plan::native_env`): its workload
+/// token (an empty file without one; never the agent's token) and copies of the agent's TLS
+/// files, in its secrets, readable by its group only.
+fn write_native_files<'a>(
+    valid: &ValidConfig,
+    groups: impl Iterator<Item = &'a GroupPlan>,
+    tokens: &Tokens,
+) -> Result<(), Error> {
+    use crate::allocdir::{NATIVE_TLS_FILES, NATIVE_TOKEN};
+    let consul = &valid.config.consul;
+    for group in groups {
+        for service in &group.services {
+            let Some(task) = service
+                .native_task
+                .as_ref()
+                .and_then(|name| group.tasks.iter().find(|t| &t.name == name))
+            else {
+                continue;
+            };
+            let (uid, gid) = crate::supervise::credentials(task.user.as_deref().unwrap_or("0"))?;
+            let secrets =
+                crate::allocdir::prepare(Path::new(&group.alloc_dir), &task.name, uid, gid)
+                    .with_context(|| {
+                        format!("group {}: task {}: its directories", group.name, task.name)
+                    })?;
+            let token = tokens.get(&service.id).map_or("", String::as_str);
+            secrets
+                .write_private(NATIVE_TOKEN, token.as_bytes(), Some(gid))
+                .with_context(|| format!("group {}: the token of {}", group.name, task.name))?;
+            let configured = [&consul.ca_file, &consul.cert_file, &consul.key_file];
+            for ((_, file), source) in NATIVE_TLS_FILES.iter().zip(configured) {
+                if let Some(source) = source {
+                    let bytes =
+                        std::fs::read(source).with_context(|| format!("cannot read {source}"))?;
+                    secrets
+                        .write_private(file, &bytes, Some(gid))
+                        .with_context(|| {
+                            format!("group {}: {file} of {}", group.name, task.name)
+                        })?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The HTTP sockets the relay serves for Connect native groups, each with Consul's HTTP
+/// address (`host:port`, or `unix:///path`; with https the TLS is end to end).
+pub fn native_sockets(valid: &ValidConfig, plan: &Plan) -> Vec<(PathBuf, String)> {
+    let address = &valid.config.consul.address;
+    let to = match address.split_once("://") {
+        Some(("unix", _)) => address.clone(),
+        Some((_, rest)) => rest.trim_end_matches('/').to_string(),
+        None => address.clone(),
+    };
+    plan.groups
+        .iter()
+        .filter(|g| g.services.iter().any(|s| s.connect == "native"))
+        .map(|g| {
+            let socket = Path::new(&g.alloc_dir).join(crate::allocdir::CONSUL_HTTP_SOCKET);
+            (socket, to.clone())
+        })
+        .collect()
+}
+
 /// An Envoy task's directories (`allocdir`), and the group's `xds/` when a relay serves
 /// it, open to Envoy's group `gid`; returns the task's `secrets/`.
 fn envoy_dirs(
@@ -414,6 +479,7 @@ pub fn apply(valid: &ValidConfig, host: &HostFacts) -> Result<Plan, Error> {
     // After the network: a service must not be advertised before its port is mapped.
     let tokens = sync_consul(valid, &plan, &[], !has_services(&plan))?;
     write_bootstraps(valid, plan.groups.iter(), &tokens, None)?;
+    write_native_files(valid, plan.groups.iter(), &tokens)?;
     Ok(plan)
 }
 

@@ -26,6 +26,8 @@ const RESTART_DELAY: Duration = Duration::from_secs(1);
 pub struct NodeRelay {
     run_dir: PathBuf,
     sockets: BTreeSet<PathBuf>,
+    /// The Connect native groups' HTTP sockets, each with Consul's HTTP address.
+    http_sockets: Vec<(PathBuf, String)>,
     /// Consul's gRPC `host:port`; empty until Consul has answered.
     target: String,
     /// The list as last written; a differing one is written and signalled.
@@ -39,6 +41,7 @@ impl NodeRelay {
         NodeRelay {
             run_dir: PathBuf::from(run_dir),
             sockets: BTreeSet::new(),
+            http_sockets: Vec::new(),
             target: String::new(),
             written: None,
             proc: None,
@@ -70,6 +73,11 @@ impl NodeRelay {
         self.sockets = sockets;
     }
 
+    /// The HTTP sockets to serve (one per group with a Connect native service).
+    pub fn set_http_sockets(&mut self, sockets: Vec<(PathBuf, String)>) {
+        self.http_sockets = sockets;
+    }
+
     /// Consul's gRPC address, once known.
     pub fn set_target(&mut self, to: &str) {
         self.target = to.to_string();
@@ -95,12 +103,13 @@ impl NodeRelay {
             self.proc = None;
             self.next_start = now + RESTART_DELAY;
         }
-        if self.sockets.is_empty() {
+        if self.sockets.is_empty() && self.http_sockets.is_empty() {
             return self.stop();
         }
         let list = crate::relay::List {
             to: self.target.clone(),
             listen: self.sockets.iter().cloned().collect(),
+            http: self.http_sockets.clone(),
         }
         .render();
         if self.written.as_deref() != Some(list.as_str()) {
@@ -148,7 +157,7 @@ impl NodeRelay {
                 info!(
                     "started the xDS relay (pid {}) for {} socket(s)",
                     proc.pid,
-                    self.sockets.len()
+                    self.sockets.len() + self.http_sockets.len()
                 );
                 self.proc = Some(proc);
                 true

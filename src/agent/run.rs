@@ -141,6 +141,7 @@ impl Agent {
             );
         }
         relay.set_sockets(relay_sockets(&valid, &plan));
+        relay.set_http_sockets(super::native_sockets(&valid, &plan));
         let mut runners = Vec::new();
         for group in &plan.groups {
             let mut runner = new_runner(group);
@@ -507,6 +508,8 @@ impl Agent {
         }
         self.runners = kept;
         self.relay.set_sockets(relay_sockets(&valid, &plan));
+        self.relay
+            .set_http_sockets(super::native_sockets(&valid, &plan));
         self.valid = Arc::new(valid);
         self.plan = Arc::new(plan);
         self.consul.next_try = Instant::now();

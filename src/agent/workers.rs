@@ -1,7 +1,7 @@
 //! The agent's Consul work (registration, token preflight, bootstraps) on smol's blocking
 //! pool, so a slow Consul never stalls the loop; the loop awaits each task's outcome.
 
-use super::{Tokens, relay_target, sync_consul, write_bootstraps};
+use super::{Tokens, relay_target, sync_consul, write_bootstraps, write_native_files};
 use crate::config::ValidConfig;
 use crate::error::Error;
 use crate::plan::{GroupPlan, Plan};
@@ -108,7 +108,8 @@ pub(super) fn write_bootstraps_side_by_side(
         chunk
             .iter()
             .map(|g| {
-                let written = write_bootstraps(valid, std::iter::once(*g), tokens, None);
+                let written = write_bootstraps(valid, std::iter::once(*g), tokens, None)
+                    .and_then(|()| write_native_files(valid, std::iter::once(*g), tokens));
                 (g.name.clone(), written)
             })
             .collect()

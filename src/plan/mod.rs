@@ -159,6 +159,46 @@ fn build_checked(
     Ok((plan, problems))
 }
 
+/// What a Connect native task needs to reach Consul, as Nomad's connect native hook sets it:
+/// the group's relayed HTTP socket, its workload token and the agent's TLS files, both in
+/// its secrets (written by the agent before it starts; never in the plan).
+fn native_env(
+    consul: &crate::config::Consul,
+    services: &[ServicePlan],
+    alloc_dir: &str,
+    tasks: &mut [TaskPlan],
+) {
+    use crate::allocdir::{CONSUL_HTTP_SOCKET, NATIVE_TLS_FILES, NATIVE_TOKEN};
+    for name in services.iter().filter_map(|s| s.native_task.as_ref()) {
+        let Some(task) = tasks.iter_mut().find(|t| &t.name == name) else {
+            continue;
+        };
+        let secrets = format!("{}/secrets", task.dir);
+        let mut set = |k: &str, v: String| {
+            task.env.insert(k.to_string(), v);
+        };
+        set(
+            "CONSUL_HTTP_ADDR",
+            format!("unix://{alloc_dir}/{CONSUL_HTTP_SOCKET}"),
+        );
+        set(
+            "CONSUL_HTTP_TOKEN_FILE",
+            format!("{secrets}/{NATIVE_TOKEN}"),
+        );
+        let tls = consul.address.starts_with("https://");
+        set("CONSUL_HTTP_SSL", tls.to_string());
+        if let Some(name) = &consul.tls_server_name {
+            set("CONSUL_TLS_SERVER_NAME", name.clone());
+        }
+        let configured = [&consul.ca_file, &consul.cert_file, &consul.key_file];
+        for ((var, file), source) in NATIVE_TLS_FILES.iter().zip(configured) {
+            if source.is_some() {
+                set(var, format!("{secrets}/{file}"));
+            }
+        }
+    }
+}
+
 /// The group's resolv.conf: with transparent proxy and Consul's DNS (not `no_dns`), Consul's
 /// DNS address is the only server, as Nomad sets it (queries to its port 53 are redirected to
 /// Consul's DNS port); else the `dns` block's servers, searches and options.
@@ -308,6 +348,7 @@ impl Context<'_> {
             }
         }
 
+        native_env(&self.valid.config.consul, &services, &alloc_dir, &mut tasks);
         let script_checks = script_checks(group, &services, &tasks);
         let resolv_conf = resolv_conf(group, tproxy.as_ref());
         let routes = match &netns {

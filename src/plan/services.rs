@@ -170,6 +170,13 @@ impl Context<'_> {
             connect: connect.into(),
             port,
             proxy,
+            native_task: (connect == "native").then(|| {
+                service
+                    .task
+                    .clone()
+                    .or_else(|| group.tasks.first().map(|t| t.name.clone()))
+                    .unwrap_or_default()
+            }),
             registration,
             config_entry,
         }

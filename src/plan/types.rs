@@ -72,6 +72,8 @@ pub struct ServicePlan {
     pub port: Option<u16>,
     /// The service's Envoy: its sidecar proxy, or the gateway itself.
     pub proxy: Option<ProxyPlan>,
+    /// The task that speaks Connect itself, for a Connect native service.
+    pub native_task: Option<String>,
     /// The body of `PUT /v1/agent/service/register` (null for none).
     pub registration: miniserde::json::Value,
     /// The ingress-gateway or terminating-gateway config entry outpost writes with
