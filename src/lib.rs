@@ -22,6 +22,7 @@ pub mod consul;
 pub mod envoy;
 pub mod error;
 pub mod files;
+pub mod logs;
 pub mod net;
 pub mod plan;
 pub mod relay;

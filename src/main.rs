@@ -8,9 +8,26 @@ use std::process::ExitCode;
 
 #[derive(FromArgs)]
 /// outpost: Nomad-style Consul service mesh for one edge device, from one TOML file.
+/// Commands read /etc/outpost/outpost.toml unless given a file (FILE, -c FILE, or
+/// OUTPOST_CONFIG).
 struct Cli {
+    /// print the version and exit
+    #[argh(switch)]
+    version: bool,
     #[argh(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+/// Where the config is read from when no file is given: where the install puts it.
+const DEFAULT_CONFIG: &str = "/etc/outpost/outpost.toml";
+
+/// The config file a command reads: `-c FILE`, else `FILE`, else `OUTPOST_CONFIG`, else
+/// `/etc/outpost/outpost.toml`.
+fn config_path(flag: &Option<PathBuf>, positional: &Option<PathBuf>) -> PathBuf {
+    flag.clone()
+        .or_else(|| positional.clone())
+        .or_else(|| std::env::var_os("OUTPOST_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
 }
 
 #[derive(FromArgs)]
@@ -20,10 +37,10 @@ enum Command {
     Plan(PlanCmd),
     Run(RunCmd),
     Status(StatusCmd),
+    Logs(LogsCmd),
     Apply(ApplyCmd),
     Teardown(TeardownCmd),
     EnvoyBootstrap(Box<outpost::envoy::command::EnvoyBootstrap>),
-    Relay(outpost::relay::RelayCmd),
     Version(VersionCmd),
 }
 
@@ -32,9 +49,12 @@ enum Command {
 /// 78 when not.
 #[argh(subcommand, name = "validate")]
 struct ValidateCmd {
-    /// the config file
+    /// the config file (default: FILE, else $OUTPOST_CONFIG, else /etc/outpost/outpost.toml)
     #[argh(option, short = 'c')]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// the config file, as with -c
+    #[argh(positional)]
+    file: Option<PathBuf>,
 }
 
 #[derive(FromArgs)]
@@ -43,9 +63,12 @@ struct ValidateCmd {
 /// dynamic ports) if present; changes nothing.
 #[argh(subcommand, name = "plan")]
 struct PlanCmd {
-    /// the config file
+    /// the config file (default: FILE, else $OUTPOST_CONFIG, else /etc/outpost/outpost.toml)
     #[argh(option, short = 'c')]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// the config file, as with -c
+    #[argh(positional)]
+    file: Option<PathBuf>,
     /// print every detail as JSON
     #[argh(switch)]
     json: bool,
@@ -58,18 +81,47 @@ struct PlanCmd {
 /// `run` adopts them); `outpost teardown` stops everything. Needs root.
 #[argh(subcommand, name = "run")]
 struct RunCmd {
-    /// the config file
+    /// the config file (default: FILE, else $OUTPOST_CONFIG, else /etc/outpost/outpost.toml)
     #[argh(option, short = 'c')]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// the config file, as with -c
+    #[argh(positional)]
+    file: Option<PathBuf>,
+}
+
+#[derive(FromArgs)]
+/// Print a task's output (stdout, or stderr with --stderr), the rotated files oldest first;
+/// -f keeps printing what it writes. Injected tasks have their plan names, such as
+/// connect-proxy-<service>.
+#[argh(subcommand, name = "logs")]
+struct LogsCmd {
+    /// the group
+    #[argh(positional)]
+    group: String,
+    /// the task
+    #[argh(positional)]
+    task: String,
+    /// the config file (default: $OUTPOST_CONFIG, else /etc/outpost/outpost.toml)
+    #[argh(option, short = 'c')]
+    config: Option<PathBuf>,
+    /// stderr instead of stdout
+    #[argh(switch)]
+    stderr: bool,
+    /// keep printing what the task writes
+    #[argh(switch, short = 'f')]
+    follow: bool,
 }
 
 #[derive(FromArgs)]
 /// Ask the running agent what it is doing: groups, tasks, pids, restarts, Consul sync.
 #[argh(subcommand, name = "status")]
 struct StatusCmd {
-    /// the config file (for its run_dir)
+    /// the config file (default: FILE, else $OUTPOST_CONFIG, else /etc/outpost/outpost.toml)
     #[argh(option, short = 'c')]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// the config file, as with -c
+    #[argh(positional)]
+    file: Option<PathBuf>,
     /// print the status as JSON
     #[argh(switch)]
     json: bool,
@@ -83,9 +135,12 @@ struct StatusCmd {
 /// root. It starts no task: `run` does.
 #[argh(subcommand, name = "apply")]
 struct ApplyCmd {
-    /// the config file
+    /// the config file (default: FILE, else $OUTPOST_CONFIG, else /etc/outpost/outpost.toml)
     #[argh(option, short = 'c')]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// the config file, as with -c
+    #[argh(positional)]
+    file: Option<PathBuf>,
 }
 
 #[derive(FromArgs)]
@@ -94,9 +149,12 @@ struct ApplyCmd {
 /// other interfaces use it), and the leases.
 #[argh(subcommand, name = "teardown")]
 struct TeardownCmd {
-    /// the config file
+    /// the config file (default: FILE, else $OUTPOST_CONFIG, else /etc/outpost/outpost.toml)
     #[argh(option, short = 'c')]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// the config file, as with -c
+    #[argh(positional)]
+    file: Option<PathBuf>,
 }
 
 #[derive(FromArgs)]
@@ -105,9 +163,37 @@ struct TeardownCmd {
 struct VersionCmd {}
 
 fn main() -> ExitCode {
+    // `relay` is started by the agent, not by people: parsed here, kept out of the help.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("relay") {
+        let rest: Vec<&str> = args[2..].iter().map(String::as_str).collect();
+        return match outpost::relay::RelayCmd::from_args(&["outpost", "relay"], &rest) {
+            Ok(cmd) => finish(relay(&cmd)),
+            Err(early) if early.status.is_ok() => {
+                println!("{}", early.output);
+                ExitCode::SUCCESS
+            }
+            Err(early) => {
+                eprintln!("{}", early.output);
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli: Cli = argh::from_env();
-    // The one exit path: every command returns here, and its error says how to exit.
-    match dispatch(cli.command) {
+    let command = match (cli.version, cli.command) {
+        (false, Some(command)) => command,
+        (true, _) => Command::Version(VersionCmd {}),
+        (false, None) => {
+            eprintln!("outpost: no command given; `outpost --help` lists them");
+            return ExitCode::from(2);
+        }
+    };
+    finish(dispatch(command))
+}
+
+/// The one exit path: every command's result ends here, and its error says how to exit.
+fn finish(result: Result<(), Error>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             report(&e);
@@ -116,26 +202,32 @@ fn main() -> ExitCode {
     }
 }
 
+fn relay(cmd: &outpost::relay::RelayCmd) -> Result<(), Error> {
+    start_logging(log::LevelFilter::Info);
+    outpost::relay::serve(&cmd.sockets).with_context(|| format!("relay {}", cmd.sockets.display()))
+}
+
 fn dispatch(command: Command) -> Result<(), Error> {
     match command {
         Command::Validate(cmd) => validate(&cmd),
         Command::Plan(cmd) => plan(&cmd),
-        Command::Run(cmd) => with_agent(&cmd.config, |valid, host| {
-            agent::run::run(&cmd.config, valid, host.clone())
-        }),
+        Command::Run(cmd) => {
+            let path = config_path(&cmd.config, &cmd.file);
+            with_agent(&path, |valid, host| {
+                agent::run::run(&path, valid, host.clone())
+            })
+        }
         Command::Status(cmd) => status(&cmd),
-        Command::Apply(cmd) => with_agent(&cmd.config, |valid, host| {
+        Command::Logs(cmd) => logs(&cmd),
+        Command::Apply(cmd) => with_agent(&config_path(&cmd.config, &cmd.file), |valid, host| {
             agent::apply(&valid, host).map(|_| ())
         }),
         Command::Teardown(cmd) => {
-            with_agent(&cmd.config, |valid, host| agent::teardown(&valid, host))
+            with_agent(&config_path(&cmd.config, &cmd.file), |valid, host| {
+                agent::teardown(&valid, host)
+            })
         }
         Command::EnvoyBootstrap(cmd) => envoy_bootstrap(&cmd),
-        Command::Relay(cmd) => {
-            start_logging(log::LevelFilter::Info);
-            outpost::relay::serve(&cmd.sockets)
-                .with_context(|| format!("relay {}", cmd.sockets.display()))
-        }
         Command::Version(_) => {
             println!("{}", outpost::version_text());
             Ok(())
@@ -169,17 +261,29 @@ fn with_agent(
 }
 
 fn validate(cmd: &ValidateCmd) -> Result<(), Error> {
-    let valid = outpost::load_config(&cmd.config)?;
+    let path = config_path(&cmd.config, &cmd.file);
+    let valid = outpost::load_config(&path)?;
     let groups = valid.config.groups.len();
     let plural = if groups == 1 { "" } else { "s" };
-    println!("{}: valid ({groups} group{plural})", cmd.config.display());
+    println!("{}: valid ({groups} group{plural})", path.display());
     Ok(())
 }
 
 fn plan(cmd: &PlanCmd) -> Result<(), Error> {
-    let valid = outpost::load_config(&cmd.config)?;
+    let valid = outpost::load_config(&config_path(&cmd.config, &cmd.file))?;
     let state_path = state::path_in(&valid.config.agent.data_dir);
-    let node_state = state::load(&state_path)?;
+    // The state holds only leases and dynamic ports; a user who may not read it (it is
+    // root's) still gets a plan, with addresses and ports chosen afresh, and is told.
+    let node_state = match state::load(&state_path) {
+        Err(e) if e.message().contains("Permission denied") => {
+            eprintln!(
+                "outpost: cannot read {} as this user; planning without it (addresses and dynamic ports may differ from the running ones)",
+                state_path.display()
+            );
+            state::NodeState::default()
+        }
+        other => other?,
+    };
     let p = plan::build(&valid, &node_state, &net::host_facts()).context("cannot plan")?;
     match cmd.json {
         true => print!("{}", plan::render::json(&p)),
@@ -199,12 +303,30 @@ fn envoy_bootstrap(cmd: &outpost::envoy::command::EnvoyBootstrap) -> Result<(), 
     Ok(())
 }
 
+fn logs(cmd: &LogsCmd) -> Result<(), Error> {
+    let path = config_path(&cmd.config, &None);
+    let run_dir = match outpost::load_config(&path) {
+        Ok(valid) => valid.config.agent.run_dir.clone(),
+        Err(_) => config::run_dir_hint(&path),
+    };
+    let dir = outpost::logs::dir(&run_dir, &cmd.group, &cmd.task)?;
+    let stream = if cmd.stderr { "stderr" } else { "stdout" };
+    outpost::logs::show(
+        &dir,
+        &cmd.task,
+        stream,
+        cmd.follow,
+        &mut std::io::stdout().lock(),
+    )
+}
+
 fn status(cmd: &StatusCmd) -> Result<(), Error> {
     // The file may have been broken since the agent read it (a failed reload keeps the
     // running config): find its run_dir anyway.
-    let run_dir = match outpost::load_config(&cmd.config) {
+    let path = config_path(&cmd.config, &cmd.file);
+    let run_dir = match outpost::load_config(&path) {
         Ok(valid) => valid.config.agent.run_dir.clone(),
-        Err(_) => config::run_dir_hint(&cmd.config),
+        Err(_) => config::run_dir_hint(&path),
     };
     let status = agent::run::query_status(&run_dir)?;
     if cmd.json {

@@ -19,6 +19,10 @@ fn every_command_has_help() {
         vec!["teardown", "--help"],
         vec!["envoy-bootstrap", "--help"],
         vec!["version", "--help"],
+        vec!["status", "--help"],
+        vec!["logs", "--help"],
+        vec!["run", "--help"],
+        vec!["relay", "--help"],
     ] {
         let out = outpost(&args);
         let text = String::from_utf8_lossy(&out.stdout);
@@ -33,12 +37,128 @@ fn every_command_has_help() {
         "teardown",
         "envoy-bootstrap",
         "version",
+        "logs",
     ] {
         assert!(
             top.contains(command),
             "top-level help lists {command}: {top}"
         );
     }
+    // The relay is the agent's, not the user's: it answers, but the help does not list it.
+    assert!(!top.contains("relay"), "{top}");
+}
+
+#[test]
+fn dash_dash_version_and_the_config_from_a_positional_or_the_environment() {
+    let out = outpost(&["--version"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("outpost "), "{text}");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quickstart.toml");
+    let positional = outpost(&["validate", example]);
+    assert!(positional.status.success(), "{positional:?}");
+    let from_env = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .arg("validate")
+        .env("OUTPOST_CONFIG", example)
+        .output()
+        .unwrap();
+    assert!(from_env.status.success(), "{from_env:?}");
+    assert!(String::from_utf8_lossy(&from_env.stdout).contains("quickstart.toml: valid"));
+    // Nothing given: the installed location, named in the error.
+    let default = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .arg("validate")
+        .env_remove("OUTPOST_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&default.stderr);
+    if !std::path::Path::new("/etc/outpost/outpost.toml").exists() {
+        assert_eq!(default.status.code(), Some(78));
+        assert!(
+            stderr.starts_with("/etc/outpost/outpost.toml: cannot read config"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn logs_prints_a_tasks_rotated_output_oldest_first() {
+    let dir = std::env::temp_dir().join(format!("outpost-cli-logs-{}", std::process::id()));
+    let logs = dir.join("run/alloc/web/alloc/logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(logs.join("server.stdout.1"), "started\n").unwrap();
+    std::fs::write(logs.join("server.stdout.0"), "serving\n").unwrap();
+    std::fs::write(logs.join("server.stderr.0"), "warning\n").unwrap();
+    let config = dir.join("outpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nrun_dir = \"{}/run\"\n[[group]]\nname = \"web\"\n[[group.task]]\nname = \"server\"\ncommand = \"/bin/true\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let out = outpost(&["logs", "web", "server", "-c", config]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\nserving\n");
+    let err = outpost(&["logs", "web", "server", "--stderr", "-c", config]);
+    assert_eq!(String::from_utf8_lossy(&err.stdout), "warning\n");
+    let unknown = outpost(&["logs", "web", "nope", "-c", config]);
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("tasks with logs: server"),
+        "{unknown:?}"
+    );
+    let escape = outpost(&["logs", "..", "server", "-c", config]);
+    assert_eq!(escape.status.code(), Some(78));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plan_as_a_user_who_cannot_read_the_state_still_plans() {
+    let root = nix::unistd::Uid::effective().is_root();
+    if !root || !std::path::Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipping: needs root and setpriv to become another user");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("outpost-cli-plan-user-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    // The state as the agent leaves it: root's, 0600.
+    std::fs::write(dir.join("data/state.json"), "{}").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("data/state.json"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let config = dir.join("outpost.toml");
+    let quickstart = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/quickstart.toml"
+    ))
+    .unwrap()
+    .replace(
+        "data_dir = \"/var/lib/outpost\"",
+        &format!("data_dir = \"{}/data\"", dir.display()),
+    );
+    std::fs::write(&config, quickstart).unwrap();
+    // The binary where nobody may run it.
+    let binary = dir.join("outpost");
+    std::fs::copy(env!("CARGO_BIN_EXE_outpost"), &binary).unwrap();
+    for path in [&dir, &binary, &config] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&binary)
+        .args(["plan", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("planning without it"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Group \"hello\""));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
