@@ -37,8 +37,88 @@ fn unexpected(v: &DeValue) -> String {
         DeValue::Float(f) => format!("floating point `{}`", f.as_str()),
         DeValue::Boolean(b) => format!("boolean `{b}`"),
         DeValue::Datetime(_) => "datetime".into(),
-        DeValue::Array(_) => "sequence".into(),
-        DeValue::Table(_) => "map".into(),
+        DeValue::Array(_) => "a list".into(),
+        DeValue::Table(_) => "a table".into(),
+    }
+}
+
+/// The allowed key `key` is most likely a misspelling of: within two edits, or a third of
+/// its length for long keys.
+fn closest<'k>(key: &str, allowed: &[&'k str]) -> Option<&'k str> {
+    let limit = (key.len() / 3).max(2);
+    allowed
+        .iter()
+        .map(|a| (edit_distance(key, a), *a))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// What a key should hold, in words a user reads, with an example of it written.
+#[derive(Clone)]
+enum Expect {
+    Str,
+    Bool,
+    Port,
+    /// A number 0-65535 that is not a port.
+    Small,
+    Count,
+    Duration,
+    PortRef,
+    Map,
+    List(Box<Expect>),
+}
+
+impl Expect {
+    /// Port wording for the keys that hold ports.
+    fn for_u16(key: &str) -> Expect {
+        match key.contains("port") || matches!(key, "static" | "to") {
+            true => Expect::Port,
+            false => Expect::Small,
+        }
+    }
+
+    /// What is expected, and an example value.
+    fn words(&self) -> (String, String) {
+        let (what, example) = match self {
+            Expect::Str => ("a string", "\"…\""),
+            Expect::Bool => ("true or false", "true"),
+            Expect::Port => ("a port number 1-65535, without quotes", "9002"),
+            Expect::Small => ("a whole number 0-65535, without quotes", "3"),
+            Expect::Count => ("a whole number, without quotes", "3"),
+            Expect::Duration => ("a duration in quotes", "\"5s\""),
+            Expect::PortRef => ("a port label or number", "\"http\""),
+            Expect::Map => ("a table", "{ … }"),
+            Expect::List(item) => {
+                let (_, example) = item.words();
+                return ("a list".to_string(), format!("[{example}]"));
+            }
+        };
+        (what.to_string(), example.to_string())
+    }
+
+    fn message(&self, key: &str, got: &Val) -> String {
+        let (what, example) = self.words();
+        let got = unexpected(got.get_ref());
+        format!("{key} must be {what}, e.g. {key} = {example}; got {got}")
     }
 }
 
@@ -74,28 +154,39 @@ impl<'a> Table<'a> {
         Some(v)
     }
 
-    fn type_error(&self, v: &Val, expected: &str) {
+    /// `key` holds the wrong kind of value: says what is expected, with an example.
+    fn type_error(&self, v: &Val, key: &str, expected: Expect) {
+        self.errors.push(v.span().start, expected.message(key, v));
+    }
+
+    /// An item of the list `key` is the wrong kind of value.
+    fn item_error(&self, v: &Val, key: &str, expected: Expect) {
+        let (what, example) = expected.words();
         self.errors.push(
             v.span().start,
             format!(
-                "invalid type: {}, expected {expected}",
+                "each item of {key} must be {what}, e.g. {key} = [{example}]; got {}",
                 unexpected(v.get_ref())
             ),
         );
     }
 
-    /// Reports keys no reader asked for: `unknown field `x`, expected one of ...`.
+    /// Reports keys no reader asked for, with the known key it most likely meant.
     pub fn done(self, allowed: &[&str]) {
         let used = self.used.borrow();
         for (k, _) in self.table.iter() {
             let key = k.get_ref().as_ref();
-            if !used.contains(&key) {
-                let list: Vec<String> = allowed.iter().map(|a| format!("`{a}`")).collect();
-                self.errors.push(
-                    k.span().start,
-                    format!("unknown field `{key}`, expected one of {}", list.join(", ")),
-                );
+            if used.contains(&key) {
+                continue;
             }
+            let message = match closest(key, allowed) {
+                Some(meant) => format!("unknown key `{key}`; did you mean `{meant}`?"),
+                None => {
+                    let list: Vec<String> = allowed.iter().map(|a| format!("`{a}`")).collect();
+                    format!("unknown key `{key}`; expected one of {}", list.join(", "))
+                }
+            };
+            self.errors.push(k.span().start, message);
         }
     }
 
@@ -104,8 +195,16 @@ impl<'a> Table<'a> {
         self.table.iter().any(|(k, _)| k.get_ref().as_ref() == key)
     }
 
+    /// A required key is absent; unless a misspelling of it is there, which `done`
+    /// reports with a "did you mean" (one mistake, one error).
     pub fn missing(&self, key: &str) {
-        self.errors.push(self.at, format!("missing field `{key}`"));
+        let misspelt = self.table.iter().any(|(k, _)| {
+            let written = k.get_ref().as_ref();
+            written != key && closest(written, &[key]).is_some()
+        });
+        if !misspelt {
+            self.errors.push(self.at, format!("missing field `{key}`"));
+        }
     }
 
     pub fn string(&self, key: &'static str) -> Option<String> {
@@ -113,7 +212,7 @@ impl<'a> Table<'a> {
         match v.get_ref().as_str() {
             Some(s) => Some(s.to_string()),
             None => {
-                self.type_error(v, "a string");
+                self.type_error(v, key, Expect::Str);
                 None
             }
         }
@@ -165,43 +264,36 @@ impl<'a> Table<'a> {
             return default;
         };
         v.get_ref().as_bool().unwrap_or_else(|| {
-            self.type_error(v, "a boolean");
+            self.type_error(v, key, Expect::Bool);
             default
         })
     }
 
-    fn int_in(&self, key: &'static str, max: i64, expected: &str) -> Option<i64> {
+    fn int_in(&self, key: &'static str, max: i64, expected: Expect) -> Option<i64> {
         let v = self.get(key)?;
         match integer(v.get_ref()) {
             Some(i) if (0..=max).contains(&i) => Some(i),
-            Some(i) => {
-                self.errors.push(
-                    v.span().start,
-                    format!("invalid value: integer `{i}`, expected {expected}"),
-                );
-                None
-            }
-            None => {
-                self.type_error(v, expected);
+            _ => {
+                self.type_error(v, key, expected);
                 None
             }
         }
     }
 
     pub fn u16(&self, key: &'static str) -> Option<u16> {
-        self.int_in(key, i64::from(u16::MAX), "u16")
+        self.int_in(key, i64::from(u16::MAX), Expect::for_u16(key))
             .map(|i| i as u16)
     }
 
     pub fn u32(&self, key: &'static str) -> Option<u32> {
-        self.int_in(key, i64::from(u32::MAX), "u32")
+        self.int_in(key, i64::from(u32::MAX), Expect::Count)
             .map(|i| i as u32)
     }
 
     pub fn dur(&self, key: &'static str) -> Option<Dur> {
         let v = self.get(key)?;
         let Some(text) = v.get_ref().as_str() else {
-            self.type_error(v, "a duration string such as \"5s\"");
+            self.type_error(v, key, Expect::Duration);
             return None;
         };
         match duration::parse(text) {
@@ -227,7 +319,7 @@ impl<'a> Table<'a> {
                 None
             }
             None => {
-                self.type_error(v, "a port label or a port number");
+                self.type_error(v, key, Expect::PortRef);
                 None
             }
         }
@@ -238,14 +330,14 @@ impl<'a> Table<'a> {
     fn list<T>(
         &self,
         key: &'static str,
-        expected: &str,
+        expected: Expect,
         item: impl Fn(&'a Val<'a>) -> Option<T>,
     ) -> Vec<T> {
         let Some(v) = self.get(key) else {
             return Vec::new();
         };
         let Some(items) = v.get_ref().as_array() else {
-            self.type_error(v, "a sequence");
+            self.type_error(v, key, Expect::List(Box::new(expected)));
             return Vec::new();
         };
         items
@@ -253,7 +345,7 @@ impl<'a> Table<'a> {
             .filter_map(|i| {
                 let converted = item(i);
                 if converted.is_none() {
-                    self.type_error(i, expected);
+                    self.item_error(i, key, expected.clone());
                 }
                 converted
             })
@@ -261,13 +353,13 @@ impl<'a> Table<'a> {
     }
 
     pub fn strings(&self, key: &'static str) -> Vec<String> {
-        self.list(key, "a string", |v| {
+        self.list(key, Expect::Str, |v| {
             v.get_ref().as_str().map(str::to_string)
         })
     }
 
     pub fn u16s(&self, key: &'static str) -> Vec<u16> {
-        self.list(key, "u16", |v| {
+        self.list(key, Expect::Port, |v| {
             integer(v.get_ref()).and_then(|i| u16::try_from(i).ok())
         })
     }
@@ -281,7 +373,7 @@ impl<'a> Table<'a> {
                 Some(s) => {
                     out.insert(k.get_ref().to_string(), s.to_string());
                 }
-                None => t.type_error(v, "a string"),
+                None => t.type_error(v, k.get_ref(), Expect::Str),
             }
         }
         out
@@ -309,7 +401,7 @@ impl<'a> Table<'a> {
                 .filter_map(|i| i.get_ref().as_str().map(str::to_string))
                 .collect(),
             None => {
-                self.type_error(v, "a sequence");
+                self.type_error(v, key, Expect::List(Box::new(Expect::Str)));
                 Vec::new()
             }
         }
@@ -324,7 +416,7 @@ impl<'a> Table<'a> {
         match json(v, what, self.errors) {
             Value::Object(o) => o,
             _ => {
-                self.type_error(v, "a map");
+                self.type_error(v, key, Expect::Map);
                 Object::new()
             }
         }
@@ -340,7 +432,7 @@ impl<'a> Table<'a> {
                 errors: self.errors,
             }),
             None => {
-                self.type_error(v, "a map");
+                self.type_error(v, key, Expect::Map);
                 None
             }
         }
@@ -348,7 +440,7 @@ impl<'a> Table<'a> {
 
     /// An array of tables (`[[group]]`).
     pub fn tables(&self, key: &'static str) -> Vec<Table<'a>> {
-        self.list(key, "a map", |item| {
+        self.list(key, Expect::Map, |item| {
             item.get_ref().as_table().map(|t| Table {
                 table: t,
                 at: item.span().start,
@@ -375,7 +467,7 @@ impl<'a> Table<'a> {
                         errors: self.errors,
                     },
                 )),
-                None => t.type_error(v, "a map"),
+                None => t.type_error(v, k.get_ref(), Expect::Map),
             }
         }
         out
@@ -405,5 +497,20 @@ fn json(v: &Val, what: &str, errors: &Errors) -> Value {
                 .map(|(k, item)| (k.get_ref().to_string(), json(item, what, errors)))
                 .collect(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod spelling_tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_key_finds_the_key_it_meant_and_nothing_far_off() {
+        assert_eq!(edit_distance("destinaton_name", "destination_name"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        let allowed = ["command", "args", "env", "kill_timeout"];
+        assert_eq!(closest("comand", &allowed), Some("command"));
+        assert_eq!(closest("kill_timout", &allowed), Some("kill_timeout"));
+        assert_eq!(closest("nomad", &allowed), None);
     }
 }

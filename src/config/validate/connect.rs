@@ -101,6 +101,8 @@ fn check_network_for(
                 group.name
             ),
         ),
+        // A mode that is no mode at all is reported where it is written, once.
+        Some(mode) if !["bridge", "host"].contains(&mode) => {}
         Some(mode) if !modes.contains(&mode) => {
             let list: Vec<String> = modes.iter().map(|m| format!("\"{m}\"")).collect();
             c.err(
