@@ -345,3 +345,72 @@ args = ["-c", "cat /etc/resolv.conf; python3 -c \"import socket\ntry: socket.get
     assert!(down, "{agent_log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What teardown must give back: links, namespaces, nf_tables, ip_forward, /run and
+/// data_dir, read inside the test's private namespaces.
+fn host_snapshot(run: &support::PrivateRun, data_dir: &std::path::Path) -> Vec<String> {
+    let output = |program: &str, args: &[&str]| {
+        let out = run.command(program).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let links: Vec<String> = output("ip", &["-o", "link"])
+        .lines()
+        .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        .collect();
+    vec![
+        format!("links {links:?}"),
+        format!("netns {}", output("ip", &["netns"])),
+        format!("nft {}", output("nft", &["list", "ruleset"])),
+        format!(
+            "ip_forward {}",
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default()
+        ),
+        format!("/run {}", output("ls", &["-A", "/run"])),
+        format!("data_dir exists {}", data_dir.exists()),
+    ]
+}
+
+#[test]
+fn teardown_leaves_the_host_as_run_found_it() {
+    if !support::private_network("teardown-host") {
+        return;
+    }
+    // A host that does not forward, as many do before anything asks it to.
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "0").unwrap();
+    let dir = std::env::temp_dir().join(format!("outpost-teardown-host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let data_dir = dir.join("data");
+    let file = dir.join("outpost.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[agent]\ndata_dir = \"{}\"\nrun_dir = \"/run/outpost\"\n\n[[group]]\nname = \"web\"\n[group.network]\nmode = \"bridge\"\n[[group.network.port]]\nlabel = \"http\"\nstatic = 8080\n[[group.task]]\nname = \"web\"\ncommand = \"/bin/sleep\"\nargs = [\"1000\"]\n",
+            data_dir.display()
+        ),
+    )
+    .unwrap();
+    let run = support::PrivateRun::new();
+    let before = host_snapshot(&run, &data_dir);
+    let log = dir.join("agent.log");
+    let outpost = |args: &[&str]| run.outpost(args, &file, &log);
+    let mut agent = outpost(&["run"]).spawn().unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("started task web")
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let during = host_snapshot(&run, &data_dir);
+    let down = outpost(&["teardown"]).output().unwrap();
+    let _ = agent.wait();
+    let after = host_snapshot(&run, &data_dir);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(down.status.success(), "{text}");
+    assert_ne!(before, during, "run changed nothing?\n{text}");
+    assert_eq!(before, after, "{text}");
+    // A config without services never needed Consul: teardown does not warn about it.
+    assert!(!text.contains("WARN"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

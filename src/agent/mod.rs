@@ -149,7 +149,9 @@ fn sync_consul(
     let removed = match listed {
         Ok(services) => sync::remove_unowned(&base, &services, &keep).map_err(|e| at(e.into()))?,
         Err(e) if consul_optional && e.is_retryable() => {
-            warn!("Consul: cannot check for leftover registrations ({e}); groups need no Consul");
+            info!(
+                "Consul did not answer ({e}); this config registers nothing there, so no leftovers were looked for"
+            );
             return Ok(tokens);
         }
         Err(e) => return Err(at(e.into())),
@@ -551,6 +553,16 @@ fn stop_tasks(plan: &Plan) {
     let _ = std::fs::remove_file(run::journal_path(&plan.run_dir));
 }
 
+/// Removes `run_dir` once everything of the agent's in it is gone (kept, with a note, if
+/// anything else is there).
+fn remove_run_dir(run_dir: &str) {
+    match std::fs::remove_dir(run_dir) {
+        Ok(()) => info!("removed {run_dir}"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(_) => info!("keeping {run_dir}: it holds files outpost did not make"),
+    }
+}
+
 /// Removes everything outpost made on this host and releases every lease.
 pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), Error> {
     let state_path = state::path_in(&valid.config.agent.data_dir);
@@ -581,9 +593,14 @@ pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), Error> {
     stop_tasks(&plan);
     let consul = consul.and_then(|()| release_tokens_in(valid, &group_dirs(&plan.run_dir)));
     net::teardown(&plan.bridge)?;
-    if state_path.exists() {
-        state::save(&state_path, &plan::node_state(&plan.without_groups()))
-            .with_context(|| format!("cannot write state file {}", state_path.display()))?;
+    // Every lease is released: the state file goes (and data_dir, if nothing else is in it).
+    match std::fs::remove_file(&state_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            warn!("cannot remove {}: {e}", state_path.display());
+        }
+        _ => {
+            let _ = std::fs::remove_dir(&valid.config.agent.data_dir);
+        }
     }
     consul.map_err(|e| {
         format!("{e}; the network was removed: run teardown again once Consul answers, to deregister and release tokens")
@@ -597,6 +614,7 @@ pub fn teardown(valid: &ValidConfig, host: &HostFacts) -> Result<(), Error> {
         }
     }
     let _ = std::fs::remove_dir(Path::new(&plan.run_dir).join("alloc"));
+    remove_run_dir(&plan.run_dir);
     info!("teardown complete");
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 pub mod firewall;
 pub mod host;
+mod host_before;
 mod link;
 mod netlink;
 pub mod netns;
@@ -142,6 +143,8 @@ impl HostNetwork {
         // First, because it refuses a name taken by another kind of interface before
         // anything on the host has changed.
         let bridge = ensure_bridge(&mut sock, plan)?;
+        host_before::remember()
+            .context(|| format!("record the host's state in {}", host_before::FILE))?;
         netns::ensure_dir().context(|| "prepare /run/netns".into())?;
         write_sysctl("net/ipv4/ip_forward", "1")?;
         keep_sysctls(&plan.name)?;
@@ -197,6 +200,7 @@ pub fn teardown(bridge_plan: &BridgePlan) -> Result<(), NetError> {
     let Some(bridge) =
         link::get(&mut sock, bridge_name).context(|| format!("look up bridge {bridge_name}"))?
     else {
+        host_before::restore();
         return Ok(());
     };
     let links = link::list(&mut sock).context(|| "list links".into())?;
@@ -220,6 +224,7 @@ pub fn teardown(bridge_plan: &BridgePlan) -> Result<(), NetError> {
         _ => {}
     }
     info!("deleted bridge {bridge_name}");
+    host_before::restore();
     Ok(())
 }
 
@@ -520,10 +525,17 @@ pub fn self_check(
         return check;
     }
     check.errors.extend(probe_link_support());
-    if let Err(e) = std::fs::create_dir_all(netns::NETNS_DIR) {
+    // Whether /run/netns can be made, without making it: a failed check changes nothing.
+    let parent = std::path::Path::new(netns::NETNS_DIR)
+        .parent()
+        .unwrap_or(std::path::Path::new("/"));
+    let writable = std::path::Path::new(netns::NETNS_DIR).is_dir()
+        || nix::unistd::access(parent, nix::unistd::AccessFlags::W_OK).is_ok();
+    if !writable {
         check.errors.push(format!(
-            "cannot create {}: {e}; outpost needs root and a writable /run",
-            netns::NETNS_DIR
+            "cannot create {}: {} is not writable; outpost needs root and a writable /run",
+            netns::NETNS_DIR,
+            parent.display()
         ));
     }
     if bridge.firewall == Firewall::Nftables {
