@@ -62,6 +62,9 @@ pub struct Task {
     /// The task's `logs` block: files kept per stream and bytes per file.
     log_files: u32,
     log_bytes: u64,
+    /// The task's last events (started, exited, failed), newest last, for `status`: a
+    /// fixed few, so a crash-looping task costs no more memory than a quiet one.
+    pub events: heapless::Deque<String, EVENTS_KEPT>,
     /// The group's resolv.conf, written before the task starts (see `resolv_conf` in its
     /// spec).
     resolv_text: Option<String>,
@@ -70,6 +73,25 @@ pub struct Task {
     policy: Policy,
     window_start: Instant,
     window_count: u32,
+}
+
+/// How many events each task keeps for `status`.
+pub const EVENTS_KEPT: usize = 5;
+
+impl Task {
+    /// Notes an event, stamped with the UTC time of day, dropping the oldest.
+    fn event(&mut self, what: String) {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
+        if self.events.is_full() {
+            self.events.pop_front();
+        }
+        let _ = self
+            .events
+            .push_back(format!("{h:02}:{m:02}:{s:02}Z {what}"));
+    }
 }
 
 /// The restart policy (Nomad's `restart` block).
@@ -150,6 +172,7 @@ fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Tas
                 .map(|_| Path::new(&group.alloc_dir).join(crate::allocdir::RESOLV_CONF)),
         },
         resolv_text: group.resolv_conf.clone(),
+        events: heapless::Deque::new(),
         state: TaskState::Pending,
         restarts: 0,
         last_error: None,
@@ -410,10 +433,13 @@ impl Runner {
             };
             changed = true;
             match starting.confirm() {
-                Ok(proc) => info!(
-                    "group {}: started task {} (pid {})",
-                    self.name, task.plan_name, proc.pid
-                ),
+                Ok(proc) => {
+                    info!(
+                        "group {}: started task {} (pid {})",
+                        self.name, task.plan_name, proc.pid
+                    );
+                    task.event(format!("started (pid {})", proc.pid));
+                }
                 Err(e) => failed_to_start(&self.name, task, e),
             }
         }
@@ -445,6 +471,13 @@ impl Runner {
             task.last_error = Some(how.clone());
             let policy = task.policy.clone();
             task.state = next_after_exit(task, &policy, now, jitter.sample());
+            let then = match task.state {
+                TaskState::Restarting(at) => {
+                    format!("restarting in {}", crate::retry::secs(at - now))
+                }
+                _ => "not restarted (restart policy exhausted)".to_string(),
+            };
+            task.event(format!("{how}; {then}"));
             task.awaiting_bootstrap =
                 task.ready_check.is_some() && matches!(task.state, TaskState::Restarting(_));
             match task.state {
@@ -699,6 +732,10 @@ fn start(group: &str, task: &mut Task) {
 
 fn failed_to_start(group: &str, task: &mut Task, why: Error) {
     warn!("group {group}: task {}: {why}", task.plan_name);
+    task.event(format!(
+        "failed to start: {}",
+        crate::text::cut(why.message(), 200)
+    ));
     task.last_error = Some(why.to_string());
     task.state = TaskState::Failed;
 }
@@ -767,6 +804,7 @@ mod tests {
                 resolv_conf: None,
             },
             resolv_text: None,
+            events: heapless::Deque::new(),
             state,
             restarts: 0,
             last_error: None,

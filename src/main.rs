@@ -116,13 +116,13 @@ struct LogsCmd {
 /// Ask the running agent what it is doing: groups, tasks, pids, restarts, Consul sync.
 #[argh(subcommand, name = "status")]
 struct StatusCmd {
-    /// the config file (default: FILE, else $OUTPOST_CONFIG, else /etc/outpost/outpost.toml)
+    /// only this group, with its tasks' last events
+    #[argh(positional)]
+    group: Option<String>,
+    /// the config file (default: $OUTPOST_CONFIG, else /etc/outpost/outpost.toml)
     #[argh(option, short = 'c')]
     config: Option<PathBuf>,
-    /// the config file, as with -c
-    #[argh(positional)]
-    file: Option<PathBuf>,
-    /// print the status as JSON
+    /// print the status as JSON (the same fields, every group; `events` newest last)
     #[argh(switch)]
     json: bool,
 }
@@ -323,12 +323,21 @@ fn logs(cmd: &LogsCmd) -> Result<(), Error> {
 fn status(cmd: &StatusCmd) -> Result<(), Error> {
     // The file may have been broken since the agent read it (a failed reload keeps the
     // running config): find its run_dir anyway.
-    let path = config_path(&cmd.config, &cmd.file);
+    let path = config_path(&cmd.config, &None);
     let run_dir = match outpost::load_config(&path) {
         Ok(valid) => valid.config.agent.run_dir.clone(),
         Err(_) => config::run_dir_hint(&path),
     };
     let status = agent::run::query_status(&run_dir)?;
+    if let Some(name) = &cmd.group
+        && !status.groups.iter().any(|g| &g.name == name)
+    {
+        let names: Vec<&str> = status.groups.iter().map(|g| g.name.as_str()).collect();
+        return Err(Error::permanent(format!(
+            "no group \"{name}\" (groups: {})",
+            names.join(", ")
+        )));
+    }
     if cmd.json {
         println!("{}", miniserde::json::to_string(&status));
         return Ok(());
@@ -349,18 +358,35 @@ fn status(cmd: &StatusCmd) -> Result<(), Error> {
     if let Some(pid) = status.relay_pid {
         println!("xDS relay pid {pid} (every group's consul_grpc.sock)");
     }
-    for g in &status.groups {
-        println!("group {} ({})", g.name, g.phase);
+    let shown = status
+        .groups
+        .iter()
+        .filter(|g| cmd.group.as_ref().is_none_or(|name| &g.name == name));
+    for g in shown {
+        let address = g
+            .address
+            .as_ref()
+            .map_or(String::new(), |a| format!(", {a}"));
+        println!("group {} ({}{address})", g.name, g.phase);
+        for port in g.ports.iter().flatten() {
+            println!("  port {port}");
+        }
         for t in &g.tasks {
             let pid = t.pid.map_or(String::new(), |p| format!(" pid {p}"));
-            let err = t
-                .last_error
-                .as_ref()
-                .map_or(String::new(), |e| format!(" last: {e}"));
+            // A task that runs again has recovered: its last error is in its events.
+            let err = match (&t.last_error, t.state.as_str()) {
+                (Some(e), state) if state != "running" => format!(" last: {e}"),
+                _ => String::new(),
+            };
             println!(
                 "  {:<28} {:<18} {}{pid} restarts {}{err}",
                 t.name, t.lifecycle, t.state, t.restarts
             );
+            if cmd.group.is_some() {
+                for event in t.events.iter().flatten() {
+                    println!("    {event}");
+                }
+            }
         }
     }
     Ok(())

@@ -378,6 +378,8 @@ fn teardown_leaves_the_host_as_run_found_it() {
     // A host that does not forward, as many do before anything asks it to.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "0").unwrap();
     let dir = std::env::temp_dir().join(format!("outpost-teardown-host-{}", std::process::id()));
+    // Pids repeat across the tests' pid namespaces: start from nothing.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let data_dir = dir.join("data");
     let file = dir.join("outpost.toml");
@@ -403,6 +405,14 @@ fn teardown_leaves_the_host_as_run_found_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let during = host_snapshot(&run, &data_dir);
+    // `status <group>`: its address, its ports, and each task's last events.
+    let status = outpost(&["status", "web"]).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(status.contains("group web (running, 172.26.64."), "{status}");
+    assert!(status.contains("  port http 8080 -> 8080"), "{status}");
+    assert!(status.contains("Z started (pid "), "{status}");
+    let unknown = outpost(&["status", "nope"]).output().unwrap();
+    assert!(!unknown.status.success());
     let down = outpost(&["teardown"]).output().unwrap();
     let _ = agent.wait();
     let after = host_snapshot(&run, &data_dir);

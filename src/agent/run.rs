@@ -544,6 +544,19 @@ impl Agent {
             .map(|r| GroupStatus {
                 name: r.name.clone(),
                 phase: format!("{:?}", r.phase).to_lowercase(),
+                address: self
+                    .plan
+                    .groups
+                    .iter()
+                    .find(|g| g.name == r.name)
+                    .and_then(|g| g.netns.as_ref())
+                    .map(|n| n.address.clone()),
+                ports: self.plan.groups.iter().find(|g| g.name == r.name).map(|g| {
+                    g.ports
+                        .iter()
+                        .map(|p| format!("{} {} -> {}", p.label, p.host_port, p.netns_port))
+                        .collect()
+                }),
                 tasks: r
                     .tasks
                     .iter()
@@ -563,6 +576,7 @@ impl Agent {
                         },
                         restarts: t.restarts,
                         last_error: t.last_error.clone(),
+                        events: Some(t.events.iter().cloned().collect()),
                     })
                     .collect(),
             })

@@ -51,6 +51,10 @@ pub struct EnvoyStatus {
 pub struct GroupStatus {
     pub name: String,
     pub phase: String,
+    /// The group's address in its namespace (bridge mode).
+    pub address: Option<String>,
+    /// Its port mappings, `label host -> namespace`.
+    pub ports: Option<Vec<String>>,
     pub tasks: Vec<TaskStatus>,
 }
 
@@ -62,6 +66,8 @@ pub struct TaskStatus {
     pub pid: Option<i32>,
     pub restarts: u32,
     pub last_error: Option<String>,
+    /// The task's last events, newest last (absent from older agents).
+    pub events: Option<Vec<String>>,
 }
 
 /// `outpost status`: asks the running agent.
