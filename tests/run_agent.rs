@@ -408,7 +408,10 @@ fn teardown_leaves_the_host_as_run_found_it() {
     // `status <group>`: its address, its ports, and each task's last events.
     let status = outpost(&["status", "web"]).output().unwrap();
     let status = String::from_utf8_lossy(&status.stdout).to_string();
-    assert!(status.contains("group web (running, 172.26.64."), "{status}");
+    assert!(
+        status.contains("group web (running, 172.26.64."),
+        "{status}"
+    );
     assert!(status.contains("  port http 8080 -> 8080"), "{status}");
     assert!(status.contains("Z started (pid "), "{status}");
     let unknown = outpost(&["status", "nope"]).output().unwrap();
