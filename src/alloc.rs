@@ -166,10 +166,7 @@ fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Tas
             stdout: logs.join(format!("{}.stdout.0", t.name)),
             stderr: logs.join(format!("{}.stderr.0", t.name)),
             journal: start_journal(group),
-            resolv_conf: group
-                .resolv_conf
-                .as_ref()
-                .map(|_| Path::new(&group.alloc_dir).join(crate::allocdir::RESOLV_CONF)),
+            resolv_conf: group.resolv_conf_path(),
         },
         resolv_text: group.resolv_conf.clone(),
         events: heapless::Deque::new(),

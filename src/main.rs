@@ -303,12 +303,18 @@ fn envoy_bootstrap(cmd: &outpost::envoy::command::EnvoyBootstrap) -> Result<(), 
     Ok(())
 }
 
-fn logs(cmd: &LogsCmd) -> Result<(), Error> {
-    let path = config_path(&cmd.config, &None);
-    let run_dir = match outpost::load_config(&path) {
+/// The run_dir of the config at `path`, for commands that only ask a running agent or
+/// read its files. The file may have been broken since the agent read it (a failed reload
+/// keeps the running config): the run_dir is found anyway.
+fn run_dir_of(path: &std::path::Path) -> String {
+    match outpost::load_config(path) {
         Ok(valid) => valid.config.agent.run_dir.clone(),
-        Err(_) => config::run_dir_hint(&path),
-    };
+        Err(_) => config::run_dir_hint(path),
+    }
+}
+
+fn logs(cmd: &LogsCmd) -> Result<(), Error> {
+    let run_dir = run_dir_of(&config_path(&cmd.config, &None));
     let dir = outpost::logs::dir(&run_dir, &cmd.group, &cmd.task)?;
     let stream = if cmd.stderr { "stderr" } else { "stdout" };
     outpost::logs::show(
@@ -321,13 +327,7 @@ fn logs(cmd: &LogsCmd) -> Result<(), Error> {
 }
 
 fn status(cmd: &StatusCmd) -> Result<(), Error> {
-    // The file may have been broken since the agent read it (a failed reload keeps the
-    // running config): find its run_dir anyway.
-    let path = config_path(&cmd.config, &None);
-    let run_dir = match outpost::load_config(&path) {
-        Ok(valid) => valid.config.agent.run_dir.clone(),
-        Err(_) => config::run_dir_hint(&path),
-    };
+    let run_dir = run_dir_of(&config_path(&cmd.config, &None));
     let status = agent::run::query_status(&run_dir)?;
     if let Some(name) = &cmd.group
         && !status.groups.iter().any(|g| &g.name == name)

@@ -541,44 +541,43 @@ impl Agent {
         let groups: Vec<GroupStatus> = self
             .runners
             .iter()
-            .map(|r| GroupStatus {
-                name: r.name.clone(),
-                phase: format!("{:?}", r.phase).to_lowercase(),
-                address: self
-                    .plan
-                    .groups
-                    .iter()
-                    .find(|g| g.name == r.name)
-                    .and_then(|g| g.netns.as_ref())
-                    .map(|n| n.address.clone()),
-                ports: self.plan.groups.iter().find(|g| g.name == r.name).map(|g| {
-                    g.ports
+            .map(|r| {
+                let planned = self.plan.groups.iter().find(|g| g.name == r.name);
+                GroupStatus {
+                    name: r.name.clone(),
+                    phase: format!("{:?}", r.phase).to_lowercase(),
+                    address: planned
+                        .and_then(|g| g.netns.as_ref())
+                        .map(|n| n.address.clone()),
+                    ports: planned.map(|g| {
+                        g.ports
+                            .iter()
+                            .map(|p| format!("{} {} -> {}", p.label, p.host_port, p.netns_port))
+                            .collect()
+                    }),
+                    tasks: r
+                        .tasks
                         .iter()
-                        .map(|p| format!("{} {} -> {}", p.label, p.host_port, p.netns_port))
-                        .collect()
-                }),
-                tasks: r
-                    .tasks
-                    .iter()
-                    .map(|t| TaskStatus {
-                        name: t.plan_name.clone(),
-                        lifecycle: t.lifecycle.to_string(),
-                        state: match t.state {
-                            TaskState::Pending => "pending".into(),
-                            TaskState::Running(_) => "running".into(),
-                            TaskState::Restarting(_) => "restarting".into(),
-                            TaskState::Done => "done".into(),
-                            TaskState::Failed => "failed".into(),
-                        },
-                        pid: match t.state {
-                            TaskState::Running(p) => Some(p.pid),
-                            _ => None,
-                        },
-                        restarts: t.restarts,
-                        last_error: t.last_error.clone(),
-                        events: Some(t.events.iter().cloned().collect()),
-                    })
-                    .collect(),
+                        .map(|t| TaskStatus {
+                            name: t.plan_name.clone(),
+                            lifecycle: t.lifecycle.to_string(),
+                            state: match t.state {
+                                TaskState::Pending => "pending".into(),
+                                TaskState::Running(_) => "running".into(),
+                                TaskState::Restarting(_) => "restarting".into(),
+                                TaskState::Done => "done".into(),
+                                TaskState::Failed => "failed".into(),
+                            },
+                            pid: match t.state {
+                                TaskState::Running(p) => Some(p.pid),
+                                _ => None,
+                            },
+                            restarts: t.restarts,
+                            last_error: t.last_error.clone(),
+                            events: Some(t.events.iter().cloned().collect()),
+                        })
+                        .collect(),
+                }
             })
             .collect();
         miniserde::json::to_string(&Status {

@@ -96,10 +96,7 @@ pub(super) fn run(
         .find(|t| t.name == check.task)
         .ok_or_else(|| Error::permanent(format!("no task {} in the plan", check.task)))?;
     let env: Vec<(String, String)> = task.env.clone().into_iter().collect();
-    let resolv_conf = group
-        .resolv_conf
-        .as_ref()
-        .map(|_| Path::new(&group.alloc_dir).join(crate::allocdir::RESOLV_CONF));
+    let resolv_conf = group.resolv_conf_path();
     let confine = Confinement {
         netns: group.netns.as_ref().map(|n| Path::new(&n.path)),
         user: task.user.as_deref(),

@@ -231,6 +231,13 @@ impl std::fmt::Display for KillSignal {
 serialize_as_str!(KillSignal);
 
 impl GroupPlan {
+    /// Where the group's resolv.conf is written, when it has one (`resolv_conf`).
+    pub fn resolv_conf_path(&self) -> Option<std::path::PathBuf> {
+        self.resolv_conf
+            .as_ref()
+            .map(|_| std::path::Path::new(&self.alloc_dir).join(crate::allocdir::RESOLV_CONF))
+    }
+
     /// What the network makes for this group.
     pub fn net(&self) -> GroupNet<'_> {
         GroupNet {
