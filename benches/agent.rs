@@ -395,7 +395,7 @@ fn main() {
             up - stage(|s| s.bootstraps)
         );
         println!(
-            "budgets (DESIGN.md): 20 sidecars exec'd <= 250 ms: {up:.0} ms ({idle_up:.0} ms with the idle stand-in); RSS with 20 groups <= 4096 KiB: {rss:.0} KiB (peak {hwm:.0}); all tasks running: {all:.0} ms"
+            "budgets (docs/architecture.md): 20 sidecars exec'd <= 250 ms: {up:.0} ms ({idle_up:.0} ms with the idle stand-in); RSS with 20 groups <= 4096 KiB: {rss:.0} KiB (peak {hwm:.0}); all tasks running: {all:.0} ms"
         );
         println!("agent: groups={GROUPS} up_ms={up:.0} rss_kib={rss:.0} down_ms={down:.0}");
         true

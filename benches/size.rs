@@ -3,7 +3,7 @@
 //! each built here with `--locked` into target/size/ (so the figures are of this tree, not
 //! of a stale build). Prints a table and, last,
 //! `size: aarch64_tls=… x86_64_tls=… aarch64_notls=… x86_64_notls=…` (bytes).
-//! The budget (DESIGN.md) is 2.0 MiB for aarch64 with TLS.
+//! The budget (docs/architecture.md, "Targets") is 2.0 MiB for aarch64 with TLS.
 
 use std::path::Path;
 use std::process::Command;

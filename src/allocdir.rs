@@ -1,5 +1,5 @@
 //! A group's directory in Nomad's layout, with owners that keep tasks out of everything
-//! the agent writes (DESIGN.md, trust model):
+//! the agent writes (docs/trust-model.md):
 //!
 //! ```text
 //! run_dir/                      +0011      (tasks pass through; owner and mode the admin's)

@@ -1,4 +1,4 @@
-//! Files the agent writes where tasks also live (DESIGN.md, trust model). Tasks are
+//! Files the agent writes where tasks also live (docs/trust-model.md). Tasks are
 //! untrusted and may plant symlinks wherever they can write, so below a directory the admin
 //! chose (`run_dir`, `data_dir`) nothing is opened by path: each directory is opened from
 //! its parent's descriptor with `O_NOFOLLOW`, owners and modes change through descriptors,

@@ -1,5 +1,5 @@
 //! outpost: what a Nomad client does for Consul service mesh, for one edge device.
-//! See DESIGN.md for the architecture (plan, then apply) and the module map.
+//! See docs/architecture.md for the architecture (plan, then apply) and the module map.
 
 /// `miniserde::Serialize` for a type shown as its `as_str()` (enums written as the config
 /// and Nomad write them), in `plan --json` and the status.

@@ -60,7 +60,7 @@ struct ValidateCmd {
 #[derive(FromArgs)]
 /// Show what outpost would set up for a config: namespaces, addresses, ports, service IDs,
 /// injected sidecar tasks with their argv and environment. Reads the node state (leases,
-/// dynamic ports) if present; changes nothing.
+/// dynamic ports) if present and readable; changes nothing and needs no root.
 #[argh(subcommand, name = "plan")]
 struct PlanCmd {
     /// the config file (default: FILE, else $OUTPOST_CONFIG, else /etc/outpost/outpost.toml)
@@ -113,7 +113,9 @@ struct LogsCmd {
 }
 
 #[derive(FromArgs)]
-/// Ask the running agent what it is doing: groups, tasks, pids, restarts, Consul sync.
+/// Ask the running agent what it is doing: each group's state, address and port mappings,
+/// its tasks (pid, restarts, last error), Envoy's version, and the Consul sync. With a
+/// group, each of its tasks' last five events too.
 #[argh(subcommand, name = "status")]
 struct StatusCmd {
     /// only this group, with its tasks' last events
@@ -144,9 +146,11 @@ struct ApplyCmd {
 }
 
 #[derive(FromArgs)]
-/// Remove everything outpost set up on this host: its Consul registrations and workload
-/// tokens, every outpost namespace (and its veth), the nf_tables table, the bridge (unless
-/// other interfaces use it), and the leases.
+/// Stop the running agent and every group's tasks and Envoys, then remove everything outpost
+/// set up on this host: its Consul registrations and workload tokens, every outpost
+/// namespace (and its veth), the nf_tables table, the bridge (unless other interfaces use
+/// it), the leases and state file, and the host settings it changed (ip_forward, the
+/// /run/netns mount) back to what the first run found. Needs root.
 #[argh(subcommand, name = "teardown")]
 struct TeardownCmd {
     /// the config file (default: FILE, else $OUTPOST_CONFIG, else /etc/outpost/outpost.toml)

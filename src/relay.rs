@@ -1,4 +1,4 @@
-//! The xDS relay (DESIGN.md "xDS path survives agent restarts"): Envoy in a group's
+//! The xDS relay (docs/architecture.md, "The xDS path survives agent restarts"): Envoy in a group's
 //! namespace cannot reach the host's loopback, but unix sockets cross namespaces. When
 //! Consul serves gRPC on TCP only, one `outpost relay` per node (this binary, started by the
 //! agent as its own process, so it outlives agent restarts like the tasks do) listens on

@@ -48,6 +48,65 @@ fn every_command_has_help() {
     assert!(!top.contains("relay"), "{top}");
 }
 
+/// The commands the README and the docs show are commands this binary has, each with the
+/// flags shown: a renamed command or flag fails here, not in a newcomer's terminal.
+#[test]
+fn the_commands_the_docs_show_exist_with_their_flags() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut shown = 0;
+    for doc in ["README.md", "docs/guide.md", "docs/device.md"] {
+        let text = std::fs::read_to_string(format!("{root}/{doc}")).unwrap();
+        let mut in_block = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                in_block = line == "```sh";
+                continue;
+            }
+            let Some(at) = line.find("outpost ").filter(|_| in_block) else {
+                continue;
+            };
+            // `outpost …` or `./target/release/outpost …`, up to a comment, pipe or quote.
+            let before = &line[..at];
+            if !(before.is_empty() || before.ends_with('/') || before.ends_with('\'')) {
+                continue;
+            }
+            let words: Vec<&str> = line[at + "outpost ".len()..]
+                .split(['#', '|', '>', '&', '\''])
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .collect();
+            let Some(command) = words.first() else {
+                continue;
+            };
+            // `scp …/outpost root@device:…` copies the binary; it is not a command line.
+            if !command.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+                continue;
+            }
+            if command.starts_with('-') {
+                let out = outpost(&[command]);
+                assert!(out.status.success(), "{doc}: `{line}`: {out:?}");
+                shown += 1;
+                continue;
+            }
+            let help = outpost(&[command, "--help"]);
+            let usage = String::from_utf8_lossy(&help.stdout);
+            assert!(help.status.success(), "{doc}: `{line}`: {help:?}");
+            for flag in words.iter().filter(|w| w.starts_with('-')) {
+                let long = flag.split('=').next().unwrap_or(flag);
+                assert!(
+                    usage.contains(&format!("[{long}"))
+                        || usage.contains(&format!("{long}, "))
+                        || usage.contains(&format!("{long} ")),
+                    "{doc}: `{line}`: {command} has no {long}:\n{usage}"
+                );
+            }
+            shown += 1;
+        }
+    }
+    assert!(shown >= 10, "the docs show {shown} outpost commands");
+}
+
 #[test]
 fn dash_dash_version_and_the_config_from_a_positional_or_the_environment() {
     let out = outpost(&["--version"]);

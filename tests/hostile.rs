@@ -1,4 +1,4 @@
-//! Tasks as an attacker would run them (DESIGN.md, trust model; issue 16), as root in
+//! Tasks as an attacker would run them (docs/trust-model.md; issue 16), as root in
 //! throwaway network and mount namespaces. Each test tries what a task or Envoy could do
 //! against the agent, the host or another group, and asserts it no longer works:
 //!

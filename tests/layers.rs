@@ -1,4 +1,4 @@
-//! The layers point one way (DESIGN.md: config -> plan -> the adapters -> the agent): read
+//! The layers point one way (docs/architecture.md: config -> plan -> the adapters -> the agent): read
 //! from the source, every `crate::<module>` a top-level module names is an edge, and the
 //! graph has no cycle. `config`, `net`, `consul` and `state` in particular never name `plan`:
 //! the planner produces their inputs, not the other way round.

@@ -65,7 +65,10 @@ fn quickstart_serves_the_mapped_port_without_consul_and_notifies_systemd() {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
         answer = ask("127.0.0.1:8080");
-        if answer.is_ok() {
+        if answer
+            .as_ref()
+            .is_ok_and(|r| r.contains("hello from outpost"))
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -82,7 +85,12 @@ fn quickstart_serves_the_mapped_port_without_consul_and_notifies_systemd() {
     let _ = agent.wait();
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     let reply = answer.unwrap_or_else(|e| panic!("host:8080: {e}\n{log}"));
-    assert!(reply.starts_with("HTTP/1."), "{reply}\n{log}");
+    // The page the task's shell wrote into its local/ directory, served by its httpd.
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}\n{log}");
+    assert!(
+        reply.contains("<h1>hello from outpost</h1>"),
+        "{reply}\n{log}"
+    );
     assert!(down.success(), "{log}");
     assert_eq!(
         notes.first().map(String::as_str),

@@ -54,7 +54,7 @@ impl std::fmt::Display for IfName {
 serialize_as_str!(IfName);
 
 /// Envoy's admin and ready ports inside the namespace for the `i`th service of a group
-/// (DESIGN.md: admin 127.0.0.2:19000+i, ready 127.0.0.1:19100+i).
+/// (docs/architecture.md: admin 127.0.0.2:19000+i, ready 127.0.0.1:19100+i).
 pub fn envoy_ports(service_index: usize) -> (u16, u16) {
     let i = u16::try_from(service_index).unwrap_or(u16::MAX).min(99);
     (19000 + i, 19100 + i)
@@ -83,7 +83,7 @@ pub fn host_veth_name(group: &str) -> IfName {
     IfName(name)
 }
 
-/// Consul service ID (DESIGN.md): `_outpost-<group>-<service>-<port label or number>`.
+/// Consul service ID (docs/architecture.md): `_outpost-<group>-<service>-<port label or number>`.
 pub fn service_id(group: &str, service: &Service) -> String {
     match service_port(service) {
         Some(port) => format!("_outpost-{group}-{}-{port}", service.name),

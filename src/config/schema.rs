@@ -1,5 +1,5 @@
 //! The TOML schema of `outpost.toml`. Block and key names follow Nomad's job specification
-//! (DESIGN.md "Config shape"); defaults are Nomad's where Nomad has one
+//! (the examples show each block); defaults are Nomad's where Nomad has one
 //! (reference/nomad-connect.md §1.2, §1.9, §10). Every struct denies unknown keys.
 //!
 //! Reading it from TOML is `load`; rules that relate values to each other are in

@@ -27,7 +27,7 @@
 //! }
 //! ```
 //!
-//! The filter chains are what keeps the mesh the only way in (DESIGN.md, trust model):
+//! The filter chains are what keeps the mesh the only way in (docs/trust-model.md):
 //! someone on the LAN who routes the group subnet via the device reaches no group port that
 //! is not mapped, and a group that sends to 127.0.0.1 over the bridge (`route_localnet` is on
 //! there, for host-to-group mappings on 127.0.0.1) reaches no host service.

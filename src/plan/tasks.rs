@@ -241,7 +241,7 @@ impl Context<'_> {
 }
 
 /// A task before interpolation: written by the user or injected.
-/// Who a task runs as when the config does not say (DESIGN.md, trust model): Nomad's exec
+/// Who a task runs as when the config does not say (docs/trust-model.md): Nomad's exec
 /// driver's `nobody` for the group's own tasks; Envoy gets a user of its own, Nomad's
 /// transparent-proxy default uid (the envoy image's user), so the group's tasks cannot read
 /// its bootstrap or its memory. Then the capabilities that user keeps (`caps`).

@@ -1,4 +1,4 @@
-# An attacker's view of the network (DESIGN.md, trust model; issue 16 items 4 and 5):
+# An attacker's view of the network (docs/trust-model.md; issue 16 items 4 and 5):
 # - someone on the LAN who routes the group subnet via the device reaches no group port
 #   that is not mapped (the forward filter), while mapped ports still answer;
 # - a group's root, with every capability in its own namespace, that sends to 127.0.0.1
