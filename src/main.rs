@@ -367,10 +367,11 @@ fn status(cmd: &StatusCmd) -> Result<(), Error> {
         .iter()
         .filter(|g| cmd.group.as_ref().is_none_or(|name| &g.name == name));
     for g in shown {
-        let address = g
-            .address
-            .as_ref()
-            .map_or(String::new(), |a| format!(", {a}"));
+        let address: String = [&g.address, &g.address_ipv6]
+            .into_iter()
+            .flatten()
+            .map(|a| format!(", {a}"))
+            .collect();
         println!("group {} ({}{address})", g.name, g.phase);
         for port in g.ports.iter().flatten() {
             println!("  port {port}");

@@ -19,6 +19,8 @@ pub struct NodeState {
 pub struct GroupState {
     /// The group's leased address on the bridge, without prefix length.
     pub address: Option<String>,
+    /// The group's IPv6 lease on a dual-stack bridge (`network.subnet_ipv6`).
+    pub address_ipv6: Option<String>,
     /// Dynamic host ports by port label.
     pub ports: BTreeMap<String, u16>,
 }

@@ -205,6 +205,7 @@ fn leases_and_dynamic_ports_from_state_are_kept() {
         "dashboard".into(),
         GroupState {
             address: Some("172.26.64.40".into()),
+            address_ipv6: None,
             ports: [("connect-proxy-count-dashboard".to_string(), 23456)].into(),
         },
     );
@@ -217,6 +218,72 @@ fn leases_and_dynamic_ports_from_state_are_kept() {
         p.groups[0].netns.as_ref().unwrap().address,
         "172.26.64.2/20"
     );
+}
+
+/// `network.subnet_ipv6`: every bridge group gets an IPv6 lease beside its IPv4 one (kept
+/// in the state like it), the bridge its gateway address, and every mapping an ip6 rule.
+#[test]
+fn a_dual_stack_bridge_leases_both_families_and_maps_ports_for_both() {
+    let dir = std::env::temp_dir().join(format!("outpost-plan-v6-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/countdash.toml"),
+    )
+    .unwrap()
+    .replace(
+        "subnet = \"172.26.64.0/20\"\n",
+        "subnet = \"172.26.64.0/20\"\nsubnet_ipv6 = \"fd00:a110:c8::/120\"\n",
+    );
+    let file = dir.join("dual.toml");
+    std::fs::write(&file, text).unwrap();
+    let valid = outpost::load_config(&file).unwrap_or_else(|d| panic!("{d:?}"));
+    let mut state = NodeState {
+        version: 1,
+        ..Default::default()
+    };
+    state.groups.insert(
+        "dashboard".into(),
+        GroupState {
+            address: Some("172.26.64.40".into()),
+            address_ipv6: Some("fd00:a110:c8::40".into()),
+            ports: Default::default(),
+        },
+    );
+    let p = plan::build(&valid, &state, &facts()).expect("plan");
+    assert_eq!(
+        p.bridge.address_ipv6.as_deref(),
+        Some("fd00:a110:c8::1/120")
+    );
+    let ns = |i: usize| p.groups[i].netns.as_ref().unwrap();
+    assert_eq!(ns(1).address_ipv6.as_deref(), Some("fd00:a110:c8::40/120"));
+    assert_eq!(ns(0).address_ipv6.as_deref(), Some("fd00:a110:c8::2/120"));
+    assert_eq!(ns(0).gateway_ipv6.as_deref(), Some("fd00:a110:c8::1"));
+    let kept = plan::node_state(&p);
+    assert_eq!(
+        kept.groups["api"].address_ipv6.as_deref(),
+        Some("fd00:a110:c8::2")
+    );
+    let dash = &p.groups[1];
+    assert!(
+        dash.firewall_rules
+            .iter()
+            .any(|r| r
+                == "ip6 portmap: meta l4proto tcp th dport 9002 dnat to [fd00:a110:c8::40]:9002"),
+        "{:?}",
+        dash.firewall_rules
+    );
+    assert!(
+        p.bridge.firewall_rules.iter().any(|r| r
+            == "ip6 postrouting: ip6 saddr fd00:a110:c8::/120 oifname != \"outpost\" masquerade"),
+        "{:?}",
+        p.bridge.firewall_rules
+    );
+    let text = plan::render::text(&p);
+    assert!(
+        text.contains("address  fd00:a110:c8::40/120 on eth0, default via fd00:a110:c8::1"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

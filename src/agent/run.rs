@@ -549,6 +549,9 @@ impl Agent {
                     address: planned
                         .and_then(|g| g.netns.as_ref())
                         .map(|n| n.address.clone()),
+                    address_ipv6: planned
+                        .and_then(|g| g.netns.as_ref())
+                        .and_then(|n| n.address_ipv6.clone()),
                     ports: planned.map(|g| {
                         g.ports
                             .iter()

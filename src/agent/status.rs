@@ -53,6 +53,8 @@ pub struct GroupStatus {
     pub phase: String,
     /// The group's address in its namespace (bridge mode).
     pub address: Option<String>,
+    /// Its IPv6 address on a dual-stack bridge (absent from older agents).
+    pub address_ipv6: Option<String>,
     /// Its port mappings, `label host -> namespace`.
     pub ports: Option<Vec<String>>,
     pub tasks: Vec<TaskStatus>,

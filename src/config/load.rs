@@ -117,6 +117,7 @@ fn network(t: Table) -> Network {
     let n = Network {
         bridge: t.string("bridge").unwrap_or(d.bridge),
         subnet: t.string("subnet").unwrap_or(d.subnet),
+        subnet_ipv6: t.string("subnet_ipv6"),
         dynamic_ports: t.string("dynamic_ports").unwrap_or(d.dynamic_ports),
         firewall: t.string("firewall").unwrap_or(d.firewall),
         advertise_address: t.string("advertise_address"),
@@ -126,6 +127,7 @@ fn network(t: Table) -> Network {
         &[
             "bridge",
             "subnet",
+            "subnet_ipv6",
             "dynamic_ports",
             "firewall",
             "advertise_address",

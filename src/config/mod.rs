@@ -5,6 +5,7 @@
 
 pub mod duration;
 pub mod ipv4;
+pub mod ipv6;
 mod load;
 pub mod locate;
 pub mod naming;
@@ -14,6 +15,7 @@ pub(crate) mod validate;
 
 pub use duration::Dur;
 pub use ipv4::Ipv4Net;
+pub use ipv6::Ipv6Net;
 pub use schema::*;
 
 use std::fmt;
@@ -25,6 +27,8 @@ use std::path::Path;
 pub struct ValidConfig {
     pub config: Config,
     pub subnet: Ipv4Net,
+    /// `network.subnet_ipv6`: the bridge is dual-stack when set.
+    pub subnet_ipv6: Option<Ipv6Net>,
     /// Inclusive range for dynamic host ports.
     pub dynamic_ports: (u16, u16),
     pub advertise_address: Option<Ipv4Addr>,

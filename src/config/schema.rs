@@ -180,6 +180,8 @@ impl Default for Preflight {
 pub struct Network {
     pub bridge: String,
     pub subnet: String,
+    /// A second, IPv6 range for a dual-stack bridge (Nomad's `bridge_network_subnet_ipv6`).
+    pub subnet_ipv6: Option<String>,
     /// `"low-high"`, inclusive.
     pub dynamic_ports: String,
     /// `nftables` or `none`.
@@ -193,6 +195,7 @@ impl Default for Network {
         Network {
             bridge: "outpost".into(),
             subnet: "172.26.64.0/20".into(),
+            subnet_ipv6: None,
             dynamic_ports: "20000-32000".into(),
             firewall: "nftables".into(),
             advertise_address: None,

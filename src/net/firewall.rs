@@ -36,17 +36,27 @@ use super::netlink::{NLM_F_CREATE, Socket};
 use super::nft::{
     Chain, Expr, IPPROTO_TCP, IPPROTO_UDP, NF_INET_FORWARD, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT,
     NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END,
-    NFT_MSG_DELTABLE, NFT_MSG_NEWTABLE, batch_marker, chain_msg, delete_rule_msg, existing_rules,
-    rule_msg, table_msg, text, with_socket,
+    NFPROTO_IPV4, NFPROTO_IPV6, NFT_MSG_DELTABLE, NFT_MSG_NEWTABLE, Table, batch_marker, chain_msg,
+    delete_rule_msg, existing_rules, rule_msg, table_exists, table_msg, text, with_socket,
 };
-use crate::config::Ipv4Net;
 use crate::config::naming::IfName;
+use crate::config::{Ipv4Net, Ipv6Net};
 use std::collections::BTreeSet;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const TABLE: &str = "outpost";
 const PORTMAP: &str = "portmap";
+const IP: Table = Table {
+    name: TABLE,
+    family: NFPROTO_IPV4,
+};
+/// The dual-stack bridge's IPv6 rules: a table of their own (an `inet` table would cover
+/// both families, but NAT in `inet` tables needs Linux 5.2; edge kernels are often older).
+const IP6: Table = Table {
+    name: TABLE,
+    family: NFPROTO_IPV6,
+};
 
 /// One port mapping: host port (tcp and udp) to a group's address and port.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +65,8 @@ pub struct Mapping {
     pub label: String,
     pub host_port: u16,
     pub address: Ipv4Addr,
+    /// The group's IPv6 address on a dual-stack bridge: the port is mapped for IPv6 too.
+    pub address_ipv6: Option<Ipv6Addr>,
     pub port: u16,
 }
 
@@ -63,8 +75,13 @@ pub struct Mapping {
 pub struct NatSpec {
     pub bridge: IfName,
     pub subnet: Ipv4Net,
+    pub subnet_ipv6: Option<Ipv6Net>,
     pub mappings: Vec<Mapping>,
 }
+
+/// The IPv6 table's chains: the same less `input` (the kernel itself drops packets from
+/// `::1` that arrive on another interface; IPv6 has no `route_localnet`).
+const CHAINS_IPV6: [Chain; 5] = [CHAINS[0], CHAINS[1], CHAINS[2], CHAINS[3], CHAINS[4]];
 
 const CHAINS: [Chain; 6] = [
     Chain {
@@ -138,20 +155,61 @@ fn rules(spec: &NatSpec) -> Vec<(&'static str, Vec<Expr>)> {
             Expr::Masquerade,
         ],
     ));
-    rules.extend(filter_rules(&spec.bridge));
+    rules.extend(forward_rules(&spec.bridge));
+    rules.push(martian_rule());
     rules
 }
 
-/// The forward filter (new connections into the bridge only through a mapping) and the
-/// martian drop (127.0.0.0/8 from outside `lo`, unless it is the reply of a mapping).
-fn filter_rules(bridge: &IfName) -> Vec<(&'static str, Vec<Expr>)> {
+/// The IPv6 table's rules: the same mappings, masquerade, hairpin and forward filter for
+/// `subnet`. The host's `::1` is left out of the mappings: Linux never routes a packet
+/// from the loopback address off the host, so a connection to `[::1]:<port>` is refused
+/// rather than left hanging; the host reaches a mapped port on any of its other addresses.
+fn rules_ipv6(spec: &NatSpec, subnet: Ipv6Net) -> Vec<(&'static str, Vec<Expr>)> {
+    let loopback = Ipv6Net {
+        addr: Ipv6Addr::LOCALHOST,
+        prefix: 128,
+    };
+    let mut rules = vec![
+        ("prerouting", vec![Expr::FibDaddrLocal, Expr::Jump(PORTMAP)]),
+        ("output", vec![Expr::Daddr6In(loopback), Expr::Return]),
+        ("output", vec![Expr::FibDaddrLocal, Expr::Jump(PORTMAP)]),
+    ];
+    for m in &spec.mappings {
+        rules.extend(mapping_rules_ipv6(m));
+    }
+    rules.push((
+        "postrouting",
+        vec![
+            Expr::Saddr6In(subnet),
+            Expr::OifName {
+                name: spec.bridge.clone(),
+                equal: false,
+            },
+            Expr::Masquerade,
+        ],
+    ));
+    rules.push((
+        "postrouting",
+        vec![
+            Expr::CtStatusDnat,
+            Expr::Saddr6In(subnet),
+            Expr::OifName {
+                name: spec.bridge.clone(),
+                equal: true,
+            },
+            Expr::Masquerade,
+        ],
+    ));
+    rules.extend(forward_rules(&spec.bridge));
+    rules
+}
+
+/// The forward filter: new connections into the bridge only through a mapping or from
+/// another group.
+fn forward_rules(bridge: &IfName) -> Vec<(&'static str, Vec<Expr>)> {
     let to_bridge = || Expr::OifName {
         name: bridge.clone(),
         equal: true,
-    };
-    let loopback = Ipv4Net {
-        addr: Ipv4Addr::new(127, 0, 0, 0),
-        prefix: 8,
     };
     vec![
         (
@@ -174,19 +232,27 @@ fn filter_rules(bridge: &IfName) -> Vec<(&'static str, Vec<Expr>)> {
             ],
         ),
         ("forward", vec![to_bridge(), Expr::Drop]),
-        (
-            "input",
-            vec![
-                Expr::IifName {
-                    name: IfName::literal("lo"),
-                    equal: false,
-                },
-                Expr::DaddrIn(loopback),
-                Expr::CtStatusNotDnat,
-                Expr::Drop,
-            ],
-        ),
     ]
+}
+
+/// The martian drop: 127.0.0.0/8 from outside `lo`, unless it is the reply of a mapping.
+fn martian_rule() -> (&'static str, Vec<Expr>) {
+    let loopback = Ipv4Net {
+        addr: Ipv4Addr::new(127, 0, 0, 0),
+        prefix: 8,
+    };
+    (
+        "input",
+        vec![
+            Expr::IifName {
+                name: IfName::literal("lo"),
+                equal: false,
+            },
+            Expr::DaddrIn(loopback),
+            Expr::CtStatusNotDnat,
+            Expr::Drop,
+        ],
+    )
 }
 
 fn mapping_rules(m: &Mapping) -> Vec<(&'static str, Vec<Expr>)> {
@@ -205,34 +271,76 @@ fn mapping_rules(m: &Mapping) -> Vec<(&'static str, Vec<Expr>)> {
         .collect()
 }
 
-/// nft-syntax text of the rules a group's mappings add (for `plan`).
-pub fn describe_mapping(m: &Mapping) -> Vec<String> {
-    mapping_rules(m)
+fn mapping_rules_ipv6(m: &Mapping) -> Vec<(&'static str, Vec<Expr>)> {
+    let Some(address) = m.address_ipv6 else {
+        return Vec::new();
+    };
+    [IPPROTO_TCP, IPPROTO_UDP]
         .into_iter()
-        .map(|(chain, exprs)| format!("{chain}: {}", text(&exprs)))
+        .map(|proto| {
+            (
+                PORTMAP,
+                vec![
+                    Expr::L4Proto(proto),
+                    Expr::DstPort(m.host_port),
+                    Expr::Dnat6(address, m.port),
+                ],
+            )
+        })
         .collect()
 }
 
-/// nft-syntax text of the rules shared by all groups (for `plan`).
+/// One rule as the plan shows it: `chain: rule` for the IPv4 table, prefixed with `ip6 `
+/// for the IPv6 one.
+fn describe(table: Table, rules: Vec<(&'static str, Vec<Expr>)>) -> Vec<String> {
+    let prefix = if table == IP6 { "ip6 " } else { "" };
+    rules
+        .into_iter()
+        .map(|(chain, exprs)| format!("{prefix}{chain}: {}", text(&exprs)))
+        .collect()
+}
+
+/// nft-syntax text of the rules a group's mappings add (for `plan`), both families.
+pub fn describe_mapping(m: &Mapping) -> Vec<String> {
+    let mut out = describe(IP, mapping_rules(m));
+    out.extend(describe(IP6, mapping_rules_ipv6(m)));
+    out
+}
+
+/// nft-syntax text of the rules shared by all groups (for `plan`), both families.
 pub fn describe_shared(spec: &NatSpec) -> Vec<String> {
-    rules(&NatSpec {
+    let shared = NatSpec {
         mappings: Vec::new(),
         ..spec.clone()
-    })
-    .into_iter()
-    .map(|(chain, exprs)| format!("{chain}: {}", text(&exprs)))
-    .collect()
+    };
+    let mut out = describe(IP, rules(&shared));
+    if let Some(subnet) = spec.subnet_ipv6 {
+        out.extend(describe(IP6, rules_ipv6(&shared, subnet)));
+    }
+    out
 }
 
-/// Makes the table hold exactly the rules for `spec`: one atomic batch that adds the
-/// missing rules and deletes the unwanted ones; nothing is sent when they already match.
+/// Makes the tables hold exactly the rules for `spec`: per family, one atomic batch that
+/// adds the missing rules and deletes the unwanted ones; nothing is sent when they already
+/// match. Without an IPv6 subnet the `ip6` table goes, if there is one.
 pub fn replace(spec: &NatSpec) -> io::Result<()> {
-    with_socket(|sock| replace_with(sock, spec))
+    with_socket(|sock| {
+        replace_with(sock, IP, &CHAINS, rules(spec))?;
+        match spec.subnet_ipv6 {
+            Some(subnet) => replace_with(sock, IP6, &CHAINS_IPV6, rules_ipv6(spec, subnet)),
+            None => remove_if_present(sock, IP6),
+        }
+    })
 }
 
-fn replace_with(sock: &mut Socket, spec: &NatSpec) -> io::Result<()> {
-    let existing = existing_rules(sock, TABLE)?;
-    let wanted: Vec<(&'static str, Vec<Expr>, String)> = rules(spec)
+fn replace_with(
+    sock: &mut Socket,
+    table: Table,
+    chains: &[Chain],
+    rules: Vec<(&'static str, Vec<Expr>)>,
+) -> io::Result<()> {
+    let existing = existing_rules(sock, table)?;
+    let wanted: Vec<(&'static str, Vec<Expr>, String)> = rules
         .into_iter()
         .map(|(chain, exprs)| {
             let key = format!("{chain}: {}", text(&exprs));
@@ -249,7 +357,7 @@ fn replace_with(sock: &mut Socket, spec: &NatSpec) -> io::Result<()> {
     // Add before deleting, so NAT never has zero rules inside the transaction.
     for (chain, exprs, key) in &wanted {
         if !present.contains(key.as_str()) {
-            changes.push(rule_msg(TABLE, chain, exprs, key));
+            changes.push(rule_msg(table, chain, exprs, key));
         }
     }
     for rule in existing.iter().flatten() {
@@ -258,7 +366,7 @@ fn replace_with(sock: &mut Socket, spec: &NatSpec) -> io::Result<()> {
             .as_deref()
             .is_some_and(|c| wanted_keys.contains(c));
         if !keep {
-            changes.push(delete_rule_msg(TABLE, &rule.chain, rule.handle));
+            changes.push(delete_rule_msg(table, &rule.chain, rule.handle));
         }
     }
     if changes.is_empty() && existing.is_some() {
@@ -268,9 +376,9 @@ fn replace_with(sock: &mut Socket, spec: &NatSpec) -> io::Result<()> {
     // by hand.
     let mut batch = vec![
         batch_marker(NFNL_MSG_BATCH_BEGIN),
-        table_msg(TABLE, NFT_MSG_NEWTABLE, NLM_F_CREATE),
+        table_msg(table, NFT_MSG_NEWTABLE, NLM_F_CREATE),
     ];
-    batch.extend(CHAINS.iter().map(|c| chain_msg(TABLE, c)));
+    batch.extend(chains.iter().map(|c| chain_msg(table, c)));
     batch.extend(changes);
     batch.push(batch_marker(NFNL_MSG_BATCH_END));
     sock.batch(batch)
@@ -281,15 +389,30 @@ pub fn probe() -> io::Result<()> {
     with_socket(|_| Ok(()))
 }
 
-/// Removes the table if it exists.
+/// Removes both tables, those that exist.
 pub fn remove() -> io::Result<()> {
     let batch = vec![
         batch_marker(NFNL_MSG_BATCH_BEGIN),
-        table_msg(TABLE, NFT_MSG_NEWTABLE, NLM_F_CREATE),
-        table_msg(TABLE, NFT_MSG_DELTABLE, 0),
+        table_msg(IP, NFT_MSG_NEWTABLE, NLM_F_CREATE),
+        table_msg(IP, NFT_MSG_DELTABLE, 0),
         batch_marker(NFNL_MSG_BATCH_END),
     ];
-    with_socket(|sock| sock.batch(batch))
+    with_socket(|sock| {
+        sock.batch(batch)?;
+        remove_if_present(sock, IP6)
+    })
+}
+
+/// Deletes `table` if it exists.
+fn remove_if_present(sock: &mut Socket, table: Table) -> io::Result<()> {
+    if !table_exists(sock, table)? {
+        return Ok(());
+    }
+    sock.batch(vec![
+        batch_marker(NFNL_MSG_BATCH_BEGIN),
+        table_msg(table, NFT_MSG_DELTABLE, 0),
+        batch_marker(NFNL_MSG_BATCH_END),
+    ])
 }
 
 #[cfg(test)]
@@ -303,6 +426,7 @@ mod tests {
             label: "http".into(),
             host_port: 8080,
             address: Ipv4Addr::new(172, 26, 64, 2),
+            address_ipv6: None,
             port: 80,
         };
         assert_eq!(
@@ -315,6 +439,7 @@ mod tests {
         let spec = NatSpec {
             bridge: IfName::literal("outpost"),
             subnet: Ipv4Net::parse("172.26.64.0/20").unwrap(),
+            subnet_ipv6: None,
             mappings: vec![m],
         };
         let shared = describe_shared(&spec);

@@ -1,5 +1,5 @@
-//! What the host was like before outpost first changed it (`ip_forward`, `/run/netns` and
-//! its mount, `/run/sysctl.d`), recorded once and given back by teardown, so the host ends
+//! What the host was like before outpost first changed it (`ip_forward`, IPv6 forwarding,
+//! `/run/netns` and its mount, `/run/sysctl.d`), recorded once and given back by teardown, so the host ends
 //! as it was found. Kept in /run: the changes themselves do not outlive a reboot either.
 
 use log::{info, warn};
@@ -8,6 +8,7 @@ use std::path::Path;
 
 pub const FILE: &str = "/run/outpost-host-before";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 const NETNS_DIR: &str = "/run/netns";
 const SYSCTL_D: &str = "/run/sysctl.d";
 
@@ -17,14 +18,27 @@ pub fn remember() -> io::Result<()> {
         return Ok(());
     }
     let forward = std::fs::read_to_string(IP_FORWARD).unwrap_or_default();
+    let forward6 = std::fs::read_to_string(IPV6_FORWARDING).unwrap_or_default();
     let text = format!(
-        "ip_forward {}\nnetns_dir {}\nnetns_mount {}\nsysctl_d {}\n",
+        "ip_forward {}\nipv6_forwarding {}\nnetns_dir {}\nnetns_mount {}\nsysctl_d {}\n",
         forward.trim(),
+        forward6.trim(),
         Path::new(NETNS_DIR).exists(),
         is_mount_point(NETNS_DIR),
         Path::new(SYSCTL_D).exists(),
     );
     crate::files::write_private(Path::new(FILE), text.as_bytes())
+}
+
+/// Sets the sysctl at `path` back to `before` if it is still the 1 outpost set.
+fn give_back(path: &str, name: &str, before: &str) {
+    let now = std::fs::read_to_string(path).unwrap_or_default();
+    if !before.is_empty() && before != "1" && now.trim() == "1" {
+        match std::fs::write(path, before) {
+            Ok(()) => info!("{name} back to {before}"),
+            Err(e) => warn!("cannot set {name} back to {before}: {e}"),
+        }
+    }
 }
 
 fn is_mount_point(path: &str) -> bool {
@@ -44,14 +58,12 @@ pub fn restore() {
             .unwrap_or("")
             .to_string()
     };
-    let before = noted("ip_forward");
-    let now = std::fs::read_to_string(IP_FORWARD).unwrap_or_default();
-    if !before.is_empty() && before != "1" && now.trim() == "1" {
-        match std::fs::write(IP_FORWARD, &before) {
-            Ok(()) => info!("net.ipv4.ip_forward back to {before}"),
-            Err(e) => warn!("cannot set net.ipv4.ip_forward back to {before}: {e}"),
-        }
-    }
+    give_back(IP_FORWARD, "net.ipv4.ip_forward", &noted("ip_forward"));
+    give_back(
+        IPV6_FORWARDING,
+        "net.ipv6.conf.all.forwarding",
+        &noted("ipv6_forwarding"),
+    );
     let netns_empty = std::fs::read_dir(NETNS_DIR).is_ok_and(|mut d| d.next().is_none());
     if netns_empty && noted("netns_mount") == "false" && is_mount_point(NETNS_DIR) {
         let _ = nix::mount::umount2(NETNS_DIR, nix::mount::MntFlags::MNT_DETACH);

@@ -1,4 +1,4 @@
-//! rtnetlink operations: links (bridge, veth), IPv4 addresses and the default route. Each
+//! rtnetlink operations: links (bridge, veth), IPv4 and IPv6 addresses and default routes. Each
 //! function works in the namespace its socket was opened in.
 
 use super::netlink::{
@@ -7,7 +7,7 @@ use super::netlink::{
 };
 use neli::consts::socket::NlFamily;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 
 const RTM_NEWLINK: u16 = 16;
@@ -222,73 +222,145 @@ pub fn delete(sock: &mut Socket, index: i32) -> io::Result<()> {
     }
 }
 
-fn ifaddrmsg(prefix: u8, index: i32) -> [u8; 8] {
+const AF_INET6: u8 = 10;
+/// No duplicate address detection: the address is usable at once, not "tentative" for a
+/// second or two (nothing else on the bridge can hold it; netavark sets accept_dad=0).
+const IFA_F_NODAD: u8 = 0x02;
+
+fn family_of(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() { AF_INET } else { AF_INET6 }
+}
+
+fn ifaddrmsg(family: u8, prefix: u8, flags: u8, index: i32) -> [u8; 8] {
     let mut h = [0u8; 8];
-    h[0] = AF_INET;
+    h[0] = family;
     h[1] = prefix;
+    h[2] = flags;
     h[4..8].copy_from_slice(&index.to_ne_bytes());
     h
 }
 
-/// IPv4 addresses on a link, with prefix lengths.
-pub fn addresses(sock: &mut Socket, index: i32) -> io::Result<Vec<(Ipv4Addr, u8)>> {
-    let m = Message::new(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP).header(&ifaddrmsg(0, 0));
+fn octets(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// The addresses outpost manages on a link, with prefix lengths: every IPv4 one, and the
+/// IPv6 ones of global scope (the kernel's own link-local `fe80::` address stays).
+pub fn addresses(sock: &mut Socket, index: i32) -> io::Result<Vec<(IpAddr, u8)>> {
+    let m = Message::new(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP).header(&ifaddrmsg(0, 0, 0, 0));
     let mut found = Vec::new();
     for answer in sock.dump(m)? {
         let p = &answer.payload;
-        if answer.msg_type != RTM_NEWADDR || p.len() < 8 || p[0] != AF_INET {
+        if answer.msg_type != RTM_NEWADDR || p.len() < 8 {
             continue;
         }
         if i32::from_ne_bytes([p[4], p[5], p[6], p[7]]) != index {
             continue;
         }
-        let local = attrs(&p[8..]).find(|(t, v)| *t == IFA_LOCAL && v.len() == 4);
-        if let Some((_, v)) = local {
-            found.push((Ipv4Addr::new(v[0], v[1], v[2], v[3]), p[1]));
+        let (family, prefix, scope) = (p[0], p[1], p[3]);
+        let ip = match family {
+            AF_INET => attrs(&p[8..])
+                .find(|(t, v)| *t == IFA_LOCAL && v.len() == 4)
+                .and_then(|(_, v)| <[u8; 4]>::try_from(v).ok())
+                .map(IpAddr::from),
+            AF_INET6 if scope == RT_SCOPE_UNIVERSE => attrs(&p[8..])
+                .find(|(t, v)| *t == IFA_ADDRESS && v.len() == 16)
+                .and_then(|(_, v)| <[u8; 16]>::try_from(v).ok())
+                .map(IpAddr::from),
+            _ => None,
+        };
+        if let Some(ip) = ip {
+            found.push((ip, prefix));
         }
     }
     Ok(found)
 }
 
-/// Makes `ip/prefix` the only IPv4 address of the link (idempotent).
-pub fn set_only_address(sock: &mut Socket, index: i32, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
-    for (other, other_prefix) in addresses(sock, index)? {
-        if (other, other_prefix) != (ip, prefix) {
-            let mut m = Message::new(RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK)
-                .header(&ifaddrmsg(other_prefix, index));
-            m.attr(IFA_LOCAL, &other.octets());
+/// Makes `wanted` (address, prefix length) the only addresses outpost manages on the link:
+/// others are removed (an IPv6 address left from a dual-stack config too), missing ones
+/// added. Idempotent.
+pub fn set_addresses(sock: &mut Socket, index: i32, wanted: &[(IpAddr, u8)]) -> io::Result<()> {
+    let present = addresses(sock, index)?;
+    for (other, other_prefix) in &present {
+        if !wanted.contains(&(*other, *other_prefix)) {
+            let (other, other_prefix) = (*other, *other_prefix);
+            let family = family_of(other);
+            let mut m = Message::new(RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK).header(&ifaddrmsg(
+                family,
+                other_prefix,
+                0,
+                index,
+            ));
+            m.attr(
+                if family == AF_INET {
+                    IFA_LOCAL
+                } else {
+                    IFA_ADDRESS
+                },
+                &octets(other),
+            );
             sock.request(m)?;
         }
     }
-    add_address(sock, index, ip, prefix)
+    for &(ip, prefix) in wanted {
+        sock.request(add_address_msg(index, ip, prefix))?;
+    }
+    Ok(())
 }
 
-/// Adds (or refreshes) one IPv4 address on a link.
-pub fn add_address(sock: &mut Socket, index: i32, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
-    sock.request(add_address_msg(index, ip, prefix))
-}
-
-/// The request behind `add_address`.
-pub fn add_address_msg(index: i32, ip: Ipv4Addr, prefix: u8) -> Message {
+/// The request that adds (or refreshes) one address on a link; IPv6 ones skip duplicate
+/// address detection.
+pub fn add_address_msg(index: i32, ip: IpAddr, prefix: u8) -> Message {
+    let family = family_of(ip);
+    let flags = if family == AF_INET6 { IFA_F_NODAD } else { 0 };
     let mut m = Message::new(
         RTM_NEWADDR,
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
     )
-    .header(&ifaddrmsg(prefix, index));
-    m.attr(IFA_LOCAL, &ip.octets());
-    m.attr(IFA_ADDRESS, &ip.octets());
+    .header(&ifaddrmsg(family, prefix, flags, index));
+    m.attr(IFA_LOCAL, &octets(ip));
+    m.attr(IFA_ADDRESS, &octets(ip));
     m
 }
 
-/// `ip route replace default via <gateway> dev <index>` in the main table.
-pub fn replace_default_route(sock: &mut Socket, gateway: Ipv4Addr, index: i32) -> io::Result<()> {
+/// `ip route replace default via <gateway> dev <index>` in the main table, for the
+/// gateway's family.
+pub fn replace_default_route(sock: &mut Socket, gateway: IpAddr, index: i32) -> io::Result<()> {
     sock.request(default_route_msg(gateway, index))
 }
 
-/// The request behind `replace_default_route`.
-pub fn default_route_msg(gateway: Ipv4Addr, index: i32) -> Message {
+/// Removes the IPv6 default route, if any (a bridge that was dual-stack and is no more).
+pub fn delete_ipv6_default_route(sock: &mut Socket) -> io::Result<()> {
+    const RTM_DELROUTE: u16 = 25;
     let header = [
-        AF_INET,
+        AF_INET6,
+        0,
+        0,
+        0,
+        RT_TABLE_MAIN,
+        0,
+        RT_SCOPE_UNIVERSE,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    let m = Message::new(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK).header(&header);
+    match sock.request(m) {
+        // No such route: ESRCH, or ENOENT from newer kernels' nexthop lookup.
+        Err(e) if matches!(e.raw_os_error(), Some(nix::libc::ESRCH | nix::libc::ENOENT)) => Ok(()),
+        other => other,
+    }
+}
+
+/// The request behind `replace_default_route`.
+pub fn default_route_msg(gateway: IpAddr, index: i32) -> Message {
+    let header = [
+        family_of(gateway),
         0,
         0,
         0,
@@ -306,7 +378,7 @@ pub fn default_route_msg(gateway: Ipv4Addr, index: i32) -> Message {
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
     )
     .header(&header);
-    m.attr(RTA_GATEWAY, &gateway.octets());
+    m.attr(RTA_GATEWAY, &octets(gateway));
     m.attr_u32(RTA_OIF, index as u32);
     m
 }

@@ -20,7 +20,7 @@ use log::{info, warn};
 use spec::{BridgePlan, Firewall, GroupNet};
 use std::collections::BTreeSet;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 /// Our namespaces are `outpost-<group>`.
@@ -82,6 +82,9 @@ pub fn group_mappings(group: &GroupNet) -> Vec<Mapping> {
     else {
         return Vec::new();
     };
+    let address_ipv6 = group
+        .netns
+        .and_then(|ns| ns.address_ipv6.as_deref()?.split('/').next()?.parse().ok());
     group
         .ports
         .iter()
@@ -90,6 +93,7 @@ pub fn group_mappings(group: &GroupNet) -> Vec<Mapping> {
             label: p.label.clone(),
             host_port: p.host_port,
             address,
+            address_ipv6,
             port: p.netns_port,
         })
         .collect()
@@ -99,6 +103,7 @@ fn nat_spec(bridge: &BridgePlan, groups: &[GroupNet]) -> NatSpec {
     NatSpec {
         bridge: bridge.name.clone(),
         subnet: bridge.subnet,
+        subnet_ipv6: bridge.subnet_ipv6,
         mappings: groups.iter().flat_map(group_mappings).collect(),
     }
 }
@@ -147,7 +152,10 @@ impl HostNetwork {
             .context(|| format!("record the host's state in {}", host_before::FILE))?;
         netns::ensure_dir().context(|| "prepare /run/netns".into())?;
         write_sysctl("net/ipv4/ip_forward", "1")?;
-        keep_sysctls(&plan.name)?;
+        if plan.subnet_ipv6.is_some() {
+            write_sysctl("net/ipv6/conf/all/forwarding", "1")?;
+        }
+        keep_sysctls(plan)?;
         Ok(HostNetwork {
             sock,
             bridge,
@@ -265,9 +273,18 @@ fn ensure_bridge(sock: &mut netlink::Socket, plan: &BridgePlan) -> Result<i32, N
                 })?
         }
     };
-    let gateway = plan.subnet.gateway();
-    link::set_only_address(sock, bridge.index, gateway, plan.subnet.prefix)
-        .context(|| format!("set address {gateway} on bridge {name}"))?;
+    if plan.subnet_ipv6.is_some() {
+        // Before the address: a host with IPv6 off by default has it off on a new bridge.
+        // No router advertisements are taken on the bridge: it is the router.
+        write_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "0")?;
+        write_sysctl(&format!("net/ipv6/conf/{name}/accept_ra"), "0")?;
+    }
+    let mut wanted = vec![(plan.subnet.gateway().into(), plan.subnet.prefix)];
+    wanted.extend(plan.subnet_ipv6.map(|s| (s.gateway().into(), s.prefix)));
+    link::set_addresses(sock, bridge.index, &wanted).context(|| {
+        let list: Vec<String> = wanted.iter().map(|(ip, p)| format!("{ip}/{p}")).collect();
+        format!("set address {} on bridge {name}", list.join(" and "))
+    })?;
     if !bridge.up {
         link::set_up(sock, bridge.index).context(|| format!("set bridge {name} up"))?;
     }
@@ -378,12 +395,13 @@ fn ensure_group(
         })?;
     link::set_hairpin(sock, port.index)
         .context(|| format!("group {}: hairpin on {}", group.name, ns.host_veth))?;
-    let (address, prefix) = parse_cidr(&ns.address);
-    let gateway = bridge_plan.subnet.gateway();
-    netns::run_in(&ns.name, || {
-        configure_inside(address, prefix, gateway, created)
-    })
-    .context(|| {
+    let inside = Inside {
+        v4: parse_cidr(&ns.address),
+        gateway_v4: bridge_plan.subnet.gateway().into(),
+        v6: ns.address_ipv6.as_deref().map(parse_cidr),
+        gateway_v6: bridge_plan.subnet_ipv6.map(|s| s.gateway().into()),
+    };
+    netns::run_in(&ns.name, || configure_inside(&inside, created)).context(|| {
         format!(
             "group {}: configure {GROUP_IFNAME} in {}",
             group.name, ns.name
@@ -402,31 +420,42 @@ fn ensure_group(
     Ok(())
 }
 
-fn parse_cidr(text: &str) -> (Ipv4Addr, u8) {
-    let (ip, prefix) = text.split_once('/').unwrap_or((text, "32"));
-    (
-        ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED),
-        prefix.parse().unwrap_or(32),
-    )
+/// `addr/prefix` from the plan (which wrote it); a malformed one becomes the unspecified
+/// address, which the kernel refuses with an error naming the step.
+fn parse_cidr(text: &str) -> (IpAddr, u8) {
+    let (ip, prefix) = text.split_once('/').unwrap_or((text, ""));
+    let ip: IpAddr = ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED.into());
+    let full = if ip.is_ipv4() { 32 } else { 128 };
+    (ip, prefix.parse().unwrap_or(full))
 }
 
-/// Inside a group's namespace: lo and eth0 up, the address, the default route, sysctls.
-fn configure_inside(
-    address: Ipv4Addr,
-    prefix: u8,
-    gateway: Ipv4Addr,
-    fresh: bool,
-) -> io::Result<()> {
+/// A group's addresses and gateways inside its namespace (IPv6 on a dual-stack bridge).
+struct Inside {
+    v4: (IpAddr, u8),
+    gateway_v4: IpAddr,
+    v6: Option<(IpAddr, u8)>,
+    gateway_v6: Option<IpAddr>,
+}
+
+/// Inside a group's namespace: lo and eth0 up, the addresses, the default routes, sysctls.
+fn configure_inside(inside: &Inside, fresh: bool) -> io::Result<()> {
     let mut sock = link::open()?;
     let eth0 = link::get(&mut sock, GROUP_IFNAME)?.ok_or_else(|| io::Error::other("no eth0"))?;
+    let v6 = inside.v6.zip(inside.gateway_v6);
     if fresh {
         // A new namespace: lo and eth0 down, no address. One write, processed in order.
-        sock.batch(vec![
+        let (address, prefix) = inside.v4;
+        let mut batch = vec![
             link::set_up_msg(link::LOOPBACK_INDEX),
             link::set_up_with_ipv4_conf_msg(eth0.index, &GROUP_IPV4_CONF),
             link::add_address_msg(eth0.index, address, prefix),
-            link::default_route_msg(gateway, eth0.index),
-        ])?;
+            link::default_route_msg(inside.gateway_v4, eth0.index),
+        ];
+        if let Some(((address, prefix), gateway)) = v6 {
+            batch.push(link::add_address_msg(eth0.index, address, prefix));
+            batch.push(link::default_route_msg(gateway, eth0.index));
+        }
+        sock.batch(batch)?;
     } else {
         if !link::get(&mut sock, "lo")?.is_some_and(|lo| lo.up) {
             link::set_up(&mut sock, link::LOOPBACK_INDEX)?;
@@ -435,8 +464,14 @@ fn configure_inside(
             eth0.index,
             &GROUP_IPV4_CONF,
         ))?;
-        link::set_only_address(&mut sock, eth0.index, address, prefix)?;
-        link::replace_default_route(&mut sock, gateway, eth0.index)?;
+        let mut wanted = vec![inside.v4];
+        wanted.extend(v6.map(|(address, _)| address));
+        link::set_addresses(&mut sock, eth0.index, &wanted)?;
+        link::replace_default_route(&mut sock, inside.gateway_v4, eth0.index)?;
+        match v6 {
+            Some((_, gateway)) => link::replace_default_route(&mut sock, gateway, eth0.index)?,
+            None => link::delete_ipv6_default_route(&mut sock)?,
+        }
     }
     // Tasks run unprivileged; inside its own namespace a group binds any port (as Docker
     // sets it), and only mapped ports are reachable from outside anyway.
@@ -478,13 +513,21 @@ fn sysctl_file(bridge: &str) -> std::path::PathBuf {
 /// The host sysctls outpost sets, also written to /run/sysctl.d so a later run of
 /// systemd-sysctl does not undo them (netavark does the same). Slash-separated keys,
 /// because a bridge name may contain dots.
-fn keep_sysctls(bridge: &str) -> Result<(), NetError> {
-    let text = format!(
+fn keep_sysctls(plan: &BridgePlan) -> Result<(), NetError> {
+    let bridge = &plan.name;
+    let mut text = format!(
         "# Written by outpost for bridge {bridge}; removed by `outpost teardown`.\n\
          net/ipv4/ip_forward = 1\n\
          net/ipv4/conf/{bridge}/route_localnet = 1\n\
          net/ipv4/conf/{bridge}/rp_filter = 2\n"
     );
+    if plan.subnet_ipv6.is_some() {
+        text.push_str(&format!(
+            "net/ipv6/conf/all/forwarding = 1\n\
+             net/ipv6/conf/{bridge}/disable_ipv6 = 0\n\
+             net/ipv6/conf/{bridge}/accept_ra = 0\n"
+        ));
+    }
     let path = sysctl_file(bridge);
     if std::fs::read_to_string(&path).is_ok_and(|current| current == text) {
         return Ok(());
@@ -548,6 +591,9 @@ pub fn self_check(
             "nf_tables is not usable ({e}); enable CONFIG_NF_TABLES and CONFIG_NFT_NAT/MASQ/FIB, or set network.firewall = \"none\" and map ports yourself"
         ));
     }
+    if bridge.subnet_ipv6.is_some() {
+        ipv6_check(&mut check);
+    }
     match std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").map(|v| v.trim() == "1") {
         Ok(true) => check.notes.push(format!(
             "net.bridge.bridge-nf-call-iptables = 1: traffic between groups on bridge {} also passes the host's ip filter hooks; if a host firewall drops forwarded packets, allow {}",
@@ -557,6 +603,37 @@ pub fn self_check(
         Err(_) => check.notes.push("br_netfilter is not loaded: bridged traffic between groups bypasses the host firewall (outpost does not need it)".into()),
     }
     check
+}
+
+/// A dual-stack bridge needs IPv6 in the kernel; and turning IPv6 forwarding on makes the
+/// kernel ignore router advertisements on interfaces with `accept_ra = 1`, which a host
+/// that takes its own IPv6 address or route from them would notice.
+fn ipv6_check(check: &mut SelfCheck) {
+    let conf = std::path::Path::new("/proc/sys/net/ipv6/conf");
+    let Ok(entries) = std::fs::read_dir(conf) else {
+        check.errors.push("network.subnet_ipv6 is set but this kernel has no IPv6 (booted with ipv6.disable=1, or built without CONFIG_IPV6); remove subnet_ipv6".into());
+        return;
+    };
+    let forwarding = std::fs::read_to_string(conf.join("all/forwarding")).unwrap_or_default();
+    if forwarding.trim() == "1" {
+        return;
+    }
+    let mut listening: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !["all", "default", "lo"].contains(&name.as_str()))
+        .filter(|name| {
+            std::fs::read_to_string(conf.join(name).join("accept_ra"))
+                .is_ok_and(|v| v.trim() == "1")
+        })
+        .collect();
+    listening.sort();
+    if !listening.is_empty() {
+        check.notes.push(format!(
+            "net.ipv6.conf.all.forwarding = 1 (for network.subnet_ipv6) stops router advertisements being accepted on {}: if the host takes its IPv6 address or route from them, set accept_ra = 2 there",
+            listening.join(", ")
+        ));
+    }
 }
 
 /// Mapped host ports that a host service listens on: the DNAT rule would take its traffic

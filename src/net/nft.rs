@@ -7,11 +7,11 @@
 use super::netlink::{
     Message, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, Socket, attr_string, attrs,
 };
-use crate::config::Ipv4Net;
 use crate::config::naming::IfName;
+use crate::config::{Ipv4Net, Ipv6Net};
 use neli::consts::socket::NlFamily;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Expr {
@@ -20,6 +20,8 @@ pub(super) enum Expr {
     DstPort(u16),
     SaddrIn(Ipv4Net),
     DaddrIn(Ipv4Net),
+    Saddr6In(Ipv6Net),
+    Daddr6In(Ipv6Net),
     /// The socket owner's uid (locally generated packets).
     SkUid(u32),
     Return,
@@ -41,9 +43,18 @@ pub(super) enum Expr {
     Drop,
     Jump(&'static str),
     Dnat(Ipv4Addr, u16),
+    Dnat6(Ipv6Addr, u16),
     Masquerade,
 }
 
+/// A table and its address family (`ip` or `ip6`): every message about it carries both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Table {
+    pub(super) name: &'static str,
+    pub(super) family: u8,
+}
+
+#[derive(Clone, Copy)]
 pub(super) struct Chain {
     pub(super) name: &'static str,
     /// (hook number, priority, chain type) for base chains.
@@ -70,6 +81,8 @@ pub(super) fn text(exprs: &[Expr]) -> String {
             Expr::DstPort(p) => format!("th dport {p}"),
             Expr::SaddrIn(net) => format!("ip saddr {net}"),
             Expr::DaddrIn(net) => format!("ip daddr {net}"),
+            Expr::Saddr6In(net) => format!("ip6 saddr {net}"),
+            Expr::Daddr6In(net) => format!("ip6 daddr {net}"),
             Expr::SkUid(uid) => format!("meta skuid {uid}"),
             Expr::Return => "return".into(),
             Expr::Redirect(port) => format!("redirect to :{port}"),
@@ -86,6 +99,7 @@ pub(super) fn text(exprs: &[Expr]) -> String {
             Expr::Drop => "drop".into(),
             Expr::Jump(chain) => format!("jump {chain}"),
             Expr::Dnat(ip, port) => format!("dnat to {ip}:{port}"),
+            Expr::Dnat6(ip, port) => format!("dnat to [{ip}]:{port}"),
             Expr::Masquerade => "masquerade".into(),
         })
         .collect();
@@ -103,7 +117,8 @@ const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
-const NFPROTO_IPV4: u8 = 2;
+pub(super) const NFPROTO_IPV4: u8 = 2;
+pub(super) const NFPROTO_IPV6: u8 = 10;
 
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
@@ -167,20 +182,20 @@ pub(super) fn batch_marker(kind: u16) -> Message {
     Message::new(kind, NLM_F_REQUEST).header(&nfgenmsg(0, NFNL_SUBSYS_NFTABLES))
 }
 
-pub(super) fn table_msg(table: &str, nft_msg: u16, flags: u16) -> Message {
+pub(super) fn table_msg(table: Table, nft_msg: u16, flags: u16) -> Message {
     let mut m = Message::new(msg_type(nft_msg), NLM_F_REQUEST | NLM_F_ACK | flags)
-        .header(&nfgenmsg(NFPROTO_IPV4, 0));
-    m.attr_str(NFTA_TABLE_NAME, table);
+        .header(&nfgenmsg(table.family, 0));
+    m.attr_str(NFTA_TABLE_NAME, table.name);
     m
 }
 
-pub(super) fn chain_msg(table: &str, chain: &Chain) -> Message {
+pub(super) fn chain_msg(table: Table, chain: &Chain) -> Message {
     let mut m = Message::new(
         msg_type(NFT_MSG_NEWCHAIN),
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
     )
-    .header(&nfgenmsg(NFPROTO_IPV4, 0));
-    m.attr_str(NFTA_CHAIN_TABLE, table);
+    .header(&nfgenmsg(table.family, 0));
+    m.attr_str(NFTA_CHAIN_TABLE, table.name);
     m.attr_str(NFTA_CHAIN_NAME, chain.name);
     if let Some((hook, priority, kind)) = chain.hook {
         m.begin_nest(NFTA_CHAIN_HOOK);
@@ -193,22 +208,22 @@ pub(super) fn chain_msg(table: &str, chain: &Chain) -> Message {
     m
 }
 
-pub(super) fn delete_rule_msg(table: &str, chain: &str, handle: u64) -> Message {
+pub(super) fn delete_rule_msg(table: Table, chain: &str, handle: u64) -> Message {
     let mut m = Message::new(msg_type(NFT_MSG_DELRULE), NLM_F_REQUEST | NLM_F_ACK)
-        .header(&nfgenmsg(NFPROTO_IPV4, 0));
-    m.attr_str(NFTA_RULE_TABLE, table);
+        .header(&nfgenmsg(table.family, 0));
+    m.attr_str(NFTA_RULE_TABLE, table.name);
     m.attr_str(NFTA_RULE_CHAIN, chain);
     m.attr(NFTA_RULE_HANDLE, &handle.to_be_bytes());
     m
 }
 
-pub(super) fn rule_msg(table: &str, chain: &str, exprs: &[Expr], comment: &str) -> Message {
+pub(super) fn rule_msg(table: Table, chain: &str, exprs: &[Expr], comment: &str) -> Message {
     let mut m = Message::new(
         msg_type(NFT_MSG_NEWRULE),
         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
     )
-    .header(&nfgenmsg(NFPROTO_IPV4, 0));
-    m.attr_str(NFTA_RULE_TABLE, table);
+    .header(&nfgenmsg(table.family, 0));
+    m.attr_str(NFTA_RULE_TABLE, table.name);
     m.attr_str(NFTA_RULE_CHAIN, chain);
     m.begin_nest(NFTA_RULE_EXPRESSIONS);
     for e in exprs {
@@ -224,6 +239,27 @@ pub(super) fn rule_msg(table: &str, chain: &str, exprs: &[Expr], comment: &str) 
     m
 }
 
+/// Whether `table` exists. (A dump of a missing table's rules is merely empty.) A kernel
+/// without nf_tables for the table's family has none.
+pub(super) fn table_exists(sock: &mut Socket, table: Table) -> io::Result<bool> {
+    const NFT_MSG_GETTABLE: u16 = 1;
+    let mut m =
+        Message::new(msg_type(NFT_MSG_GETTABLE), NLM_F_REQUEST).header(&nfgenmsg(table.family, 0));
+    m.attr_str(NFTA_TABLE_NAME, table.name);
+    match sock.dump(m) {
+        Ok(_) => Ok(true),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(nix::libc::ENOENT | nix::libc::EAFNOSUPPORT)
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A rule found in our table: its chain, handle and comment (our key for it).
 pub(super) struct Existing {
     pub(super) chain: String,
@@ -232,13 +268,13 @@ pub(super) struct Existing {
 }
 
 /// The rules of `table` in kernel order (`None` when the table does not exist).
-pub(super) fn existing_rules(sock: &mut Socket, table: &str) -> io::Result<Option<Vec<Existing>>> {
+pub(super) fn existing_rules(sock: &mut Socket, table: Table) -> io::Result<Option<Vec<Existing>>> {
     let mut m = Message::new(
         msg_type(NFT_MSG_GETRULE),
         NLM_F_REQUEST | super::netlink::NLM_F_DUMP,
     )
-    .header(&nfgenmsg(NFPROTO_IPV4, 0));
-    m.attr_str(NFTA_RULE_TABLE, table);
+    .header(&nfgenmsg(table.family, 0));
+    m.attr_str(NFTA_RULE_TABLE, table.name);
     let answers = match sock.dump(m) {
         Ok(answers) => answers,
         Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(None),
@@ -421,6 +457,26 @@ fn encode(m: &mut Message, e: &Expr) {
                 m.attr_be32(3, REG1); // REG_ADDR_MIN
                 m.attr_be32(5, REG2); // REG_PROTO_MIN
             });
+        }
+        Expr::Dnat6(ip, port) => {
+            immediate(m, REG1, &ip.octets());
+            immediate(m, REG2, &port.to_be_bytes());
+            kernel_expr(m, "nat", |m| {
+                m.attr_be32(1, NFT_NAT_DNAT); // NFTA_NAT_TYPE
+                m.attr_be32(2, u32::from(NFPROTO_IPV6)); // NFTA_NAT_FAMILY
+                m.attr_be32(3, REG1); // REG_ADDR_MIN
+                m.attr_be32(5, REG2); // REG_PROTO_MIN
+            });
+        }
+        Expr::Saddr6In(net) => {
+            payload(m, NFT_PAYLOAD_NETWORK_HEADER, 8, 16);
+            bitwise(m, &net.mask().to_be_bytes());
+            cmp(m, NFT_CMP_EQ, &net.network().octets());
+        }
+        Expr::Daddr6In(net) => {
+            payload(m, NFT_PAYLOAD_NETWORK_HEADER, 24, 16);
+            bitwise(m, &net.mask().to_be_bytes());
+            cmp(m, NFT_CMP_EQ, &net.network().octets());
         }
         Expr::Masquerade => kernel_expr(m, "masq", |_| {}),
         Expr::DaddrIn(net) => {

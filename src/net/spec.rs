@@ -1,8 +1,8 @@
 //! What `net` is asked to make: the plan produces these (`plan` re-exports them), `net`
 //! reads nothing else of the plan, so the arrows point one way: plan -> net.
 
-use crate::config::Ipv4Net;
 pub use crate::config::naming::IfName;
+use crate::config::{Ipv4Net, Ipv6Net};
 use miniserde::Serialize;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -67,6 +67,9 @@ pub struct BridgePlan {
     pub name: IfName,
     pub address: String,
     pub subnet: Ipv4Net,
+    /// The bridge's IPv6 address (gateway/prefix) on a dual-stack bridge.
+    pub address_ipv6: Option<String>,
+    pub subnet_ipv6: Option<Ipv6Net>,
     pub firewall: Firewall,
     /// The NAT rules every bridge group shares (nft syntax), if the firewall is ours.
     pub firewall_rules: Vec<String>,
@@ -101,6 +104,9 @@ pub struct NetnsPlan {
     pub interface: IfName,
     pub address: String,
     pub gateway: String,
+    /// The group's IPv6 address/prefix and default gateway on a dual-stack bridge.
+    pub address_ipv6: Option<String>,
+    pub gateway_ipv6: Option<String>,
 }
 
 #[derive(Debug, Serialize)]

@@ -18,8 +18,8 @@
 use super::netlink::{NLM_F_CREATE, Socket};
 use super::nft::{
     Chain, Expr, IPPROTO_TCP, IPPROTO_UDP, NF_INET_LOCAL_OUT, NF_INET_PRE_ROUTING,
-    NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFT_MSG_DELTABLE, NFT_MSG_NEWTABLE, batch_marker,
-    chain_msg, existing_rules, rule_msg, table_msg, text,
+    NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFPROTO_IPV4, NFT_MSG_DELTABLE, NFT_MSG_NEWTABLE,
+    Table, batch_marker, chain_msg, existing_rules, rule_msg, table_msg, text,
 };
 use super::spec::TproxyPlan;
 use crate::config::Ipv4Net;
@@ -28,6 +28,10 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 pub const TABLE: &str = "outpost-tproxy";
+const NFT_TABLE: Table = Table {
+    name: TABLE,
+    family: NFPROTO_IPV4,
+};
 const OUTPUT: &str = "CONSUL_NAT_OUTPUT";
 const PREROUTING: &str = "CONSUL_NAT_PREROUTING";
 const INBOUND: &str = "CONSUL_PROXY_INBOUND";
@@ -170,7 +174,7 @@ fn keyed(t: &TproxyPlan) -> Vec<(&'static str, Vec<Expr>, String)> {
 pub fn apply(t: &TproxyPlan) -> io::Result<()> {
     let mut sock = Socket::open(NlFamily::Netfilter)?;
     let wanted = keyed(t);
-    let have: Vec<Option<String>> = existing_rules(&mut sock, TABLE)?
+    let have: Vec<Option<String>> = existing_rules(&mut sock, NFT_TABLE)?
         .unwrap_or_default()
         .into_iter()
         .map(|r| r.comment)
@@ -185,13 +189,13 @@ pub fn apply(t: &TproxyPlan) -> io::Result<()> {
     }
     let mut batch = vec![
         batch_marker(NFNL_MSG_BATCH_BEGIN),
-        table_msg(TABLE, NFT_MSG_NEWTABLE, NLM_F_CREATE),
-        table_msg(TABLE, NFT_MSG_DELTABLE, 0),
-        table_msg(TABLE, NFT_MSG_NEWTABLE, NLM_F_CREATE),
+        table_msg(NFT_TABLE, NFT_MSG_NEWTABLE, NLM_F_CREATE),
+        table_msg(NFT_TABLE, NFT_MSG_DELTABLE, 0),
+        table_msg(NFT_TABLE, NFT_MSG_NEWTABLE, NLM_F_CREATE),
     ];
-    batch.extend(CHAINS.iter().map(|c| chain_msg(TABLE, c)));
+    batch.extend(CHAINS.iter().map(|c| chain_msg(NFT_TABLE, c)));
     for (chain, exprs, key) in &wanted {
-        batch.push(rule_msg(TABLE, chain, exprs, key));
+        batch.push(rule_msg(NFT_TABLE, chain, exprs, key));
     }
     batch.push(batch_marker(NFNL_MSG_BATCH_END));
     sock.batch(batch)

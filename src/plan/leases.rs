@@ -3,26 +3,62 @@
 //! reboot gives every group the same address and ports; new requests take the lowest free
 //! value. Two passes (keep, then allocate) so a new group never takes an existing lease.
 
-use crate::config::Ipv4Net;
+use crate::config::{Ipv4Net, Ipv6Net};
 use crate::state::NodeState;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// Picks an address for each named group.
+/// Picks an IPv4 address for each named group.
 pub fn lease_addresses(
     subnet: Ipv4Net,
     groups: &[&str],
     state: &NodeState,
 ) -> Result<BTreeMap<String, Ipv4Addr>, String> {
+    let leasable = |ip: Ipv4Addr| {
+        subnet.contains(ip)
+            && ip != subnet.gateway()
+            && ip != subnet.network()
+            && ip != subnet.broadcast()
+    };
+    lease(
+        groups,
+        |g| state.groups.get(g)?.address.as_deref()?.parse().ok(),
+        leasable,
+        || subnet.leasable(),
+    )
+    .map_err(|group| format!("subnet {subnet} has no free address left for group \"{group}\""))
+}
+
+/// Picks an IPv6 address for each named group (`network.subnet_ipv6`), kept in the state
+/// beside the IPv4 lease.
+pub fn lease_addresses_ipv6(
+    subnet: Ipv6Net,
+    groups: &[&str],
+    state: &NodeState,
+) -> Result<BTreeMap<String, Ipv6Addr>, String> {
+    let leasable =
+        |ip: Ipv6Addr| subnet.contains(ip) && ip != subnet.gateway() && ip != subnet.network();
+    lease(
+        groups,
+        |g| state.groups.get(g)?.address_ipv6.as_deref()?.parse().ok(),
+        leasable,
+        || subnet.leasable(),
+    )
+    .map_err(|group| format!("subnet_ipv6 {subnet} has no free address left for group \"{group}\""))
+}
+
+/// Host-local IPAM for either family: the previous lease when still valid and not taken,
+/// else the lowest free address. `Err` names the group left without one.
+fn lease<A: Copy + Ord, I: Iterator<Item = A>>(
+    groups: &[&str],
+    previous: impl Fn(&str) -> Option<A>,
+    leasable: impl Fn(A) -> bool,
+    candidates: impl Fn() -> I,
+) -> Result<BTreeMap<String, A>, String> {
     let mut taken = BTreeSet::new();
     let mut leases = BTreeMap::new();
     for group in groups {
-        let previous = state
-            .groups
-            .get(*group)
-            .and_then(|g| g.address.as_deref())
-            .and_then(|a| a.parse::<Ipv4Addr>().ok());
-        if let Some(ip) = previous.filter(|ip| is_leasable(subnet, *ip) && !taken.contains(ip)) {
+        if let Some(ip) = previous(group).filter(|ip| leasable(*ip) && !taken.contains(ip)) {
             taken.insert(ip);
             leases.insert(group.to_string(), ip);
         }
@@ -31,23 +67,13 @@ pub fn lease_addresses(
         if leases.contains_key(*group) {
             continue;
         }
-        let ip = subnet
-            .leasable()
+        let ip = candidates()
             .find(|ip| !taken.contains(ip))
-            .ok_or_else(|| {
-                format!("subnet {subnet} has no free address left for group \"{group}\"")
-            })?;
+            .ok_or_else(|| group.to_string())?;
         taken.insert(ip);
         leases.insert(group.to_string(), ip);
     }
     Ok(leases)
-}
-
-fn is_leasable(subnet: Ipv4Net, ip: Ipv4Addr) -> bool {
-    subnet.contains(ip)
-        && ip != subnet.gateway()
-        && ip != subnet.network()
-        && ip != subnet.broadcast()
 }
 
 /// One dynamic port to allocate.
@@ -112,6 +138,7 @@ mod tests {
             group.into(),
             GroupState {
                 address: address.map(Into::into),
+                address_ipv6: None,
                 ports: ports.iter().map(|(l, p)| (l.to_string(), *p)).collect(),
             },
         );
@@ -136,6 +163,24 @@ mod tests {
         assert_eq!(leases["a"], Ipv4Addr::new(10, 9, 0, 2));
         let err = lease_addresses(subnet, &["a", "b"], &state).unwrap_err();
         assert!(err.contains("no free address"), "{err}");
+    }
+
+    #[test]
+    fn ipv6_addresses_keep_leases_beside_ipv4_ones() {
+        let subnet = Ipv6Net::parse("fd00:a110:c8::/126").unwrap();
+        let mut state = state_with("b", Some("10.9.0.2"), &[]);
+        if let Some(b) = state.groups.get_mut("b") {
+            b.address_ipv6 = Some("fd00:a110:c8::3".into());
+        }
+        let leases = lease_addresses_ipv6(subnet, &["a", "b"], &state).unwrap();
+        assert_eq!(leases["b"], "fd00:a110:c8::3".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(leases["a"], "fd00:a110:c8::2".parse::<Ipv6Addr>().unwrap());
+        // A /126 holds the network address, the gateway and two groups.
+        let err = lease_addresses_ipv6(subnet, &["a", "b", "c"], &state).unwrap_err();
+        assert!(
+            err.contains("subnet_ipv6") && err.contains("\"c\""),
+            "{err}"
+        );
     }
 
     #[test]

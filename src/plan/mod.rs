@@ -49,6 +49,11 @@ pub fn node_state(plan: &Plan) -> NodeState {
                     .as_ref()
                     .and_then(|ns| ns.address.split('/').next())
                     .map(str::to_string),
+                address_ipv6: g
+                    .netns
+                    .as_ref()
+                    .and_then(|ns| ns.address_ipv6.as_deref()?.split('/').next())
+                    .map(str::to_string),
                 ports: g
                     .ports
                     .iter()
@@ -105,6 +110,10 @@ fn build_checked(
         .map(|g| g.name.as_str())
         .collect();
     let leases = leases::lease_addresses(valid.subnet, &bridge_groups, state)?;
+    let leases_ipv6 = match valid.subnet_ipv6 {
+        Some(subnet) => leases::lease_addresses_ipv6(subnet, &bridge_groups, state)?,
+        None => Default::default(),
+    };
     let mut ports = plan_ports(valid, state, host)?;
     let ctx = Context {
         valid,
@@ -115,7 +124,10 @@ fn build_checked(
     let mut groups = Vec::new();
     for (gi, group) in cfg.groups.iter().enumerate() {
         let group_ports = ports.remove(&group.name).unwrap_or_default();
-        let lease = leases.get(&group.name).copied();
+        let lease = leases.get(&group.name).map(|&v4| Lease {
+            v4,
+            v6: leases_ipv6.get(&group.name).copied(),
+        });
         groups.push(ctx.group(gi, group, group_ports, lease, &mut problems));
     }
     let (low, high) = valid.dynamic_ports;
@@ -138,6 +150,7 @@ fn build_checked(
     let shared_rules = crate::net::firewall::describe_shared(&crate::net::firewall::NatSpec {
         bridge: bridge.clone(),
         subnet: valid.subnet,
+        subnet_ipv6: valid.subnet_ipv6,
         mappings: Vec::new(),
     });
     let plan = Plan {
@@ -150,6 +163,10 @@ fn build_checked(
             name: bridge,
             address: format!("{}/{}", valid.subnet.gateway(), valid.subnet.prefix),
             subnet: valid.subnet,
+            address_ipv6: valid
+                .subnet_ipv6
+                .map(|s| format!("{}/{}", s.gateway(), s.prefix)),
+            subnet_ipv6: valid.subnet_ipv6,
             firewall,
             firewall_rules: if ours { shared_rules } else { Vec::new() },
         },
@@ -265,6 +282,13 @@ fn is_bridge(group: &Group) -> bool {
     group.network.as_ref().is_some_and(|n| n.mode == "bridge")
 }
 
+/// A bridge group's addresses: IPv4 always, IPv6 on a dual-stack bridge.
+#[derive(Clone, Copy)]
+struct Lease {
+    v4: Ipv4Addr,
+    v6: Option<std::net::Ipv6Addr>,
+}
+
 struct Context<'a> {
     valid: &'a ValidConfig,
     node_name: &'a str,
@@ -277,20 +301,27 @@ impl Context<'_> {
         gi: usize,
         group: &Group,
         ports: Vec<PortPlan>,
-        lease: Option<Ipv4Addr>,
+        lease: Option<Lease>,
         problems: &mut Vec<Problem>,
     ) -> GroupPlan {
         let cfg = &self.valid.config;
         let alloc_dir = format!("{}/alloc/{}", cfg.agent.run_dir, group.name);
         let alloc_id = alloc_id(self.node_name, &group.name);
-        let netns = lease.map(|ip| NetnsPlan {
+        let subnet_ipv6 = self.valid.subnet_ipv6;
+        let netns = lease.map(|lease| NetnsPlan {
             name: netns_name(&group.name),
             path: format!("{NETNS_DIR}/{}", netns_name(&group.name)),
             host_veth: host_veth_name(&group.name),
             interface: group_interface(),
-            address: format!("{ip}/{}", self.valid.subnet.prefix),
+            address: format!("{}/{}", lease.v4, self.valid.subnet.prefix),
             gateway: self.valid.subnet.gateway().to_string(),
+            address_ipv6: lease
+                .v6
+                .zip(subnet_ipv6)
+                .map(|(ip, s)| format!("{ip}/{}", s.prefix)),
+            gateway_ipv6: subnet_ipv6.map(|s| s.gateway().to_string()),
         });
+        let lease = lease.map(|l| l.v4);
         let services: Vec<ServicePlan> = group
             .services
             .iter()

@@ -69,9 +69,13 @@ pub fn text(plan: &Plan) -> String {
         "node \"{}\", advertise address {} ({})",
         plan.node_name, plan.advertise_address, plan.advertise_address_source
     );
+    let ipv6 = match (&plan.bridge.address_ipv6, plan.bridge.subnet_ipv6) {
+        (Some(address), Some(subnet)) => format!(" and {address} (subnet_ipv6 {subnet})"),
+        _ => String::new(),
+    };
     let _ = writeln!(
         out,
-        "bridge {} {} (subnet {}), dynamic ports {}, firewall {}",
+        "bridge {} {} (subnet {}){ipv6}, dynamic ports {}, firewall {}",
         plan.bridge.name,
         plan.bridge.address,
         plan.bridge.subnet,
@@ -106,6 +110,13 @@ fn group_text(out: &mut String, group: &GroupPlan) {
             "    address  {} on {}, default via {}",
             ns.address, ns.interface, ns.gateway
         );
+        if let (Some(address), Some(gateway)) = (&ns.address_ipv6, &ns.gateway_ipv6) {
+            let _ = writeln!(
+                out,
+                "    address  {address} on {}, default via {gateway}",
+                ns.interface
+            );
+        }
     }
     let _ = writeln!(
         out,

@@ -26,6 +26,15 @@ setup_host() {
     ip route add default via 192.0.2.2
 }
 
+# The same uplink with IPv6 (documentation prefix 2001:db8::/64): host 2001:db8::1, world
+# 2001:db8::2, the host's IPv6 default route via the world. No duplicate address detection,
+# so the addresses are usable at once.
+setup_host_ipv6() {
+    ip addr add 2001:db8::1/64 dev uplink nodad
+    ip -n world addr add 2001:db8::2/64 dev eth0 nodad
+    ip -6 route add default via 2001:db8::2
+}
+
 # write_config FILE: two bridge groups, a (http 8080 -> 80) and b (no ports).
 write_config() {
     cat > "$1" <<TOML
@@ -57,13 +66,14 @@ command = "/bin/true"
 TOML
 }
 
-# serve NETNS|host PROTO PORT NAME [ADDR]: a listener in a namespace, waited for.
+# serve NETNS|host PROTO PORT NAME [ADDR]: a listener in a namespace (default: every
+# address of both families), waited for.
 serve() {
     local ns=$1 proto=$2 port=$3 name=$4 out="$WORK/serve-$1-$2-$3"
     if [ "$ns" = host ]; then
-        python3 "$TOOL" serve "$proto" "$port" "$name" "${5:-0.0.0.0}" > "$out" &
+        python3 "$TOOL" serve "$proto" "$port" "$name" "${5:-::}" > "$out" &
     else
-        ip netns exec "$ns" python3 "$TOOL" serve "$proto" "$port" "$name" "${5:-0.0.0.0}" > "$out" &
+        ip netns exec "$ns" python3 "$TOOL" serve "$proto" "$port" "$name" "${5:-::}" > "$out" &
     fi
     PIDS+=($!)
     for _ in $(seq 100); do grep -q ready "$out" 2>/dev/null && return; sleep 0.05; done

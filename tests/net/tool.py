@@ -2,8 +2,8 @@
 """Helpers for the network tests (run inside throwaway namespaces only).
 
 serve tcp|udp PORT NAME [ADDR]  answer every connection/datagram with "NAME <peer ip>"
-                          (on ADDR, default every address)
-ask tcp|udp HOST PORT     print the answer (exit 1 on timeout or refusal)
+                          (on ADDR, default every address of both families)
+ask tcp|udp HOST PORT     print the answer (exit 1 on timeout or refusal); HOST may be IPv6
 load tcp HOST PORT STOP   connect and read again and again until the file STOP exists;
                           print "ok=N failed=M"
 dump                      a normalised view of links, addresses, routes and nf_tables,
@@ -12,10 +12,19 @@ dump                      a normalised view of links, addresses, routes and nf_t
 import json, os, socket, subprocess, sys
 
 
-def serve(proto, port, name, addr="0.0.0.0"):
+def peer_ip(peer):
+    """An IPv4 peer of a dual-stack socket comes as ::ffff:a.b.c.d; print it as IPv4."""
+    ip = peer[0]
+    return ip[7:] if ip.startswith("::ffff:") else ip
+
+
+def serve(proto, port, name, addr="::"):
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    s = socket.socket(socket.AF_INET, kind)
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    s = socket.socket(family, kind)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     s.bind((addr, int(port)))
     if proto == "tcp":
         s.listen(16)
@@ -23,16 +32,16 @@ def serve(proto, port, name, addr="0.0.0.0"):
     while True:
         if proto == "tcp":
             conn, peer = s.accept()
-            conn.sendall(f"{name} {peer[0]}\n".encode())
+            conn.sendall(f"{name} {peer_ip(peer)}\n".encode())
             conn.close()
         else:
             _, peer = s.recvfrom(512)
-            s.sendto(f"{name} {peer[0]}\n".encode(), peer)
+            s.sendto(f"{name} {peer_ip(peer)}\n".encode(), peer)
 
 
 def ask(proto, host, port):
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    s = socket.socket(socket.AF_INET, kind)
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
     s.settimeout(3)
     try:
         if proto == "tcp":
@@ -91,15 +100,17 @@ def addrs(prefix=()):
     view = []
     for l in run_json(*prefix, "ip", "-j", "addr"):
         for a in l.get("addr_info", []):
-            if a.get("family") == "inet":
+            # Link-local IPv6 addresses are the kernel's, not outpost's.
+            if a.get("family") == "inet" or a.get("scope") == "global":
                 view.append(f'{l["ifname"]} {a["local"]}/{a["prefixlen"]}')
     return sorted(view)
 
 
 def routes(prefix=()):
+    v4 = run_json(*prefix, "ip", "-j", "route")
+    v6 = [r for r in run_json(*prefix, "ip", "-j", "-6", "route") if r.get("dst") != "fe80::/64"]
     return sorted(
-        f'{r.get("dst")} via {r.get("gateway")} dev {r.get("dev")}'
-        for r in run_json(*prefix, "ip", "-j", "route")
+        f'{r.get("dst")} via {r.get("gateway")} dev {r.get("dev")}' for r in v4 + v6
     )
 
 

@@ -5,7 +5,7 @@
 
 use super::locate::{Seg, Target};
 use super::schema::*;
-use super::{Ipv4Net, ValidConfig};
+use super::{Ipv4Net, Ipv6Net, ValidConfig};
 use crate::path;
 
 mod connect;
@@ -110,7 +110,7 @@ pub fn validate(config: Config) -> Result<ValidConfig, Vec<Problem>> {
     let mut c = Checker::default();
     check_agent(&mut c, &config.agent);
     check_consul(&mut c, &config.consul);
-    let (subnet, dynamic_ports, advertise_address) = check_network(&mut c, &config.network);
+    let network = check_network(&mut c, &config.network);
     check_envoy(&mut c, &config.envoy);
     check_group_names(&mut c, &config.groups);
     for (gi, group) in config.groups.iter().enumerate() {
@@ -119,15 +119,21 @@ pub fn validate(config: Config) -> Result<ValidConfig, Vec<Problem>> {
             check_service_for_consul(&mut c, gi, si, service, config.consul.acl.mode);
         }
     }
-    if let Some(range) = dynamic_ports {
+    if let Some(range) = network.dynamic_ports {
         check_static_ports(&mut c, &config.groups, range, &consul_ports(&config.consul));
     }
-    match (c.problems.is_empty(), subnet, dynamic_ports) {
-        (true, Some(subnet), Some(dynamic_ports)) => Ok(ValidConfig {
+    match (
+        c.problems.is_empty(),
+        network.subnet,
+        network.subnet_ipv6,
+        network.dynamic_ports,
+    ) {
+        (true, Some(subnet), Some(subnet_ipv6), Some(dynamic_ports)) => Ok(ValidConfig {
             config,
             subnet,
+            subnet_ipv6,
             dynamic_ports,
-            advertise_address,
+            advertise_address: network.advertise_address,
         }),
         _ => Err(c.problems),
     }

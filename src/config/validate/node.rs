@@ -140,7 +140,14 @@ fn host_port(text: &str) -> Option<(&str, u16)> {
     host_ok.then_some((host, port))
 }
 
-pub(super) type NetworkFacts = (Option<Ipv4Net>, Option<(u16, u16)>, Option<Ipv4Addr>);
+/// What `check_network` parsed, each `None` when its value was wrong (and reported).
+pub(super) struct NetworkFacts {
+    pub subnet: Option<Ipv4Net>,
+    /// `Some(None)` when no IPv6 subnet is set; `None` when the one set is wrong.
+    pub subnet_ipv6: Option<Option<Ipv6Net>>,
+    pub dynamic_ports: Option<(u16, u16)>,
+    pub advertise_address: Option<Ipv4Addr>,
+}
 
 pub(super) fn check_network(c: &mut Checker, net: &Network) -> NetworkFacts {
     let bridge = &net.bridge;
@@ -180,6 +187,10 @@ pub(super) fn check_network(c: &mut Checker, net: &Network) -> NetworkFacts {
         }
         Ok(s) => Some(s),
     };
+    let subnet_ipv6 = match &net.subnet_ipv6 {
+        None => Some(None),
+        Some(text) => check_subnet_ipv6(c, text).map(Some),
+    };
     let dynamic = parse_port_range(&net.dynamic_ports);
     if dynamic.is_none() {
         c.err(
@@ -209,7 +220,55 @@ pub(super) fn check_network(c: &mut Checker, net: &Network) -> NetworkFacts {
                     None
                 }
             });
-    (subnet, dynamic, advertise)
+    NetworkFacts {
+        subnet,
+        subnet_ipv6,
+        dynamic_ports: dynamic,
+        advertise_address: advertise,
+    }
+}
+
+/// `network.subnet_ipv6`: a unicast prefix (unique local `fd00::/8` or global) of /48 to
+/// /126, without host bits.
+fn check_subnet_ipv6(c: &mut Checker, text: &str) -> Option<Ipv6Net> {
+    let at = path!["network", "subnet_ipv6"];
+    let s = match Ipv6Net::parse(text) {
+        Ok(s) => s,
+        Err(e) => {
+            c.err(at, format!("subnet_ipv6 {e}"));
+            return None;
+        }
+    };
+    let first = s.addr.segments()[0];
+    let problem = if s.network() != s.addr {
+        Some(format!(
+            "subnet_ipv6 {s} has host bits set; did you mean {}/{}?",
+            s.network(),
+            s.prefix
+        ))
+    } else if !(48..=126).contains(&s.prefix) {
+        Some(format!(
+            "subnet_ipv6 {s} must have a prefix length between /48 and /126, e.g. fd00:a110:c8::/120"
+        ))
+    } else if s.addr.is_unspecified()
+        || s.addr.is_loopback()
+        || first & 0xffc0 == 0xfe80
+        || first & 0xff00 == 0xff00
+        || s.addr.to_ipv4_mapped().is_some()
+    {
+        Some(format!(
+            "subnet_ipv6 {s} must be a unicast prefix (unique local fd00::/8 or global), not link-local, multicast, loopback or IPv4-mapped; e.g. fd00:a110:c8::/120"
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(message) => {
+            c.err(at, message);
+            None
+        }
+        None => Some(s),
+    }
 }
 
 fn parse_port_range(text: &str) -> Option<(u16, u16)> {
