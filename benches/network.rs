@@ -49,11 +49,11 @@ fn main() {
     let mut at_ratio = (None, None);
     for n in SIZES {
         let rounds = MIN_SAMPLES.div_ceil(n);
-        let ours = repeat(rounds, || bench_outpost(n));
+        let ours = repeat(rounds, || bench_outpost(n, Stack::V4));
         print_row("outpost", n, &ours);
         let theirs = match &cni {
             Ok(()) => {
-                let r = repeat(rounds, || bench_cni(n));
+                let r = repeat(rounds, || bench_cni(n, Stack::V4));
                 print_row("cni", n, &r);
                 Some(r)
             }
@@ -70,6 +70,27 @@ fn main() {
         }
         if n == RATIO_AT {
             at_ratio = (Some(ours), theirs);
+            // The same groups on a dual-stack bridge: outpost with network.subnet_ipv6,
+            // CNI with Nomad's bridge_network_subnet_ipv6 conflist (a second range, ::/0).
+            let dual = repeat(rounds, || bench_outpost(n, Stack::Dual));
+            print_row("outpost6", n, &dual);
+            let cni_dual = cni
+                .is_ok()
+                .then(|| repeat(rounds, || bench_cni(n, Stack::Dual)));
+            if let Some(r) = &cni_dual {
+                print_row("cni6", n, r);
+            }
+            println!(
+                "network dual-stack: outpost_up_p50_ms={:.3} cni_up_p50_ms={} outpost_down_p50_ms={:.3} cni_down_p50_ms={}",
+                ms(dual.up_p50()),
+                cni_dual
+                    .as_ref()
+                    .map_or("n/a".into(), |r| format!("{:.3}", ms(r.up_p50()))),
+                ms(dual.down_p50()),
+                cni_dual
+                    .as_ref()
+                    .map_or("n/a".into(), |r| format!("{:.3}", ms(r.down_p50()))),
+            );
         }
     }
     if let (Some(ours), Some(theirs)) = at_ratio {
@@ -291,10 +312,20 @@ fn bench_netavark(n: usize) -> Samples {
     s
 }
 
-fn config_text(n: usize) -> String {
+/// IPv4 only, or a dual-stack bridge.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stack {
+    V4,
+    Dual,
+}
+
+fn config_text(n: usize, stack: Stack) -> String {
     let mut text = String::from(
         "[agent]\ndata_dir = \"/run/bench-data\"\nrun_dir = \"/run/outpost\"\n[network]\nbridge = \"obench\"\nsubnet = \"10.88.0.0/16\"\n",
     );
+    if stack == Stack::Dual {
+        text.push_str("subnet_ipv6 = \"fd00:88::/112\"\n");
+    }
     for i in 0..n {
         text.push_str(&format!(
             "[[group]]\nname = \"g{i}\"\n[group.network]\nmode = \"bridge\"\n\
@@ -308,9 +339,9 @@ fn config_text(n: usize) -> String {
     text
 }
 
-fn plan_for(n: usize) -> Plan {
+fn plan_for(n: usize, stack: Stack) -> Plan {
     let valid =
-        outpost::parse_config(&config_text(n), "bench.toml").expect("bench config is valid");
+        outpost::parse_config(&config_text(n, stack), "bench.toml").expect("bench config is valid");
     let host = HostFacts {
         hostname: "bench".into(),
         default_address: Ipv4Addr::new(192, 0, 2, 1),
@@ -320,8 +351,8 @@ fn plan_for(n: usize) -> Plan {
     plan::build(&valid, &NodeState::default(), &host).expect("plan")
 }
 
-fn bench_outpost(n: usize) -> Samples {
-    let plan = plan_for(n);
+fn bench_outpost(n: usize, stack: Stack) -> Samples {
+    let plan = plan_for(n, stack);
     let mut host = HostNetwork::prepare(&plan.bridge).expect("prepare host");
     let mut s = Samples {
         up: Vec::new(),
@@ -365,15 +396,35 @@ fn wait_for_links_gone(prefix: &str) {
 }
 
 /// Nomad's default conflist (§7.1), one plugin object each.
-fn cni_plugins() -> [(&'static str, String); 4] {
+fn cni_plugins(stack: Stack) -> [(&'static str, String); 4] {
+    let (ranges, routes) = match stack {
+        Stack::V4 => (
+            r#"[[{"subnet":"172.26.64.0/20"}]]"#,
+            r#"[{"dst":"0.0.0.0/0"}]"#,
+        ),
+        // Nomad with bridge_network_subnet_ipv6: a second range and an IPv6 default route.
+        Stack::Dual => (
+            r#"[[{"subnet":"172.26.64.0/20"}],[{"subnet":"fd00:88::/112"}]]"#,
+            r#"[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]"#,
+        ),
+    };
     [
         ("loopback", r#"{"type":"loopback"}"#.into()),
         (
             "bridge",
-            r#"{"type":"bridge","bridge":"nomad","ipMasq":true,"isGateway":true,"forceAddress":true,"hairpinMode":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"172.26.64.0/20"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"/run/cni"}}"#.into(),
+            format!(
+                r#"{{"type":"bridge","bridge":"nomad","ipMasq":true,"isGateway":true,"forceAddress":true,"hairpinMode":false,"ipam":{{"type":"host-local","ranges":{ranges},"routes":{routes},"dataDir":"/run/cni"}}}}"#
+            ),
         ),
-        ("firewall", r#"{"type":"firewall","backend":"iptables","iptablesAdminChainName":"NOMAD-ADMIN"}"#.into()),
-        ("portmap", r#"{"type":"portmap","capabilities":{"portMappings":true},"snat":true}"#.into()),
+        (
+            "firewall",
+            r#"{"type":"firewall","backend":"iptables","iptablesAdminChainName":"NOMAD-ADMIN"}"#
+                .into(),
+        ),
+        (
+            "portmap",
+            r#"{"type":"portmap","capabilities":{"portMappings":true},"snat":true}"#.into(),
+        ),
     ]
 }
 
@@ -428,12 +479,12 @@ fn cni_exec(
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn bench_cni(n: usize) -> Samples {
+fn bench_cni(n: usize, stack: Stack) -> Samples {
     let mut s = Samples {
         up: Vec::new(),
         down: Vec::new(),
     };
-    let plugins = cni_plugins();
+    let plugins = cni_plugins(stack);
     let mut results = Vec::new();
     netns::ensure_dir().expect("netns dir");
     for i in 0..n {
