@@ -223,7 +223,7 @@ fn main() {
             execs.display(),
             idle_flag.display(),
             records.display(),
-            root.join("tests/support/stub_envoy.py").display()
+            support::support_file("stub_envoy.py").display()
         ),
     )
     .expect("stub wrapper");

@@ -30,7 +30,7 @@ const ROUNDS: usize = 3;
 const UPLINK: &str = "192.0.2.10";
 
 fn config(dir: &Path, consul: &str, envoy: &Path) -> String {
-    let countdash = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/countdash.py");
+    let countdash = support::support_file("countdash.py");
     let mut text = format!(
         "[agent]\nnode_name = \"edge-01\"\ndata_dir = \"{0}/data\"\nrun_dir = \"{0}/run\"\n\
          [consul]\naddress = \"{consul}\"\n[network]\nadvertise_address = \"{UPLINK}\"\n\

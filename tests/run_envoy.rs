@@ -318,8 +318,7 @@ fn a_transparent_proxy_app_dials_the_upstream_instance_through_both_envoys() {
     let Some(mesh) = Mesh::with_real_envoy("run-envoy-tproxy") else {
         return;
     };
-    let probe =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/tproxy_probe.py");
+    let probe = support::support_file("tproxy_probe.py");
     add_to_config(
         &mesh,
         &format!(

@@ -210,7 +210,7 @@ fn restarting_the_agent_under_load_fails_no_request_and_restarts_nothing() {
         "adopted, not restarted"
     );
     assert_eq!(support::reported_relay(&mesh.file), relay_before);
-    let programs = format!("{}/tests/support/countdash.py", env!("CARGO_MANIFEST_DIR"));
+    let programs = support::support_file("countdash.py").display().to_string();
     let ours = |p: &i32| {
         std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|cwd| cwd.starts_with(&alloc))
     };

@@ -10,7 +10,6 @@ mod support;
 
 use std::io::Write;
 use std::net::{TcpListener, UdpSocket};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const UPLINK: &str = "192.0.2.10";
@@ -66,7 +65,7 @@ fn transparent_proxy_redirects_outbound_inbound_and_dns_in_the_namespace() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&records, std::fs::Permissions::from_mode(0o777)).unwrap();
     let envoy = support::stub_envoy(&dir, &records);
-    let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/tproxy_probe.py");
+    let probe = support::support_file("tproxy_probe.py");
     let config = format!(
         r#"[agent]
 node_name = "edge-01"

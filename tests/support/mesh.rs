@@ -13,7 +13,7 @@
 use super::consul_double::{ConsulDouble, XdsServer};
 use super::{RealEnvoy, TaskStatus};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -125,8 +125,7 @@ impl Mesh {
                 (double, Some(xds), real.envoy)
             }
         };
-        let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
-        let countdash = support.join("countdash.py").display().to_string();
+        let countdash = super::support_file("countdash.py").display().to_string();
         let config = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/examples/countdash.toml"

@@ -208,7 +208,11 @@ pub fn real_envoy(what: &str) -> Option<RealEnvoy> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| venv.join("bin/python"));
     match envoy {
-        Some(envoy) if envoy.exists() && python.exists() => Some(RealEnvoy { envoy, python }),
+        Some(envoy) if envoy.exists() && python.exists() => Some(RealEnvoy {
+            // Envoy runs as uid 101.
+            envoy: readable_by_all(&envoy),
+            python,
+        }),
         _ => {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -222,6 +226,58 @@ pub fn real_envoy(what: &str) -> Option<RealEnvoy> {
     }
 }
 
+/// `tests/support/<name>` at a path every user can read (see `readable_by_all`).
+pub fn support_file(name: &str) -> std::path::PathBuf {
+    readable_by_all(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/support")
+            .join(name),
+    )
+}
+
+/// `path`, or a copy of it that every user can read and run. Tasks run as `nobody` and
+/// Envoy as uid 101, and a checkout under root's 0700 home (`/root/outpost`, where root
+/// clones it on a fresh Debian machine) is closed to them: such a file is copied once into
+/// a shared 0755 directory under the temporary directory.
+pub fn readable_by_all(path: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.permissions().mode());
+    let open = mode(path) & 0o004 != 0
+        && path
+            .ancestors()
+            .skip(1)
+            .filter(|d| !d.as_os_str().is_empty())
+            .all(|d| mode(d) & 0o001 != 0);
+    if open {
+        return path.to_path_buf();
+    }
+    let dir = std::env::temp_dir().join("outpost-test-shared");
+    std::fs::create_dir_all(&dir).expect("create the shared test directory");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the shared test directory");
+    let name = path.file_name().expect("a file name");
+    let copy = dir.join(name);
+    let same = |a: &std::path::Path, b: &std::path::Path| {
+        let (a, b) = (std::fs::metadata(a), std::fs::metadata(b));
+        a.is_ok_and(|a| {
+            b.is_ok_and(|b| a.len() == b.len() && a.modified().ok() <= b.modified().ok())
+        })
+    };
+    if !same(path, &copy) {
+        // Tests run in parallel: each writes its own file and renames it into place.
+        let staging = dir.join(format!(
+            ".{}-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        std::fs::copy(path, &staging).expect("copy a test file where every user reads it");
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the copy");
+        std::fs::rename(&staging, &copy).expect("move the copy into place");
+    }
+    copy
+}
+
 /// The stub's answer to `--version`, in Envoy's words (the agent reads it before any group
 /// starts), from the shell wrapper so that no Python starts for it.
 pub const STUB_ENVOY_VERSION: &str = "[ \"$1\" = --version ] && echo \"$0  version: 0000000000000000000000000000000000000000/1.36.4/Clean/RELEASE/BoringSSL\" && exit 0\n";
@@ -230,7 +286,7 @@ pub const STUB_ENVOY_VERSION: &str = "[ \"$1\" = --version ] && echo \"$0  versi
 /// its starts in `records`.
 pub fn stub_envoy(dir: &std::path::Path, records: &std::path::Path) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
-    let stub = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/stub_envoy.py");
+    let stub = support_file("stub_envoy.py");
     let envoy = dir.join("envoy");
     std::fs::write(
         &envoy,
