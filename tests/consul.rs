@@ -606,6 +606,51 @@ fn a_unix_socket_address_reaches_the_agent() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A unix socket needs no name lookup: on an image without /etc/hosts and without DNS (a
+/// minimal Debian root has none), the agent still reaches Consul. The client runs in a
+/// thread of its own mount namespace where /etc/hosts and /etc/resolv.conf are empty.
+#[test]
+fn a_unix_socket_address_needs_no_name_lookup() {
+    if !support::root_or_skip("a unix socket without /etc/hosts") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("outpost-unix-nohosts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let double = ConsulDouble::start_unix(&dir.join("consul.sock"));
+    let valid = consul_config(&double.url(), "");
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let result = std::thread::spawn(move || {
+        use nix::mount::{MsFlags, mount};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare");
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .expect("private mounts");
+        for file in ["/etc/hosts", "/etc/resolv.conf"] {
+            mount(
+                Some(&empty),
+                file,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .expect("hide a resolver file");
+        }
+        let client = Client::new(&valid.config.consul).unwrap();
+        client.get("/v1/agent/self").map(|_| ())
+    })
+    .join()
+    .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_sidecar_bootstrap_is_rendered_from_the_agents_own_view() {
     use outpost::envoy::command::{EnvoyBootstrap, run};

@@ -72,6 +72,25 @@ impl Transport for UnixTransport {
     }
 }
 
+/// With a unix socket there is nothing to look up: the URL's host (`localhost`) is only a
+/// placeholder the connector ignores. A resolver that asked the system would fail on an
+/// image without `/etc/hosts` and no DNS, as minimal edge images are.
+#[derive(Debug)]
+struct NoLookup;
+
+impl Resolver for NoLookup {
+    fn resolve(
+        &self,
+        _uri: &Uri,
+        _config: &ureq::config::Config,
+        _timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let mut addrs = self.empty();
+        addrs.push(std::net::SocketAddr::from(([127, 0, 0, 1], 80)));
+        Ok(addrs)
+    }
+}
+
 /// `consul.tls_server_name`: requests name that server (so TLS verifies it and sends it as
 /// SNI) while this resolver sends them to the configured host.
 #[derive(Debug)]
@@ -311,10 +330,7 @@ impl Client {
                 let connector = UnixConnector {
                     path: unix_socket.unwrap_or_default(),
                 };
-                (
-                    ureq::Agent::with_parts(config, connector, DefaultResolver::default()),
-                    base,
-                )
+                (ureq::Agent::with_parts(config, connector, NoLookup), base)
             }
             (Some(name), Some(authority)) => {
                 let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "443"));
