@@ -203,6 +203,11 @@ fn resolve(host: &str) -> Result<String, Error> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ip.to_string());
     }
+    // `localhost` is the loopback address (RFC 6761) without asking the system, which
+    // cannot answer on a minimal image without /etc/hosts.
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok("127.0.0.1".into());
+    }
     let addrs: Vec<_> = (host, 0)
         .to_socket_addrs()
         .map_err(|e| Error::permanent(format!("cannot resolve {host}: {e}")))?

@@ -40,7 +40,7 @@ to = 80
 [[group.task]]
 name = "server"
 command = "/usr/bin/python3"
-args = ["$TOOL", "serve", "tcp", "\${NOMAD_PORT_http}", "web"]
+args = ["$TASK_TOOL", "serve", "tcp", "\${NOMAD_PORT_http}", "web"]
 TOML
     if [ "${1:-}" = extra ]; then cat >> "$CFG" <<TOML
 [[group]]
@@ -50,7 +50,7 @@ mode = "bridge"
 [[group.task]]
 name = "server"
 command = "/usr/bin/python3"
-args = ["$TOOL", "serve", "tcp", "81", "extra"]
+args = ["$TASK_TOOL", "serve", "tcp", "81", "extra"]
 TOML
     fi
 }

@@ -3,6 +3,10 @@
 set -euo pipefail
 TOOL="$(dirname "${BASH_SOURCE[0]}")/tool.py"
 WORK=$(mktemp -d)
+# Tasks run as nobody, and the checkout may be closed to it (root's 0700 /root on a fresh
+# Debian machine): they run this copy of the tool instead.
+TASK_TOOL="$WORK/shared/tool.py"
+mkdir -p "$WORK/shared" && cp "$TOOL" "$TASK_TOOL" && chmod 0755 "$WORK" "$WORK/shared"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT

@@ -265,8 +265,10 @@ pub fn readable_by_all(path: &std::path::Path) -> std::path::PathBuf {
     };
     if !same(path, &copy) {
         // Tests run in parallel: each writes its own file and renames it into place.
+        static COPIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let staging = dir.join(format!(
-            ".{}-{}",
+            ".{}-{}-{n}",
             name.to_string_lossy(),
             std::process::id()
         ));
