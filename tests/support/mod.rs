@@ -85,10 +85,12 @@ impl PrivateRun {
             .arg("mount -t tmpfs tmpfs /run && exec sleep 100000")
             .spawn()
             .expect("unshare");
-        let mountinfo = format!("/proc/{}/mountinfo", holder.id());
-        for _ in 0..200 {
-            let mounts = std::fs::read_to_string(&mountinfo).unwrap_or_default();
-            if mounts.lines().any(|l| l.split(' ').nth(4) == Some("/run")) {
+        // Ready once the holder is `sleep`: mount(8) has exited, and with it anything it
+        // writes after the mount itself (libmount's /run/mount/, which a snapshot of /run
+        // taken too early would miss).
+        let comm = format!("/proc/{}/comm", holder.id());
+        for _ in 0..500 {
+            if std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep") {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
