@@ -256,35 +256,24 @@ fn martian_rule() -> (&'static str, Vec<Expr>) {
 }
 
 fn mapping_rules(m: &Mapping) -> Vec<(&'static str, Vec<Expr>)> {
-    [IPPROTO_TCP, IPPROTO_UDP]
-        .into_iter()
-        .map(|proto| {
-            (
-                PORTMAP,
-                vec![
-                    Expr::L4Proto(proto),
-                    Expr::DstPort(m.host_port),
-                    Expr::Dnat(m.address, m.port),
-                ],
-            )
-        })
-        .collect()
+    port_rules(m.host_port, Expr::Dnat(m.address, m.port))
 }
 
+/// The IPv6 twin of `mapping_rules` (none when the group has no IPv6 address).
 fn mapping_rules_ipv6(m: &Mapping) -> Vec<(&'static str, Vec<Expr>)> {
-    let Some(address) = m.address_ipv6 else {
-        return Vec::new();
-    };
+    m.address_ipv6
+        .map(|address| port_rules(m.host_port, Expr::Dnat6(address, m.port)))
+        .unwrap_or_default()
+}
+
+/// `host_port`, tcp and udp, to `dnat`.
+fn port_rules(host_port: u16, dnat: Expr) -> Vec<(&'static str, Vec<Expr>)> {
     [IPPROTO_TCP, IPPROTO_UDP]
         .into_iter()
         .map(|proto| {
             (
                 PORTMAP,
-                vec![
-                    Expr::L4Proto(proto),
-                    Expr::DstPort(m.host_port),
-                    Expr::Dnat6(address, m.port),
-                ],
+                vec![Expr::L4Proto(proto), Expr::DstPort(host_port), dnat.clone()],
             )
         })
         .collect()
