@@ -12,17 +12,7 @@ pub struct Ipv4Net {
 impl Ipv4Net {
     /// Parses `a.b.c.d/n`. `Err` says what is wrong in words fit for a config error.
     pub fn parse(text: &str) -> Result<Ipv4Net, String> {
-        let (addr, prefix) = text
-            .split_once('/')
-            .ok_or_else(|| format!("\"{text}\" is not an IPv4 prefix such as 172.26.64.0/20"))?;
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("\"{addr}\" in \"{text}\" is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("prefix length \"{prefix}\" in \"{text}\" is not 0-32"))?;
+        let (addr, prefix) = parse_prefix(text, "IPv4", 32, "172.26.64.0/20")?;
         Ok(Ipv4Net { addr, prefix })
     }
 
@@ -55,6 +45,28 @@ impl Ipv4Net {
     pub fn leasable(&self) -> impl Iterator<Item = Ipv4Addr> {
         (u32::from(self.network()) + 2..u32::from(self.broadcast())).map(Ipv4Addr::from)
     }
+}
+
+/// `addr/n` for either family (`family` and `example` name it in messages); `Err` says
+/// what is wrong in words fit for a config error.
+pub(super) fn parse_prefix<A: std::str::FromStr>(
+    text: &str,
+    family: &str,
+    max: u8,
+    example: &str,
+) -> Result<(A, u8), String> {
+    let (addr, prefix) = text
+        .split_once('/')
+        .ok_or_else(|| format!("\"{text}\" is not an {family} prefix such as {example}"))?;
+    let addr: A = addr
+        .parse()
+        .map_err(|_| format!("\"{addr}\" in \"{text}\" is not an {family} address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| format!("prefix length \"{prefix}\" in \"{text}\" is not 0-{max}"))?;
+    Ok((addr, prefix))
 }
 
 /// Serialised as its text form (`172.26.64.0/20`).

@@ -12,17 +12,7 @@ pub struct Ipv6Net {
 impl Ipv6Net {
     /// Parses `addr/n`. `Err` says what is wrong in words fit for a config error.
     pub fn parse(text: &str) -> Result<Ipv6Net, String> {
-        let (addr, prefix) = text.split_once('/').ok_or_else(|| {
-            format!("\"{text}\" is not an IPv6 prefix such as fd00:a110:c8::/120")
-        })?;
-        let addr: Ipv6Addr = addr
-            .parse()
-            .map_err(|_| format!("\"{addr}\" in \"{text}\" is not an IPv6 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= 128)
-            .ok_or_else(|| format!("prefix length \"{prefix}\" in \"{text}\" is not 0-128"))?;
+        let (addr, prefix) = super::ipv4::parse_prefix(text, "IPv6", 128, "fd00:a110:c8::/120")?;
         Ok(Ipv6Net { addr, prefix })
     }
 

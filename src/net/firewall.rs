@@ -44,6 +44,7 @@ use crate::config::{Ipv4Net, Ipv6Net};
 use std::collections::BTreeSet;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub const TABLE: &str = "outpost";
 const PORTMAP: &str = "portmap";
@@ -316,11 +317,24 @@ pub fn replace(spec: &NatSpec) -> io::Result<()> {
     with_socket(|sock| {
         replace_with(sock, IP, &CHAINS, rules(spec))?;
         match spec.subnet_ipv6 {
-            Some(subnet) => replace_with(sock, IP6, &CHAINS_IPV6, rules_ipv6(spec, subnet)),
-            None => remove_if_present(sock, IP6),
+            Some(subnet) => {
+                IP6_GONE.store(false, Ordering::Relaxed);
+                replace_with(sock, IP6, &CHAINS_IPV6, rules_ipv6(spec, subnet))
+            }
+            // Looked for once per process: only a dual-stack config makes the table, and
+            // bring-up syncs the firewall once per group.
+            None if IP6_GONE.load(Ordering::Relaxed) => Ok(()),
+            None => {
+                remove_if_present(sock, IP6)?;
+                IP6_GONE.store(true, Ordering::Relaxed);
+                Ok(())
+            }
         }
     })
 }
+
+/// This process has seen to it that there is no `ip6` table.
+static IP6_GONE: AtomicBool = AtomicBool::new(false);
 
 fn replace_with(
     sock: &mut Socket,
@@ -380,15 +394,11 @@ pub fn probe() -> io::Result<()> {
 
 /// Removes both tables, those that exist.
 pub fn remove() -> io::Result<()> {
-    let batch = vec![
-        batch_marker(NFNL_MSG_BATCH_BEGIN),
-        table_msg(IP, NFT_MSG_NEWTABLE, NLM_F_CREATE),
-        table_msg(IP, NFT_MSG_DELTABLE, 0),
-        batch_marker(NFNL_MSG_BATCH_END),
-    ];
     with_socket(|sock| {
-        sock.batch(batch)?;
-        remove_if_present(sock, IP6)
+        remove_if_present(sock, IP)?;
+        remove_if_present(sock, IP6)?;
+        IP6_GONE.store(true, Ordering::Relaxed);
+        Ok(())
     })
 }
 

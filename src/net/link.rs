@@ -284,9 +284,8 @@ pub fn addresses(sock: &mut Socket, index: i32) -> io::Result<Vec<(IpAddr, u8)>>
 /// added. Idempotent.
 pub fn set_addresses(sock: &mut Socket, index: i32, wanted: &[(IpAddr, u8)]) -> io::Result<()> {
     let present = addresses(sock, index)?;
-    for (other, other_prefix) in &present {
-        if !wanted.contains(&(*other, *other_prefix)) {
-            let (other, other_prefix) = (*other, *other_prefix);
+    for &(other, other_prefix) in &present {
+        if !wanted.contains(&(other, other_prefix)) {
             let family = family_of(other);
             let mut m = Message::new(RTM_DELADDR, NLM_F_REQUEST | NLM_F_ACK).header(&ifaddrmsg(
                 family,

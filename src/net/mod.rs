@@ -151,9 +151,8 @@ impl HostNetwork {
         host_before::remember()
             .context(|| format!("record the host's state in {}", host_before::FILE))?;
         netns::ensure_dir().context(|| "prepare /run/netns".into())?;
-        write_sysctl("net/ipv4/ip_forward", "1")?;
-        if plan.subnet_ipv6.is_some() {
-            write_sysctl("net/ipv6/conf/all/forwarding", "1")?;
+        for (key, value) in forwarding_sysctls(plan) {
+            write_sysctl(&key, value)?;
         }
         keep_sysctls(plan)?;
         Ok(HostNetwork {
@@ -273,11 +272,9 @@ fn ensure_bridge(sock: &mut netlink::Socket, plan: &BridgePlan) -> Result<i32, N
                 })?
         }
     };
-    if plan.subnet_ipv6.is_some() {
-        // Before the address: a host with IPv6 off by default has it off on a new bridge.
-        // No router advertisements are taken on the bridge: it is the router.
-        write_sysctl(&format!("net/ipv6/conf/{name}/disable_ipv6"), "0")?;
-        write_sysctl(&format!("net/ipv6/conf/{name}/accept_ra"), "0")?;
+    // Before the addresses: a host with IPv6 off by default has it off on a new bridge.
+    for (key, value) in bridge_sysctls(plan) {
+        write_sysctl(&key, value)?;
     }
     let mut wanted = vec![(plan.subnet.gateway().into(), plan.subnet.prefix)];
     wanted.extend(plan.subnet_ipv6.map(|s| (s.gateway().into(), s.prefix)));
@@ -288,10 +285,6 @@ fn ensure_bridge(sock: &mut netlink::Socket, plan: &BridgePlan) -> Result<i32, N
     if !bridge.up {
         link::set_up(sock, bridge.index).context(|| format!("set bridge {name} up"))?;
     }
-    // Loose reverse-path filtering and route_localnet let 127.0.0.1:<port> reach groups
-    // (netavark sets the same).
-    write_sysctl(&format!("net/ipv4/conf/{name}/route_localnet"), "1")?;
-    write_sysctl(&format!("net/ipv4/conf/{name}/rp_filter"), "2")?;
     Ok(bridge.index)
 }
 
@@ -398,8 +391,11 @@ fn ensure_group(
     let inside = Inside {
         v4: parse_cidr(&ns.address),
         gateway_v4: bridge_plan.subnet.gateway().into(),
-        v6: ns.address_ipv6.as_deref().map(parse_cidr),
-        gateway_v6: bridge_plan.subnet_ipv6.map(|s| s.gateway().into()),
+        v6: ns
+            .address_ipv6
+            .as_deref()
+            .map(parse_cidr)
+            .zip(bridge_plan.subnet_ipv6.map(|s| s.gateway().into())),
     };
     netns::run_in(&ns.name, || configure_inside(&inside, created)).context(|| {
         format!(
@@ -433,15 +429,15 @@ fn parse_cidr(text: &str) -> (IpAddr, u8) {
 struct Inside {
     v4: (IpAddr, u8),
     gateway_v4: IpAddr,
-    v6: Option<(IpAddr, u8)>,
-    gateway_v6: Option<IpAddr>,
+    /// (address and prefix length, gateway).
+    v6: Option<((IpAddr, u8), IpAddr)>,
 }
 
 /// Inside a group's namespace: lo and eth0 up, the addresses, the default routes, sysctls.
 fn configure_inside(inside: &Inside, fresh: bool) -> io::Result<()> {
     let mut sock = link::open()?;
     let eth0 = link::get(&mut sock, GROUP_IFNAME)?.ok_or_else(|| io::Error::other("no eth0"))?;
-    let v6 = inside.v6.zip(inside.gateway_v6);
+    let v6 = inside.v6;
     if fresh {
         // A new namespace: lo and eth0 down, no address. One write, processed in order.
         let (address, prefix) = inside.v4;
@@ -510,23 +506,43 @@ fn sysctl_file(bridge: &str) -> std::path::PathBuf {
     std::path::Path::new(SYSCTL_D).join(format!("50-outpost-{bridge}.conf"))
 }
 
+/// Forwarding for the families the bridge carries (host-wide).
+fn forwarding_sysctls(plan: &BridgePlan) -> Vec<(String, &'static str)> {
+    let mut list = vec![("net/ipv4/ip_forward".to_string(), "1")];
+    if plan.subnet_ipv6.is_some() {
+        list.push(("net/ipv6/conf/all/forwarding".into(), "1"));
+    }
+    list
+}
+
+/// The bridge's own settings. Loose reverse-path filtering and route_localnet let
+/// 127.0.0.1:<port> reach groups (netavark sets the same); on a dual-stack bridge IPv6 is
+/// on and takes no router advertisements (the bridge is the router).
+fn bridge_sysctls(plan: &BridgePlan) -> Vec<(String, &'static str)> {
+    let name = &plan.name;
+    let mut list = vec![
+        (format!("net/ipv4/conf/{name}/route_localnet"), "1"),
+        (format!("net/ipv4/conf/{name}/rp_filter"), "2"),
+    ];
+    if plan.subnet_ipv6.is_some() {
+        list.push((format!("net/ipv6/conf/{name}/disable_ipv6"), "0"));
+        list.push((format!("net/ipv6/conf/{name}/accept_ra"), "0"));
+    }
+    list
+}
+
 /// The host sysctls outpost sets, also written to /run/sysctl.d so a later run of
 /// systemd-sysctl does not undo them (netavark does the same). Slash-separated keys,
 /// because a bridge name may contain dots.
 fn keep_sysctls(plan: &BridgePlan) -> Result<(), NetError> {
     let bridge = &plan.name;
-    let mut text = format!(
-        "# Written by outpost for bridge {bridge}; removed by `outpost teardown`.\n\
-         net/ipv4/ip_forward = 1\n\
-         net/ipv4/conf/{bridge}/route_localnet = 1\n\
-         net/ipv4/conf/{bridge}/rp_filter = 2\n"
-    );
-    if plan.subnet_ipv6.is_some() {
-        text.push_str(&format!(
-            "net/ipv6/conf/all/forwarding = 1\n\
-             net/ipv6/conf/{bridge}/disable_ipv6 = 0\n\
-             net/ipv6/conf/{bridge}/accept_ra = 0\n"
-        ));
+    let mut text =
+        format!("# Written by outpost for bridge {bridge}; removed by `outpost teardown`.\n");
+    for (key, value) in forwarding_sysctls(plan)
+        .into_iter()
+        .chain(bridge_sysctls(plan))
+    {
+        text.push_str(&format!("{key} = {value}\n"));
     }
     let path = sysctl_file(bridge);
     if std::fs::read_to_string(&path).is_ok_and(|current| current == text) {
