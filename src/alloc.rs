@@ -8,6 +8,7 @@
 //! Network and Consul are the agent's business; a runner only starts and watches processes,
 //! and can take over processes an earlier agent started (`adopt`).
 
+use crate::cgroup::{Limits, TaskCgroup};
 use crate::error::{Context, Error};
 use crate::plan::{GroupPlan, Lifecycle, RestartMode, TaskPlan};
 use crate::supervise::{self, Proc, Spec};
@@ -73,6 +74,9 @@ pub struct Task {
     policy: Policy,
     window_start: Instant,
     window_count: u32,
+    /// Its cgroup's OOM-kill count when it last started: more at its exit means the kernel
+    /// killed it (or one of its processes) for its memory limit.
+    oom_kills: u64,
 }
 
 /// How many events each task keeps for `status`.
@@ -153,6 +157,15 @@ fn start_journal(group: &GroupPlan) -> Option<PathBuf> {
 
 fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Task {
     let logs = Path::new(&group.alloc_dir).join("alloc/logs");
+    let cgroup = crate::cgroup::host().tracks().then(|| {
+        let r = &t.resources;
+        let limits = Limits {
+            cpu: r.cpu_mhz,
+            memory: r.memory_mb,
+            memory_max: r.memory_max_mb,
+        };
+        (TaskCgroup::new(&r.cgroup), limits)
+    });
     Task {
         plan_name: t.name.clone(),
         lifecycle: t.lifecycle,
@@ -165,9 +178,12 @@ fn task_from_plan(group: &GroupPlan, t: &TaskPlan, ready: Option<String>) -> Tas
             caps: Some(crate::caps::set_of(&t.capabilities)),
             stdout: logs.join(format!("{}.stdout.0", t.name)),
             stderr: logs.join(format!("{}.stderr.0", t.name)),
-            journal: start_journal(group),
+            // Where the task has a cgroup, that is the record of its processes.
+            journal: cgroup.is_none().then(|| start_journal(group)).flatten(),
             resolv_conf: group.resolv_conf_path(),
+            cgroup,
         },
+        oom_kills: 0,
         resolv_text: group.resolv_conf.clone(),
         events: heapless::Deque::new(),
         state: TaskState::Pending,
@@ -237,12 +253,36 @@ impl Runner {
     pub fn adopt(&mut self, records: &[(String, Proc, u32)]) -> usize {
         let mut adopted = 0;
         for task in &mut self.tasks {
-            if let Some((_, proc, restarts)) = records.iter().find(|(n, _, _)| *n == task.plan_name)
-                && proc.alive()
-            {
+            let recorded = records
+                .iter()
+                .find(|(n, _, _)| *n == task.plan_name)
+                .filter(|(_, proc, _)| proc.alive());
+            if let Some((_, proc, restarts)) = recorded {
                 task.state = TaskState::Running(*proc);
                 task.restarts = *restarts;
                 adopted += 1;
+                if let Some((cgroup, limits)) = &task.spec.cgroup
+                    && !cgroup.contains(proc.pid)
+                {
+                    // Started by an agent without cgroups: in from now on, with what it
+                    // forks from here.
+                    let joined = cgroup.prepare(limits).and_then(|()| cgroup.join(proc.pid));
+                    if let Err(e) = joined {
+                        warn!("group {}: task {}: {e}", self.name, task.plan_name);
+                    }
+                }
+            } else if let Some(proc) = task.spec.cgroup.as_ref().and_then(|(c, _)| first_in(c)) {
+                // Never recorded (the agent stopped between fork and record): its cgroup
+                // knows it.
+                info!(
+                    "group {}: task {} (pid {}) adopted from its cgroup",
+                    self.name, task.plan_name, proc.pid
+                );
+                task.state = TaskState::Running(proc);
+                adopted += 1;
+            }
+            if let (TaskState::Running(_), Some((cgroup, _))) = (&task.state, &task.spec.cgroup) {
+                task.oom_kills = cgroup.oom_kills();
             }
         }
         let all = self
@@ -459,7 +499,10 @@ impl Runner {
                 continue;
             }
             changed = true;
-            let how = code.map_or("exited".to_string(), |c| format!("exited with {c}"));
+            let how = match end_of(task, proc) {
+                Some(oom) => oom,
+                None => code.map_or("exited".to_string(), |c| format!("exited with {c}")),
+            };
             if runs_to_completion(task) && code == Some(0) {
                 info!("group {}: task {} {how}; done", self.name, task.plan_name);
                 task.state = TaskState::Done;
@@ -566,6 +609,7 @@ impl Runner {
                 stopping.push(supervise::Stopping {
                     what: format!("group {}: task {}", self.name, task.plan_name),
                     proc,
+                    cgroup: task.spec.cgroup.as_ref().map(|(c, _)| c.clone()),
                     signal: task.kill_signal,
                     delay: task.shutdown_delay,
                     timeout: task.kill_timeout,
@@ -613,6 +657,12 @@ pub fn stop_all(runners: &mut [Runner]) {
         .collect();
     supervise::stop_all(&stopping);
     for runner in runners {
+        // Tasks that were not running (done, failed, waiting to restart) may still have a
+        // cgroup, and a daemon in it.
+        for (cgroup, _) in runner.tasks.iter().filter_map(|t| t.spec.cgroup.as_ref()) {
+            cgroup.empty(Duration::from_secs(1));
+            cgroup.remove();
+        }
         runner.set_phase(Phase::Stopped);
     }
 }
@@ -682,6 +732,20 @@ fn run_poststop(runners: &mut [Runner], ran: &[bool]) {
     supervise::stop_all(&stopping);
 }
 
+/// The task's main process as its cgroup shows it: the one that started first.
+fn first_in(cgroup: &TaskCgroup) -> Option<Proc> {
+    cgroup
+        .procs()
+        .into_iter()
+        .filter_map(|pid| {
+            Some(Proc {
+                pid,
+                start_time: supervise::start_time(pid)?,
+            })
+        })
+        .min_by_key(|p| p.start_time)
+}
+
 fn is_prestart(t: &Task) -> bool {
     t.lifecycle == Lifecycle::Prestart
 }
@@ -713,6 +777,25 @@ fn make_dirs(task: &Task) -> Result<(), Error> {
     Ok(())
 }
 
+/// A task's main process exited: the rest of the task goes with it (what it forked and
+/// left behind), as Nomad's executor ends a task. Returns how it ended when the kernel's
+/// OOM killer had a part in it.
+fn end_of(task: &mut Task, main: Proc) -> Option<String> {
+    let Some((cgroup, limits)) = &task.spec.cgroup else {
+        // The process group; ESRCH once nothing of it is left.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(main.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        return None;
+    };
+    cgroup.empty(Duration::from_secs(1));
+    let ooms = cgroup.oom_kills();
+    let oom = ooms > task.oom_kills;
+    task.oom_kills = ooms;
+    oom.then(|| format!("killed: out of memory, limit {} MiB", limits.hard_mib()))
+}
+
 fn start(group: &str, task: &mut Task) {
     if let Err(e) = make_dirs(task) {
         return failed_to_start(group, task, e);
@@ -720,6 +803,9 @@ fn start(group: &str, task: &mut Task) {
     match supervise::begin(&task.spec) {
         // Confirmed by `Runner::confirm_starts`, once every task of this pass is forked.
         Ok(starting) => {
+            if let Some((cgroup, _)) = &task.spec.cgroup {
+                task.oom_kills = cgroup.oom_kills();
+            }
             task.state = TaskState::Running(starting.proc);
             task.starting = Some(starting);
         }
@@ -799,7 +885,9 @@ mod tests {
                 stderr: PathBuf::from("/nonexistent/err"),
                 journal: None,
                 resolv_conf: None,
+                cgroup: None,
             },
+            oom_kills: 0,
             resolv_text: None,
             events: heapless::Deque::new(),
             state,

@@ -17,6 +17,7 @@ pub mod agent;
 pub mod alloc;
 pub mod allocdir;
 pub mod caps;
+pub mod cgroup;
 pub mod config;
 pub mod consul;
 pub mod envoy;

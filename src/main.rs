@@ -291,7 +291,14 @@ fn plan(cmd: &PlanCmd) -> Result<(), Error> {
     let p = plan::build(&valid, &node_state, &net::host_facts()).context("cannot plan")?;
     match cmd.json {
         true => print!("{}", plan::render::json(&p)),
-        false => print!("{}", plan::render::text(&p)),
+        false => {
+            let host = outpost::cgroup::host();
+            let enforced = plan::render::Enforced {
+                memory: host.memory() != outpost::cgroup::Enforced::No,
+                cpu: host.cpu() != outpost::cgroup::Enforced::No,
+            };
+            print!("{}", plan::render::text(&p, enforced));
+        }
     }
     Ok(())
 }

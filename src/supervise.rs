@@ -6,6 +6,7 @@
 //! never by pid alone (pids are reused).
 
 use crate::caps::CapSet;
+use crate::cgroup::{Limits, TaskCgroup};
 use crate::error::{Context, Error};
 use crate::files::Dir;
 use nix::libc;
@@ -45,6 +46,10 @@ pub struct Spec {
     /// Bind-mounted over /etc/resolv.conf in the process's own mount namespace (the
     /// group's `dns`); `None`: the host's.
     pub resolv_conf: Option<PathBuf>,
+    /// The task's own cgroup, joined before exec, with its limits; `None` where the host
+    /// has no cgroups (stops then signal the process group). Where there is one, it is the
+    /// record of the task's processes and `journal` is not needed.
+    pub cgroup: Option<(TaskCgroup, Limits)>,
 }
 
 /// A running process, identified beyond its pid.
@@ -215,6 +220,9 @@ pub fn begin(spec: &Spec) -> Result<Starting, Error> {
     let devnull = File::open("/dev/null").context("cannot open /dev/null")?;
     let creds = spec.user.as_deref().map(credentials).transpose()?;
     let resolv = resolv_source(spec.resolv_conf.as_deref())?;
+    if let Some((cgroup, limits)) = &spec.cgroup {
+        prepare_cgroup(program, cgroup, limits)?;
+    }
     let (report_read, report_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     // The child waits on this gate until the parent has noted it in the journal; if the
@@ -257,6 +265,15 @@ pub fn begin(spec: &Spec) -> Result<Starting, Error> {
             drop(gate_read);
             let pid = child.as_raw();
             let start_time = start_time(pid).unwrap_or(0);
+            if let Some((cgroup, _)) = &spec.cgroup
+                && let Err(e) = cgroup.join(pid)
+            {
+                drop(gate_write); // the child exits without exec
+                let _ = nix::sys::wait::waitpid(child, None);
+                return Err(Error::permanent(format!(
+                    "cannot start {program}: cannot put it in its cgroup: {e}"
+                )));
+            }
             if let Some(journal) = &spec.journal
                 && let Err(e) = note_start(journal, pid, start_time)
             {
@@ -277,6 +294,23 @@ pub fn begin(spec: &Spec) -> Result<Starting, Error> {
             })
         }
     }
+}
+
+/// Empties the task's cgroup of what an earlier run left (a daemon its last main process
+/// forked, a process an agent killed mid-start started), then creates it with `limits`.
+fn prepare_cgroup(program: &str, cgroup: &TaskCgroup, limits: &Limits) -> Result<(), Error> {
+    let left = cgroup.empty(Duration::from_secs(1));
+    if left > 0 {
+        log::warn!(
+            "cgroup {}: killed {left} process(es) left from an earlier run",
+            cgroup.path
+        );
+    }
+    cgroup.prepare(limits).map_err(|e| {
+        Error::permanent(format!(
+            "cannot start {program}: cannot set up its cgroup: {e}"
+        ))
+    })
 }
 
 /// What a short helper command printed, and how it ended.
@@ -745,12 +779,16 @@ fn set_capabilities(keep: u64, non_root: bool) -> bool {
 pub struct Stopping {
     pub what: String,
     pub proc: Proc,
+    /// Every process in it is signalled, and it is emptied with `cgroup.kill`; `None`: the
+    /// process group is (`proc` leads its own, from `setsid`).
+    pub cgroup: Option<TaskCgroup>,
     pub signal: Signal,
     pub delay: Duration,
     pub timeout: Duration,
 }
 
-/// Stops all of `list` concurrently, each on its own schedule; returns when all exited.
+/// Stops all of `list` concurrently, each on its own schedule; returns when all exited,
+/// descendants included.
 pub fn stop_all(list: &[Stopping]) {
     let start = Instant::now();
     let mut signalled: Vec<Option<Instant>> = vec![None; list.len()];
@@ -760,28 +798,66 @@ pub fn stop_all(list: &[Stopping]) {
         let mut running = false;
         for (i, s) in list.iter().enumerate() {
             reap(s.proc.pid);
-            if !s.proc.alive() {
+            if !s.running() {
                 continue;
             }
             running = true;
             match signalled[i] {
                 None if now >= start + s.delay => {
                     log::info!("stopping {} (pid {}) with {}", s.what, s.proc.pid, s.signal);
-                    s.proc.signal(s.signal);
+                    s.signal_all(s.signal);
                     signalled[i] = Some(now);
                 }
                 Some(at) if now >= at + s.timeout && !killed[i] => {
                     log::warn!("{} did not stop within {:?}; SIGKILL", s.what, s.timeout);
-                    s.proc.signal(Signal::SIGKILL);
+                    s.kill_all();
                     killed[i] = true;
                 }
                 _ => {}
             }
         }
         if !running {
+            for cgroup in list.iter().filter_map(|s| s.cgroup.as_ref()) {
+                cgroup.remove();
+            }
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Stopping {
+    /// Whether anything of it is left: the process, or any other in its cgroup (or, without
+    /// one, its process group).
+    fn running(&self) -> bool {
+        self.proc.alive()
+            || match &self.cgroup {
+                Some(cgroup) => !cgroup.procs().is_empty(),
+                None => self.process_group_lives(),
+            }
+    }
+
+    fn process_group_lives(&self) -> bool {
+        nix::sys::signal::killpg(Pid::from_raw(self.proc.pid), None).is_ok()
+    }
+
+    fn signal_all(&self, signal: Signal) {
+        self.proc.signal(signal);
+        match &self.cgroup {
+            Some(cgroup) => cgroup.signal(signal),
+            None if self.process_group_lives() => {
+                let _ = nix::sys::signal::killpg(Pid::from_raw(self.proc.pid), signal);
+            }
+            None => {}
+        }
+    }
+
+    fn kill_all(&self) {
+        self.proc.signal(Signal::SIGKILL);
+        match &self.cgroup {
+            Some(cgroup) => cgroup.kill(),
+            None => self.signal_all(Signal::SIGKILL),
+        }
     }
 }
 
@@ -865,7 +941,101 @@ mod tests {
             stderr: dir.join("logs/t.stderr.0"),
             journal: Some(dir.join("starting")),
             resolv_conf: None,
+            cgroup: None,
         }
+    }
+
+    /// A shell that leaves two daemons behind: one in its own session (out of the process
+    /// group), one in the process group; it prints their pids.
+    const DAEMONIZES: &str = "setsid sleep 4242 & echo $!; sleep 4343 & echo $!; exec sleep 4444";
+
+    fn pids_printed(dir: &Path) -> Vec<i32> {
+        std::fs::read_to_string(dir.join("logs/t.stdout.0"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    fn wait_for_pids(dir: &Path, n: usize) -> Vec<i32> {
+        for _ in 0..500 {
+            let pids = pids_printed(dir);
+            if pids.len() >= n {
+                return pids;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the task did not print {n} pids");
+    }
+
+    fn exists(pid: i32) -> bool {
+        start_time(pid).is_some()
+    }
+
+    #[test]
+    fn a_stop_takes_the_whole_cgroup_even_what_left_the_session() {
+        let dir = std::env::temp_dir().join(format!("outpost-cg-{}", std::process::id()));
+        let path = format!("outpost-unit-{}.slice/g.slice/t.scope", std::process::id());
+        let cgroup = TaskCgroup::new(&path);
+        let limits = Limits {
+            cpu: 100,
+            memory: 64,
+            memory_max: None,
+        };
+        let mut with_cgroup = spec(&dir, &["/bin/sh", "-c", DAEMONIZES]);
+        with_cgroup.cgroup = Some((cgroup.clone(), limits));
+        with_cgroup.journal = None;
+        let p = spawn(&with_cgroup).unwrap();
+        let daemons = wait_for_pids(&dir, 2);
+        assert!(cgroup.contains(p.pid));
+        for d in &daemons {
+            assert!(cgroup.contains(*d), "daemon {d} is in the task's cgroup");
+        }
+        stop_all(&[Stopping {
+            what: "test".into(),
+            proc: p,
+            cgroup: Some(cgroup.clone()),
+            signal: Signal::SIGTERM,
+            delay: Duration::ZERO,
+            timeout: Duration::from_secs(2),
+        }]);
+        reap(p.pid);
+        for d in daemons.iter().copied().chain([p.pid]) {
+            assert!(!exists(d), "pid {d} outlived the stop");
+        }
+        assert!(
+            !crate::cgroup::host()
+                .mounts_for_test()
+                .iter()
+                .any(|m| m.join(&path).exists()),
+            "the cgroup is removed after the stop"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn without_a_cgroup_a_stop_takes_the_process_group() {
+        let dir = std::env::temp_dir().join(format!("outpost-pg-{}", std::process::id()));
+        let p = spawn(&spec(&dir, &["/bin/sh", "-c", DAEMONIZES])).unwrap();
+        let daemons = wait_for_pids(&dir, 2);
+        stop_all(&[Stopping {
+            what: "test".into(),
+            proc: p,
+            cgroup: None,
+            signal: Signal::SIGTERM,
+            delay: Duration::ZERO,
+            timeout: Duration::from_secs(2),
+        }]);
+        reap(p.pid);
+        assert!(!exists(p.pid));
+        assert!(
+            !exists(daemons[1]),
+            "the daemon in the process group is stopped"
+        );
+        // What left the process group (setsid) is what only a cgroup catches.
+        assert!(exists(daemons[0]));
+        let _ = kill(Pid::from_raw(daemons[0]), Signal::SIGKILL);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -887,6 +1057,7 @@ mod tests {
         let stopping = |proc, delay| Stopping {
             what: "test".into(),
             proc,
+            cgroup: None,
             signal: Signal::SIGTERM,
             delay,
             timeout: Duration::from_secs(2),

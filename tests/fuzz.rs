@@ -20,6 +20,12 @@ use outpost::config::{Acl, AclMode, Consul, Dur, Preflight};
 use outpost::consul::client::Client;
 use outpost::consul::{acl, anti_entropy, gateway, preflight, sync};
 use outpost::plan::{self, HostFacts};
+
+/// Plans are rendered as for a host that enforces every limit.
+const ENFORCED: plan::render::Enforced = plan::render::Enforced {
+    memory: true,
+    cpu: true,
+};
 use outpost::state::NodeState;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -197,7 +203,7 @@ fn check_config(text: &str) -> Result<(), TestCaseError> {
             if let Ok(plan) = plan::build(&valid, &NodeState::default(), &HostFacts::placeholder())
             {
                 prop_assert!(!plan::render::json(&plan).is_empty());
-                prop_assert!(!plan::render::text(&plan).is_empty());
+                prop_assert!(!plan::render::text(&plan, ENFORCED).is_empty());
             }
         }
     }

@@ -3,6 +3,12 @@
 //! `UPDATE_EXPECTED=1 cargo test --test plan`, then review the diff).
 
 use outpost::plan::{self, HostFacts, Plan};
+
+/// Plans are rendered as for a host that enforces every limit.
+const ENFORCED: plan::render::Enforced = plan::render::Enforced {
+    memory: true,
+    cpu: true,
+};
 use outpost::state::{GroupState, NodeState};
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -278,7 +284,7 @@ fn a_dual_stack_bridge_leases_both_families_and_maps_ports_for_both() {
         "{:?}",
         p.bridge.firewall_rules
     );
-    let text = plan::render::text(&p);
+    let text = plan::render::text(&p, ENFORCED);
     assert!(
         text.contains("address  fd00:a110:c8::40/120 on eth0, default via fd00:a110:c8::1"),
         "{text}"

@@ -43,7 +43,11 @@ fn quickstart_serves_the_mapped_port_without_consul_and_notifies_systemd() {
         &file,
         quickstart.replace(
             "data_dir = \"/var/lib/outpost\"",
-            &format!("data_dir = \"{}/data\"", dir.display()),
+            &format!(
+                "data_dir = \"{}/data\"\ncgroup_parent = \"outpost-test-quickstart-{}.slice\"",
+                dir.display(),
+                std::process::id()
+            ),
         ),
     )
     .unwrap();
@@ -354,8 +358,8 @@ args = ["-c", "cat /etc/resolv.conf; python3 -c \"import socket\ntry: socket.get
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// What teardown must give back: links, namespaces, nf_tables, ip_forward, /run and
-/// data_dir, read inside the test's private namespaces.
+/// What teardown must give back: links, namespaces, nf_tables, ip_forward, /run,
+/// data_dir and the node's cgroups, read inside the test's private namespaces.
 fn host_snapshot(run: &support::PrivateRun, data_dir: &std::path::Path) -> Vec<String> {
     let output = |program: &str, args: &[&str]| {
         let out = run.command(program).args(args).output().unwrap();
@@ -375,8 +379,25 @@ fn host_snapshot(run: &support::PrivateRun, data_dir: &std::path::Path) -> Vec<S
         ),
         format!("/run {}", output("ls", &["-A", "/run"])),
         format!("data_dir exists {}", data_dir.exists()),
+        format!(
+            "cgroups {}",
+            output(
+                "sh",
+                &[
+                    "-c",
+                    &format!(
+                        "ls -d /sys/fs/cgroup/*/{TEARDOWN_CGROUP}-{}.slice /sys/fs/cgroup/{TEARDOWN_CGROUP}-{}.slice 2>/dev/null",
+                        std::process::id(),
+                        std::process::id()
+                    )
+                ]
+            )
+        ),
     ]
 }
+
+/// The teardown test's cgroup parent (without its pid).
+const TEARDOWN_CGROUP: &str = "outpost-test-teardown";
 
 #[test]
 fn teardown_leaves_the_host_as_run_found_it() {
@@ -394,8 +415,9 @@ fn teardown_leaves_the_host_as_run_found_it() {
     std::fs::write(
         &file,
         format!(
-            "[agent]\ndata_dir = \"{}\"\nrun_dir = \"/run/outpost\"\n\n[[group]]\nname = \"web\"\n[group.network]\nmode = \"bridge\"\n[[group.network.port]]\nlabel = \"http\"\nstatic = 8080\n[[group.task]]\nname = \"web\"\ncommand = \"/bin/sleep\"\nargs = [\"1000\"]\n",
-            data_dir.display()
+            "[agent]\ndata_dir = \"{}\"\nrun_dir = \"/run/outpost\"\ncgroup_parent = \"outpost-test-teardown-{}.slice\"\n\n[[group]]\nname = \"web\"\n[group.network]\nmode = \"bridge\"\n[[group.network.port]]\nlabel = \"http\"\nstatic = 8080\n[[group.task]]\nname = \"web\"\ncommand = \"/bin/sleep\"\nargs = [\"1000\"]\n",
+            data_dir.display(),
+            std::process::id()
         ),
     )
     .unwrap();

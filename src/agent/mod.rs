@@ -549,6 +549,9 @@ fn stop_tasks(plan: &Plan) {
         relay::stop(proc, Path::new(&plan.run_dir));
     }
     run::stop_strays(&records, plan);
+    // Whatever is left in the node's cgroups (tasks that were not running) goes, and the
+    // cgroups with it.
+    crate::cgroup::sweep(&plan.cgroup_parent, &[]);
     let _ = std::fs::remove_file(run::records_path(&plan.run_dir));
     let _ = std::fs::remove_file(run::journal_path(&plan.run_dir));
 }

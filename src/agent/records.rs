@@ -110,12 +110,23 @@ pub fn stop_strays(records: &BTreeMap<String, Vec<TaskRecord>>, plan: &Plan) {
         .map(|(what, proc)| Stopping {
             what,
             proc,
+            cgroup: None,
             signal: nix::sys::signal::Signal::SIGTERM,
             delay: Duration::ZERO,
             timeout: STRAY_KILL_TIMEOUT,
         })
         .collect();
     crate::supervise::stop_all(&strays);
+    // With cgroups, the cgroups of tasks no longer planned hold what is left of them.
+    let planned: Vec<String> = plan
+        .groups
+        .iter()
+        .flat_map(|g| g.tasks.iter().map(|t| t.resources.cgroup.clone()))
+        .collect();
+    let killed = crate::cgroup::sweep(&plan.cgroup_parent, &planned);
+    if killed > 0 {
+        log::warn!("killed {killed} process(es) in the cgroups of tasks no longer configured");
+    }
 }
 
 /// The pid of a running agent for this `run_dir`, if any.

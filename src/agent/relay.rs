@@ -151,6 +151,8 @@ impl NodeRelay {
             stderr: self.log_path("stderr"),
             journal: Some(supervise::journal_in(&self.run_dir)),
             resolv_conf: None,
+            // The relay is the agent's own: not a task, no limits.
+            cgroup: None,
         };
         match supervise::begin(&spec).and_then(|s| s.confirm()) {
             Ok(proc) => {
@@ -198,6 +200,7 @@ impl NodeRelay {
 /// Stops a relay process and removes its list and logs.
 pub fn stop(proc: Proc, run_dir: &Path) {
     supervise::stop_all(&[Stopping {
+        cgroup: None,
         what: format!("the xDS relay (pid {})", proc.pid),
         proc,
         signal: Signal::SIGTERM,

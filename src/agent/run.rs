@@ -128,6 +128,15 @@ impl Agent {
         }
         net::apply(&plan.bridge, &plan.net_groups())?;
         info!("network applied: {} group(s)", plan.groups.len());
+        let cgroups = crate::cgroup::host();
+        info!(
+            "cgroups: {}; tasks under {}",
+            cgroups.describe(),
+            plan.cgroup_parent
+        );
+        for gap in cgroups.gaps() {
+            warn!("cgroups: {gap}");
+        }
         let records = load_records(&plan.run_dir);
         stop_strays(&records, &plan);
         super::remove_orphan_dirs(&plan);

@@ -28,8 +28,18 @@ fn agent(t: Table) -> Agent {
         data_dir: t.string("data_dir").unwrap_or(d.data_dir),
         run_dir: t.string("run_dir").unwrap_or(d.run_dir),
         log_level: t.string("log_level").unwrap_or(d.log_level),
+        cgroup_parent: t.string("cgroup_parent"),
     };
-    done(t, &["node_name", "data_dir", "run_dir", "log_level"]);
+    done(
+        t,
+        &[
+            "node_name",
+            "data_dir",
+            "run_dir",
+            "log_level",
+            "cgroup_parent",
+        ],
+    );
     a
 }
 
@@ -457,10 +467,12 @@ fn sidecar_task(t: Table) -> SidecarTask {
         kill_signal: t.string("kill_signal"),
         shutdown_delay: t.dur("shutdown_delay"),
         logs: t.table("logs").map(logs),
+        resources: t.table("resources").map(|r| resources(r, Resources::PROXY)),
     };
     done(
         t,
         &[
+            "resources",
             "name",
             "command",
             "args",
@@ -681,6 +693,9 @@ fn task(t: Table, group_restart: &Restart) -> Task {
         shutdown_delay: t.dur("shutdown_delay").unwrap_or_default(),
         kill_timeout: t.dur("kill_timeout").unwrap_or(Dur::secs(5)),
         kill_signal: t.string_or("kill_signal", "SIGINT"),
+        resources: t
+            .table("resources")
+            .map_or(Resources::TASK, |r| resources(r, Resources::TASK)),
     };
     done(
         t,
@@ -699,9 +714,21 @@ fn task(t: Table, group_restart: &Restart) -> Task {
             "shutdown_delay",
             "kill_timeout",
             "kill_signal",
+            "resources",
         ],
     );
     task
+}
+
+/// A `resources` block; what it leaves out comes from `base`.
+fn resources(t: Table, base: Resources) -> Resources {
+    let r = Resources {
+        cpu: t.u32("cpu").unwrap_or(base.cpu),
+        memory: t.u32("memory").unwrap_or(base.memory),
+        memory_max: t.u32("memory_max").or(base.memory_max),
+    };
+    done(t, &["cpu", "memory", "memory_max"]);
+    r
 }
 
 /// A `restart` block; what it leaves out comes from `base` (Nomad's defaults for a group,

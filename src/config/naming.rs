@@ -189,6 +189,25 @@ pub fn sidecar_label(service: &Service) -> String {
         .unwrap_or_else(|| format!("{PROXY_PREFIX}-{}", service.name))
 }
 
+/// The node's parent cgroup when the config names none: `outpost.slice` for the default
+/// run_dir, else one per run_dir (two agents with their own run_dirs are two nodes, and
+/// must not share cgroups).
+pub fn default_cgroup_parent(run_dir: &str) -> String {
+    if run_dir == "/run/outpost" {
+        return "outpost.slice".into();
+    }
+    // FNV-1a: stable across builds and architectures.
+    let hash = run_dir.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("outpost-{:08x}.slice", hash as u32)
+}
+
+/// The cgroup path of a task, relative to each hierarchy's root.
+pub fn task_cgroup(parent: &str, group: &str, task: &str) -> String {
+    format!("{parent}/{group}.slice/{task}.scope")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +233,17 @@ mod tests {
         assert_eq!(alloc_id("n", "g"), alloc_id("n", "g"));
         assert_ne!(alloc_id("n", "g"), alloc_id("n", "h"));
         assert_eq!(alloc_id("n", "g").len(), 36);
+    }
+
+    #[test]
+    fn each_run_dir_is_its_own_node_in_the_cgroup_tree() {
+        assert_eq!(default_cgroup_parent("/run/outpost"), "outpost.slice");
+        let a = default_cgroup_parent("/tmp/a/run");
+        assert_ne!(a, default_cgroup_parent("/tmp/b/run"));
+        assert!(a.starts_with("outpost-") && a.ends_with(".slice"), "{a}");
+        assert_eq!(
+            task_cgroup("outpost.slice", "web", "api"),
+            "outpost.slice/web.slice/api.scope"
+        );
     }
 }

@@ -27,6 +27,9 @@ pub struct Agent {
     pub data_dir: String,
     pub run_dir: String,
     pub log_level: String,
+    /// The cgroup under which every task gets its own (Nomad's client `cgroup_parent`);
+    /// default: `naming::default_cgroup_parent` of `run_dir`.
+    pub cgroup_parent: Option<String>,
 }
 
 impl Default for Agent {
@@ -36,6 +39,7 @@ impl Default for Agent {
             data_dir: "/var/lib/outpost".into(),
             run_dir: "/run/outpost".into(),
             log_level: "info".into(),
+            cgroup_parent: None,
         }
     }
 }
@@ -417,6 +421,8 @@ pub struct SidecarTask {
     pub kill_signal: Option<String>,
     pub shutdown_delay: Option<Dur>,
     pub logs: Option<Logs>,
+    /// Replaces `Resources::PROXY`.
+    pub resources: Option<Resources>,
 }
 
 #[derive(Debug, Default)]
@@ -533,6 +539,31 @@ pub struct Task {
     pub kill_timeout: Dur,
     /// Nomad's default for exec tasks is SIGINT.
     pub kill_signal: String,
+    pub resources: Resources,
+}
+
+/// Nomad's `resources` block: `cpu` in MHz (a weight), `memory` and `memory_max` in MB
+/// (applied as `cgroup` describes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu: u32,
+    pub memory: u32,
+    pub memory_max: Option<u32>,
+}
+
+impl Resources {
+    /// Nomad's task defaults.
+    pub const TASK: Resources = Resources {
+        cpu: 100,
+        memory: 300,
+        memory_max: None,
+    };
+    /// What Nomad gives injected sidecar and gateway tasks.
+    pub const PROXY: Resources = Resources {
+        cpu: 250,
+        memory: 128,
+        memory_max: None,
+    };
 }
 
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use crate::config::naming::{
     sidecar_label,
 };
 use crate::config::validate::{PROXY_PREFIX, Problem};
-use crate::config::{Dur, Group, Logs, Restart, Service, ValidConfig};
+use crate::config::{Dur, Group, Logs, Resources, Restart, Service, ValidConfig};
 use crate::error::Error;
 pub use crate::net::spec::{
     BridgePlan, Firewall, GroupNet, HostFacts, NetnsPlan, PortPlan, TproxyPlan,
@@ -159,6 +159,7 @@ fn build_checked(
         advertise_address_source: advertise_source,
         data_dir: cfg.agent.data_dir.clone(),
         run_dir: cfg.agent.run_dir.clone(),
+        cgroup_parent: tasks::cgroup_parent(&cfg.agent),
         bridge: BridgePlan {
             name: bridge,
             address: format!("{}/{}", valid.subnet.gateway(), valid.subnet.prefix),
@@ -352,14 +353,15 @@ impl Context<'_> {
                 shutdown_delay: task.shutdown_delay,
                 logs: task.logs.unwrap_or_default(),
                 restart: task.restart.clone().unwrap_or_else(|| restart.clone()),
+                resources: task.resources,
                 config_path: path!["group", gi, "task", ti],
             };
-            tasks.push(self.task(spec, &alloc_dir, &group_env, problems));
+            tasks.push(self.task(spec, &group.name, &alloc_dir, &group_env, problems));
         }
         for (si, (service, planned)) in group.services.iter().zip(&services).enumerate() {
             if let Some(proxy) = &planned.proxy {
                 let spec = self.proxy_task(gi, si, service, proxy, &restart);
-                tasks.push(self.task(spec, &alloc_dir, &group_env, problems));
+                tasks.push(self.task(spec, &group.name, &alloc_dir, &group_env, problems));
             }
         }
         let tproxy = self.tproxy(group, &services, &ports);

@@ -62,7 +62,14 @@ fn is_notable(key: &str) -> bool {
         || !(key.starts_with("NOMAD_") || key == "PATH")
 }
 
-pub fn text(plan: &Plan) -> String {
+/// Which limits this host enforces (`cgroup::Host`), for the marks `text` puts on them.
+#[derive(Clone, Copy, Debug)]
+pub struct Enforced {
+    pub memory: bool,
+    pub cpu: bool,
+}
+
+pub fn text(plan: &Plan, enforced: Enforced) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -92,12 +99,12 @@ pub fn text(plan: &Plan) -> String {
     }
     for group in &plan.groups {
         out.push('\n');
-        group_text(&mut out, group);
+        group_text(&mut out, group, enforced);
     }
     out
 }
 
-fn group_text(out: &mut String, group: &GroupPlan) {
+fn group_text(out: &mut String, group: &GroupPlan, enforced: Enforced) {
     let _ = writeln!(out, "+ Group \"{}\" ({} network)", group.name, group.mode);
     if let Some(ns) = &group.netns {
         let _ = writeln!(
@@ -208,11 +215,11 @@ fn group_text(out: &mut String, group: &GroupPlan) {
         }
     }
     for task in &group.tasks {
-        task_text(out, task);
+        task_text(out, task, enforced);
     }
 }
 
-fn task_text(out: &mut String, task: &TaskPlan) {
+fn task_text(out: &mut String, task: &TaskPlan, enforced: Enforced) {
     let what = match &task.kind {
         Some(kind) => format!("injected {kind}, {}", task.lifecycle),
         None => task.lifecycle.to_string(),
@@ -239,6 +246,20 @@ fn task_text(out: &mut String, task: &TaskPlan) {
         task.restart.interval,
         task.restart.delay,
         task.restart.mode.as_str()
+    );
+    let r = &task.resources;
+    let mark = |on: bool| if on { "" } else { " (not enforced here)" };
+    let memory = match r.memory_max_mb {
+        Some(max) => format!("memory {max} MB, {} MB kept", r.memory_mb),
+        None => format!("memory {} MB", r.memory_mb),
+    };
+    let _ = writeln!(
+        out,
+        "      limits cpu {} MHz{}, {memory}{}; cgroup {}",
+        r.cpu_mhz,
+        mark(enforced.cpu),
+        mark(enforced.memory),
+        r.cgroup
     );
     let mut hidden = 0;
     for (key, value) in &task.env {

@@ -132,6 +132,9 @@ impl Context<'_> {
                 .unwrap_or(Dur::secs(5)),
             logs: overrides.and_then(|t| t.logs).unwrap_or(Logs::PROXY),
             restart: restart.clone(),
+            resources: overrides
+                .and_then(|t| t.resources)
+                .unwrap_or(Resources::PROXY),
             config_path: path!["group", gi, "service", si, "connect", "sidecar_task"],
         }
     }
@@ -139,11 +142,19 @@ impl Context<'_> {
     pub(super) fn task(
         &self,
         spec: TaskSpec,
+        group: &str,
         alloc_dir: &str,
         group_env: &EnvMap,
         problems: &mut Vec<Problem>,
     ) -> TaskPlan {
         let dir = format!("{alloc_dir}/{}", spec.name);
+        let parent = self.cgroup_parent();
+        let resources = ResourcesPlan {
+            cpu_mhz: spec.resources.cpu,
+            memory_mb: spec.resources.memory,
+            memory_max_mb: spec.resources.memory_max,
+            cgroup: crate::config::naming::task_cgroup(&parent, group, &spec.name),
+        };
         let (user, capabilities) = user_and_capabilities(&spec);
         let kill_signal = match spec.kill_signal.parse() {
             Ok(signal) => KillSignal(signal),
@@ -163,6 +174,12 @@ impl Context<'_> {
         vars.insert("NOMAD_TASK_NAME".into(), spec.name.clone());
         vars.insert("NOMAD_TASK_DIR".into(), format!("{dir}/local"));
         vars.insert("NOMAD_SECRETS_DIR".into(), format!("{dir}/secrets"));
+        vars.insert("NOMAD_CPU_LIMIT".into(), resources.cpu_mhz.to_string());
+        vars.insert("NOMAD_MEMORY_LIMIT".into(), resources.memory_mb.to_string());
+        if let Some(max) = resources.memory_max_mb {
+            vars.insert("NOMAD_MEMORY_MAX_LIMIT".into(), max.to_string());
+        }
+        vars.insert("NOMAD_PARENT_CGROUP".into(), parent);
         vars.extend(spec.extra_env);
         let node = [
             ("node.unique.name", self.node_name.to_string()),
@@ -236,7 +253,12 @@ impl Context<'_> {
                     _ => RestartMode::Fail,
                 },
             },
+            resources,
         }
+    }
+
+    fn cgroup_parent(&self) -> String {
+        cgroup_parent(&self.valid.config.agent)
     }
 }
 
@@ -283,5 +305,14 @@ pub(super) struct TaskSpec<'a> {
     pub(super) shutdown_delay: Dur,
     pub(super) logs: Logs,
     pub(super) restart: Restart,
+    pub(super) resources: Resources,
     pub(super) config_path: Vec<Seg>,
+}
+
+/// The node's parent cgroup (`agent.cgroup_parent`, else one per run_dir).
+pub(super) fn cgroup_parent(agent: &crate::config::Agent) -> String {
+    match &agent.cgroup_parent {
+        Some(parent) => parent.trim_start_matches('/').to_string(),
+        None => crate::config::naming::default_cgroup_parent(&agent.run_dir),
+    }
 }

@@ -9,6 +9,8 @@ pub struct Plan {
     pub advertise_address_source: String,
     pub data_dir: String,
     pub run_dir: String,
+    /// Where the tasks' cgroups are (`ResourcesPlan::cgroup`).
+    pub cgroup_parent: String,
     pub bridge: BridgePlan,
     pub dynamic_ports: String,
     pub groups: Vec<GroupPlan>,
@@ -117,6 +119,17 @@ pub struct TaskPlan {
     pub shutdown_delay: Dur,
     pub logs: LogsPlan,
     pub restart: RestartPlan,
+    pub resources: ResourcesPlan,
+}
+
+/// Nomad's `resources` of a task and the cgroup they apply to.
+#[derive(Clone, Debug, Serialize)]
+pub struct ResourcesPlan {
+    pub cpu_mhz: u32,
+    pub memory_mb: u32,
+    pub memory_max_mb: Option<u32>,
+    /// Relative to each cgroup hierarchy's root: `<parent>/<group>.slice/<task>.scope`.
+    pub cgroup: String,
 }
 
 /// When a task runs in its group's life (Nomad's `lifecycle` block). Shown and serialized
@@ -263,6 +276,7 @@ impl Plan {
             advertise_address_source: self.advertise_address_source.clone(),
             data_dir: self.data_dir.clone(),
             run_dir: self.run_dir.clone(),
+            cgroup_parent: self.cgroup_parent.clone(),
             bridge: self.bridge.clone(),
             dynamic_ports: self.dynamic_ports.clone(),
             groups: Vec::new(),

@@ -21,6 +21,7 @@ write_agent_config() { # [extra group]
 [agent]
 data_dir = "$WORK/data"
 run_dir = "/run/outpost"
+cgroup_parent = "outpost-test-$$.slice"
 [network]
 bridge = "outpost"
 subnet = "10.77.0.0/24"

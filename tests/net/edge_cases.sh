@@ -17,6 +17,7 @@ ip netns | grep -q outpost-a || fail "groups stay up without the firewall"
 cat > "$WORK/host-only.toml" <<TOML
 [agent]
 data_dir = "$WORK/data"
+cgroup_parent = "outpost-test-$$.slice"
 [[group]]
 name = "h"
 [[group.task]]

@@ -3,7 +3,7 @@
 source "$(dirname "$0")/lib.sh"
 setup_host
 {
-    printf '[agent]\ndata_dir = "%s/data"\nrun_dir = "/run/outpost"\n[network]\nsubnet = "10.77.0.0/24"\n' "$WORK"
+    printf '[agent]\ndata_dir = "%s/data"\nrun_dir = "/run/outpost"\ncgroup_parent = "outpost-test-'"$$"'.slice"\n[network]\nsubnet = "10.77.0.0/24"\n' "$WORK"
     for i in $(seq 1 12); do
         printf '[[group]]\nname = "g%s"\n[group.network]\nmode = "bridge"\n[[group.network.port]]\nlabel = "p"\nstatic = %s\n[[group.task]]\nname = "t"\ncommand = "/bin/true"\n' "$i" $((9000 + i))
     done

@@ -45,6 +45,7 @@ write_config() {
 [agent]
 data_dir = "$WORK/data"
 run_dir = "/run/outpost"
+cgroup_parent = "outpost-test-$$.slice"
 [network]
 bridge = "outpost"
 subnet = "10.77.0.0/24"

@@ -80,9 +80,18 @@ pub struct PrivateRun {
 
 impl PrivateRun {
     pub fn new() -> PrivateRun {
+        PrivateRun::holding("mount -t tmpfs tmpfs /run")
+    }
+
+    /// A host as old edge kernels are: no cgroup filesystem mounted (in this namespace).
+    pub fn without_cgroups() -> PrivateRun {
+        PrivateRun::holding("mount -t tmpfs tmpfs /run && umount -R /sys/fs/cgroup")
+    }
+
+    fn holding(setup: &str) -> PrivateRun {
         let holder = std::process::Command::new("unshare")
             .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg("mount -t tmpfs tmpfs /run && exec sleep 100000")
+            .arg(format!("{setup} && exec sleep 100000"))
             .spawn()
             .expect("unshare");
         // Ready once the holder is `sleep`: mount(8) has exited, and with it anything it

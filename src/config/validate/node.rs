@@ -25,6 +25,22 @@ pub(super) fn check_agent(c: &mut Checker, agent: &Agent) {
         &agent.log_level,
         &["trace", "debug", "info", "warn", "error"],
     );
+    if let Some(parent) = &agent.cgroup_parent {
+        let part_ok = |p: &str| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && p.len() <= 255
+                && p.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "_-.@:".contains(ch))
+        };
+        if !parent.trim_start_matches('/').split('/').all(part_ok) {
+            c.err(
+                path!["agent", "cgroup_parent"],
+                format!("cgroup_parent \"{parent}\" must be a cgroup path such as \"outpost.slice\": names of letters, digits, '_', '-', '.', '@' or ':' joined by '/'"),
+            );
+        }
+    }
 }
 
 pub(super) fn check_consul(c: &mut Checker, consul: &Consul) {

@@ -78,6 +78,39 @@ pub(super) fn check_tasks(c: &mut Checker, gi: usize, group: &Group) {
             check_logs(c, at("logs"), logs);
         }
         check_signal(c, at("kill_signal"), &task.kill_signal);
+        check_resources(c, at("resources"), &task.resources);
+    }
+}
+
+/// Nomad's bounds: at least 1 MHz and 10 MB; `memory_max` not below `memory`.
+fn check_resources(c: &mut Checker, at: Vec<Seg>, r: &Resources) {
+    let sub = |key: &'static str| {
+        let mut p = at.clone();
+        p.push(Seg::Key(key));
+        p
+    };
+    if r.cpu < 1 {
+        c.err(sub("cpu"), "resources.cpu must be at least 1 (MHz)");
+    }
+    if r.memory < 10 {
+        c.err(
+            sub("memory"),
+            format!(
+                "resources.memory must be at least 10 (MB); got {}",
+                r.memory
+            ),
+        );
+    }
+    if let Some(max) = r.memory_max
+        && max < r.memory
+    {
+        c.err(
+            sub("memory_max"),
+            format!(
+                "resources.memory_max ({max} MB) must not be below resources.memory ({} MB)",
+                r.memory
+            ),
+        );
     }
 }
 
@@ -114,6 +147,9 @@ pub(super) fn check_sidecar_task(c: &mut Checker, at: Vec<Seg>, task: &SidecarTa
     }
     if let Some(logs) = &task.logs {
         check_logs(c, sub("logs"), logs);
+    }
+    if let Some(resources) = &task.resources {
+        check_resources(c, sub("resources"), resources);
     }
 }
 
