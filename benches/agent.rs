@@ -205,7 +205,7 @@ fn main() {
     }
     support::uplink(&["192.0.2.10/24"]);
     let double = support::xds_double();
-    let dir = std::env::temp_dir().join(format!("outpost-bench-agent-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-bench-agent-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let records = dir.join("records");
     std::fs::create_dir_all(&records).expect("scratch dir");

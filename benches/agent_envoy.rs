@@ -146,7 +146,7 @@ fn main() {
     support::private_network("the real-Envoy agent benchmark");
     support::uplink(&["192.0.2.10/24"]);
     let double = support::consul_double::ConsulDouble::start();
-    let dir = std::env::temp_dir().join(format!("outpost-bench-envoy-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-bench-envoy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let _xds = double.serve_xds(&real.python, &dir.join("xds.log"));

@@ -11,6 +11,7 @@
 //!         data/ tmp/            1777       shared by the group's tasks (sticky, as /tmp)
 //!         logs/                 root 0755  written by the agent only
 //!       <task>/                 root 0755
+//!         root/                 root 0755  where an exec task's view is mounted (`view`)
 //!         local/ tmp/           the task's user 0755
 //!         secrets/              root:<the task's group> 0750  Envoy's bootstrap (0640)
 //! ```
@@ -100,6 +101,7 @@ pub const XDS_SOCKET_NAME: &str = "consul_grpc.sock";
 pub fn task(group: &Dir, name: &str, uid: u32, gid: u32) -> io::Result<Dir> {
     let task = group.sub(name, 0o755)?;
     task.set_owner_mode(ROOT, ROOT, 0o755)?;
+    task.sub("root", 0o755)?.set_owner_mode(ROOT, ROOT, 0o755)?;
     for own in ["local", "tmp"] {
         task.sub(own, 0o755)?.set_owner_mode(uid, gid, 0o755)?;
     }

@@ -31,6 +31,7 @@ pub mod retry;
 pub mod state;
 pub mod supervise;
 pub mod text;
+pub mod view;
 
 /// Reads and validates a config file, `${…}` references included: the way in for every
 /// command.

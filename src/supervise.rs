@@ -9,6 +9,7 @@ use crate::caps::CapSet;
 use crate::cgroup::{Limits, TaskCgroup};
 use crate::error::{Context, Error};
 use crate::files::Dir;
+use crate::view::View;
 use nix::libc;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::unistd::{ForkResult, Pid, fork};
@@ -46,6 +47,9 @@ pub struct Spec {
     /// Bind-mounted over /etc/resolv.conf in the process's own mount namespace (the
     /// group's `dns`); `None`: the host's.
     pub resolv_conf: Option<PathBuf>,
+    /// Nomad's exec driver: the task runs in its own view of the filesystem (`view`),
+    /// with `/` as its working directory; else (raw_exec) in the host's, in `dir`.
+    pub exec_view: bool,
     /// The task's own cgroup, joined before exec, with its limits; `None` where the host
     /// has no cgroups (stops then signal the process group). Where there is one, it is the
     /// record of the task's processes and `journal` is not needed.
@@ -205,9 +209,16 @@ impl Starting {
 pub fn begin(spec: &Spec) -> Result<Starting, Error> {
     let program = spec.argv.first().ok_or("empty command")?;
     let exec = ExecArgs::new(&spec.argv, &spec.env)?;
-    let dir = cstring(&spec.dir.to_string_lossy(), "the directory")?;
     std::fs::create_dir_all(&spec.dir)
         .with_context(|| format!("cannot create {}", spec.dir.display()))?;
+    let view = match spec.exec_view {
+        true => Some(View::new(&spec.dir, spec.resolv_conf.as_deref())?),
+        false => None,
+    };
+    let dir = match view {
+        Some(_) => c"/".to_owned(),
+        None => cstring(&spec.dir.to_string_lossy(), "the directory")?,
+    };
     let netns = match &spec.netns {
         Some(path) => Some(
             File::open(path)
@@ -247,6 +258,7 @@ pub fn begin(spec: &Spec) -> Result<Starting, Error> {
             }
             let files = ChildFiles {
                 netns: netns.as_ref(),
+                view: view.as_ref(),
                 resolv_conf: resolv.as_ref(),
                 stdout: &stdout,
                 stderr: &stderr,
@@ -379,6 +391,7 @@ pub fn capture_in(
         Ok(ForkResult::Child) => {
             let files = ChildFiles {
                 netns: netns.as_ref(),
+                view: None,
                 resolv_conf: resolv.as_ref(),
                 stdout: &out_write,
                 stderr: &err_write,
@@ -503,6 +516,8 @@ pub fn clear_journal(journal: &Path) {
 /// The files the child wires up.
 struct ChildFiles<'a> {
     netns: Option<&'a File>,
+    /// The exec driver's view (it carries the resolv.conf then).
+    view: Option<&'a View>,
     /// Bind-mounted over /etc/resolv.conf in a mount namespace of the child's own.
     resolv_conf: Option<&'a CString>,
     stdout: &'a File,
@@ -510,7 +525,7 @@ struct ChildFiles<'a> {
     devnull: &'a File,
 }
 
-const STEPS: [&str; 9] = [
+const STEPS: [&str; 10] = [
     "setns",
     "chdir",
     "dup2",
@@ -520,6 +535,7 @@ const STEPS: [&str; 9] = [
     "dropping capabilities",
     "no_new_privs",
     "mounting the group's resolv.conf",
+    "entering the exec driver's view (/alloc, /local, /secrets, /tmp)",
 ];
 
 /// The group's resolv.conf as the child mounts it, checked to be a file first.
@@ -555,7 +571,11 @@ fn child(
         {
             return fail(0);
         }
-        if let Some(source) = files.resolv_conf {
+        if let Some(view) = files.view {
+            if !view.enter() {
+                return fail(9);
+            }
+        } else if let Some(source) = files.resolv_conf {
             // Its own mount namespace, changes not propagated back, then the group's file
             // over the host's (through a link such as systemd-resolved's, onto its target).
             let none = std::ptr::null();
@@ -942,6 +962,7 @@ mod tests {
             journal: Some(dir.join("starting")),
             resolv_conf: None,
             cgroup: None,
+            exec_view: false,
         }
     }
 

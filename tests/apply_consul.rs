@@ -57,7 +57,7 @@ fn apply_registers_services_after_the_network_and_teardown_removes_them() {
     let Some(double) = sandbox("apply with Consul") else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("outpost-apply-consul-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-apply-consul-{}", std::process::id()));
     let file = countdash_config(
         &dir,
         &format!("address = \"{}\"", double.url()),
@@ -137,7 +137,7 @@ fn gateways_register_with_their_kind_and_write_only_their_own_config_entries() {
     let Some(double) = sandbox("gateways with Consul") else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("outpost-gateways-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-gateways-{}", std::process::id()));
     // Someone else's entries: another ingress gateway, and one with the same kind and name
     // pattern but no outpost marks. They must survive everything below.
     let foreign = r#"{"Kind":"ingress-gateway","Name":"theirs","Listeners":[{"Port":9000,"Protocol":"tcp","Services":[{"Name":"web"}]}]}"#;
@@ -257,7 +257,7 @@ fn login_mode_registers_each_service_with_its_own_token_reused_across_applies_an
     double.add_token(AGENT_TOKEN, std::time::Duration::ZERO);
     double.add_auth_method("nomad-workloads", JWT);
     double.set_minted_lag(std::time::Duration::from_millis(1200));
-    let dir = std::env::temp_dir().join(format!("outpost-login-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-login-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("jwt"), JWT).unwrap();
     let file = countdash_config(
@@ -381,7 +381,7 @@ fn apply_with_consul_down_sets_up_the_network_and_fails_clearly() {
     let Some(_double) = sandbox("apply with Consul down") else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("outpost-consul-down-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-consul-down-{}", std::process::id()));
     let file = countdash_config(
         &dir,
         "address = \"http://127.0.0.1:9\"\ntoken = \"down-test-token-value\"",
@@ -460,7 +460,7 @@ fn consul_cli_mode_runs_consul_with_nomads_argv_and_minimal_environment() {
     if !support::private_network("consul-cli bootstrap") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("outpost-consul-cli-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-consul-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pki = support::pki::test_pki();
     let write = |name: &str, text: &str| {

@@ -117,7 +117,7 @@ impl Node {
         }
         support::uplink(&["192.0.2.10/24"]);
         let double = support::xds_double();
-        let dir = std::env::temp_dir().join(format!("outpost-{name}-{}", std::process::id()));
+        let dir = support::scratch().join(format!("outpost-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let records = dir.join("envoy-records");
         std::fs::create_dir_all(&records).unwrap();
@@ -232,11 +232,13 @@ impl Node {
         all
     }
 
-    /// Processes that belong to the node: their cwd is under run_dir (tasks, Envoy) or their
-    /// command line names it (the relay). The agent itself names only the config file.
+    /// Processes that belong to the node: in one of its cgroups (tasks, Envoy, whatever
+    /// they forked), with a cwd under run_dir (raw_exec tasks) or a command line that names
+    /// it (the relay). The agent itself names only the config file.
     fn processes(&self) -> BTreeSet<i64> {
         let run_dir = self.run_dir();
         let needle = run_dir.display().to_string();
+        let cgroups = format!("/{}/", self.plan().cgroup_parent);
         let mut found = BTreeSet::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<i64>() else {
@@ -244,7 +246,11 @@ impl Node {
             };
             let cwd = std::fs::read_link(entry.path().join("cwd")).unwrap_or_default();
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            if cwd.starts_with(&run_dir) || String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+            if cwd.starts_with(&run_dir)
+                || String::from_utf8_lossy(&cmdline).contains(&needle)
+                || cgroup.contains(&cgroups)
+            {
                 found.insert(pid);
             }
         }

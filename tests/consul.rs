@@ -358,7 +358,7 @@ fn service_preflight_reads_back_the_sidecar() {
 #[test]
 fn https_with_a_client_certificate_works_and_without_one_is_refused() {
     let pki = test_pki();
-    let dir = std::env::temp_dir().join(format!("outpost-tls-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let write = |name: &str, text: &str| {
         let path = dir.join(name);
@@ -424,7 +424,7 @@ fn login_mode_mints_a_token_per_service_that_preflights_registers_and_logs_out()
     double.add_token(TOKEN, Duration::ZERO);
     double.add_auth_method("nomad-workloads", JWT);
     double.set_minted_lag(Duration::from_millis(1500));
-    let dir = std::env::temp_dir().join(format!("outpost-acl-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-acl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let jwt_file = dir.join("jwt");
     std::fs::write(&jwt_file, JWT).unwrap();
@@ -549,7 +549,7 @@ fn the_presence_check_names_what_a_restarted_agent_forgot() {
 #[test]
 fn tls_server_name_verifies_the_certificate_against_that_name() {
     let pki = test_pki_for(&["consul.service.test"]);
-    let dir = std::env::temp_dir().join(format!("outpost-sni-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-sni-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = |name: &str, text: &str| {
         let p = dir.join(name);
@@ -582,7 +582,7 @@ fn tls_server_name_verifies_the_certificate_against_that_name() {
 
 #[test]
 fn a_unix_socket_address_reaches_the_agent() {
-    let dir = std::env::temp_dir().join(format!("outpost-unix-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-unix-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let double = ConsulDouble::start_unix(&dir.join("consul.sock"));
     let valid = consul_config(&double.url(), "");
@@ -614,7 +614,7 @@ fn a_unix_socket_address_needs_no_name_lookup() {
     if !support::root_or_skip("a unix socket without /etc/hosts") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("outpost-unix-nohosts-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-unix-nohosts-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let double = ConsulDouble::start_unix(&dir.join("consul.sock"));
@@ -857,7 +857,7 @@ fn the_double_refuses_metadata_and_check_thresholds_as_consuls_agent_does() {
 #[test]
 fn verify_ssl_false_skips_the_agents_certificate_check_as_consul_http_ssl_verify_does() {
     let pki = test_pki();
-    let dir = std::env::temp_dir().join(format!("outpost-noverify-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-noverify-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let write = |name: &str, text: &str| {
         let path = dir.join(name);

@@ -27,7 +27,7 @@ fn test_ca_path() -> PathBuf {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("outpost-golden-{}-{name}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-golden-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use support::consul_double::ConsulDouble;
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("outpost-sidecar-{}-{name}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-sidecar-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -263,7 +263,7 @@ fn an_invalid_config_applies_nothing() {
         return;
     }
     let double = support::consul_double::ConsulDouble::start();
-    let dir = std::env::temp_dir().join(format!("outpost-fuzz-apply-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-fuzz-apply-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let data_dir = dir.join("data");
@@ -705,7 +705,7 @@ fn exercise_consul(url: &str, state_dir: &std::path::Path) -> Result<Vec<String>
 fn mutated_consul_answers_give_errors_not_panics_and_never_leak_secrets() {
     let seeds = seed_answers();
     let server = AnswerServer::start();
-    let dir = std::env::temp_dir().join(format!("outpost-fuzz-consul-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-fuzz-consul-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // The unmutated answers work: the property is about the mutations.
     *server.answers.lock().unwrap() = seeds.clone();

@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// What the probe task finds out about itself and tries, one `key value` per line.
+/// It runs with the exec driver (its own view of the filesystem), from its directory's
+/// host path (`HOST_DIR`), which that view still shows.
 const PROBE: &str = r#"export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+cd "$HOST_DIR" || exit 1
 try() { if "$@" >/dev/null 2>&1; then echo ok; else echo denied; fi; }
 {
   echo "uid $(id -u)"
@@ -39,8 +42,9 @@ exec sleep 1000
 fn config(dir: &Path) -> String {
     let task = |name: &str, extra: &str| {
         format!(
-            "[[group.task]]\nname = \"{name}\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", {}]\n{extra}",
-            miniserde::json::to_string(PROBE)
+            "[[group.task]]\nname = \"{name}\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", {}]\nenv = {{ HOST_DIR = \"{}/run/alloc/evil/{name}\" }}\n{extra}",
+            miniserde::json::to_string(PROBE),
+            dir.display()
         )
     };
     format!(
@@ -138,7 +142,7 @@ fn a_task_cannot_take_root_files_escape_its_privileges_or_inherit_the_agents() {
     if !support::private_network("hostile tasks") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("outpost-hostile-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-hostile-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let bait = Bait {
@@ -241,7 +245,7 @@ fn the_xds_socket_is_open_to_envoys_group_only() {
     if !support::root_or_skip("the xDS socket's permissions") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("outpost-hostile-xds-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-hostile-xds-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let group_dir = dir.join("run/alloc/web");

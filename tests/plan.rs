@@ -166,7 +166,8 @@ fn countdash_injects_sidecars_with_nomad_args_and_addresses() {
         [
             "/usr/bin/envoy",
             "-c",
-            "/run/outpost/alloc/api/connect-proxy-count-api/secrets/envoy_bootstrap.json",
+            // In the exec driver's view, as with Nomad's isolated drivers.
+            "/secrets/envoy_bootstrap.json",
             "-l",
             "info",
             "--concurrency",

@@ -28,7 +28,7 @@ impl Node {
         if !support::private_network(name) {
             return None;
         }
-        let dir = std::env::temp_dir().join(format!("outpost-{name}-{}", std::process::id()));
+        let dir = support::scratch().join(format!("outpost-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("outpost.toml");
@@ -410,4 +410,68 @@ fn without_cgroups_run_says_what_it_cannot_enforce_and_stops_by_process_group() 
         "its process group was stopped\n{}",
         node.log()
     );
+}
+
+/// Two exec tasks: one waits for `/local/x`, copies it to `/alloc/data/y` and reports what
+/// it sees; the other waits for `/alloc/data/y` and prints it. A raw_exec task beside
+/// them sees the host's paths.
+const VIEWS: &str = r#"
+[[group]]
+name = "views"
+[[group.task]]
+name = "writer"
+command = "/bin/sh"
+args = ["-c", """
+while [ ! -e /local/x ]; do sleep 0.05; done
+cp /local/x /alloc/data/y
+echo "dirs $NOMAD_ALLOC_DIR $NOMAD_TASK_DIR $NOMAD_SECRETS_DIR"
+echo "host tmp files seen: $(ls -A /tmp | grep -c outpost-views-marker)"
+touch /tmp/mine && echo "tmp writable"
+touch /usr/outpost-probe 2>/dev/null || echo "usr read-only"
+touch /outpost-probe 2>/dev/null || echo "root read-only"
+[ -e /etc/passwd ] && echo "host visible"
+exec sleep 1000
+"""]
+[[group.task]]
+name = "reader"
+command = "/bin/sh"
+args = ["-c", "while [ ! -e /alloc/data/y ]; do sleep 0.05; done; echo \"read $(cat /alloc/data/y)\"; exec sleep 1000"]
+[[group.task]]
+name = "raw"
+driver = "raw_exec"
+command = "/bin/sh"
+args = ["-c", "echo \"raw $NOMAD_TASK_DIR\"; exec sleep 1000"]
+"#;
+
+#[test]
+fn exec_tasks_see_nomads_paths_and_share_alloc_raw_exec_sees_the_hosts() {
+    let Some(node) = Node::new("cg-views", VIEWS, support::PrivateRun::new) else {
+        return;
+    };
+    // A file of the host's /tmp, which the exec tasks' private /tmp does not show.
+    let marker = support::scratch().join(format!("outpost-views-marker-{}", std::process::id()));
+    std::fs::write(&marker, "host").unwrap();
+    let agent = node.start();
+    let local = node.dir.join("run/alloc/views/writer/local");
+    node.wait_for("the writer's directory", |_| local.is_dir());
+    std::fs::write(local.join("x"), "from-local").unwrap();
+    node.wait_for("the reader", |n| {
+        n.stdout("views", "reader").contains("read ")
+    });
+    assert_eq!(node.stdout("views", "reader"), "read from-local\n");
+    let writer = node.wait_for("the writer", |n| {
+        n.stdout("views", "writer").contains("host visible")
+    });
+    assert_eq!(
+        node.stdout("views", "writer"),
+        "dirs /alloc /local /secrets\nhost tmp files seen: 0\ntmp writable\nusr read-only\nroot read-only\nhost visible\n",
+        "{writer}"
+    );
+    let raw = node.dir.join("run/alloc/views/raw/local");
+    assert_eq!(
+        node.stdout("views", "raw"),
+        format!("raw {}\n", raw.display())
+    );
+    node.teardown(agent);
+    let _ = std::fs::remove_file(&marker);
 }

@@ -27,7 +27,7 @@ fn quickstart_serves_the_mapped_port_without_consul_and_notifies_systemd() {
         eprintln!("skipping quickstart: no /bin/busybox");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("outpost-quickstart-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-quickstart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("quickstart.toml");
     let quickstart = std::fs::read_to_string(concat!(
@@ -112,7 +112,7 @@ fn run_until(name: &str, groups: &str, done: impl Fn(&str) -> bool) -> Option<(S
     if !support::private_network(name) {
         return None;
     }
-    let dir = std::env::temp_dir().join(format!("outpost-{name}-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("outpost.toml");
     let config = format!(
@@ -231,7 +231,7 @@ command = "/no/such/program"
 /// its main task has stopped (gone, or a zombie its new parent has not reaped yet).
 #[test]
 fn poststart_runs_once_and_poststop_runs_after_the_main_task_stopped() {
-    let out = std::env::temp_dir().join(format!("outpost-poststop-out-{}", std::process::id()));
+    let out = support::scratch().join(format!("outpost-poststop-out-{}", std::process::id()));
     std::fs::create_dir_all(&out).unwrap();
     // The tasks run as nobody.
     use std::os::unix::fs::PermissionsExt;
@@ -296,7 +296,7 @@ fn a_groups_dns_block_is_its_tasks_resolv_conf_and_their_queries_reach_its_serve
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let host_resolv = std::fs::read("/etc/resolv.conf").ok();
-    let dir = std::env::temp_dir().join(format!("outpost-group-dns-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-group-dns-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("outpost.toml");
     let config = format!(
@@ -406,7 +406,7 @@ fn teardown_leaves_the_host_as_run_found_it() {
     }
     // A host that does not forward, as many do before anything asks it to.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "0").unwrap();
-    let dir = std::env::temp_dir().join(format!("outpost-teardown-host-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-teardown-host-{}", std::process::id()));
     // Pids repeat across the tests' pid namespaces: start from nothing.
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

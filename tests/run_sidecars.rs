@@ -148,6 +148,9 @@ fn countdash_traffic_flows_through_the_sidecars_which_are_restarted_when_they_cr
     mesh.teardown();
     let _ = agent.wait();
     assert!(processes_with(&[&mesh.dir.display().to_string()]).is_empty());
+    let run_dir = format!("{}/run", mesh.dir.display());
+    let cgroups = outpost::config::naming::default_cgroup_parent(&run_dir);
+    assert!(processes_in_cgroups(&cgroups, "").is_empty());
     // Nomad's stop order: deregister, then the main task, then Envoy (after its 5 s
     // shutdown_delay, so in-flight upstream traffic drains).
     let log = mesh.log();
@@ -199,8 +202,9 @@ fn restarting_the_agent_under_load_fails_no_request_and_restarts_nothing() {
         assert_eq!(mesh.envoy_starts(proxy), 1, "{proxy} started once");
     }
     // Nothing duplicated: one Envoy and one program per group, one relay for the node.
-    let alloc = format!("{}/run/alloc", mesh.dir.display());
-    assert_eq!(processes_with(&[&alloc, "stub_envoy.py"]).len(), 2);
+    let run_dir = format!("{}/run", mesh.dir.display());
+    let cgroups = outpost::config::naming::default_cgroup_parent(&run_dir);
+    assert_eq!(processes_in_cgroups(&cgroups, "stub_envoy.py").len(), 2);
     let relay_list = format!("{}/run/relay.list", mesh.dir.display());
     let relays = processes_with(&[&relay_list, "relay"]);
     assert_eq!(relays.len(), 1);
@@ -211,16 +215,7 @@ fn restarting_the_agent_under_load_fails_no_request_and_restarts_nothing() {
     );
     assert_eq!(support::reported_relay(&mesh.file), relay_before);
     let programs = support::support_file("countdash.py").display().to_string();
-    let ours = |p: &i32| {
-        std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|cwd| cwd.starts_with(&alloc))
-    };
-    assert_eq!(
-        processes_with(&[&programs])
-            .iter()
-            .filter(|p| ours(p))
-            .count(),
-        2
-    );
+    assert_eq!(processes_in_cgroups(&cgroups, &programs).len(), 2);
 
     mesh.teardown();
     let _ = agent.wait();

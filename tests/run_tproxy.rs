@@ -57,7 +57,7 @@ fn transparent_proxy_redirects_outbound_inbound_and_dns_in_the_namespace() {
     });
 
     let double = support::xds_double();
-    let dir = std::env::temp_dir().join(format!("outpost-tproxy-{}", std::process::id()));
+    let dir = support::scratch().join(format!("outpost-tproxy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let records = dir.join("envoy-records");
     std::fs::create_dir_all(&records).unwrap();

@@ -151,8 +151,9 @@ impl NodeRelay {
             stderr: self.log_path("stderr"),
             journal: Some(supervise::journal_in(&self.run_dir)),
             resolv_conf: None,
-            // The relay is the agent's own: not a task, no limits.
+            // The relay is the agent's own: not a task, no limits, the host's view.
             cgroup: None,
+            exec_view: false,
         };
         match supervise::begin(&spec).and_then(|s| s.confirm()) {
             Ok(proc) => {

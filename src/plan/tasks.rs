@@ -172,8 +172,16 @@ impl Context<'_> {
         };
         let mut vars = group_env.clone();
         vars.insert("NOMAD_TASK_NAME".into(), spec.name.clone());
-        vars.insert("NOMAD_TASK_DIR".into(), format!("{dir}/local"));
-        vars.insert("NOMAD_SECRETS_DIR".into(), format!("{dir}/secrets"));
+        // The exec driver's tasks see their directories at Nomad's fixed paths (`view`);
+        // raw_exec tasks at the host's.
+        if spec.driver == "exec" {
+            vars.insert("NOMAD_ALLOC_DIR".into(), "/alloc".into());
+            vars.insert("NOMAD_TASK_DIR".into(), "/local".into());
+            vars.insert("NOMAD_SECRETS_DIR".into(), "/secrets".into());
+        } else {
+            vars.insert("NOMAD_TASK_DIR".into(), format!("{dir}/local"));
+            vars.insert("NOMAD_SECRETS_DIR".into(), format!("{dir}/secrets"));
+        }
         vars.insert("NOMAD_CPU_LIMIT".into(), resources.cpu_mhz.to_string());
         vars.insert("NOMAD_MEMORY_LIMIT".into(), resources.memory_mb.to_string());
         if let Some(max) = resources.memory_max_mb {

@@ -2,7 +2,7 @@
 # tests/network.rs): this namespace is the "host"; nothing here touches the real host.
 set -euo pipefail
 TOOL="$(dirname "${BASH_SOURCE[0]}")/tool.py"
-WORK=$(mktemp -d)
+WORK=$(mktemp -d -p /var/tmp)
 # Tasks run as nobody, and the checkout may be closed to it (root's 0700 /root on a fresh
 # Debian machine): they run this copy of the tool instead.
 TASK_TOOL="$WORK/shared/tool.py"

@@ -113,7 +113,7 @@ impl Mesh {
             return None;
         }
         super::uplink(&["192.0.2.10/24"]);
-        let dir = std::env::temp_dir().join(format!("outpost-{name}-{}", std::process::id()));
+        let dir = super::scratch().join(format!("outpost-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let records = dir.join("envoy-records");
         std::fs::create_dir_all(&records).unwrap();
@@ -291,6 +291,18 @@ pub fn processes_with(needles: &[&str]) -> Vec<i32> {
         }
     }
     found
+}
+
+/// Processes in the cgroups under `parent` (a node's tasks, whatever they forked) whose
+/// command line contains `needle`.
+pub fn processes_in_cgroups(parent: &str, needle: &str) -> Vec<i32> {
+    let under = format!("/{parent}/");
+    processes_with(&[needle])
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(&under))
+        })
+        .collect()
 }
 
 /// One HTTP/1.1 GET of `path` (Envoy's HTTP listeners refuse HTTP/1.0 with 426, as Consul's

@@ -5,6 +5,17 @@ pub mod consul_double;
 pub mod mesh;
 pub mod pki;
 
+/// Where tests keep their scratch directories: `/var/tmp`, not `/tmp`, because an exec
+/// task's view of the filesystem has a private `/tmp` (`outpost::view`), and test tasks
+/// run scripts and stand-in Envoys from these directories.
+pub fn scratch() -> std::path::PathBuf {
+    let var_tmp = std::path::Path::new("/var/tmp");
+    match var_tmp.is_dir() {
+        true => var_tmp.to_path_buf(),
+        false => std::env::temp_dir(),
+    }
+}
+
 /// Whether a test that needs root may run. Without root it fails in CI (CI=true), where the
 /// machine is ours to use, and is skipped with a message elsewhere.
 pub fn root_or_skip(what: &str) -> bool {
@@ -248,8 +259,9 @@ pub fn support_file(name: &str) -> std::path::PathBuf {
 
 /// `path`, or a copy of it that every user can read and run. Tasks run as `nobody` and
 /// Envoy as uid 101, and a checkout under root's 0700 home (`/root/outpost`, where root
-/// clones it on a fresh Debian machine) is closed to them: such a file is copied once into
-/// a shared 0755 directory under the temporary directory.
+/// clones it on a fresh Debian machine) is closed to them; a checkout under `/tmp` is
+/// hidden from exec tasks (their `/tmp` is private). Such a file is copied once into a
+/// shared 0755 directory under `scratch()`.
 pub fn readable_by_all(path: &std::path::Path) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.permissions().mode());
@@ -259,10 +271,10 @@ pub fn readable_by_all(path: &std::path::Path) -> std::path::PathBuf {
             .skip(1)
             .filter(|d| !d.as_os_str().is_empty())
             .all(|d| mode(d) & 0o001 != 0);
-    if open {
+    if open && !path.starts_with("/tmp") {
         return path.to_path_buf();
     }
-    let dir = std::env::temp_dir().join("outpost-test-shared");
+    let dir = scratch().join("outpost-test-shared");
     std::fs::create_dir_all(&dir).expect("create the shared test directory");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
         .expect("chmod the shared test directory");
