@@ -7,7 +7,6 @@
 //! The rounds run side by side in one run; nothing is asserted. Last line:
 //! `resources: idle_p99_us=… cpu_hog_equal_p99_us=… cpu_hog_weighted_p99_us=… oom_hog_p99_us=…`.
 
-#[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -170,7 +169,11 @@ fn main() {
     println!("| round | neighbour cpu | requests | failed | p50 | p99 | max |");
     println!("|---|---|---|---|---|---|---|");
     for r in &rounds {
-        let cpu = if r.name == "cpu_hog_weighted" { 2000 } else { 100 };
+        let cpu = if r.name == "cpu_hog_weighted" {
+            2000
+        } else {
+            100
+        };
         println!(
             "| {} | {cpu} | {} | {} | {:?} | {:?} | {:?} |",
             r.name,

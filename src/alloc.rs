@@ -610,7 +610,10 @@ impl Runner {
                 stopping.push(supervise::Stopping {
                     what: format!("group {}: task {}", self.name, task.plan_name),
                     proc,
-                    cgroup: task.spec.cgroup.as_ref().map(|(c, _)| c.clone()),
+                    scope: match &task.spec.cgroup {
+                        Some((cgroup, _)) => supervise::Scope::Cgroup(cgroup.clone()),
+                        None => supervise::Scope::ProcessGroup,
+                    },
                     signal: task.kill_signal,
                     delay: task.shutdown_delay,
                     timeout: task.kill_timeout,
@@ -783,11 +786,13 @@ fn make_dirs(task: &Task) -> Result<(), Error> {
 /// OOM killer had a part in it.
 fn end_of(task: &mut Task, main: Proc) -> Option<String> {
     let Some((cgroup, limits)) = &task.spec.cgroup else {
-        // The process group; ESRCH once nothing of it is left.
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(main.pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        // Without a cgroup: the rest of its process group, while it has one.
+        if supervise::process_group_lives(main.pid) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(main.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         return None;
     };
     cgroup.empty(Duration::from_secs(1));

@@ -799,9 +799,8 @@ fn set_capabilities(keep: u64, non_root: bool) -> bool {
 pub struct Stopping {
     pub what: String,
     pub proc: Proc,
-    /// Every process in it is signalled, and it is emptied with `cgroup.kill`; `None`: the
-    /// process group is (`proc` leads its own, from `setsid`).
-    pub cgroup: Option<TaskCgroup>,
+    /// What else belongs to it and goes with it.
+    pub scope: Scope,
     pub signal: Signal,
     pub delay: Duration,
     pub timeout: Duration,
@@ -837,8 +836,10 @@ pub fn stop_all(list: &[Stopping]) {
             }
         }
         if !running {
-            for cgroup in list.iter().filter_map(|s| s.cgroup.as_ref()) {
-                cgroup.remove();
+            for s in list {
+                if let Scope::Cgroup(cgroup) = &s.scope {
+                    cgroup.remove();
+                }
             }
             return;
         }
@@ -846,39 +847,76 @@ pub fn stop_all(list: &[Stopping]) {
     }
 }
 
+/// What a stop takes besides the process itself.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    /// Nothing: the relay, which forks nothing.
+    Process,
+    /// Every process of its process group (`proc` leads its own, from `setsid`): a task on
+    /// a host without cgroups.
+    ProcessGroup,
+    /// Every process in the task's cgroup, emptied with `cgroup.kill`.
+    Cgroup(TaskCgroup),
+}
+
 impl Stopping {
-    /// Whether anything of it is left: the process, or any other in its cgroup (or, without
-    /// one, its process group).
+    /// Whether anything of it is left: the process, or any other of its scope.
     fn running(&self) -> bool {
         self.proc.alive()
-            || match &self.cgroup {
-                Some(cgroup) => !cgroup.procs().is_empty(),
-                None => self.process_group_lives(),
+            || match &self.scope {
+                Scope::Process => false,
+                Scope::ProcessGroup => process_group_lives(self.proc.pid),
+                Scope::Cgroup(cgroup) => !cgroup.procs().is_empty(),
             }
-    }
-
-    fn process_group_lives(&self) -> bool {
-        nix::sys::signal::killpg(Pid::from_raw(self.proc.pid), None).is_ok()
     }
 
     fn signal_all(&self, signal: Signal) {
         self.proc.signal(signal);
-        match &self.cgroup {
-            Some(cgroup) => cgroup.signal(signal),
-            None if self.process_group_lives() => {
+        match &self.scope {
+            Scope::Process => {}
+            Scope::ProcessGroup if process_group_lives(self.proc.pid) => {
                 let _ = nix::sys::signal::killpg(Pid::from_raw(self.proc.pid), signal);
             }
-            None => {}
+            Scope::ProcessGroup => {}
+            Scope::Cgroup(cgroup) => cgroup.signal(signal),
         }
     }
 
     fn kill_all(&self) {
-        self.proc.signal(Signal::SIGKILL);
-        match &self.cgroup {
-            Some(cgroup) => cgroup.kill(),
-            None => self.signal_all(Signal::SIGKILL),
+        match &self.scope {
+            Scope::Cgroup(cgroup) => {
+                self.proc.signal(Signal::SIGKILL);
+                cgroup.kill();
+            }
+            _ => self.signal_all(Signal::SIGKILL),
         }
     }
+}
+
+/// Whether process group `pgid` has a member that is not a zombie (one waiting for a parent
+/// to reap it is gone for this purpose). The number cannot be given to a new process while
+/// the group has members; once it has none, it is not signalled again (the only window is
+/// between the last member's exit and this check).
+pub fn process_group_lives(pgid: i32) -> bool {
+    if nix::sys::signal::killpg(Pid::from_raw(pgid), None).is_err() {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries.flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // Fields after the command name: state (3), ppid (4), pgrp (5).
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            return false;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
+        state != Some("Z") && pgrp == Some(pgid)
+    })
 }
 
 /// Collects the exit of `pid` if it is our child: `Some(exit code)` once it exited
@@ -1015,7 +1053,7 @@ mod tests {
         stop_all(&[Stopping {
             what: "test".into(),
             proc: p,
-            cgroup: Some(cgroup.clone()),
+            scope: Scope::Cgroup(cgroup.clone()),
             signal: Signal::SIGTERM,
             delay: Duration::ZERO,
             timeout: Duration::from_secs(2),
@@ -1042,7 +1080,7 @@ mod tests {
         stop_all(&[Stopping {
             what: "test".into(),
             proc: p,
-            cgroup: None,
+            scope: Scope::ProcessGroup,
             signal: Signal::SIGTERM,
             delay: Duration::ZERO,
             timeout: Duration::from_secs(2),
@@ -1078,7 +1116,7 @@ mod tests {
         let stopping = |proc, delay| Stopping {
             what: "test".into(),
             proc,
-            cgroup: None,
+            scope: Scope::Process,
             signal: Signal::SIGTERM,
             delay,
             timeout: Duration::from_secs(2),

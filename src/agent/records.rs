@@ -110,7 +110,9 @@ pub fn stop_strays(records: &BTreeMap<String, Vec<TaskRecord>>, plan: &Plan) {
         .map(|(what, proc)| Stopping {
             what,
             proc,
-            cgroup: None,
+            // Tasks of groups no longer configured, or journaled processes (raw tasks
+            // on a host without cgroups): each leads its own process group.
+            scope: crate::supervise::Scope::ProcessGroup,
             signal: nix::sys::signal::Signal::SIGTERM,
             delay: Duration::ZERO,
             timeout: STRAY_KILL_TIMEOUT,

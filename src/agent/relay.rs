@@ -201,7 +201,7 @@ impl NodeRelay {
 /// Stops a relay process and removes its list and logs.
 pub fn stop(proc: Proc, run_dir: &Path) {
     supervise::stop_all(&[Stopping {
-        cgroup: None,
+        scope: supervise::Scope::Process,
         what: format!("the xDS relay (pid {})", proc.pid),
         proc,
         signal: Signal::SIGTERM,

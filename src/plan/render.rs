@@ -226,6 +226,11 @@ fn task_text(out: &mut String, task: &TaskPlan, enforced: Enforced) {
     };
     let _ = writeln!(out, "  + Task \"{}\" ({what})", task.name);
     let _ = writeln!(out, "      argv   {}", task.argv.join(" "));
+    let view = match task.driver.as_str() {
+        "exec" => "its own view: /alloc, /local, /secrets, a private /tmp",
+        _ => "the host's paths",
+    };
+    let _ = writeln!(out, "      driver {} ({view})", task.driver);
     if let Some(user) = &task.user {
         let caps = if task.capabilities.is_empty() {
             "none".to_string()
