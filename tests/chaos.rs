@@ -247,6 +247,16 @@ impl Node {
             let cwd = std::fs::read_link(entry.path().join("cwd")).unwrap_or_default();
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+            // A zombie is gone, whatever its parent (init, once the agent died) takes to
+            // reap it; /proc still shows its last cgroup.
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            if stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+            {
+                continue;
+            }
             if cwd.starts_with(&run_dir)
                 || String::from_utf8_lossy(&cmdline).contains(&needle)
                 || cgroup.contains(&cgroups)

@@ -302,6 +302,16 @@ pub fn processes_in_cgroups(parent: &str, needle: &str) -> Vec<i32> {
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(&under))
         })
+        // A zombie is gone, however long its new parent takes to reap it.
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        })
         .collect()
 }
 
