@@ -125,6 +125,12 @@ pub(crate) fn credentials(user: &str) -> Result<(u32, u32), Error> {
         Ok(uid) => nix::unistd::User::from_uid(uid.into()),
         Err(_) => nix::unistd::User::from_name(user),
     };
+    // A minimal image may have no /etc/passwd at all (the lookup fails with ENOENT): that
+    // is no such user, not a failed lookup.
+    let found = match found {
+        Err(nix::errno::Errno::ENOENT) => Ok(None),
+        other => other,
+    };
     match found {
         Ok(Some(u)) => Ok((u.uid.as_raw(), u.gid.as_raw())),
         // A bare uid need not be in /etc/passwd (as with containers): its gid is the same.

@@ -394,12 +394,17 @@ pub fn probe() -> io::Result<()> {
 
 /// Removes both tables, those that exist.
 pub fn remove() -> io::Result<()> {
-    with_socket(|sock| {
+    let removed = with_socket(|sock| {
         remove_if_present(sock, IP)?;
         remove_if_present(sock, IP6)?;
         IP6_GONE.store(true, Ordering::Relaxed);
         Ok(())
-    })
+    });
+    match removed {
+        // A kernel without nf_tables has no table of ours either.
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
+        other => other,
+    }
 }
 
 /// Deletes `table` if it exists.

@@ -197,12 +197,8 @@ pub fn teardown(bridge_plan: &BridgePlan) -> Result<(), NetError> {
             link::delete(&mut sock, l.index).context(|| format!("delete {}", l.name))?;
         }
     }
-    match firewall::remove() {
-        Ok(()) => {}
-        // No nf_tables at all means there is no table of ours either.
-        Err(e) if e.raw_os_error() == Some(nix::libc::EPROTONOSUPPORT) => {}
-        Err(e) => return Err(e).context(|| format!("remove nf_tables table {}", firewall::TABLE)),
-    }
+    // (Without nf_tables in the kernel there is nothing to remove.)
+    firewall::remove().context(|| format!("remove nf_tables table {}", firewall::TABLE))?;
     let bridge_name = &bridge_plan.name;
     let Some(bridge) =
         link::get(&mut sock, bridge_name).context(|| format!("look up bridge {bridge_name}"))?

@@ -498,10 +498,16 @@ fn encode(m: &mut Message, e: &Expr) {
     }
 }
 
+/// The netfilter socket. A kernel without nf_tables answers EPROTONOSUPPORT, which comes
+/// back as `ErrorKind::Unsupported` (callers with nothing to remove may go on).
 pub(super) fn open() -> io::Result<Socket> {
     Socket::open(NlFamily::Netfilter).map_err(|e| {
+        let kind = match e.raw_os_error() {
+            Some(nix::libc::EPROTONOSUPPORT) => io::ErrorKind::Unsupported,
+            _ => e.kind(),
+        };
         io::Error::new(
-            e.kind(),
+            kind,
             format!("cannot open a netfilter netlink socket (is nf_tables in the kernel?): {e}"),
         )
     })
