@@ -8,7 +8,7 @@ WORK=$(mktemp -d -p /var/tmp)
 TASK_TOOL="$WORK/shared/tool.py"
 mkdir -p "$WORK/shared" && cp "$TOOL" "$TASK_TOOL" && chmod 0755 "$WORK" "$WORK/shared"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
