@@ -26,6 +26,8 @@ pub mod files;
 pub mod logs;
 pub mod net;
 pub mod plan;
+#[cfg(feature = "proxy")]
+pub mod proxy;
 pub mod relay;
 pub mod retry;
 pub mod state;

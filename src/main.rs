@@ -183,6 +183,24 @@ fn main() -> ExitCode {
             }
         };
     }
+    #[cfg(feature = "proxy")]
+    if args.get(1).map(String::as_str) == Some("proxy") {
+        let rest: Vec<&str> = args[2..].iter().map(String::as_str).collect();
+        return match outpost::proxy::ProxyCmd::from_args(&["outpost", "proxy"], &rest) {
+            Ok(cmd) => {
+                start_logging(log::LevelFilter::Info);
+                finish(outpost::proxy::run(&cmd))
+            }
+            Err(early) if early.status.is_ok() => {
+                println!("{}", early.output);
+                ExitCode::SUCCESS
+            }
+            Err(early) => {
+                eprintln!("{}", early.output);
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli: Cli = argh::from_env();
     let command = match (cli.version, cli.command) {
         (false, Some(command)) => command,

@@ -189,7 +189,10 @@ fn grpc_addr(valid: &ValidConfig, group: &GroupPlan) -> String {
 /// The group's xDS socket when a relay must serve it: the group has sidecars and Consul's
 /// gRPC is on TCP (a `unix://` grpc_address is used directly).
 pub fn relay_socket(valid: &ValidConfig, group: &GroupPlan) -> Option<PathBuf> {
-    let sidecars = group.services.iter().any(|s| s.proxy.is_some());
+    let sidecars = group
+        .services
+        .iter()
+        .any(|s| s.proxy.as_ref().is_some_and(|p| p.is_envoy()));
     let direct = valid
         .config
         .consul
@@ -254,7 +257,7 @@ fn write_bootstraps<'a>(
     let agent_token = crate::consul::client::agent_token(consul)?;
     for group in groups {
         for service in &group.services {
-            let Some(sidecar) = &service.proxy else {
+            let Some(sidecar) = service.proxy.as_ref().filter(|p| p.is_envoy()) else {
                 continue;
             };
             if only_task.is_some_and(|only| only != sidecar.task) {
@@ -301,9 +304,9 @@ fn write_bootstraps<'a>(
     Ok(())
 }
 
-/// What each Connect native task reads to reach Consul (`plan::native_env`): its workload
-/// token (an empty file without one; never the agent's token) and copies of the agent's TLS
-/// files, in its secrets, readable by its group only.
+/// What each Connect native task and built-in proxy reads to reach Consul
+/// (`plan::native_env`): its workload token (an empty file without one; never the agent's
+/// token) and copies of the agent's TLS files, in its secrets, readable by its group only.
 fn write_native_files<'a>(
     valid: &ValidConfig,
     groups: impl Iterator<Item = &'a GroupPlan>,
@@ -314,9 +317,8 @@ fn write_native_files<'a>(
     for group in groups {
         for service in &group.services {
             let Some(task) = service
-                .native_task
-                .as_ref()
-                .and_then(|name| group.tasks.iter().find(|t| &t.name == name))
+                .consul_client_task()
+                .and_then(|name| group.tasks.iter().find(|t| t.name == name))
             else {
                 continue;
             };
@@ -347,7 +349,8 @@ fn write_native_files<'a>(
     Ok(())
 }
 
-/// The HTTP sockets the relay serves for Connect native groups, each with Consul's HTTP
+/// The HTTP sockets the relay serves for groups with a Connect native task or a built-in
+/// proxy, each with Consul's HTTP
 /// address (`host:port`, or `unix:///path`; with https the TLS is end to end).
 pub fn native_sockets(valid: &ValidConfig, plan: &Plan) -> Vec<(PathBuf, String)> {
     let address = &valid.config.consul.address;
@@ -358,7 +361,7 @@ pub fn native_sockets(valid: &ValidConfig, plan: &Plan) -> Vec<(PathBuf, String)
     };
     plan.groups
         .iter()
-        .filter(|g| g.services.iter().any(|s| s.connect == "native"))
+        .filter(|g| g.services.iter().any(|s| s.consul_client_task().is_some()))
         .map(|g| {
             let socket = Path::new(&g.alloc_dir).join(crate::allocdir::CONSUL_HTTP_SOCKET);
             (socket, to.clone())

@@ -17,7 +17,7 @@ use super::relay::{NodeRelay, RELAY_RECORD, RELAY_TASK};
 use super::script_checks::{self, ScriptChecks};
 pub use super::status::*;
 use super::workers::*;
-use super::{Tokens, has_services, prepare, relay_socket, write_bootstraps};
+use super::{Tokens, has_services, prepare, relay_socket, write_bootstraps, write_native_files};
 use crate::alloc::{Phase, Runner, TaskState};
 use crate::config::ValidConfig;
 use crate::consul::anti_entropy::{self, QUICK_CHECK};
@@ -86,7 +86,8 @@ fn envoy_versions(
 ) -> Result<Vec<(String, EnvoyVersion)>, Error> {
     let mut envoys: Vec<(String, EnvoyVersion)> = Vec::new();
     for group in &plan.groups {
-        for proxy in group.services.iter().filter_map(|s| s.proxy.as_ref()) {
+        let proxies = group.services.iter().filter_map(|s| s.proxy.as_ref());
+        for proxy in proxies.filter(|p| p.is_envoy()) {
             let Some(binary) = group
                 .tasks
                 .iter()
@@ -279,8 +280,11 @@ impl Agent {
                 (self.valid.clone(), self.plan.clone(), self.tokens.clone());
             let key = (group.clone(), task.clone());
             self.workers.spawn(move || {
-                let only = plan.groups.iter().filter(|g| g.name == group);
-                let error = write_bootstraps(&valid, only, &tokens, Some(&task)).err();
+                let only = || plan.groups.iter().filter(|g| g.name == group);
+                // Envoy's bootstrap, or the built-in proxy's token file, written anew.
+                let error = write_bootstraps(&valid, only(), &tokens, Some(&task))
+                    .and_then(|()| write_native_files(&valid, only(), &tokens))
+                    .err();
                 Outcome::Refreshed { group, task, error }
             });
             self.workers.refreshing.insert(key);

@@ -15,9 +15,27 @@ pub fn config(t: Table) -> Config {
         consul: t.table("consul").map(consul).unwrap_or_default(),
         network: t.table("network").map(network).unwrap_or_default(),
         envoy: t.table("envoy").map(envoy).unwrap_or_default(),
+        connect: t.table("connect").map(connect_defaults).unwrap_or_default(),
         groups: t.tables("group").into_iter().map(group).collect(),
     };
-    done(t, &["agent", "consul", "network", "envoy", "group"]);
+    done(
+        t,
+        &["agent", "consul", "network", "envoy", "connect", "group"],
+    );
+    c
+}
+
+fn connect_defaults(t: Table) -> ConnectDefaults {
+    let c = ConnectDefaults {
+        sidecar_driver: t
+            .choice(
+                "sidecar_driver",
+                "connect.sidecar_driver",
+                &SidecarDriver::CHOICES,
+            )
+            .unwrap_or_default(),
+    };
+    done(t, &["sidecar_driver"]);
     c
 }
 
@@ -457,6 +475,11 @@ fn transparent_proxy(t: Table) -> TransparentProxy {
 fn sidecar_task(t: Table) -> SidecarTask {
     let s = SidecarTask {
         name: t.string("name"),
+        driver: t.choice(
+            "driver",
+            "connect.sidecar_task.driver",
+            &SidecarDriver::CHOICES,
+        ),
         command: t.string("command"),
         args: t.table_has("args").then(|| t.strings("args")),
         env: t.env("env"),
@@ -474,6 +497,7 @@ fn sidecar_task(t: Table) -> SidecarTask {
         &[
             "resources",
             "name",
+            "driver",
             "command",
             "args",
             "env",

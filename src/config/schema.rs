@@ -17,7 +17,55 @@ pub struct Config {
     pub consul: Consul,
     pub network: Network,
     pub envoy: Envoy,
+    /// Node-wide Connect defaults (`[connect]`).
+    pub connect: ConnectDefaults,
     pub groups: Vec<Group>,
+}
+
+/// `[connect]`: what every Connect sidecar gets unless its `sidecar_task` says otherwise.
+#[derive(Debug, Default)]
+pub struct ConnectDefaults {
+    /// `sidecar_driver`: the default of each `connect.sidecar_task.driver`.
+    pub sidecar_driver: SidecarDriver,
+}
+
+/// Which proxy a Connect sidecar runs, and how (`connect.sidecar_task.driver`,
+/// `connect.sidecar_driver`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SidecarDriver {
+    /// Envoy, under the exec driver (its own view of the files, as Nomad's isolated drivers).
+    #[default]
+    Exec,
+    /// Envoy, with the host's paths.
+    RawExec,
+    /// outpost's own L4 proxy (`outpost proxy`), under the exec driver.
+    Builtin,
+}
+
+serialize_as_str!(SidecarDriver);
+
+impl SidecarDriver {
+    pub const CHOICES: [(&'static str, SidecarDriver); 3] = [
+        ("exec", SidecarDriver::Exec),
+        ("raw_exec", SidecarDriver::RawExec),
+        ("builtin", SidecarDriver::Builtin),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SidecarDriver::Exec => "exec",
+            SidecarDriver::RawExec => "raw_exec",
+            SidecarDriver::Builtin => "builtin",
+        }
+    }
+
+    /// The task driver the sidecar runs under.
+    pub fn task_driver(self) -> &'static str {
+        match self {
+            SidecarDriver::RawExec => "raw_exec",
+            SidecarDriver::Exec | SidecarDriver::Builtin => "exec",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -407,6 +455,8 @@ pub struct TransparentProxy {
 #[derive(Debug, Default)]
 pub struct SidecarTask {
     pub name: Option<String>,
+    /// Replaces `connect.sidecar_driver`.
+    pub driver: Option<SidecarDriver>,
     /// Replaces `envoy.binary`.
     pub command: Option<String>,
     /// Replaces Nomad's default Envoy arguments.

@@ -55,21 +55,21 @@ pub(crate) fn parse_object(text: &str, what: &str) -> Result<Object, ConsulError
     }
 }
 
-fn object<'a>(o: &'a Object, key: &str) -> Option<&'a Object> {
+pub(crate) fn object<'a>(o: &'a Object, key: &str) -> Option<&'a Object> {
     match o.get(key) {
         Some(Value::Object(inner)) => Some(inner),
         _ => None,
     }
 }
 
-fn string(o: Option<&Object>, key: &str) -> String {
+pub(crate) fn string(o: Option<&Object>, key: &str) -> String {
     match o.and_then(|o| o.get(key)) {
         Some(Value::String(s)) => s.clone(),
         _ => String::new(),
     }
 }
 
-fn int(o: Option<&Object>, key: &str) -> Option<i64> {
+pub(crate) fn int(o: Option<&Object>, key: &str) -> Option<i64> {
     match o.and_then(|o| o.get(key))? {
         Value::Number(Number::U64(n)) => i64::try_from(*n).ok(),
         Value::Number(Number::I64(n)) => Some(*n),

@@ -58,8 +58,12 @@ impl Transport for UnixTransport {
         Ok(())
     }
 
-    fn await_input(&mut self, _timeout: NextTimeout) -> Result<bool, ureq::Error> {
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
         use std::io::Read;
+        // A blocking query waits longer than a plain call (`Client::watch`).
+        if let Some(wait) = timeout.not_zero() {
+            self.stream.set_read_timeout(Some(*wait))?;
+        }
         let input = self.buffers.input_append_buf();
         let amount = self.stream.read(input)?;
         self.buffers.input_appended(amount);
@@ -375,6 +379,58 @@ impl Client {
             req = req.header("Authorization", auth);
         }
         answer(req.call())
+    }
+
+    /// A blocking query (reference/consul-api.md §4.2): `GET path?…&<key>=<seen>&wait=…`,
+    /// answered when the result changes or after `wait`. `key` is `index` (answers carry
+    /// `X-Consul-Index`) or `hash` (`X-Consul-ContentHash`, agent-local endpoints); `seen` is
+    /// what the last answer carried (none for the first call). The body and the new value.
+    pub fn watch(
+        &self,
+        path_and_query: &str,
+        key: &str,
+        seen: Option<&str>,
+        wait: Duration,
+    ) -> Result<(String, Option<String>), ConsulError> {
+        let sep = if path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let url = match seen {
+            Some(seen) => format!(
+                "{}{path_and_query}{sep}{key}={seen}&wait={}s",
+                self.base,
+                wait.as_secs()
+            ),
+            None => format!("{}{path_and_query}", self.base),
+        };
+        let mut req = self
+            .agent
+            .get(url)
+            .config()
+            // Consul adds up to wait/16 of jitter to a blocking query's wait.
+            .timeout_global(Some(wait + wait / 16 + CALL_TIMEOUT))
+            .build();
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t);
+        }
+        if let Some(auth) = &self.basic_auth {
+            req = req.header("Authorization", auth);
+        }
+        let header = if key == "hash" {
+            "X-Consul-ContentHash"
+        } else {
+            "X-Consul-Index"
+        };
+        let response = req.call();
+        let value = response.as_ref().ok().and_then(|r| {
+            r.headers()
+                .get(header)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        });
+        answer(response).map(|body| (body, value))
     }
 
     pub fn put(&self, path_and_query: &str, body: &str) -> Result<String, ConsulError> {

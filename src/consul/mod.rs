@@ -5,6 +5,7 @@ pub mod acl;
 pub mod agent;
 pub mod anti_entropy;
 pub mod client;
+pub mod connect;
 pub mod gateway;
 pub mod lookup;
 pub mod preflight;

@@ -13,7 +13,7 @@ use crate::config::naming::{
     sidecar_label,
 };
 use crate::config::validate::{PROXY_PREFIX, Problem};
-use crate::config::{Dur, Group, Logs, Resources, Restart, Service, ValidConfig};
+use crate::config::{Dur, Group, Logs, Resources, Restart, Service, SidecarDriver, ValidConfig};
 use crate::error::Error;
 pub use crate::net::spec::{
     BridgePlan, Firewall, GroupNet, HostFacts, NetnsPlan, PortPlan, TproxyPlan,
@@ -177,7 +177,8 @@ fn build_checked(
     Ok((plan, problems))
 }
 
-/// What a Connect native task needs to reach Consul, as Nomad's connect native hook sets it:
+/// What a Connect native task (or a built-in proxy) needs to reach Consul, as Nomad's
+/// connect native hook sets it:
 /// the group's relayed HTTP socket, its workload token and the agent's TLS files, both in
 /// its secrets (written by the agent before it starts; never in the plan).
 fn native_env(
@@ -187,8 +188,8 @@ fn native_env(
     tasks: &mut [TaskPlan],
 ) {
     use crate::allocdir::{CONSUL_HTTP_SOCKET, NATIVE_TLS_FILES, NATIVE_TOKEN};
-    for name in services.iter().filter_map(|s| s.native_task.as_ref()) {
-        let Some(task) = tasks.iter_mut().find(|t| &t.name == name) else {
+    for name in services.iter().filter_map(ServicePlan::consul_client_task) {
+        let Some(task) = tasks.iter_mut().find(|t| t.name == name) else {
             continue;
         };
         let secrets = format!("{}/secrets", task.dir);

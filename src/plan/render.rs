@@ -160,11 +160,27 @@ fn group_text(out: &mut String, group: &GroupPlan, enforced: Enforced) {
                 let config = registration_field(&service.registration, "Proxy");
                 let _ = writeln!(out, "      proxy  {config}");
             }
+            Some(s) if s.is_envoy() => {
+                let _ = writeln!(
+                    out,
+                    "      sidecar {} on port {} (host {} -> {}), envoy ({}) admin {} ready {}",
+                    s.id,
+                    s.port_label,
+                    s.host_port,
+                    s.netns_port,
+                    s.driver.as_str(),
+                    s.envoy_admin,
+                    s.envoy_ready
+                );
+                if let Some(local) = sidecar_local_port(&service.registration) {
+                    let _ = writeln!(out, "      sidecar dials the app on port {local}");
+                }
+            }
             Some(s) => {
                 let _ = writeln!(
                     out,
-                    "      sidecar {} on port {} (host {} -> {}), envoy admin {} ready {}",
-                    s.id, s.port_label, s.host_port, s.netns_port, s.envoy_admin, s.envoy_ready
+                    "      sidecar {} on port {} (host {} -> {}), built-in proxy, admin {}",
+                    s.id, s.port_label, s.host_port, s.netns_port, s.envoy_admin
                 );
                 if let Some(local) = sidecar_local_port(&service.registration) {
                     let _ = writeln!(out, "      sidecar dials the app on port {local}");

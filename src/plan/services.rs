@@ -108,10 +108,23 @@ impl Context<'_> {
                 .and_then(|c| c.sidecar_task.as_ref())
                 .and_then(|t| t.name.clone())
                 .unwrap_or_else(|| format!("{prefix}-{}", service.name));
+            let driver = service
+                .connect
+                .as_ref()
+                .and_then(|c| c.sidecar_task.as_ref())
+                .and_then(|t| t.driver)
+                .unwrap_or(self.valid.config.connect.sidecar_driver);
+            let driver = match (gateway, driver) {
+                // Gateways are Envoy's alone: a node-wide `builtin` leaves them to Envoy
+                // (and validate refuses it in a gateway's own sidecar_task).
+                (Some(_), SidecarDriver::Builtin) => SidecarDriver::Exec,
+                (_, driver) => driver,
+            };
             ProxyPlan {
                 id: proxy_id,
                 name,
                 gateway,
+                driver,
                 port_label: label,
                 host_port: planned.map_or(0, |p| p.host_port),
                 netns_port: planned.map_or(0, |p| p.netns_port),

@@ -75,25 +75,42 @@ impl Context<'_> {
             .connect
             .as_ref()
             .and_then(|c| c.sidecar_task.as_ref());
-        let default_args = vec![
-            "-c".to_string(),
-            "${NOMAD_SECRETS_DIR}/envoy_bootstrap.json".into(),
-            "-l".into(),
-            envoy.log_level.clone(),
-            "--concurrency".into(),
-            envoy.concurrency.to_string(),
-            "--disable-hot-restart".into(),
-        ];
+        let builtin = !proxy.is_envoy();
+        let (default_command, default_args) = if builtin {
+            // This binary, whatever its path (the exec view may not show it): the kernel's
+            // link to the agent's own executable, which the forked task still is.
+            let args = [
+                "proxy",
+                "--proxy-id",
+                &proxy.id,
+                "--admin",
+                &proxy.envoy_admin,
+            ];
+            (SELF_EXE.to_string(), args.map(String::from).to_vec())
+        } else {
+            let args = vec![
+                "-c".to_string(),
+                "${NOMAD_SECRETS_DIR}/envoy_bootstrap.json".into(),
+                "-l".into(),
+                envoy.log_level.clone(),
+                "--concurrency".into(),
+                envoy.concurrency.to_string(),
+                "--disable-hot-restart".into(),
+            ];
+            (envoy.binary.clone(), args)
+        };
         let cleaned = env::clean(&service.name);
         let mut extra_env = EnvMap::new();
-        extra_env.insert(
-            format!("NOMAD_ENVOY_ADMIN_ADDR_{cleaned}"),
-            proxy.envoy_admin.clone(),
-        );
-        extra_env.insert(
-            format!("NOMAD_ENVOY_READY_ADDR_{cleaned}"),
-            proxy.envoy_ready.clone(),
-        );
+        if !builtin {
+            extra_env.insert(
+                format!("NOMAD_ENVOY_ADMIN_ADDR_{cleaned}"),
+                proxy.envoy_admin.clone(),
+            );
+            extra_env.insert(
+                format!("NOMAD_ENVOY_READY_ADDR_{cleaned}"),
+                proxy.envoy_ready.clone(),
+            );
+        }
         static NO_ENV: EnvMap = EnvMap::new();
         // A gateway is the group's main task; a sidecar starts before the group's tasks
         // and runs beside them (§1.2, §1.3).
@@ -108,10 +125,10 @@ impl Context<'_> {
             name: proxy.task.clone(),
             kind: Some(kind),
             lifecycle,
-            driver: "exec".into(),
+            driver: proxy.driver.task_driver().into(),
             command: overrides
                 .and_then(|t| t.command.clone())
-                .unwrap_or_else(|| envoy.binary.clone()),
+                .unwrap_or(default_command),
             args: overrides
                 .and_then(|t| t.args.clone())
                 .unwrap_or(default_args),
@@ -290,6 +307,9 @@ fn user_and_capabilities(spec: &TaskSpec) -> (String, Vec<String>) {
         .collect();
     (user, caps)
 }
+
+/// The built-in proxy's command: the running binary itself.
+pub const SELF_EXE: &str = "/proc/self/exe";
 
 /// The user of tasks that name none.
 pub const TASK_USER: &str = "nobody";

@@ -83,6 +83,17 @@ pub struct ServicePlan {
     pub config_entry: miniserde::json::Value,
 }
 
+impl ServicePlan {
+    /// The task that speaks to Consul's HTTP API itself: a Connect native task, or a
+    /// built-in proxy (they get the same environment and files).
+    pub fn consul_client_task(&self) -> Option<&str> {
+        let builtin = self.proxy.as_ref().filter(|p| !p.is_envoy());
+        self.native_task
+            .as_deref()
+            .or(builtin.map(|p| p.task.as_str()))
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct ProxyPlan {
     /// The proxy ID Envoy bootstraps as: the sidecar's, or the gateway service's own.
@@ -90,13 +101,22 @@ pub struct ProxyPlan {
     pub name: String,
     /// The gateway's kind (`-gateway`); none for a sidecar.
     pub gateway: Option<GatewayKind>,
+    /// Envoy (under `exec` or `raw_exec`) or the built-in proxy.
+    pub driver: crate::config::SidecarDriver,
     /// The sidecar's public port, or the gateway's service port (its WAN port for mesh).
     pub port_label: String,
     pub host_port: u16,
     pub netns_port: u16,
+    /// Envoy's admin address; the built-in proxy answers `/ready` and `/status` there.
     pub envoy_admin: String,
     pub envoy_ready: String,
     pub task: String,
+}
+
+impl ProxyPlan {
+    pub fn is_envoy(&self) -> bool {
+        self.driver != crate::config::SidecarDriver::Builtin
+    }
 }
 
 #[derive(Debug, Serialize)]

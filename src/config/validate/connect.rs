@@ -475,3 +475,135 @@ pub(super) fn check_upstream_collisions(c: &mut Checker, gi: usize, group: &Grou
         }
     }
 }
+
+/// A sidecar on the built-in proxy (its own `sidecar_task.driver`, else the node's
+/// `connect.sidecar_driver`) gets only what an L4 proxy can serve; the rest is Envoy's, and
+/// each refusal says why and where.
+pub(super) fn check_builtin_proxy(
+    c: &mut Checker,
+    gi: usize,
+    si: usize,
+    service: &Service,
+    node_default: SidecarDriver,
+) {
+    let Some(connect) = &service.connect else {
+        return;
+    };
+    let own = connect.sidecar_task.as_ref().and_then(|t| t.driver);
+    let at = |keys: &[&'static str]| {
+        let mut p = path!["group", gi, "service", si, "connect"];
+        p.extend(keys.iter().map(|k| Seg::Key(k)));
+        p
+    };
+    if connect.gateway.is_some() {
+        if own == Some(SidecarDriver::Builtin) {
+            c.err(
+                at(&["sidecar_task", "driver"]),
+                "gateways run Envoy: the built-in proxy is a sidecar's L4 proxy, without a gateway's SNI routing and listeners",
+            );
+        }
+        return;
+    }
+    let Some(sidecar) = &connect.sidecar_service else {
+        return;
+    };
+    if own.unwrap_or(node_default) != SidecarDriver::Builtin {
+        return;
+    }
+    let why = if own.is_some() {
+        "(sidecar_task.driver = \"builtin\")"
+    } else {
+        "(connect.sidecar_driver = \"builtin\")"
+    };
+    if !cfg!(feature = "proxy") {
+        c.err(
+            at(&["sidecar_task"]),
+            format!(
+                "this outpost was built without the built-in proxy (the `proxy` feature) {why}"
+            ),
+        );
+    }
+    if let Some(task) = &connect.sidecar_task
+        && (task.command.is_some() || task.args.is_some())
+    {
+        c.err(
+            at(&["sidecar_task"]),
+            "command and args choose Envoy's binary and flags; the built-in proxy is this outpost itself",
+        );
+    }
+    let Some(proxy) = &sidecar.proxy else {
+        return;
+    };
+    let proxy_at = |key: &'static str| at(&["sidecar_service", "proxy", key]);
+    if proxy.transparent_proxy.is_some() {
+        c.err(
+            proxy_at("transparent_proxy"),
+            format!("transparent proxy needs Envoy: the built-in proxy has no listener for redirected outbound traffic {why}"),
+        );
+    }
+    if proxy.expose.is_some() {
+        c.err(
+            proxy_at("expose"),
+            format!(
+                "expose paths need Envoy's HTTP listeners; the built-in proxy is L4 only {why}"
+            ),
+        );
+    }
+    if let Some(miniserde::json::Value::String(protocol)) = proxy.config.get("protocol")
+        && protocol != "tcp"
+    {
+        c.err(
+            path!["group", gi, "service", si, "connect", "sidecar_service", "proxy", "config", "protocol"],
+            format!("protocol \"{protocol}\" is L7 (routing and L7 intentions only Envoy enforces); the built-in proxy is L4: use \"tcp\" or Envoy {why}"),
+        );
+    }
+    for (ui, up) in proxy.upstreams.iter().enumerate() {
+        let up_at = |key: &'static str| {
+            path![
+                "group",
+                gi,
+                "service",
+                si,
+                "connect",
+                "sidecar_service",
+                "proxy",
+                "upstreams",
+                ui,
+                key
+            ]
+        };
+        let unsupported = [
+            (
+                "destination_type",
+                up.destination_type
+                    .as_deref()
+                    .filter(|t| *t != "service")
+                    .is_some(),
+                "prepared queries",
+            ),
+            (
+                "destination_peer",
+                up.destination_peer.is_some(),
+                "cluster peers",
+            ),
+            (
+                "local_bind_socket_path",
+                up.local_bind_socket_path.is_some(),
+                "unix socket upstreams",
+            ),
+            (
+                "mesh_gateway",
+                up.mesh_gateway.is_some(),
+                "mesh gateway modes",
+            ),
+        ];
+        for (key, present, what) in unsupported {
+            if present {
+                c.err(
+                    up_at(key),
+                    format!("upstream {}: {what} need Envoy; the built-in proxy reaches services in its own or another datacenter directly {why}", up.destination_name),
+                );
+            }
+        }
+    }
+}

@@ -117,6 +117,7 @@ pub fn validate(config: Config) -> Result<ValidConfig, Vec<Problem>> {
         check_group(&mut c, gi, group);
         for (si, service) in group.services.iter().enumerate() {
             check_service_for_consul(&mut c, gi, si, service, config.consul.acl.mode);
+            check_builtin_proxy(&mut c, gi, si, service, config.connect.sidecar_driver);
         }
     }
     if let Some(range) = network.dynamic_ports {

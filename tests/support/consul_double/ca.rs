@@ -9,7 +9,26 @@ pub(super) struct Ca {
     cluster_id: String,
     root_pem: String,
     issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-    leaves: BTreeMap<String, (String, String)>,
+    /// Per service: its leaf (certificate, key, serial) and the index it was made at.
+    leaves: BTreeMap<String, (Leaf, u64)>,
+    /// Moved by every leaf made, as the agent's leaf cache moves its index.
+    leaf_index: u64,
+}
+
+#[derive(Clone)]
+pub(super) struct Leaf {
+    pub cert: String,
+    pub key: String,
+    /// As Consul shows it: hex bytes joined by colons.
+    pub serial: String,
+}
+
+/// When a leaf is valid, relative to now.
+pub(super) struct Validity {
+    pub from: Duration,
+    pub until: Duration,
+    /// Before now, for an expired leaf.
+    pub expired: bool,
 }
 
 impl Ca {
@@ -55,7 +74,12 @@ impl Ca {
             cluster_id,
             issuer,
             leaves: BTreeMap::new(),
+            leaf_index: 10,
         }
+    }
+
+    pub(super) fn root_pem(&self) -> String {
+        self.root_pem.clone()
     }
 
     pub(super) fn trust_domain(&self) -> String {
@@ -70,12 +94,33 @@ impl Ca {
         )
     }
 
-    pub(super) fn leaf(&mut self, service: &str) -> (String, String) {
-        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
-        let uri = self.service_uri(service);
+    /// The service's current leaf, made on first request and kept, as the agent caches it.
+    pub(super) fn leaf(&mut self, service: &str) -> (Leaf, u64) {
         if let Some(leaf) = self.leaves.get(service) {
             return leaf.clone();
         }
+        self.rotate(service)
+    }
+
+    /// A new leaf for `service` (what the agent does before the old one expires, or after a
+    /// CA rotation); watchers of the leaf see a new index.
+    pub(super) fn rotate(&mut self, service: &str) -> (Leaf, u64) {
+        let leaf = self.issue(service, None);
+        self.leaf_index += 1;
+        let entry = (leaf, self.leaf_index);
+        self.leaves.insert(service.to_string(), entry.clone());
+        entry
+    }
+
+    pub(super) fn leaf_index(&self, service: &str) -> u64 {
+        self.leaves.get(service).map_or(0, |(_, i)| *i)
+    }
+
+    /// A leaf for `service` signed by this CA (CN = service, one URI SAN = its SPIFFE ID,
+    /// server and client auth), valid as `validity` says (default: 72 h from now).
+    pub(super) fn issue(&mut self, service: &str, validity: Option<Validity>) -> Leaf {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+        let uri = self.service_uri(service);
         let mut params = CertificateParams::default();
         params.is_ca = IsCa::ExplicitNoCa;
         params
@@ -86,11 +131,40 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        // Serials as Consul's CA makes them: unique, small, positive.
+        self.leaf_index += 1;
+        let serial = self.leaf_index.to_be_bytes();
+        let serial = &serial[serial.iter().position(|b| *b != 0).unwrap_or(7)..];
+        let serial = if serial[0] >= 0x80 {
+            [&[0u8][..], serial].concat()
+        } else {
+            serial.to_vec()
+        };
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let now = time::OffsetDateTime::now_utc();
+        let validity = validity.unwrap_or(Validity {
+            from: Duration::from_secs(60),
+            until: Duration::from_secs(72 * 3600),
+            expired: false,
+        });
+        params.not_before = now - validity.from;
+        params.not_after = if validity.expired {
+            now - validity.until
+        } else {
+            now + validity.until
+        };
         let key = KeyPair::generate().expect("a leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("a leaf");
-        let leaf = (cert.pem(), key.serialize_pem());
-        self.leaves.insert(service.to_string(), leaf.clone());
-        leaf
+        let hex: Vec<String> = serial
+            .iter()
+            .skip_while(|b| **b == 0)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+            serial: hex.join(":"),
+        }
     }
 }
 
@@ -123,14 +197,16 @@ pub(super) fn ca_roots(ca: &Ca) -> Reply {
 }
 
 pub(super) fn ca_leaf(ca: &mut Ca, service: &str) -> Reply {
-    let (cert, key) = ca.leaf(service);
+    let (issued, index) = ca.leaf(service);
     let mut leaf = Object::new();
     let fields = [
-        ("SerialNumber", Value::String("0a:1b".into())),
-        ("CertPEM", Value::String(cert)),
-        ("PrivateKeyPEM", Value::String(key)),
+        ("SerialNumber", Value::String(issued.serial)),
+        ("CertPEM", Value::String(issued.cert)),
+        ("PrivateKeyPEM", Value::String(issued.key)),
         ("Service", Value::String(service.into())),
         ("ServiceURI", Value::String(ca.service_uri(service))),
+        ("CreateIndex", Value::Number(Number::U64(index))),
+        ("ModifyIndex", Value::Number(Number::U64(index))),
     ];
     for (k, v) in fields {
         leaf.insert(k.into(), v);

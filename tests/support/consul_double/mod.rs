@@ -24,11 +24,13 @@ mod acl;
 mod ca;
 mod checks;
 mod config_entries;
+mod connect;
 mod registration;
 use acl::*;
 use ca::*;
 use checks::*;
 use config_entries::*;
+use connect::*;
 use registration::*;
 
 const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(30);
@@ -318,6 +320,39 @@ impl ConsulDouble {
         s.index += 1;
     }
 
+    /// Issues `service` a new leaf, as the agent does before the old one expires; the
+    /// leaf's watchers are answered at once. Its serial.
+    pub fn rotate_leaf(&self, service: &str) -> String {
+        let mut s = self.lock();
+        s.ca.get_or_insert_with(Ca::new).rotate(service).0.serial
+    }
+
+    /// The serial of the leaf the agent now gives `service`.
+    pub fn leaf_serial(&self, service: &str) -> String {
+        let mut s = self.lock();
+        s.ca.get_or_insert_with(Ca::new).leaf(service).0.serial
+    }
+
+    /// A leaf for `service` from this CA that is not the agent's: `expired` one, or a
+    /// current one (for a test peer). Certificate and key PEM.
+    pub fn issue_leaf(&self, service: &str, expired: bool) -> (String, String) {
+        let mut s = self.lock();
+        let validity = expired.then_some(Validity {
+            from: Duration::from_secs(48 * 3600),
+            until: Duration::from_secs(3600),
+            expired: true,
+        });
+        let leaf = s.ca.get_or_insert_with(Ca::new).issue(service, validity);
+        (leaf.cert, leaf.key)
+    }
+
+    /// The CA's root certificate (PEM) and trust domain.
+    pub fn ca_root(&self) -> (String, String) {
+        let mut s = self.lock();
+        let ca = s.ca.get_or_insert_with(Ca::new);
+        (ca.root_pem(), ca.trust_domain())
+    }
+
     pub fn log(&self) -> Vec<Logged> {
         self.lock().log.clone()
     }
@@ -340,13 +375,14 @@ impl ConsulDouble {
             if !latency.is_zero() {
                 std::thread::sleep(latency);
             }
+            self.block(&request);
             let (status, body, extra) = self.handle(&request);
             let index = {
                 let mut s = self.lock();
                 if status == 200 && request.method != "GET" {
                     s.index += 1;
                 }
-                s.index
+                index_of(&s, &request.path)
             };
             let reason = match status {
                 200 => "OK",
@@ -382,6 +418,43 @@ impl ConsulDouble {
             if request.close {
                 return;
             }
+        }
+    }
+
+    /// A blocking query (`?index=N` or `?hash=H`, with `wait`): held until what it reads
+    /// changes or the wait is over, as the agent does (reference/consul-api.md §4.2).
+    fn block(&self, r: &Request) {
+        if r.method != "GET" {
+            return;
+        }
+        let seen_index = r.query_value("index");
+        let seen_hash = r.query_value("hash");
+        if seen_index.is_none() && seen_hash.is_none() {
+            return;
+        }
+        let wait = r
+            .query_value("wait")
+            .and_then(|w| w.trim_end_matches('s').parse::<u64>().ok())
+            .map_or(Duration::from_secs(300), Duration::from_secs);
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            let unchanged = {
+                let s = self.lock();
+                match (&seen_index, &seen_hash) {
+                    (Some(seen), _) => index_of(&s, &r.path).to_string() == *seen,
+                    (None, Some(seen)) => {
+                        let id = r.path.strip_prefix("/v1/agent/service/").unwrap_or("");
+                        s.services.get(id).is_some_and(|svc| {
+                            content_hash(&json::to_string(&Value::Object(svc.clone()))) == *seen
+                        })
+                    }
+                    _ => false,
+                }
+            };
+            if !unchanged {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -500,6 +573,30 @@ fn read_request(reader: &mut BufReader<impl Read>) -> Option<Request> {
 }
 
 type Reply = (u16, String, Vec<(String, String)>);
+
+/// The `X-Consul-Index` of what `path` reads: intentions move with config entries, a
+/// leaf with its own issue, the roots never (one CA); the rest with every write.
+fn index_of(s: &State, path: &str) -> u64 {
+    if path == "/v1/connect/intentions/match" {
+        return s.config_index + 1;
+    }
+    if path == "/v1/agent/connect/ca/roots" {
+        return 1;
+    }
+    if let Some(service) = path.strip_prefix("/v1/agent/connect/ca/leaf/") {
+        return s.ca.as_ref().map_or(0, |ca| ca.leaf_index(service)).max(1);
+    }
+    s.index
+}
+
+/// The agent's content hash of an answer (FNV-1a here; the agent's is its own).
+fn content_hash(body: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in body.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
 
 fn text(status: u16, body: &str) -> Reply {
     (status, body.to_string(), Vec::new())
@@ -636,6 +733,7 @@ fn route(s: &mut State, r: &Request, negative_cached: &mut bool) -> Reply {
                 }
                 s.config_entries
                     .remove(&(kind.to_string(), name.to_string()));
+                s.config_index += 1;
                 (200, "true".into(), Vec::new())
             }
             (_, None) => method_not_allowed(&r.method, "GET"),
@@ -665,6 +763,24 @@ fn route(s: &mut State, r: &Request, negative_cached: &mut bool) -> Reply {
         }
         return ok_json(Value::Array(connect_instances(s, name)));
     }
+    if path == "/v1/agent/connect/authorize" {
+        if !expect("POST") {
+            return method_not_allowed(&r.method, "POST");
+        }
+        if let Err(reply) = authorize_write(s, r) {
+            return reply;
+        }
+        return authorize(s, &r.body);
+    }
+    if path == "/v1/connect/intentions/match" {
+        if !expect("GET") {
+            return method_not_allowed(&r.method, "GET");
+        }
+        if let Err(reply) = authorize_write(s, r) {
+            return reply;
+        }
+        return intentions_match(s, r);
+    }
     if path == "/v1/agent/connect/ca/roots" {
         if !expect("GET") {
             return method_not_allowed(&r.method, "GET");
@@ -685,7 +801,11 @@ fn route(s: &mut State, r: &Request, negative_cached: &mut bool) -> Reply {
             return method_not_allowed(&r.method, "GET");
         }
         return match s.services.get(id) {
-            Some(svc) => ok_json(Value::Object(svc.clone())),
+            Some(svc) => {
+                let (status, body, mut extra) = ok_json(Value::Object(svc.clone()));
+                extra.push(("X-Consul-ContentHash".into(), content_hash(&body)));
+                (status, body, extra)
+            }
             None => text(404, &format!("unknown service ID: {id}")),
         };
     }

@@ -1,0 +1,294 @@
+//! The proxy's listeners: the public one (mTLS in, intentions, then the app), one per
+//! upstream (plain in, mTLS out to a healthy instance), and the admin address.
+
+use super::{CALLERS_KEPT, Proxy, pump::Pump, tls, upstream_key};
+use crate::consul::connect::{self, Registration, Upstream};
+use log::{debug, info, warn};
+use rustls::{ClientConnection, Connection, ServerConnection};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Each connection's thread: the handshake and the copy loop need far less than the
+/// default 2 MiB (it is address space, not memory, either way).
+const CONNECTION_STACK: usize = 256 * 1024;
+
+/// Starts a listener for every address the registration has and none is serving, and
+/// closes the ones it no longer has.
+pub(super) fn bind(proxy: &Arc<Proxy>) {
+    let mut s = proxy.state();
+    let Some(reg) = s.registration.clone() else {
+        return;
+    };
+    let wanted: Vec<SocketAddr> = std::iter::once(reg.public)
+        .chain(reg.upstreams.iter().map(|u| u.bind))
+        .collect();
+    let stale: Vec<SocketAddr> = s
+        .bound
+        .keys()
+        .filter(|a| !wanted.contains(a))
+        .copied()
+        .collect();
+    for addr in stale {
+        if let Some(listener) = s.bound.remove(&addr) {
+            // Wakes its accept with an error; its thread then sees it is not wanted.
+            let _ =
+                nix::sys::socket::shutdown(listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+            info!("closed the listener on {addr}");
+        }
+        s.listening.remove(&addr);
+    }
+    for addr in wanted {
+        if s.listening.insert(addr) {
+            let proxy = proxy.clone();
+            let started = std::thread::Builder::new()
+                .name(format!("listen {addr}"))
+                .stack_size(CONNECTION_STACK)
+                .spawn(move || serve(&proxy, addr));
+            if let Err(e) = started {
+                warn!("cannot start the listener on {addr}: {e}");
+                s.listening.remove(&addr);
+            }
+        }
+    }
+}
+
+/// What a listener's address is for, in the current registration.
+enum Role {
+    Public(Registration),
+    Upstream(Registration, Upstream),
+}
+
+fn role(proxy: &Proxy, addr: SocketAddr) -> Option<Role> {
+    let reg = proxy.state().registration.clone()?;
+    if reg.public == addr {
+        return Some(Role::Public(reg));
+    }
+    let up = reg.upstreams.iter().find(|u| u.bind == addr)?.clone();
+    Some(Role::Upstream(reg, up))
+}
+
+/// Binds `addr` (retrying while it is in use) and accepts on it while it is wanted.
+fn serve(proxy: &Arc<Proxy>, addr: SocketAddr) {
+    let listener = loop {
+        if !proxy.state().listening.contains(&addr) {
+            return;
+        }
+        match TcpListener::bind(addr) {
+            Ok(l) => break Arc::new(l),
+            Err(e) => {
+                warn!("cannot listen on {addr}: {e}; retrying in 1s");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    };
+    proxy.state().bound.insert(addr, listener.clone());
+    info!("listening on {addr}");
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else {
+            if proxy.state().bound.contains_key(&addr) {
+                continue;
+            }
+            return;
+        };
+        let Some(role) = role(proxy, addr) else {
+            continue;
+        };
+        let proxy = proxy.clone();
+        let spawned = std::thread::Builder::new()
+            .stack_size(CONNECTION_STACK)
+            .spawn(move || {
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                let done = match role {
+                    Role::Public(reg) => inbound(&proxy, &reg, stream),
+                    Role::Upstream(reg, up) => outbound(&proxy, &reg, &up, stream),
+                };
+                if let Err(e) = done {
+                    info!("connection from {peer} to {addr}: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            warn!("cannot take a connection on {addr}: {e}");
+        }
+    }
+}
+
+/// A caller through the mesh: its certificate must chain to the roots, and intentions
+/// must let its service reach ours; then its bytes go to the app.
+fn inbound(proxy: &Proxy, reg: &Registration, mut net: TcpStream) -> Result<(), String> {
+    let config = proxy
+        .state()
+        .server
+        .clone()
+        .ok_or("no certificate loaded yet")?;
+    net.set_read_timeout(Some(reg.handshake_timeout))
+        .and_then(|()| net.set_write_timeout(Some(reg.handshake_timeout)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = ServerConnection::new(config).map_err(|e| e.to_string())?;
+    while tls.is_handshaking() {
+        tls.complete_io(&mut net)
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+    }
+    let (uri, serial) =
+        tls::caller(tls.peer_certificates()).ok_or("the caller's certificate has no SPIFFE ID")?;
+    if !authorized(proxy, &reg.service, &uri, &serial) {
+        return Err(format!("{uri} may not connect to {}", reg.service));
+    }
+    let mut app = TcpStream::connect_timeout(&reg.local, reg.local_connect_timeout)
+        .map_err(|e| format!("the app at {}: {e}", reg.local))?;
+    net.set_read_timeout(None)
+        .and_then(|()| net.set_write_timeout(None))
+        .map_err(|e| e.to_string())?;
+    let mut tls = Connection::Server(tls);
+    Pump::new(&mut tls, &mut net, &mut app)
+        .run()
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `uri` may connect to `target`: the cached answer while the intentions stay,
+/// else the agent's. When the agent cannot answer, a caller seen before keeps its answer
+/// and a new one is refused.
+fn authorized(proxy: &Proxy, target: &str, uri: &str, serial: &str) -> bool {
+    let generation = {
+        let s = proxy.state();
+        if s.cache_usable
+            && let Some(&allowed) = s.allowed.get(uri)
+        {
+            return allowed;
+        }
+        s.generation
+    };
+    match connect::authorize(&proxy.client, target, uri, serial) {
+        Ok((allowed, reason)) => {
+            if !allowed {
+                info!("{uri} refused: {reason}");
+            }
+            let mut s = proxy.state();
+            // An answer from before an intentions change is not kept.
+            if s.cache_usable && s.generation == generation {
+                if s.allowed.len() >= CALLERS_KEPT {
+                    s.allowed.clear();
+                }
+                s.allowed.insert(uri.to_string(), allowed);
+            }
+            allowed
+        }
+        Err(e) => match proxy.state().allowed.get(uri) {
+            Some(&allowed) => allowed,
+            None => {
+                warn!("cannot authorize {uri} ({e}); refused");
+                false
+            }
+        },
+    }
+}
+
+/// An app's connection to an upstream: to a healthy instance, round robin, the next on a
+/// connect error; over mTLS, presenting the leaf and checking the server is the upstream.
+fn outbound(
+    proxy: &Proxy,
+    reg: &Registration,
+    up: &Upstream,
+    mut app: TcpStream,
+) -> Result<(), String> {
+    let key = upstream_key(up);
+    let (config, sni, candidates) = {
+        let mut s = proxy.state();
+        let config = s
+            .clients
+            .get(&key)
+            .cloned()
+            .ok_or("no certificate loaded yet")?;
+        let leaf = s.leaf.clone().ok_or("no certificate loaded yet")?;
+        let trust_domain = s
+            .roots
+            .as_ref()
+            .map(|(td, _)| td.clone())
+            .unwrap_or_default();
+        let datacenter = super::datacenter_of(up, &leaf);
+        let sni = tls::sni(&up.name, &datacenter, &trust_domain)
+            .ok_or_else(|| format!("no SNI name for {}", up.name))?;
+        let Some((list, next)) = s.instances.get_mut(&key) else {
+            return Err(format!("no healthy instance of {}", up.name));
+        };
+        if list.is_empty() {
+            return Err(format!("no healthy instance of {}", up.name));
+        }
+        let start = *next % list.len();
+        *next = next.wrapping_add(1);
+        let mut order = list[start..].to_vec();
+        order.extend_from_slice(&list[..start]);
+        (config, sni, order)
+    };
+    let mut net = None;
+    for addr in &candidates {
+        match TcpStream::connect_timeout(addr, up.connect_timeout) {
+            Ok(s) => {
+                net = Some(s);
+                break;
+            }
+            Err(e) => debug!("upstream {}: {addr}: {e}; trying the next", up.name),
+        }
+    }
+    let mut net = net.ok_or_else(|| {
+        format!(
+            "upstream {}: none of {} instance(s) accepted",
+            up.name,
+            candidates.len()
+        )
+    })?;
+    net.set_read_timeout(Some(reg.handshake_timeout))
+        .and_then(|()| net.set_write_timeout(Some(reg.handshake_timeout)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = ClientConnection::new(config, sni).map_err(|e| e.to_string())?;
+    while tls.is_handshaking() {
+        tls.complete_io(&mut net)
+            .map_err(|e| format!("upstream {}: TLS handshake: {e}", up.name))?;
+    }
+    net.set_read_timeout(None)
+        .and_then(|()| net.set_write_timeout(None))
+        .map_err(|e| e.to_string())?;
+    let mut tls = Connection::Client(tls);
+    Pump::new(&mut tls, &mut net, &mut app)
+        .run()
+        .map_err(|e| e.to_string())
+}
+
+/// The admin address: `GET /ready` (`200 LIVE` when ready, else `503`, as Envoy's admin
+/// answers) and `GET /status`.
+pub(super) fn admin(proxy: &Proxy, listener: &TcpListener) {
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let mut request = [0u8; 1024];
+        let mut len = 0;
+        while len < request.len() {
+            match stream.read(&mut request[len..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => len += n,
+            }
+            if request[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&request[..len]);
+        let path = text.split_whitespace().nth(1).unwrap_or("");
+        let (status, body) = match path {
+            "/ready" if proxy.ready() => ("200 OK", "LIVE\n".to_string()),
+            "/ready" => ("503 Service Unavailable", "PRE_INITIALIZING\n".to_string()),
+            "/status" => ("200 OK", proxy.status()),
+            _ => ("404 Not Found", "not found\n".to_string()),
+        };
+        let answer = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(answer.as_bytes());
+    }
+}
