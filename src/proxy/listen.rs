@@ -108,8 +108,11 @@ fn serve(proxy: &Arc<Proxy>, addr: SocketAddr) {
                     Role::Public(reg) => inbound(&proxy, &reg, stream),
                     Role::Upstream(reg, up) => outbound(&proxy, &reg, &up, stream),
                 };
-                if let Err(e) = done {
-                    info!("connection from {peer} to {addr}: {e}");
+                match done {
+                    Ok(()) => {}
+                    // A connect-and-close (Consul's TCP check of the public port).
+                    Err(Failure::Quiet(e)) => debug!("connection from {peer} to {addr}: {e}"),
+                    Err(Failure::Said(e)) => info!("connection from {peer} to {addr}: {e}"),
                 }
             });
         if let Err(e) = spawned {
@@ -118,9 +121,51 @@ fn serve(proxy: &Arc<Proxy>, addr: SocketAddr) {
     }
 }
 
+/// Why a connection ended early: worth a log line, or not (a peer that left before its
+/// handshake, an app that reset).
+enum Failure {
+    Said(String),
+    Quiet(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Failure {
+        Failure::Said(e)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(e: &str) -> Failure {
+        Failure::Said(e.to_string())
+    }
+}
+
+/// The handshake over `net`, blocking: a peer that closes before sending anything is quiet.
+fn handshake(
+    tls: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl rustls::SideData>>,
+    net: &mut TcpStream,
+    what: &str,
+) -> Result<(), Failure> {
+    while tls.is_handshaking() {
+        match tls.complete_io(net) {
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::UnexpectedEof
+                    && tls.peer_certificates().is_none() =>
+            {
+                return Err(Failure::Quiet(format!(
+                    "{what}: closed before the handshake"
+                )));
+            }
+            Err(e) => return Err(Failure::Said(format!("{what}: TLS handshake: {e}"))),
+        }
+    }
+    Ok(())
+}
+
 /// A caller through the mesh: its certificate must chain to the roots, and intentions
 /// must let its service reach ours; then its bytes go to the app.
-fn inbound(proxy: &Proxy, reg: &Registration, mut net: TcpStream) -> Result<(), String> {
+fn inbound(proxy: &Proxy, reg: &Registration, mut net: TcpStream) -> Result<(), Failure> {
     let config = proxy
         .state()
         .server
@@ -130,14 +175,15 @@ fn inbound(proxy: &Proxy, reg: &Registration, mut net: TcpStream) -> Result<(), 
         .and_then(|()| net.set_write_timeout(Some(reg.handshake_timeout)))
         .map_err(|e| e.to_string())?;
     let mut tls = ServerConnection::new(config).map_err(|e| e.to_string())?;
-    while tls.is_handshaking() {
-        tls.complete_io(&mut net)
-            .map_err(|e| format!("TLS handshake: {e}"))?;
-    }
+    handshake(&mut tls, &mut net, "caller")?;
     let (uri, serial) =
         tls::caller(tls.peer_certificates()).ok_or("the caller's certificate has no SPIFFE ID")?;
     if !authorized(proxy, &reg.service, &uri, &serial) {
-        return Err(format!("{uri} may not connect to {}", reg.service));
+        // `authorized` said why.
+        return Err(Failure::Quiet(format!(
+            "{uri} may not connect to {}",
+            reg.service
+        )));
     }
     let mut app = TcpStream::connect_timeout(&reg.local, reg.local_connect_timeout)
         .map_err(|e| format!("the app at {}: {e}", reg.local))?;
@@ -147,7 +193,7 @@ fn inbound(proxy: &Proxy, reg: &Registration, mut net: TcpStream) -> Result<(), 
     let mut tls = Connection::Server(tls);
     Pump::new(&mut tls, &mut net, &mut app)
         .run()
-        .map_err(|e| e.to_string())
+        .map_err(|e| Failure::Quiet(e.to_string()))
 }
 
 /// Whether `uri` may connect to `target`: the cached answer while the intentions stay,
@@ -195,7 +241,7 @@ fn outbound(
     reg: &Registration,
     up: &Upstream,
     mut app: TcpStream,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let key = upstream_key(up);
     let (config, sni, candidates) = {
         let mut s = proxy.state();
@@ -214,10 +260,10 @@ fn outbound(
         let sni = tls::sni(&up.name, &datacenter, &trust_domain)
             .ok_or_else(|| format!("no SNI name for {}", up.name))?;
         let Some((list, next)) = s.instances.get_mut(&key) else {
-            return Err(format!("no healthy instance of {}", up.name));
+            return Err(format!("no healthy instance of {}", up.name).into());
         };
         if list.is_empty() {
-            return Err(format!("no healthy instance of {}", up.name));
+            return Err(format!("no healthy instance of {}", up.name).into());
         }
         let start = *next % list.len();
         *next = next.wrapping_add(1);
@@ -246,17 +292,14 @@ fn outbound(
         .and_then(|()| net.set_write_timeout(Some(reg.handshake_timeout)))
         .map_err(|e| e.to_string())?;
     let mut tls = ClientConnection::new(config, sni).map_err(|e| e.to_string())?;
-    while tls.is_handshaking() {
-        tls.complete_io(&mut net)
-            .map_err(|e| format!("upstream {}: TLS handshake: {e}", up.name))?;
-    }
+    handshake(&mut tls, &mut net, &format!("upstream {}", up.name))?;
     net.set_read_timeout(None)
         .and_then(|()| net.set_write_timeout(None))
         .map_err(|e| e.to_string())?;
     let mut tls = Connection::Client(tls);
     Pump::new(&mut tls, &mut net, &mut app)
         .run()
-        .map_err(|e| e.to_string())
+        .map_err(|e| Failure::Quiet(e.to_string()))
 }
 
 /// The admin address: `GET /ready` (`200 LIVE` when ready, else `503`, as Envoy's admin

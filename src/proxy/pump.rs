@@ -19,6 +19,11 @@ const CHUNK: usize = 16 * 1024;
 /// timeout for TCP proxies is one hour).
 pub const IDLE: Duration = Duration::from_secs(3600);
 
+/// Errors that mean the other end has closed the connection entirely.
+fn is_gone(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset)
+}
+
 /// What one pass of the loop saw.
 #[derive(Default)]
 struct Flow {
@@ -72,7 +77,12 @@ impl<'a> Pump<'a> {
             self.read_peer(&mut flow)?;
             self.write_app(&mut flow)?;
             self.read_app(&mut buf, &mut flow)?;
-            self.write_peer(&mut flow)?;
+            match self.write_peer(&mut flow) {
+                // The peer ended its stream and went away before our close_notify reached
+                // it: the exchange is over.
+                Err(e) if self.peer_done && is_gone(&e) => return Ok(()),
+                other => other?,
+            }
             if self.app_told && self.peer_told && !self.tls.wants_write() {
                 return Ok(());
             }

@@ -99,16 +99,22 @@ pub struct Mesh {
 impl Mesh {
     /// With the stub Envoy. `None` when the test must be skipped (not root, outside CI).
     pub fn new(name: &str) -> Option<Mesh> {
-        Self::with(name, None)
+        Self::with(name, None, &[])
     }
 
     /// With real Envoy and the double's xDS server. `None` when the test must be skipped.
     pub fn with_real_envoy(name: &str) -> Option<Mesh> {
         let real = super::real_envoy(name)?;
-        Self::with(name, Some(real))
+        Self::with(name, Some(real), &[])
     }
 
-    fn with(name: &str, real: Option<RealEnvoy>) -> Option<Mesh> {
+    /// With real Envoy, and the built-in proxy as the sidecar of the services named.
+    pub fn with_builtin(name: &str, builtin: &[&str]) -> Option<Mesh> {
+        let real = super::real_envoy(name)?;
+        Self::with(name, Some(real), builtin)
+    }
+
+    fn with(name: &str, real: Option<RealEnvoy>, builtin: &[&str]) -> Option<Mesh> {
         if !super::private_network(name) {
             return None;
         }
@@ -159,6 +165,7 @@ impl Mesh {
                 dir.display()
             ),
         );
+        let config = builtin.iter().fold(config, |c, s| use_builtin(&c, s));
         let file = dir.join("outpost.toml");
         std::fs::write(&file, config).unwrap();
         Some(Mesh {
@@ -266,6 +273,23 @@ impl Mesh {
         assert!(down.status.success(), "teardown failed\n{}", self.log());
         assert!(self.double.service_ids().is_empty());
     }
+}
+
+/// countdash's `config` with the built-in proxy as `service`'s sidecar: a `sidecar_task`
+/// table for the service, placed before its group's first task.
+fn use_builtin(config: &str, service: &str) -> String {
+    let at = config
+        .find(&format!("name = \"{service}\""))
+        .unwrap_or_else(|| panic!("no service {service} in countdash"));
+    let task = at
+        + config[at..]
+            .find("[[group.task]]")
+            .expect("a task after the service");
+    format!(
+        "{}[group.service.connect.sidecar_task]\ndriver = \"builtin\"\n\n{}",
+        &config[..task],
+        &config[task..]
+    )
 }
 
 impl Drop for Mesh {

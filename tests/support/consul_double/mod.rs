@@ -297,8 +297,24 @@ impl ConsulDouble {
 
     /// Writes a config entry as `PUT /v1/config` would (validated the same way).
     pub fn put_config_entry(&self, entry: &str) -> (u16, String) {
-        let (status, body, _) = put_config(&mut self.lock(), entry);
+        let mut s = self.lock();
+        let (status, body, _) = put_config(&mut s, entry);
+        // As a write through the API moves the agent's index.
+        s.index += u64::from(status == 200);
         (status, body)
+    }
+
+    /// Deletes a config entry as `DELETE /v1/config/<kind>/<name>` would; whether it was
+    /// there.
+    pub fn delete_config_entry(&self, kind: &str, name: &str) -> bool {
+        let mut s = self.lock();
+        let removed = s
+            .config_entries
+            .remove(&(kind.to_string(), name.to_string()))
+            .is_some();
+        s.config_index += 1;
+        s.index += 1;
+        removed
     }
 
     pub fn config_entry(&self, kind: &str, name: &str) -> Option<Object> {
