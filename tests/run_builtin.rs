@@ -95,3 +95,151 @@ fn builtin_dashboard_reaches_the_api_through_envoy() {
 fn envoy_dashboard_reaches_the_api_through_builtin() {
     flows_and_follows_intentions("envoy-to-builtin", &["count-api"]);
 }
+
+/// Both sidecars built-in, with a client asking host:9002 without pause: both leaves are
+/// rotated (new connections take the new one), then the agent is stopped and started, and
+/// killed and started; no request fails. Then the API is issued a leaf naming another
+/// service, and the dashboard's proxy refuses it as the API.
+#[test]
+fn rotation_and_agent_restarts_under_traffic_lose_no_request() {
+    let Some(mesh) = Mesh::with_builtin("builtin-both", &["count-api", "count-dashboard"]) else {
+        return;
+    };
+    let agent = mesh.start_agent();
+    let all = mesh.wait(60, all_running);
+    assert!(all_running(&all), "{all:?}\n{}", mesh.log());
+    get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+
+    let load = Load::start("127.0.0.1:9002");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let api_serial = mesh.double.rotate_leaf("count-api");
+    let dashboard_serial = mesh.double.rotate_leaf("count-dashboard");
+    // Each proxy loads its new leaf, and traffic goes on meanwhile.
+    let loaded = retry(10, || {
+        let api = proxy_log(&mesh, "api", "connect-proxy-count-api");
+        let dash = proxy_log(&mesh, "dashboard", "connect-proxy-count-dashboard");
+        let both = api.contains(&format!("(serial {api_serial})"))
+            && dash.contains(&format!("(serial {dashboard_serial})"));
+        if both {
+            Ok(())
+        } else {
+            Err(format!("{api}\n{dash}"))
+        }
+    });
+    assert!(loaded.is_ok(), "{loaded:?}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (ok, failures) = load.stop();
+    assert!(
+        ok > 20 && failures.is_empty(),
+        "{ok} answered, failed: {failures:?}\n{}",
+        mesh.log()
+    );
+
+    let restarts = mesh.restart_agent_twice_under_load(agent);
+    assert!(
+        restarts.ok > 20 && restarts.failures.is_empty(),
+        "{} answered, failed: {:?}\n{}",
+        restarts.ok,
+        restarts.failures,
+        mesh.log()
+    );
+    // The proxies ran on through both restarts: the same processes.
+    assert_eq!(task_pids(&restarts.before), task_pids(&restarts.after_kill));
+    let mut agent = restarts.agent;
+
+    // A server that is not the API is refused by the dashboard's proxy.
+    mesh.double.rotate_leaf_as("count-api", "count-impostor");
+    let refused = retry(10, || match get("127.0.0.1:9002") {
+        Ok(body) if body.contains("\"count\"") => Err(format!("still answered: {body}")),
+        other => Ok(other),
+    });
+    assert!(refused.is_ok(), "{refused:?}");
+    let dash = proxy_log(&mesh, "dashboard", "connect-proxy-count-dashboard");
+    assert!(
+        dash.contains("the server's certificate is not for service count-api in dc1"),
+        "{dash}"
+    );
+    mesh.teardown();
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+/// A client of the API's public port (its host port) presenting `cert`: whether the
+/// proxy let it through to the API (an HTTP answer came back).
+fn answered_with(mesh: &Mesh, cert: &str, key: &str) -> Result<String, String> {
+    use outpost::proxy::{tls, x509::ServiceId};
+    use std::io::{Read, Write};
+    let (root, trust_domain) = mesh.double.ca_root();
+    let leaf = tls::Leaf::from_pem(cert, key)?;
+    let roots = tls::roots(&[root])?;
+    let expected = ServiceId {
+        trust_domain: trust_domain.clone(),
+        namespace: "default".into(),
+        datacenter: "dc1".into(),
+        service: "count-api".into(),
+    };
+    let config = tls::client(&leaf, &roots, expected)?;
+    let sni = tls::sni("count-api", "dc1", &trust_domain).ok_or("sni")?;
+    let mut tcp = std::net::TcpStream::connect((UPLINK, 20000)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut conn = rustls::ClientConnection::new(config, sni).map_err(|e| e.to_string())?;
+    let mut stream = rustls::Stream::new(&mut conn, &mut tcp);
+    stream
+        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut reply = String::new();
+    stream
+        .read_to_string(&mut reply)
+        .map_err(|e| format!("read: {e}"))?;
+    if reply.starts_with("HTTP/1.0 200") {
+        Ok(reply)
+    } else {
+        Err(format!("answer: {reply:?}"))
+    }
+}
+
+/// A leaf with the dashboard's SPIFFE ID, from a CA Consul does not have.
+fn foreign_leaf(trust_domain: &str) -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let mut params = CertificateParams::default();
+    let uri = format!("spiffe://{trust_domain}/ns/default/dc/dc1/svc/count-dashboard");
+    params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn the_public_listener_refuses_foreign_and_expired_certificates() {
+    let Some(mesh) = Mesh::with_builtin("builtin-certs", &["count-api"]) else {
+        return;
+    };
+    let mut agent = mesh.start_agent();
+    let all = mesh.wait(60, all_running);
+    assert!(all_running(&all), "{all:?}\n{}", mesh.log());
+    // A current leaf of Consul's CA gets through: the refusals below are the certificates'.
+    let (cert, key) = mesh.double.issue_leaf("count-dashboard", false);
+    let ok = retry(20, || answered_with(&mesh, &cert, &key));
+    assert!(ok.is_ok(), "{ok:?}\n{}", mesh.log());
+
+    let (_, trust_domain) = mesh.double.ca_root();
+    let (cert, key) = foreign_leaf(&trust_domain);
+    let foreign = answered_with(&mesh, &cert, &key);
+    assert!(foreign.is_err(), "{foreign:?}");
+    let (cert, key) = mesh.double.issue_leaf("count-dashboard", true);
+    let expired = answered_with(&mesh, &cert, &key);
+    assert!(expired.is_err(), "{expired:?}");
+    let log = proxy_log(&mesh, "api", "connect-proxy-count-api");
+    assert!(
+        log.contains("invalid peer certificate: UnknownIssuer")
+            && log.contains("invalid peer certificate: certificate expired"),
+        "{log}"
+    );
+    mesh.teardown();
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

@@ -105,7 +105,13 @@ impl Ca {
     /// A new leaf for `service` (what the agent does before the old one expires, or after a
     /// CA rotation); watchers of the leaf see a new index.
     pub(super) fn rotate(&mut self, service: &str) -> (Leaf, u64) {
-        let leaf = self.issue(service, None);
+        self.rotate_as(service, service)
+    }
+
+    /// A new leaf for `service` naming `identity` in its SPIFFE ID (a fault: what a
+    /// misissued or stolen certificate would present).
+    pub(super) fn rotate_as(&mut self, service: &str, identity: &str) -> (Leaf, u64) {
+        let leaf = self.issue(identity, None);
         self.leaf_index += 1;
         let entry = (leaf, self.leaf_index);
         self.leaves.insert(service.to_string(), entry.clone());

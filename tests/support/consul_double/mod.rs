@@ -343,6 +343,15 @@ impl ConsulDouble {
         s.ca.get_or_insert_with(Ca::new).rotate(service).0.serial
     }
 
+    /// Gives `service` a new leaf whose SPIFFE ID names `identity` instead (a fault).
+    pub fn rotate_leaf_as(&self, service: &str, identity: &str) -> String {
+        let mut s = self.lock();
+        s.ca.get_or_insert_with(Ca::new)
+            .rotate_as(service, identity)
+            .0
+            .serial
+    }
+
     /// The serial of the leaf the agent now gives `service`.
     pub fn leaf_serial(&self, service: &str) -> String {
         let mut s = self.lock();
