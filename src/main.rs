@@ -412,6 +412,12 @@ fn status(cmd: &StatusCmd) -> Result<(), Error> {
                 "  {:<28} {:<18} {}{pid} restarts {}{err}",
                 t.name, t.lifecycle, t.state, t.restarts
             );
+            if let (Some(admin), Some(ns), Some(_)) = (&t.admin, &g.netns, t.pid) {
+                match agent::run::proxy_status(ns, admin) {
+                    Ok(text) => text.lines().for_each(|l| println!("    proxy: {l}")),
+                    Err(e) => println!("    proxy: {e}"),
+                }
+            }
             if cmd.group.is_some() {
                 for event in t.events.iter().flatten() {
                     println!("    {event}");

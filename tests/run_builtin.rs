@@ -243,3 +243,60 @@ fn the_public_listener_refuses_foreign_and_expired_certificates() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// `outpost status`'s lines for the built-in proxy's task.
+fn status_lines(mesh: &Mesh) -> String {
+    // In the mesh's mount namespace, where its network namespaces are.
+    let out = mesh.outpost(&["status"]).output().expect("outpost status");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("proxy: "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// With the local agent down, the built-in proxy serves callers it knows with the leaf,
+/// roots and answers it has, and `status` says so; when the agent is back, it says that.
+#[test]
+fn with_consul_down_the_proxy_serves_with_what_it_has() {
+    let Some(mesh) = Mesh::with_builtin("builtin-consul-down", &["count-api"]) else {
+        return;
+    };
+    let mut agent = mesh.start_agent();
+    let all = mesh.wait(60, all_running);
+    assert!(all_running(&all), "{all:?}\n{}", mesh.log());
+    get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+    let status = status_lines(&mesh);
+    assert!(
+        status.contains("proxy: ready") && status.contains("proxy: consul: reachable"),
+        "{status}"
+    );
+
+    mesh.double.set_down(true);
+    let said = retry(20, || {
+        let status = status_lines(&mesh);
+        if status.contains("consul: unreachable") {
+            Ok(status)
+        } else {
+            Err(status)
+        }
+    });
+    assert!(said.is_ok(), "{said:?}");
+    for _ in 0..20 {
+        let body = get("127.0.0.1:9002").unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+        assert!(body.contains("\"count\""), "{body}");
+    }
+    mesh.double.set_down(false);
+    let back = retry(30, || {
+        let status = status_lines(&mesh);
+        if status.contains("consul: reachable") {
+            Ok(status)
+        } else {
+            Err(status)
+        }
+    });
+    assert!(back.is_ok(), "{back:?}");
+    mesh.teardown();
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

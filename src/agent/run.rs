@@ -571,6 +571,7 @@ impl Agent {
                             .map(|p| format!("{} {} -> {}", p.label, p.host_port, p.netns_port))
                             .collect()
                     }),
+                    netns: r.netns.clone(),
                     tasks: r
                         .tasks
                         .iter()
@@ -591,6 +592,12 @@ impl Agent {
                             restarts: t.restarts,
                             last_error: t.last_error.clone(),
                             events: Some(t.events.iter().cloned().collect()),
+                            admin: planned
+                                .into_iter()
+                                .flat_map(|g| &g.services)
+                                .filter_map(|s| s.proxy.as_ref())
+                                .find(|p| !p.is_envoy() && p.task == t.plan_name)
+                                .map(|p| p.envoy_admin.clone()),
                         })
                         .collect(),
                 }

@@ -57,6 +57,8 @@ pub struct GroupStatus {
     pub address_ipv6: Option<String>,
     /// Its port mappings, `label host -> namespace`.
     pub ports: Option<Vec<String>>,
+    /// Its network namespace (absent from older agents, and for host-mode groups).
+    pub netns: Option<String>,
     pub tasks: Vec<TaskStatus>,
 }
 
@@ -70,6 +72,30 @@ pub struct TaskStatus {
     pub last_error: Option<String>,
     /// The task's last events, newest last (absent from older agents).
     pub events: Option<Vec<String>>,
+    /// For a built-in proxy: its admin address in the namespace, where `GET /status` says
+    /// what it serves with (`proxy_status`).
+    pub admin: Option<String>,
+}
+
+/// A built-in proxy's own account (`GET /status` on its admin address, asked inside the
+/// group's namespace): ready or not, whether Consul answers, its leaf and upstreams.
+pub fn proxy_status(netns: &str, admin: &str) -> Result<String, Error> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = admin
+        .parse()
+        .map_err(|_| Error::permanent(format!("bad admin address {admin}")))?;
+    let text = crate::net::netns::run_in(netns, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /status HTTP/1.0\r\n\r\n")?;
+        let mut text = String::new();
+        s.take(16 * 1024).read_to_string(&mut text)?;
+        Ok(text)
+    })
+    .with_context(|| format!("asking the proxy at {admin} in {netns}"))?;
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_string()))
 }
 
 /// `outpost status`: asks the running agent.

@@ -69,6 +69,8 @@ fn watch(
     wanted: fn(&Proxy, &str) -> bool,
 ) {
     let mut seen: Option<String> = None;
+    // What was last applied: an answer equal to it changes nothing.
+    let mut applied = String::new();
     let mut backoff = BACKOFF_MIN;
     let mut last_error = String::new();
     while wanted(proxy, what) {
@@ -83,9 +85,14 @@ fn watch(
                 if value.is_some() && value == seen {
                     continue;
                 }
-                if let Err(e) = apply(proxy, what, &body) {
-                    warn!("{what}: {e}; keeping what was there");
-                    std::thread::sleep(BACKOFF_MAX);
+                if body != applied {
+                    match apply(proxy, what, &body) {
+                        Ok(()) => applied = body,
+                        Err(e) => {
+                            warn!("{what}: {e}; keeping what was there");
+                            std::thread::sleep(BACKOFF_MAX);
+                        }
+                    }
                 }
                 // An answer without an index does not block: do not ask in a loop.
                 if value.is_none() {
@@ -103,6 +110,8 @@ fn watch(
                     proxy.state().unreachable = Some(why);
                 }
                 on_refused(proxy, what, &e);
+                // The next try does not block, so a Consul that is back is known at once.
+                seen = None;
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }

@@ -86,6 +86,9 @@ struct State {
     index: u64,
     /// The Connect CA, made on first use (`/v1/agent/connect/ca/...`).
     ca: Option<Ca>,
+    /// Down: every connection is closed without an answer, held blocking queries too (an
+    /// agent that died or restarts).
+    down: bool,
 }
 
 /// What `/v1/agent/self` reports about addresses and gRPC.
@@ -343,6 +346,12 @@ impl ConsulDouble {
         s.ca.get_or_insert_with(Ca::new).rotate(service).0.serial
     }
 
+    /// Takes the agent down (connections closed unanswered) or brings it back, keeping
+    /// its state.
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
     /// Gives `service` a new leaf whose SPIFFE ID names `identity` instead (a fault).
     pub fn rotate_leaf_as(&self, service: &str, identity: &str) -> String {
         let mut s = self.lock();
@@ -400,7 +409,9 @@ impl ConsulDouble {
             if !latency.is_zero() {
                 std::thread::sleep(latency);
             }
-            self.block(&request);
+            if !self.block(&request) || self.lock().down {
+                return;
+            }
             let (status, body, extra) = self.handle(&request);
             let index = {
                 let mut s = self.lock();
@@ -448,14 +459,15 @@ impl ConsulDouble {
 
     /// A blocking query (`?index=N` or `?hash=H`, with `wait`): held until what it reads
     /// changes or the wait is over, as the agent does (reference/consul-api.md §4.2).
-    fn block(&self, r: &Request) {
+    /// False when the double went down meanwhile.
+    fn block(&self, r: &Request) -> bool {
         if r.method != "GET" {
-            return;
+            return true;
         }
         let seen_index = r.query_value("index");
         let seen_hash = r.query_value("hash");
         if seen_index.is_none() && seen_hash.is_none() {
-            return;
+            return true;
         }
         let wait = r
             .query_value("wait")
@@ -465,6 +477,9 @@ impl ConsulDouble {
         while Instant::now() < deadline {
             let unchanged = {
                 let s = self.lock();
+                if s.down {
+                    return false;
+                }
                 match (&seen_index, &seen_hash) {
                     (Some(seen), _) => index_of(&s, &r.path).to_string() == *seen,
                     (None, Some(seen)) => {
@@ -477,10 +492,11 @@ impl ConsulDouble {
                 }
             };
             if !unchanged {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        true
     }
 
     fn handle(&self, r: &Request) -> (u16, String, Vec<(String, String)>) {
