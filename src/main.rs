@@ -288,6 +288,9 @@ fn validate(cmd: &ValidateCmd) -> Result<(), Error> {
     let groups = valid.config.groups.len();
     let plural = if groups == 1 { "" } else { "s" };
     println!("{}: valid ({groups} group{plural})", path.display());
+    if let Some(warning) = outpost::config::envoy_warning(&valid.config) {
+        eprintln!("{}: warning: {warning}", path.display());
+    }
     Ok(())
 }
 

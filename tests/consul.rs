@@ -803,14 +803,20 @@ args = ["1000"]
 #[test]
 fn a_second_sync_writes_nothing_for_every_example_and_a_portless_service() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut configs: Vec<(String, ValidConfig)> = ["countdash", "gateways", "quickstart", "tproxy"]
-        .iter()
-        .map(|name| {
-            let path = root.join(format!("examples/{name}.toml"));
-            let valid = outpost::load_config(&path).expect("example is valid");
-            (name.to_string(), valid)
-        })
-        .collect();
+    let mut configs: Vec<(String, ValidConfig)> = [
+        "countdash",
+        "gateways",
+        "quickstart",
+        "tproxy",
+        "builtin-proxy",
+    ]
+    .iter()
+    .map(|name| {
+        let path = root.join(format!("examples/{name}.toml"));
+        let valid = outpost::load_config(&path).expect("example is valid");
+        (name.to_string(), valid)
+    })
+    .collect();
     let portless = outpost::parse_config(PORTLESS, "portless.toml").expect("valid");
     configs.push(("portless".into(), portless));
     for (name, valid) in configs {

@@ -35,11 +35,15 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-const EXAMPLES: [(&str, &str); 4] = [
+const EXAMPLES: [(&str, &str); 5] = [
     ("quickstart", include_str!("../examples/quickstart.toml")),
     ("countdash", include_str!("../examples/countdash.toml")),
     ("gateways", include_str!("../examples/gateways.toml")),
     ("tproxy", include_str!("../examples/tproxy.toml")),
+    (
+        "builtin-proxy",
+        include_str!("../examples/builtin-proxy.toml"),
+    ),
 ];
 
 /// Values a hostile or careless file may hold where any value stands.

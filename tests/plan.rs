@@ -317,7 +317,7 @@ fn plan_command_text_shows_injected_tasks_and_upstream_env() {
         "+ Task \"connect-proxy-count-api\" (injected connect-proxy:count-api, prestart sidecar)",
         "+ Task \"connect-proxy-count-dashboard\" (injected connect-proxy:count-dashboard, prestart sidecar)",
         "-l info --concurrency 1 --disable-hot-restart",
-        "envoy admin 127.0.0.2:19000",
+        "envoy (exec) admin 127.0.0.2:19000",
         "env    NOMAD_UPSTREAM_ADDR_count_api=127.0.0.1:8080",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
@@ -440,4 +440,41 @@ mode = "delay"
     assert_eq!(restart("inherits"), (5, three, "fail"));
     // Nomad merges: the task's mode, the group's attempts and delay.
     assert_eq!(restart("own"), (5, three, "delay"));
+}
+
+/// The built-in proxy registers the same sidecars as Envoy (the mesh, the UI and intentions
+/// see no difference), and runs this binary as `proxy`, with what a Connect native task
+/// gets to reach Consul, and without Envoy's variables.
+#[test]
+fn builtin_proxy_sidecars_register_as_envoys_do() {
+    let envoy = plan_for("examples/countdash.toml", &NodeState::default());
+    let builtin = plan_for("examples/builtin-proxy.toml", &NodeState::default());
+    let services = |p: &plan::Plan| -> Vec<(String, String)> {
+        p.groups
+            .iter()
+            .flat_map(|g| &g.services)
+            .map(|s| (s.id.clone(), miniserde::json::to_string(&s.registration)))
+            .collect()
+    };
+    assert_eq!(services(&envoy), services(&builtin));
+    for group in &builtin.groups {
+        let proxy = group.services[0].proxy.as_ref().expect("a sidecar");
+        assert!(!proxy.is_envoy());
+        let task = group.tasks.iter().find(|t| t.name == proxy.task).unwrap();
+        assert_eq!(
+            task.argv,
+            [
+                "/proc/self/exe",
+                "proxy",
+                "--proxy-id",
+                &proxy.id,
+                "--admin",
+                &proxy.envoy_admin
+            ]
+        );
+        assert_eq!(task.driver, "exec");
+        assert!(task.env["CONSUL_HTTP_ADDR"].ends_with("/alloc/consul/consul_http.sock"));
+        assert!(task.env["CONSUL_HTTP_TOKEN_FILE"].ends_with("/secrets/consul_token"));
+        assert!(!task.env.keys().any(|k| k.starts_with("NOMAD_ENVOY_")));
+    }
 }

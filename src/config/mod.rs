@@ -157,3 +157,39 @@ pub fn run_dir_hint(path: &std::path::Path) -> String {
     }
     Agent::default().run_dir
 }
+
+/// Whether Envoy has a build for the machine this outpost was built for: not for 32-bit
+/// ARM (envoyproxy/envoy#1861), where sidecars need the built-in proxy.
+pub const ENVOY_BUILDS_HERE: bool = !cfg!(target_arch = "arm");
+
+/// The services whose proxy is Envoy (sidecars not on `builtin`, and gateways), for the
+/// warning on machines Envoy does not build for.
+pub fn envoy_services(config: &Config) -> Vec<&str> {
+    let mut names = Vec::new();
+    for service in config.groups.iter().flat_map(|g| &g.services) {
+        let Some(connect) = &service.connect else {
+            continue;
+        };
+        let driver = connect
+            .sidecar_task
+            .as_ref()
+            .and_then(|t| t.driver)
+            .unwrap_or(config.connect.sidecar_driver);
+        let sidecar = connect.sidecar_service.is_some() && driver != SidecarDriver::Builtin;
+        if sidecar || connect.gateway.is_some() {
+            names.push(service.name.as_str());
+        }
+    }
+    names
+}
+
+/// The warning for a config that runs Envoy where Envoy has no build; none elsewhere.
+pub fn envoy_warning(config: &Config) -> Option<String> {
+    let envoys = envoy_services(config);
+    (!ENVOY_BUILDS_HERE && !envoys.is_empty()).then(|| {
+        format!(
+            "Envoy has no build for 32-bit ARM, and {} would run it: set connect.sidecar_driver = \"builtin\" (gateways need a 64-bit machine)",
+            envoys.join(", ")
+        )
+    })
+}
