@@ -49,6 +49,9 @@ fn flows_and_follows_intentions(name: &str, builtin: &[&str]) {
     let mut agent = mesh.start_agent();
     let all = mesh.wait(60, all_running);
     assert!(all_running(&all), "{all:?}\n{}", mesh.log());
+    // The agent's `/ready` probe got LIVE from the built-in proxy as from Envoy.
+    let log = mesh.log();
+    assert!(!log.contains("sidecars not ready"), "{log}");
     let body = get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
     assert!(body.starts_with("dashboard: {\"count\": 1,"), "{body}");
     // It is the built-in proxy that carried it: its leaf and listeners, in its own log.
