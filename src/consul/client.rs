@@ -296,6 +296,13 @@ const IO_BUFFER: usize = 16 * 1024;
 
 impl Client {
     pub fn new(cfg: &Consul) -> Result<Client, Error> {
+        Self::with_buffers(cfg, IO_BUFFER)
+    }
+
+    /// With `buffer` bytes per connection each way: the built-in proxy holds one connection
+    /// per watch for its whole life, and reads small answers (its headers are well under
+    /// 4 KiB; bodies stream through).
+    pub fn with_buffers(cfg: &Consul, buffer: usize) -> Result<Client, Error> {
         let (base, unix_socket) = match cfg.address.split_once("://") {
             Some(("http" | "https", _)) => (cfg.address.trim_end_matches('/').to_string(), None),
             Some(("unix", path)) => (
@@ -316,9 +323,9 @@ impl Client {
             // ureq's defaults (128 KiB each way per connection) are sized for the internet;
             // the local agent's headers are small and bodies stream through the buffers.
             // Four bootstraps at once cost 1 MiB of RSS with the defaults.
-            .input_buffer_size(IO_BUFFER)
-            .output_buffer_size(IO_BUFFER)
-            .max_response_header_size(IO_BUFFER);
+            .input_buffer_size(buffer)
+            .output_buffer_size(buffer)
+            .max_response_header_size(buffer);
         #[cfg(feature = "tls")]
         let builder = builder.tls_config(tls::config(cfg)?);
         #[cfg(not(feature = "tls"))]

@@ -53,6 +53,9 @@ pub struct ProxyCmd {
     pub admin: SocketAddr,
 }
 
+/// Bytes per Consul connection each way (one connection per watch, held open).
+const CONSUL_BUFFER: usize = 4096;
+
 /// Callers whose answer is kept at most (the cache is emptied when full).
 const CALLERS_KEPT: usize = 256;
 
@@ -210,7 +213,7 @@ fn consul_from_env() -> Result<crate::config::Consul, Error> {
 /// Runs the proxy until it is killed.
 pub fn run(cmd: &ProxyCmd) -> Result<(), Error> {
     let consul = consul_from_env()?;
-    let client = Client::new(&consul).context("the Consul client")?;
+    let client = Client::with_buffers(&consul, CONSUL_BUFFER).context("the Consul client")?;
     let admin = std::net::TcpListener::bind(cmd.admin)
         .with_context(|| format!("cannot listen on the admin address {}", cmd.admin))?;
     let proxy = Arc::new(Proxy {
