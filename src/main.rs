@@ -166,40 +166,39 @@ struct TeardownCmd {
 #[argh(subcommand, name = "version")]
 struct VersionCmd {}
 
-fn main() -> ExitCode {
-    // `relay` is started by the agent, not by people: parsed here, kept out of the help.
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("relay") {
-        let rest: Vec<&str> = args[2..].iter().map(String::as_str).collect();
-        return match outpost::relay::RelayCmd::from_args(&["outpost", "relay"], &rest) {
-            Ok(cmd) => finish(relay(&cmd)),
-            Err(early) if early.status.is_ok() => {
-                println!("{}", early.output);
-                ExitCode::SUCCESS
-            }
-            Err(early) => {
-                eprintln!("{}", early.output);
-                ExitCode::FAILURE
-            }
-        };
+/// A command the agent starts, not people (`relay`, `proxy`): parsed apart from the CLI and
+/// kept out of its help (each still answers `--help`).
+fn internal<C: FromArgs>(
+    args: &[String],
+    name: &str,
+    run: impl FnOnce(&C) -> Result<(), Error>,
+) -> ExitCode {
+    let rest: Vec<&str> = args[2..].iter().map(String::as_str).collect();
+    match C::from_args(&["outpost", name], &rest) {
+        Ok(cmd) => finish(run(&cmd)),
+        Err(early) if early.status.is_ok() => {
+            println!("{}", early.output);
+            ExitCode::SUCCESS
+        }
+        Err(early) => {
+            eprintln!("{}", early.output);
+            ExitCode::FAILURE
+        }
     }
-    #[cfg(feature = "proxy")]
-    if args.get(1).map(String::as_str) == Some("proxy") {
-        let rest: Vec<&str> = args[2..].iter().map(String::as_str).collect();
-        return match outpost::proxy::ProxyCmd::from_args(&["outpost", "proxy"], &rest) {
-            Ok(cmd) => {
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("relay") => return internal(&args, "relay", relay),
+        #[cfg(feature = "proxy")]
+        Some("proxy") => {
+            return internal(&args, "proxy", |cmd| {
                 start_logging(log::LevelFilter::Info);
-                finish(outpost::proxy::run(&cmd))
-            }
-            Err(early) if early.status.is_ok() => {
-                println!("{}", early.output);
-                ExitCode::SUCCESS
-            }
-            Err(early) => {
-                eprintln!("{}", early.output);
-                ExitCode::FAILURE
-            }
-        };
+                outpost::proxy::run(cmd)
+            });
+        }
+        _ => {}
     }
     let cli: Cli = argh::from_env();
     let command = match (cli.version, cli.command) {
