@@ -9,11 +9,16 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Each connection's thread: the handshake and the copy loop need far less than the
 /// default 2 MiB (it is address space, not memory, either way).
 const CONNECTION_STACK: usize = 256 * 1024;
+
+/// Connections served at once by one proxy (each is a thread and two sockets); more are
+/// closed as they come, so a flood of callers cannot exhaust the device.
+const MAX_CONNECTIONS: usize = 1024;
 
 /// Starts a listener for every address the registration has and none is serving, and
 /// closes the ones it no longer has.
@@ -86,9 +91,12 @@ fn serve(proxy: &Arc<Proxy>, addr: SocketAddr) {
     };
     proxy.state().bound.insert(addr, listener.clone());
     info!("listening on {addr}");
+    let mut said_full = false;
     for stream in listener.incoming() {
         let Ok(stream) = stream else {
             if proxy.state().bound.contains_key(&addr) {
+                // Out of descriptors or memory, say: not a loop at full speed meanwhile.
+                std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
             return;
@@ -96,7 +104,18 @@ fn serve(proxy: &Arc<Proxy>, addr: SocketAddr) {
         let Some(role) = role(proxy, addr) else {
             continue;
         };
-        let proxy = proxy.clone();
+        if proxy.active.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+            proxy.active.fetch_sub(1, Ordering::Relaxed);
+            if !said_full {
+                warn!(
+                    "{addr}: {MAX_CONNECTIONS} connections open; closing new ones until some end"
+                );
+                said_full = true;
+            }
+            continue;
+        }
+        said_full = false;
+        let mine = proxy.clone();
         let spawned = std::thread::Builder::new()
             .stack_size(CONNECTION_STACK)
             .spawn(move || {
@@ -105,8 +124,8 @@ fn serve(proxy: &Arc<Proxy>, addr: SocketAddr) {
                     .map(|a| a.to_string())
                     .unwrap_or_default();
                 let done = match role {
-                    Role::Public(reg) => inbound(&proxy, &reg, stream),
-                    Role::Upstream(reg, up) => outbound(&proxy, &reg, &up, stream),
+                    Role::Public(reg) => inbound(&mine, &reg, stream),
+                    Role::Upstream(reg, up) => outbound(&mine, &reg, &up, stream),
                 };
                 match done {
                     Ok(()) => {}
@@ -114,8 +133,10 @@ fn serve(proxy: &Arc<Proxy>, addr: SocketAddr) {
                     Err(Failure::Quiet(e)) => debug!("connection from {peer} to {addr}: {e}"),
                     Err(Failure::Said(e)) => info!("connection from {peer} to {addr}: {e}"),
                 }
+                mine.active.fetch_sub(1, Ordering::Relaxed);
             });
         if let Err(e) = spawned {
+            proxy.active.fetch_sub(1, Ordering::Relaxed);
             warn!("cannot take a connection on {addr}: {e}");
         }
     }

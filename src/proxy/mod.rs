@@ -89,6 +89,8 @@ pub struct Proxy {
     client: Client,
     proxy_id: String,
     state: Mutex<State>,
+    /// Connections being served (`listen::MAX_CONNECTIONS` at most).
+    active: std::sync::atomic::AtomicUsize,
 }
 
 impl Proxy {
@@ -220,6 +222,7 @@ pub fn run(cmd: &ProxyCmd) -> Result<(), Error> {
         client,
         proxy_id: cmd.proxy_id.clone(),
         state: Mutex::new(State::default()),
+        active: std::sync::atomic::AtomicUsize::new(0),
     });
     info!(
         "proxy {}: starting; Consul at {}",
