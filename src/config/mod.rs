@@ -170,11 +170,7 @@ pub fn envoy_services(config: &Config) -> Vec<&str> {
         let Some(connect) = &service.connect else {
             continue;
         };
-        let driver = connect
-            .sidecar_task
-            .as_ref()
-            .and_then(|t| t.driver)
-            .unwrap_or(config.connect.sidecar_driver);
+        let driver = connect.driver(config.connect.sidecar_driver);
         let sidecar = connect.sidecar_service.is_some() && driver != SidecarDriver::Builtin;
         if sidecar || connect.gateway.is_some() {
             names.push(service.name.as_str());

@@ -379,6 +379,18 @@ pub struct Connect {
     pub gateway: Option<Gateway>,
 }
 
+impl Connect {
+    /// The sidecar's own `sidecar_task.driver`, if it names one.
+    pub fn own_driver(&self) -> Option<SidecarDriver> {
+        self.sidecar_task.as_ref().and_then(|t| t.driver)
+    }
+
+    /// The driver the sidecar gets: its own, else the node's `connect.sidecar_driver`.
+    pub fn driver(&self, node_default: SidecarDriver) -> SidecarDriver {
+        self.own_driver().unwrap_or(node_default)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SidecarService {
     /// Port label for the sidecar's public listener; default `connect-proxy-<service>`.

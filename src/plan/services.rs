@@ -108,12 +108,11 @@ impl Context<'_> {
                 .and_then(|c| c.sidecar_task.as_ref())
                 .and_then(|t| t.name.clone())
                 .unwrap_or_else(|| format!("{prefix}-{}", service.name));
+            let node_default = self.valid.config.connect.sidecar_driver;
             let driver = service
                 .connect
                 .as_ref()
-                .and_then(|c| c.sidecar_task.as_ref())
-                .and_then(|t| t.driver)
-                .unwrap_or(self.valid.config.connect.sidecar_driver);
+                .map_or(node_default, |c| c.driver(node_default));
             let driver = match (gateway, driver) {
                 // Gateways are Envoy's alone: a node-wide `builtin` leaves them to Envoy
                 // (and validate refuses it in a gateway's own sidecar_task).

@@ -101,7 +101,7 @@ fn watch(
                 seen = value;
             }
             Err(e) => {
-                let why = describe(&e);
+                let why = e.to_string();
                 if why != last_error {
                     warn!("{what}: {why}; retrying, serving with what it has");
                     last_error = why.clone();
@@ -117,12 +117,6 @@ fn watch(
             }
         }
     }
-}
-
-/// The error without anything a body might carry beyond its start (never a token: Consul
-/// does not echo them).
-fn describe(e: &ConsulError) -> String {
-    e.to_string()
 }
 
 /// An intentions watch that is refused (the token may not read them) turns the cache off:

@@ -489,7 +489,7 @@ pub(super) fn check_builtin_proxy(
     let Some(connect) = &service.connect else {
         return;
     };
-    let own = connect.sidecar_task.as_ref().and_then(|t| t.driver);
+    let own = connect.own_driver();
     let at = |keys: &[&'static str]| {
         let mut p = path!["group", gi, "service", si, "connect"];
         p.extend(keys.iter().map(|k| Seg::Key(k)));
@@ -507,7 +507,7 @@ pub(super) fn check_builtin_proxy(
     let Some(sidecar) = &connect.sidecar_service else {
         return;
     };
-    if own.unwrap_or(node_default) != SidecarDriver::Builtin {
+    if connect.driver(node_default) != SidecarDriver::Builtin {
         return;
     }
     let why = if own.is_some() {
