@@ -199,6 +199,15 @@ fn consul_from_env() -> Result<crate::config::Consul, Error> {
     } else {
         format!("http://{address}")
     };
+    // Named as the proxy got it (Client::new would name the agent's consul.address).
+    if !["http://", "https://", "unix://"]
+        .iter()
+        .any(|scheme| address.starts_with(scheme))
+    {
+        return Err(Error::permanent(format!(
+            "CONSUL_HTTP_ADDR {address} is not http(s)://, unix:// or host:port"
+        )));
+    }
     Ok(crate::config::Consul {
         address,
         token: var("CONSUL_HTTP_TOKEN"),
