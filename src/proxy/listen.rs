@@ -1,10 +1,9 @@
 //! The proxy's listeners: the public one (mTLS in, intentions, then the app), one per
 //! upstream (plain in, mTLS out to a healthy instance), and the admin address.
 
-use super::{CALLERS_KEPT, Proxy, pump::Pump, tls, upstream_key};
+use super::{CALLERS_KEPT, Proxy, handshake, pump::Pump, tls, upstream_key};
 use crate::consul::connect::{self, Registration, Upstream};
 use log::{debug, info, warn};
-use rustls::{ClientConnection, Connection, ServerConnection};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -161,27 +160,13 @@ impl From<&str> for Failure {
     }
 }
 
-/// The handshake over `net`, blocking: a peer that closes before sending anything is quiet.
-fn handshake(
-    tls: &mut impl std::ops::DerefMut<Target = rustls::ConnectionCommon<impl rustls::SideData>>,
-    net: &mut TcpStream,
-    what: &str,
-) -> Result<(), Failure> {
-    while tls.is_handshaking() {
-        match tls.complete_io(net) {
-            Ok(_) => {}
-            Err(e)
-                if e.kind() == std::io::ErrorKind::UnexpectedEof
-                    && tls.peer_certificates().is_none() =>
-            {
-                return Err(Failure::Quiet(format!(
-                    "{what}: closed before the handshake"
-                )));
-            }
-            Err(e) => return Err(Failure::Said(format!("{what}: TLS handshake: {e}"))),
+impl Failure {
+    fn of_handshake(what: &str, e: handshake::Error) -> Failure {
+        match e {
+            handshake::Error::Quiet(e) => Failure::Quiet(format!("{what}: {e}")),
+            handshake::Error::Failed(e) => Failure::Said(format!("{what}: {e}")),
         }
     }
-    Ok(())
 }
 
 /// A caller through the mesh: its certificate must chain to the roots, and intentions
@@ -195,10 +180,10 @@ fn inbound(proxy: &Proxy, reg: &Registration, mut net: TcpStream) -> Result<(), 
     net.set_read_timeout(Some(reg.handshake_timeout))
         .and_then(|()| net.set_write_timeout(Some(reg.handshake_timeout)))
         .map_err(|e| e.to_string())?;
-    let mut tls = ServerConnection::new(config).map_err(|e| e.to_string())?;
-    handshake(&mut tls, &mut net, "caller")?;
+    let (established, chain) =
+        handshake::accept(config, &mut net).map_err(|e| Failure::of_handshake("caller", e))?;
     let (uri, serial) =
-        tls::caller(tls.peer_certificates()).ok_or("the caller's certificate has no SPIFFE ID")?;
+        tls::caller(Some(&chain)).ok_or("the caller's certificate has no SPIFFE ID")?;
     if !authorized(proxy, &reg.service, &uri, &serial) {
         // `authorized` said why.
         return Err(Failure::Quiet(format!(
@@ -211,9 +196,8 @@ fn inbound(proxy: &Proxy, reg: &Registration, mut net: TcpStream) -> Result<(), 
     net.set_read_timeout(None)
         .and_then(|()| net.set_write_timeout(None))
         .map_err(|e| e.to_string())?;
-    let mut tls = Connection::Server(tls);
-    Pump::new(&mut tls, &mut net, &mut app)
-        .run()
+    Pump::new(established, &mut net, &mut app)
+        .and_then(Pump::run)
         .map_err(|e| Failure::Quiet(e.to_string()))
 }
 
@@ -312,14 +296,13 @@ fn outbound(
     net.set_read_timeout(Some(reg.handshake_timeout))
         .and_then(|()| net.set_write_timeout(Some(reg.handshake_timeout)))
         .map_err(|e| e.to_string())?;
-    let mut tls = ClientConnection::new(config, sni).map_err(|e| e.to_string())?;
-    handshake(&mut tls, &mut net, &format!("upstream {}", up.name))?;
+    let established = handshake::connect(config, sni, &mut net)
+        .map_err(|e| Failure::of_handshake(&format!("upstream {}", up.name), e))?;
     net.set_read_timeout(None)
         .and_then(|()| net.set_write_timeout(None))
         .map_err(|e| e.to_string())?;
-    let mut tls = Connection::Client(tls);
-    Pump::new(&mut tls, &mut net, &mut app)
-        .run()
+    Pump::new(established, &mut net, &mut app)
+        .and_then(Pump::run)
         .map_err(|e| Failure::Quiet(e.to_string()))
 }
 

@@ -23,8 +23,10 @@
 //! handshake, authorization and copying are straight-line blocking code; an idle proxy has
 //! only its watch threads).
 
+mod handshake;
 mod listen;
 pub mod pump;
+pub mod record;
 pub mod tls;
 mod watch;
 pub mod x509;

@@ -1,52 +1,68 @@
 //! Copies bytes both ways between a TLS connection and a plain one, until both directions
 //! have ended: one thread per proxied connection, waiting in poll(2) on its two sockets.
 //!
+//! Records are opened and sealed in place (`record::Session`): the network's bytes are
+//! read into one buffer, each record decrypted where it lies and the payloads written to
+//! the app with one writev; the app's bytes are read with one readv into record-sized
+//! slots, sealed there, and the records, now contiguous, go out with one write.
+//!
 //! Each direction is closed on its own (a caller that has sent its request and shut its
 //! write side still gets the answer): the end of the TLS peer's stream becomes a FIN to the
 //! app, the app's FIN becomes a close_notify (then a FIN) to the peer.
 
+use super::handshake::Established;
+use super::record::{MAX_PAYLOAD, MAX_RECORD, Opened, Session};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use rustls::Connection;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, IoSlice, IoSliceMut, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::ops::Range;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-/// Bytes read from a socket at once: a full TLS record. rustls reads the network 4 KiB at
-/// a time; reading a record's worth and handing it over from memory saves system calls.
-const CHUNK: usize = 64 * 1024;
+/// Bytes read from the network at once (four full records), plus room for a record that
+/// began at the end of the last read.
+const INBOUND: usize = 64 * 1024 + MAX_RECORD;
+/// Opened payloads written to the app with one writev, at most.
+const MAX_READY: usize = 16;
+/// Records sealed from one read of the app.
+const SLOTS: usize = 4;
+/// Room for a key update record before the slots.
+const KEY_UPDATE_ROOM: usize = 64;
+/// The widest slot: TLS 1.2 AES-GCM's 13 bytes before a payload, TLS 1.3's 17 after.
+const MAX_SLOT: usize = 13 + MAX_PAYLOAD + 17;
 
-/// Bytes read from one side and not yet passed on, in a buffer allocated once.
-struct Buf {
-    data: Box<[u8]>,
+/// Records from the network, opened where they lie.
+struct Inbound {
+    buf: Box<[u8]>,
+    /// Bytes read into `buf`.
+    filled: usize,
+    /// Where the first record not yet opened starts.
+    next: usize,
+    /// Opened payloads not yet written to the app, in order.
+    ready: Vec<Range<usize>>,
+    /// The peer's close_notify came, after the payloads in `ready`.
+    closed: bool,
+}
+
+impl Inbound {
+    /// Moves the unopened rest of the buffer to its start, once every payload is written.
+    fn compact(&mut self) {
+        self.buf.copy_within(self.next..self.filled, 0);
+        self.filled -= self.next;
+        self.next = 0;
+    }
+}
+
+/// Sealed records not yet written to the network.
+struct Outbound {
+    buf: Box<[u8]>,
     at: usize,
     len: usize,
 }
 
-impl Buf {
-    fn new() -> Buf {
-        Buf {
-            data: vec![0u8; CHUNK].into_boxed_slice(),
-            at: 0,
-            len: 0,
-        }
-    }
-
+impl Outbound {
     fn is_empty(&self) -> bool {
         self.at == self.len
-    }
-
-    fn pending(&self) -> &[u8] {
-        &self.data[self.at..self.len]
-    }
-
-    /// Refills an empty buffer with one `read`; what it returned.
-    fn fill(&mut self, read: impl FnOnce(&mut [u8]) -> io::Result<usize>) -> io::Result<usize> {
-        self.at = 0;
-        self.len = 0;
-        let n = read(&mut self.data)?;
-        self.len = n;
-        Ok(n)
     }
 }
 
@@ -68,14 +84,12 @@ struct Flow {
 
 /// The two sides, and where each direction stands.
 pub struct Pump<'a> {
-    tls: &'a mut Connection,
+    session: Session,
     net: &'a mut TcpStream,
     app: &'a mut TcpStream,
-    /// Plaintext from the TLS peer not yet written to the app.
-    to_app: Buf,
-    /// Bytes read from the network not yet given to rustls.
-    from_net: Buf,
-    /// The network gave its FIN (rustls still holds what came before it).
+    inbound: Inbound,
+    outbound: Outbound,
+    /// The network gave its FIN.
     net_eof: bool,
     /// The peer's stream ended (close_notify or FIN), and the app was told.
     peer_done: bool,
@@ -86,19 +100,45 @@ pub struct Pump<'a> {
 }
 
 impl<'a> Pump<'a> {
-    pub fn new(tls: &'a mut Connection, net: &'a mut TcpStream, app: &'a mut TcpStream) -> Self {
-        Pump {
-            tls,
+    /// Takes over an established session; the application bytes that came with the end
+    /// of the handshake are written to the app first.
+    pub fn new(
+        established: Established,
+        net: &'a mut TcpStream,
+        app: &'a mut TcpStream,
+    ) -> io::Result<Self> {
+        let Established {
+            session,
+            early,
+            leftover,
+        } = established;
+        app.write_all(&early)?;
+        let mut buf = vec![0u8; INBOUND].into_boxed_slice();
+        buf.get_mut(..leftover.len())
+            .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "a handshake too long"))?
+            .copy_from_slice(&leftover);
+        Ok(Pump {
+            session,
             net,
             app,
-            to_app: Buf::new(),
-            from_net: Buf::new(),
+            inbound: Inbound {
+                buf,
+                filled: leftover.len(),
+                next: 0,
+                ready: Vec::with_capacity(MAX_READY),
+                closed: false,
+            },
+            outbound: Outbound {
+                buf: vec![0u8; KEY_UPDATE_ROOM + SLOTS * MAX_SLOT].into_boxed_slice(),
+                at: 0,
+                len: 0,
+            },
             net_eof: false,
             peer_done: false,
             app_told: false,
             app_done: false,
             peer_told: false,
-        }
+        })
     }
 
     /// Runs until both directions have ended, or one side fails or stays idle for `IDLE`.
@@ -107,19 +147,18 @@ impl<'a> Pump<'a> {
         self.app.set_nonblocking(true)?;
         let _ = self.net.set_nodelay(true);
         let _ = self.app.set_nodelay(true);
-        let mut buf = vec![0u8; CHUNK];
         loop {
             let mut flow = Flow::default();
             self.read_peer(&mut flow)?;
             self.write_app(&mut flow)?;
-            self.read_app(&mut buf, &mut flow)?;
+            self.read_app(&mut flow)?;
             match self.write_peer(&mut flow) {
                 // The peer ended its stream and went away before our close_notify reached
                 // it: the exchange is over.
                 Err(e) if self.peer_done && is_gone(&e) => return Ok(()),
                 other => other?,
             }
-            if self.app_told && self.peer_told && !self.tls.wants_write() {
+            if self.app_told && self.peer_told && self.outbound.is_empty() {
                 return Ok(());
             }
             if !flow.moved && !self.wait()? {
@@ -128,63 +167,80 @@ impl<'a> Pump<'a> {
         }
     }
 
-    /// TLS records from the network, decrypted into `to_app` once it is drained.
+    /// Records from the network, opened into `inbound.ready` once it is drained.
     fn read_peer(&mut self, flow: &mut Flow) -> io::Result<()> {
-        if self.from_net.is_empty() && !self.net_eof && !self.peer_done {
-            let net = &mut *self.net;
-            match self.from_net.fill(|buf| net.read(buf)) {
+        if !self.inbound.ready.is_empty() || self.peer_done {
+            return Ok(());
+        }
+        self.open_records()?;
+        if self.inbound.ready.is_empty() && !self.inbound.closed && !self.net_eof {
+            self.inbound.compact();
+            let inbound = &mut self.inbound;
+            match self.net.read(&mut inbound.buf[inbound.filled..]) {
+                // A FIN. Without close_notify first, the stream ends there all the same
+                // (as a caller that only half-closes expects).
                 Ok(0) => {
-                    // A FIN: the reader below reports whether close_notify came first.
                     self.net_eof = true;
                     flow.moved = true;
-                    let _ = self.tls.read_tls(&mut io::empty());
-                    self.process()?;
                 }
-                Ok(_) => flow.moved = true,
+                Ok(n) => {
+                    inbound.filled += n;
+                    flow.moved = true;
+                    self.open_records()?;
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
         }
-        while !self.from_net.is_empty() && self.tls.wants_read() {
-            let mut rest = self.from_net.pending();
-            let n = self.tls.read_tls(&mut rest)?;
-            self.from_net.at += n;
-            self.process()?;
+        if self.inbound.ready.is_empty() && (self.inbound.closed || self.net_eof) {
+            self.peer_done = true;
             flow.moved = true;
-        }
-        if self.to_app.is_empty() && !self.peer_done {
-            let tls = &mut *self.tls;
-            match self.to_app.fill(|buf| tls.reader().read(buf)) {
-                Ok(0) => {
-                    self.peer_done = true;
-                    flow.moved = true;
-                }
-                Ok(_) => flow.moved = true,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                // The peer closed its TCP side without close_notify: its stream ended.
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
-                    self.peer_done = true;
-                    flow.moved = true;
-                }
-                Err(e) => return Err(e),
-            }
         }
         Ok(())
     }
 
-    fn process(&mut self) -> io::Result<()> {
-        self.tls
-            .process_new_packets()
-            .map(|_| ())
-            .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))
+    /// Opens the whole records read so far, up to `MAX_READY` payloads.
+    fn open_records(&mut self) -> io::Result<()> {
+        let inbound = &mut self.inbound;
+        while !inbound.closed && inbound.ready.len() < MAX_READY {
+            let rest = &inbound.buf[inbound.next..inbound.filled];
+            let Some(len) = Session::record_len(rest).map_err(invalid)? else {
+                break;
+            };
+            let at = inbound.next;
+            let record = &mut inbound.buf[at..at + len];
+            match self.session.open(record).map_err(invalid)? {
+                Opened::Data(r) => inbound.ready.push(at + r.start..at + r.end),
+                Opened::Closed => inbound.closed = true,
+                Opened::Nothing => {}
+            }
+            inbound.next += len;
+        }
+        Ok(())
     }
 
     fn write_app(&mut self, flow: &mut Flow) -> io::Result<()> {
-        while !self.to_app.is_empty() {
-            match self.app.write(self.to_app.pending()) {
-                Ok(n) => {
-                    self.to_app.at += n;
+        let inbound = &mut self.inbound;
+        while !inbound.ready.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_READY];
+            for (slice, range) in slices.iter_mut().zip(&inbound.ready) {
+                *slice = IoSlice::new(&inbound.buf[range.clone()]);
+            }
+            match self.app.write_vectored(&slices[..inbound.ready.len()]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(mut n) => {
                     flow.moved = true;
+                    let mut done = 0;
+                    for range in inbound.ready.iter_mut() {
+                        let took = n.min(range.len());
+                        range.start += took;
+                        n -= took;
+                        if range.start < range.end {
+                            break;
+                        }
+                        done += 1;
+                    }
+                    inbound.ready.drain(..done);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
@@ -198,31 +254,67 @@ impl<'a> Pump<'a> {
         Ok(())
     }
 
-    /// The app's bytes, encrypted, while rustls has no records waiting to go out.
-    fn read_app(&mut self, buf: &mut [u8], flow: &mut Flow) -> io::Result<()> {
-        if self.app_done || self.tls.wants_write() {
+    /// The app's bytes, sealed into records, once the last ones have gone out.
+    fn read_app(&mut self, flow: &mut Flow) -> io::Result<()> {
+        if self.app_done || !self.outbound.is_empty() {
             return Ok(());
         }
-        match self.app.read(buf) {
+        let out = &mut self.outbound.buf;
+        let mut start = 0;
+        if self.session.key_update_due() {
+            start = self.session.seal_key_update(out).map_err(invalid)?;
+            flow.moved = true;
+        }
+        let (prefix, suffix) = self.session.overhead();
+        let slot = prefix + MAX_PAYLOAD + suffix;
+        let read = {
+            let mut slices: heapless::Vec<IoSliceMut<'_>, SLOTS> = heapless::Vec::new();
+            for chunk in out[start..].chunks_exact_mut(slot).take(SLOTS) {
+                let _ = slices.push(IoSliceMut::new(&mut chunk[prefix..prefix + MAX_PAYLOAD]));
+            }
+            self.app.read_vectored(&mut slices)
+        };
+        let end = match read {
             Ok(0) => {
                 self.app_done = true;
-                self.tls.send_close_notify();
                 flow.moved = true;
+                start
+                    + self
+                        .session
+                        .seal_close_notify(&mut out[start..])
+                        .map_err(invalid)?
             }
             Ok(n) => {
-                self.tls.writer().write_all(&buf[..n])?;
                 flow.moved = true;
+                let mut end = start;
+                for (i, at) in (0..n).step_by(MAX_PAYLOAD).enumerate() {
+                    let from = start + i * slot;
+                    let len = (n - at).min(MAX_PAYLOAD);
+                    end = from
+                        + self
+                            .session
+                            .seal_data(&mut out[from..from + slot], len)
+                            .map_err(invalid)?;
+                }
+                end
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => start,
             Err(e) => return Err(e),
-        }
+        };
+        self.outbound.at = 0;
+        self.outbound.len = end;
         Ok(())
     }
 
     fn write_peer(&mut self, flow: &mut Flow) -> io::Result<()> {
-        while self.tls.wants_write() {
-            match self.tls.write_tls(self.net) {
-                Ok(_) => flow.moved = true,
+        let outbound = &mut self.outbound;
+        while !outbound.is_empty() {
+            match self.net.write(&outbound.buf[outbound.at..outbound.len]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    outbound.at += n;
+                    flow.moved = true;
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             }
@@ -238,17 +330,18 @@ impl<'a> Pump<'a> {
     /// Waits until a socket can do what is pending; false after `IDLE` of nothing.
     fn wait(&self) -> io::Result<bool> {
         let mut net = PollFlags::empty();
-        if !self.net_eof && !self.peer_done && self.from_net.is_empty() {
+        if self.inbound.ready.is_empty() && !self.inbound.closed && !self.net_eof && !self.peer_done
+        {
             net |= PollFlags::POLLIN;
         }
-        if self.tls.wants_write() {
+        if !self.outbound.is_empty() {
             net |= PollFlags::POLLOUT;
         }
         let mut app = PollFlags::empty();
-        if !self.app_done && !self.tls.wants_write() {
+        if !self.app_done && self.outbound.is_empty() {
             app |= PollFlags::POLLIN;
         }
-        if !self.to_app.is_empty() {
+        if !self.inbound.ready.is_empty() {
             app |= PollFlags::POLLOUT;
         }
         let mut fds = [
@@ -263,6 +356,171 @@ impl<'a> Pump<'a> {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+}
+
+/// A record the peer should not have sent: the connection ends.
+fn invalid(e: String) -> io::Error {
+    io::Error::new(ErrorKind::InvalidData, e)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Our records against rustls's own, over loopback: each cipher suite the proxy may
+    //! speak, both ways, with key updates, session tickets and close_notify.
+
+    use super::*;
+    use crate::proxy::handshake;
+    use crate::proxy::tls::{self, testing::*};
+    use rustls::crypto::ring::cipher_suite as suite;
+    use rustls::{ClientConnection, ServerConnection, StreamOwned, SupportedCipherSuite};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::thread;
+
+    const SUITES: [SupportedCipherSuite; 6] = [
+        suite::TLS13_AES_128_GCM_SHA256,
+        suite::TLS13_AES_256_GCM_SHA384,
+        suite::TLS13_CHACHA20_POLY1305_SHA256,
+        suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+
+    /// 300 KB that differ from one record to the next.
+    fn payload() -> Vec<u8> {
+        (0..300_000u32).map(|i| (i * 7 + i / 1000) as u8).collect()
+    }
+
+    fn listener() -> (TcpListener, std::net::SocketAddr) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        (l, addr)
+    }
+
+    /// An app that echoes one connection until its EOF, then closes its side.
+    fn echo(l: TcpListener) -> thread::JoinHandle<()> {
+        thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 7000];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => s.write_all(&buf[..n]).unwrap(),
+                }
+            }
+            s.shutdown(Shutdown::Write).unwrap();
+        })
+    }
+
+    /// Writes `data` in pieces over a rustls stream, asking for a key update (TLS 1.3) in
+    /// the middle, then ends its stream with close_notify.
+    fn send<S, C>(tls: &mut StreamOwned<C, TcpStream>, data: &[u8])
+    where
+        S: rustls::SideData,
+        C: std::ops::DerefMut<Target = rustls::ConnectionCommon<S>>,
+    {
+        let (first, second) = data.split_at(data.len() / 2);
+        for piece in first.chunks(30_000) {
+            tls.write_all(piece).unwrap();
+        }
+        if tls.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+            tls.conn.refresh_traffic_keys().unwrap();
+        }
+        for piece in second.chunks(1000) {
+            tls.write_all(piece).unwrap();
+        }
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+    }
+
+    #[test]
+    fn a_rustls_client_through_our_server_for_every_suite() {
+        let ca = make_ca();
+        let store = tls::roots(&[ca.pem()]).unwrap();
+        let (web, db) = (leaf(&ca, "web"), leaf(&ca, "db"));
+        for suite in SUITES {
+            let (app, app_addr) = listener();
+            let app = echo(app);
+            let (public, addr) = listener();
+            let ours = tls::server(&db, &store).unwrap();
+            let proxy = thread::spawn(move || {
+                let (mut net, _) = public.accept().unwrap();
+                let Ok((mut established, chain)) = handshake::accept(ours, &mut net) else {
+                    panic!("handshake")
+                };
+                // Our own key updates too, every 5 records (TLS 1.3).
+                established.session = established.session.with_key_limit(5);
+                assert!(tls::caller(Some(&chain)).is_some_and(|(uri, _)| uri.ends_with("/web")));
+                let mut app = TcpStream::connect(app_addr).unwrap();
+                Pump::new(established, &mut net, &mut app).and_then(Pump::run)
+            });
+            let config = client_speaking(suite, &web, &store, expect("db"));
+            let conn = ClientConnection::new(config, tls::sni("db", "dc1", TD).unwrap()).unwrap();
+            let mut tls = StreamOwned::new(conn, TcpStream::connect(addr).unwrap());
+            let data = payload();
+            send(&mut tls, &data);
+            let mut back = Vec::new();
+            // Ends with our close_notify: rustls reports a truncation as an error.
+            tls.read_to_end(&mut back).unwrap();
+            assert!(
+                back == data,
+                "{:?}: {} bytes back",
+                suite.suite(),
+                back.len()
+            );
+            assert_eq!(tls.conn.negotiated_cipher_suite(), Some(suite));
+            proxy.join().unwrap().unwrap();
+            app.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn our_client_to_a_rustls_server_for_every_suite() {
+        let ca = make_ca();
+        let store = tls::roots(&[ca.pem()]).unwrap();
+        let (web, db) = (leaf(&ca, "web"), leaf(&ca, "db"));
+        for suite in SUITES {
+            let (upstream, addr) = listener();
+            let mut config = (*server_speaking(suite, &db, &store)).clone();
+            // A server that sends session tickets, which our client ignores.
+            config.send_tls13_tickets = 2;
+            config.session_storage = rustls::server::ServerSessionMemoryCache::new(8);
+            let config = Arc::new(config);
+            let server = thread::spawn(move || {
+                let (sock, _) = upstream.accept().unwrap();
+                let mut tls = StreamOwned::new(ServerConnection::new(config).unwrap(), sock);
+                let mut got = Vec::new();
+                tls.read_to_end(&mut got).unwrap();
+                send(&mut tls, &got);
+            });
+            let (app_side, app_addr) = listener();
+            let mut app = TcpStream::connect(app_addr).unwrap();
+            let ours = tls::client(&web, &store, expect("db")).unwrap();
+            let proxy = thread::spawn(move || {
+                let (mut to_app, _) = app_side.accept().unwrap();
+                let mut net = TcpStream::connect(addr).unwrap();
+                let Ok(established) =
+                    handshake::connect(ours, tls::sni("db", "dc1", TD).unwrap(), &mut net)
+                else {
+                    panic!("handshake")
+                };
+                Pump::new(established, &mut net, &mut to_app).and_then(Pump::run)
+            });
+            let data = payload();
+            app.write_all(&data).unwrap();
+            app.shutdown(Shutdown::Write).unwrap();
+            let mut back = Vec::new();
+            app.read_to_end(&mut back).unwrap();
+            assert!(
+                back == data,
+                "{:?}: {} bytes back",
+                suite.suite(),
+                back.len()
+            );
+            proxy.join().unwrap().unwrap();
+            server.join().unwrap();
         }
     }
 }

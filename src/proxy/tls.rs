@@ -102,19 +102,31 @@ fn aes_in_hardware() -> bool {
 
 /// The public listener's TLS: a client certificate chaining to the roots is required.
 pub fn server(leaf: &Leaf, roots: &RootCertStore) -> Result<Arc<ServerConfig>, String> {
-    let provider = provider();
+    server_with(provider(), leaf, roots)
+}
+
+fn server_with(
+    provider: Arc<CryptoProvider>,
+    leaf: &Leaf,
+    roots: &RootCertStore,
+) -> Result<Arc<ServerConfig>, String> {
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots.clone()),
         provider.clone(),
     )
     .build()
     .map_err(|e| format!("client verifier: {e}"))?;
-    let config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_client_cert_verifier(verifier)
         .with_single_cert(leaf.chain.clone(), leaf.key.clone_key())
         .map_err(|e| format!("the leaf: {e}"))?;
+    // The records after the handshake are sealed by `record` with the session's keys.
+    config.enable_secret_extraction = true;
+    // No resumption: every caller shows its certificate (and intentions are asked).
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
 
@@ -125,19 +137,30 @@ pub fn client(
     roots: &RootCertStore,
     expected: ServiceId,
 ) -> Result<Arc<ClientConfig>, String> {
-    let provider = provider();
+    client_with(provider(), leaf, roots, expected)
+}
+
+fn client_with(
+    provider: Arc<CryptoProvider>,
+    leaf: &Leaf,
+    roots: &RootCertStore,
+    expected: ServiceId,
+) -> Result<Arc<ClientConfig>, String> {
     let verifier = SpiffeServer {
         roots: roots.clone(),
         expected,
         algorithms: provider.signature_verification_algorithms,
     };
-    let config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(leaf.chain.clone(), leaf.key.clone_key())
         .map_err(|e| format!("the leaf: {e}"))?;
+    config.enable_secret_extraction = true;
+    // Every connection checks the server's certificate afresh.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 
@@ -219,17 +242,18 @@ impl ServerCertVerifier for SpiffeServer {
     }
 }
 
+/// Certificates for tests: a CA, leaves for services, and the identities expected.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
         KeyPair, SanType,
     };
 
-    const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
+    pub const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 
-    fn make_ca() -> CertifiedIssuer<'static, KeyPair> {
+    pub fn make_ca() -> CertifiedIssuer<'static, KeyPair> {
         static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut params = CertificateParams::default();
@@ -240,7 +264,7 @@ mod tests {
         CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
     }
 
-    fn leaf(ca: &CertifiedIssuer<'static, KeyPair>, service: &str) -> Leaf {
+    pub fn leaf(ca: &CertifiedIssuer<'static, KeyPair>, service: &str) -> Leaf {
         let mut params = CertificateParams::default();
         let uri = format!("spiffe://{TD}/ns/default/dc/dc1/svc/{service}");
         params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
@@ -253,7 +277,7 @@ mod tests {
         Leaf::from_pem(&cert.pem(), &key.serialize_pem()).unwrap()
     }
 
-    fn expect(service: &str) -> ServiceId {
+    pub fn expect(service: &str) -> ServiceId {
         ServiceId {
             trust_domain: TD.into(),
             namespace: "default".into(),
@@ -261,6 +285,36 @@ mod tests {
             service: service.into(),
         }
     }
+
+    /// ring's provider with one cipher suite: a peer that speaks only it.
+    pub fn only(suite: rustls::SupportedCipherSuite) -> Arc<CryptoProvider> {
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites = vec![suite];
+        Arc::new(provider)
+    }
+
+    pub fn server_speaking(
+        suite: rustls::SupportedCipherSuite,
+        leaf: &Leaf,
+        roots: &RootCertStore,
+    ) -> Arc<ServerConfig> {
+        server_with(only(suite), leaf, roots).unwrap()
+    }
+
+    pub fn client_speaking(
+        suite: rustls::SupportedCipherSuite,
+        leaf: &Leaf,
+        roots: &RootCertStore,
+        expected: ServiceId,
+    ) -> Arc<ClientConfig> {
+        client_with(only(suite), leaf, roots, expected).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
 
     /// A handshake in memory: the client's error, else the server's, else the suite and
     /// what the server saw of the caller.
