@@ -56,7 +56,7 @@ pub struct ProxyCmd {
 }
 
 /// Bytes per Consul connection each way (one connection per watch, held open).
-const CONSUL_BUFFER: usize = 4096;
+const CONSUL_BUFFER: usize = 2048;
 
 /// Callers whose answer is kept at most (the cache is emptied when full).
 const CALLERS_KEPT: usize = 256;
