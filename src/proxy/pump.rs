@@ -91,6 +91,10 @@ pub struct Pump<'a> {
     outbound: Outbound,
     /// The network gave its FIN.
     net_eof: bool,
+    /// Whether a read may find bytes: false after a read that drained the socket, true
+    /// again when poll says so. Saves a read that would block on every pass.
+    net_readable: bool,
+    app_readable: bool,
     /// The peer's stream ended (close_notify or FIN), and the app was told.
     peer_done: bool,
     app_told: bool,
@@ -134,6 +138,8 @@ impl<'a> Pump<'a> {
                 len: 0,
             },
             net_eof: false,
+            net_readable: true,
+            app_readable: true,
             peer_done: false,
             app_told: false,
             app_done: false,
@@ -173,9 +179,14 @@ impl<'a> Pump<'a> {
             return Ok(());
         }
         self.open_records()?;
-        if self.inbound.ready.is_empty() && !self.inbound.closed && !self.net_eof {
+        if self.inbound.ready.is_empty()
+            && !self.inbound.closed
+            && !self.net_eof
+            && self.net_readable
+        {
             self.inbound.compact();
             let inbound = &mut self.inbound;
+            let room = inbound.buf.len() - inbound.filled;
             match self.net.read(&mut inbound.buf[inbound.filled..]) {
                 // A FIN. Without close_notify first, the stream ends there all the same
                 // (as a caller that only half-closes expects).
@@ -185,10 +196,11 @@ impl<'a> Pump<'a> {
                 }
                 Ok(n) => {
                     inbound.filled += n;
+                    self.net_readable = n == room;
                     flow.moved = true;
                     self.open_records()?;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.net_readable = false,
                 Err(e) => return Err(e),
             }
         }
@@ -256,7 +268,7 @@ impl<'a> Pump<'a> {
 
     /// The app's bytes, sealed into records, once the last ones have gone out.
     fn read_app(&mut self, flow: &mut Flow) -> io::Result<()> {
-        if self.app_done || !self.outbound.is_empty() {
+        if self.app_done || !self.outbound.is_empty() || !self.app_readable {
             return Ok(());
         }
         let out = &mut self.outbound.buf;
@@ -286,6 +298,7 @@ impl<'a> Pump<'a> {
             }
             Ok(n) => {
                 flow.moved = true;
+                self.app_readable = n == SLOTS * MAX_PAYLOAD;
                 let mut end = start;
                 for (i, at) in (0..n).step_by(MAX_PAYLOAD).enumerate() {
                     let from = start + i * slot;
@@ -298,7 +311,10 @@ impl<'a> Pump<'a> {
                 }
                 end
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => start,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                self.app_readable = false;
+                start
+            }
             Err(e) => return Err(e),
         };
         self.outbound.at = 0;
@@ -328,7 +344,7 @@ impl<'a> Pump<'a> {
     }
 
     /// Waits until a socket can do what is pending; false after `IDLE` of nothing.
-    fn wait(&self) -> io::Result<bool> {
+    fn wait(&mut self) -> io::Result<bool> {
         let mut net = PollFlags::empty();
         if self.inbound.ready.is_empty() && !self.inbound.closed && !self.net_eof && !self.peer_done
         {
@@ -352,7 +368,18 @@ impl<'a> Pump<'a> {
         loop {
             match poll(&mut fds, timeout) {
                 Ok(0) => return Ok(false),
-                Ok(_) => return Ok(true),
+                Ok(_) => {
+                    let readable = |fd: &PollFd| {
+                        fd.revents().is_some_and(|r| {
+                            r.intersects(
+                                PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR,
+                            )
+                        })
+                    };
+                    self.net_readable |= readable(&fds[0]);
+                    self.app_readable |= readable(&fds[1]);
+                    return Ok(true);
+                }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             }
