@@ -305,3 +305,98 @@ fn with_consul_down_the_proxy_serves_with_what_it_has() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// A TCP relay on the uplink to the API's public port: another instance of the API's
+/// sidecar for the mesh, which counts the connections it carries.
+fn counting_relay() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind((UPLINK, 0)).expect("relay listener");
+    let port = listener.local_addr().expect("relay address").port();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    std::thread::spawn(move || {
+        for caller in listener.incoming().flatten() {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let Ok(api) = std::net::TcpStream::connect((UPLINK, 20000)) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (caller.try_clone().unwrap(), api.try_clone().unwrap()),
+                (api, caller),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    (port, count)
+}
+
+/// A PUT to the double's HTTP API, as another client of the agent would send it.
+fn put(mesh: &Mesh, path: &str, body: &str) {
+    let double = mesh.double.url();
+    let request = format!(
+        "PUT {path} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let reply = exchange(double.trim_start_matches("http://"), &request).expect("PUT");
+    assert!(reply.contains(" 200 "), "{path}: {reply}");
+}
+
+/// Registers another instance of the API's sidecar at `port` on the uplink.
+fn register_api_instance(mesh: &Mesh, id: &str, port: u16) {
+    let body = format!(
+        r#"{{"ID":"{id}","Name":"count-api-sidecar-proxy","Kind":"connect-proxy","Address":"{UPLINK}","Port":{port},"Proxy":{{"DestinationServiceName":"count-api"}}}}"#
+    );
+    put(mesh, "/v1/agent/service/register", &body);
+}
+
+/// The dashboard's built-in proxy spreads new connections over the API's instances in
+/// turn, and one that refuses connections is skipped for the next: with three instances
+/// (the API's sidecar, a port nothing listens on, and a relay to the sidecar, in the
+/// double's order, by ID), every request is answered, and the relay carries its own third
+/// and the third that started at the refusing instance: 20 of 30.
+#[test]
+fn upstream_connections_go_round_robin_and_skip_a_refusing_instance() {
+    use std::sync::atomic::Ordering;
+    let Some(mesh) = Mesh::with_builtin("builtin-round-robin", &["count-dashboard"]) else {
+        return;
+    };
+    let mut agent = mesh.start_agent();
+    let all = mesh.wait(60, all_running);
+    assert!(all_running(&all), "{all:?}\n{}", mesh.log());
+    get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+
+    let (relay, carried) = counting_relay();
+    // IDs sort after the sidecar's (`_nomad-task-…`): refusing, then relay.
+    register_api_instance(&mesh, "count-api-relay", relay);
+    // Nothing listens there: a connection is refused at once.
+    let closed = std::net::TcpListener::bind((UPLINK, 0)).expect("a free port");
+    let refusing = closed.local_addr().expect("its port").port();
+    drop(closed);
+    register_api_instance(&mesh, "count-api-refusing", refusing);
+    let seen = retry(70, || {
+        let status = status_lines(&mesh);
+        if status.contains("upstream count-api: 3 instances") {
+            Ok(status)
+        } else {
+            Err(status)
+        }
+    });
+    assert!(seen.is_ok(), "{seen:?}");
+
+    let before = carried.load(Ordering::SeqCst);
+    for _ in 0..30 {
+        let body = get("127.0.0.1:9002").unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+        assert!(body.contains("\"count\""), "{body}");
+    }
+    assert_eq!(carried.load(Ordering::SeqCst) - before, 20);
+    for id in ["count-api-relay", "count-api-refusing"] {
+        put(&mesh, &format!("/v1/agent/service/deregister/{id}"), "");
+    }
+    mesh.teardown();
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

@@ -41,7 +41,7 @@ pub fn all_running(all: &[TaskStatus]) -> bool {
 }
 
 /// Sends `request` to `addr` and reads the answer until the server closes.
-fn exchange(addr: &str, request: &str) -> Result<String, String> {
+pub fn exchange(addr: &str, request: &str) -> Result<String, String> {
     let mut s = std::net::TcpStream::connect_timeout(
         &addr.parse().map_err(|e| format!("{e}"))?,
         Duration::from_secs(2),
