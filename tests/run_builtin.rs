@@ -400,3 +400,63 @@ fn upstream_connections_go_round_robin_and_skip_a_refusing_instance() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// A CA root rotation under traffic, as Consul does one: the new root is listed beside the
+/// old, both proxies load both, then each gets a leaf from the new root. No request fails,
+/// and callers with a leaf of either root are let in.
+#[test]
+fn a_ca_root_rotation_under_traffic_loses_no_request() {
+    let Some(mesh) = Mesh::with_builtin("builtin-root", &["count-api", "count-dashboard"]) else {
+        return;
+    };
+    let mut agent = mesh.start_agent();
+    let all = mesh.wait(60, all_running);
+    assert!(all_running(&all), "{all:?}\n{}", mesh.log());
+    get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+    let (old_cert, old_key) = mesh.double.issue_leaf("count-dashboard", false);
+
+    let load = Load::start("127.0.0.1:9002");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    mesh.double.rotate_ca_root();
+    let both_logs = |needle: &dyn Fn(&str) -> String| {
+        retry(10, || {
+            let api = proxy_log(&mesh, "api", "connect-proxy-count-api");
+            let dash = proxy_log(&mesh, "dashboard", "connect-proxy-count-dashboard");
+            if api.contains(&needle("count-api")) && dash.contains(&needle("count-dashboard")) {
+                Ok(())
+            } else {
+                Err(format!("{api}\n{dash}"))
+            }
+        })
+    };
+    let trusted = both_logs(&|_| "CA roots loaded (2 root(s))".to_string());
+    assert!(trusted.is_ok(), "{trusted:?}");
+    let api_serial = mesh.double.rotate_leaf("count-api");
+    let dashboard_serial = mesh.double.rotate_leaf("count-dashboard");
+    let serial = |service: &str| {
+        let serial = if service == "count-api" {
+            &api_serial
+        } else {
+            &dashboard_serial
+        };
+        format!("(serial {serial})")
+    };
+    let loaded = both_logs(&serial);
+    assert!(loaded.is_ok(), "{loaded:?}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (ok, failures) = load.stop();
+    assert!(
+        ok > 20 && failures.is_empty(),
+        "{ok} answered, failed: {failures:?}\n{}",
+        mesh.log()
+    );
+
+    let old = answered_with(&mesh, &old_cert, &old_key);
+    assert!(old.is_ok(), "a leaf of the old root: {old:?}");
+    let (new_cert, new_key) = mesh.double.issue_leaf("count-dashboard", false);
+    let new = answered_with(&mesh, &new_cert, &new_key);
+    assert!(new.is_ok(), "a leaf of the new root: {new:?}");
+    mesh.teardown();
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

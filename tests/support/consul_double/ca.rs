@@ -7,12 +7,21 @@ use super::*;
 /// server and client auth), made on first request and kept, as the agent caches them.
 pub(super) struct Ca {
     cluster_id: String,
-    root_pem: String,
+    /// Every root the agent lists, oldest first; the last one is active and signs leaves.
+    roots: Vec<Root>,
     issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// Moved by a root rotation, for watchers of the roots.
+    roots_index: u64,
     /// Per service: its leaf (certificate, key, serial) and the index it was made at.
     leaves: BTreeMap<String, (Leaf, u64)>,
     /// Moved by every leaf made, as the agent's leaf cache moves its index.
     leaf_index: u64,
+}
+
+struct Root {
+    /// As Consul shows a root's ID: its key ID, hex bytes joined by colons.
+    id: String,
+    pem: String,
 }
 
 #[derive(Clone)]
@@ -33,7 +42,6 @@ pub(super) struct Validity {
 
 impl Ca {
     pub(super) fn new() -> Ca {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
         // A UUID-shaped cluster ID, different per double.
         let seed = format!(
             "{:032x}",
@@ -51,35 +59,34 @@ impl Ca {
             &seed[16..20],
             &seed[20..32]
         );
-        let mut params = CertificateParams::default();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            format!("pri-{} Consul CA 1", &seed[0..7]),
-        );
-        params.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://{cluster_id}.consul")
-                .try_into()
-                .expect("a SPIFFE URI"),
-        )];
-        let key = KeyPair::generate().expect("a CA key");
-        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).expect("the CA");
+        let (root, issuer) = make_root(&cluster_id, 1);
         Ca {
-            root_pem: issuer.pem(),
+            roots: vec![root],
             cluster_id,
             issuer,
+            roots_index: 1,
             leaves: BTreeMap::new(),
             leaf_index: 10,
         }
     }
 
+    /// A new active root, as `consul connect ca set-config` makes one: the old roots stay
+    /// listed (leaves they signed stay valid) and leaves from now on are signed by the new
+    /// one. Leaves already made are kept until rotated, as the agent re-signs them later.
+    pub(super) fn rotate_root(&mut self) {
+        let (root, issuer) = make_root(&self.cluster_id, self.roots.len() + 1);
+        self.roots.push(root);
+        self.issuer = issuer;
+        self.roots_index += 1;
+    }
+
+    pub(super) fn roots_index(&self) -> u64 {
+        self.roots_index
+    }
+
+    /// The active root.
     pub(super) fn root_pem(&self) -> String {
-        self.root_pem.clone()
+        self.roots.last().map(|r| r.pem.clone()).unwrap_or_default()
     }
 
     pub(super) fn trust_domain(&self) -> String {
@@ -174,32 +181,71 @@ impl Ca {
     }
 }
 
-pub(super) fn ca_roots(ca: &Ca) -> Reply {
-    let mut root = Object::new();
-    let id = "5e:32:1f:0a:9b:7c:44:21:d3:88:01:6f:aa:42:10:9c:de:7b:35:01";
-    let fields = [
-        ("ID", Value::String(id.into())),
-        ("Name", Value::String("Consul CA Primary Cert".into())),
-        ("SerialNumber", Value::Number(Number::U64(7))),
-        ("SigningKeyID", Value::String(id.into())),
-        ("ExternalTrustDomain", Value::String(ca.cluster_id.clone())),
-        ("RootCert", Value::String(ca.root_pem.clone())),
-        ("IntermediateCerts", Value::Array(Array::new())),
-        ("Active", Value::Bool(true)),
-        ("PrivateKeyType", Value::String("ec".into())),
-        ("PrivateKeyBits", Value::Number(Number::U64(256))),
+/// Root number `n` of the cluster: EC P-256, its URI SAN the trust domain.
+fn make_root(
+    cluster_id: &str,
+    n: usize,
+) -> (Root, rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
     ];
-    for (k, v) in fields {
-        root.insert(k.into(), v);
-    }
-    let mut roots = Object::new();
-    roots.insert("ActiveRootID".into(), Value::String(id.into()));
-    roots.insert("TrustDomain".into(), Value::String(ca.trust_domain()));
-    roots.insert(
-        "Roots".into(),
-        Value::Array(std::iter::once(Value::Object(root)).collect()),
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("pri-{} Consul CA {n}", &cluster_id[0..7]),
     );
-    ok_json(Value::Object(roots))
+    params.subject_alt_names = vec![SanType::URI(
+        format!("spiffe://{cluster_id}.consul")
+            .try_into()
+            .expect("a SPIFFE URI"),
+    )];
+    let key = KeyPair::generate().expect("a CA key");
+    let issuer = rcgen::CertifiedIssuer::self_signed(params, key).expect("the CA");
+    let id = format!("5e:32:1f:0a:9b:7c:44:21:d3:88:01:6f:aa:42:10:9c:de:7b:35:{n:02x}");
+    let root = Root {
+        id,
+        pem: issuer.pem(),
+    };
+    (root, issuer)
+}
+
+pub(super) fn ca_roots(ca: &Ca) -> Reply {
+    let active = ca.roots.len();
+    let roots: Array = ca
+        .roots
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let fields = [
+                ("ID", Value::String(r.id.clone())),
+                ("Name", Value::String("Consul CA Primary Cert".into())),
+                ("SerialNumber", Value::Number(Number::U64(7 + i as u64))),
+                ("SigningKeyID", Value::String(r.id.clone())),
+                ("ExternalTrustDomain", Value::String(ca.cluster_id.clone())),
+                ("RootCert", Value::String(r.pem.clone())),
+                ("IntermediateCerts", Value::Array(Array::new())),
+                ("Active", Value::Bool(i + 1 == active)),
+                ("PrivateKeyType", Value::String("ec".into())),
+                ("PrivateKeyBits", Value::Number(Number::U64(256))),
+            ];
+            Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            )
+        })
+        .collect();
+    let mut list = Object::new();
+    let active_id = ca.roots.last().map(|r| r.id.clone()).unwrap_or_default();
+    list.insert("ActiveRootID".into(), Value::String(active_id));
+    list.insert("TrustDomain".into(), Value::String(ca.trust_domain()));
+    list.insert("Roots".into(), Value::Array(roots));
+    ok_json(Value::Object(list))
 }
 
 pub(super) fn ca_leaf(ca: &mut Ca, service: &str) -> Reply {

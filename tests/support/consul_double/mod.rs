@@ -346,6 +346,12 @@ impl ConsulDouble {
         s.ca.get_or_insert_with(Ca::new).rotate(service).0.serial
     }
 
+    /// Rotates the CA's root: a new active root is listed beside the old one, and leaves
+    /// rotated from now on are signed by it. Watchers of the roots are answered at once.
+    pub fn rotate_ca_root(&self) {
+        self.lock().ca.get_or_insert_with(Ca::new).rotate_root();
+    }
+
     /// Takes the agent down (connections closed unanswered) or brings it back, keeping
     /// its state.
     pub fn set_down(&self, down: bool) {
@@ -622,7 +628,7 @@ fn index_of(s: &State, path: &str) -> u64 {
         return s.config_index + 1;
     }
     if path == "/v1/agent/connect/ca/roots" {
-        return 1;
+        return s.ca.as_ref().map_or(1, Ca::roots_index);
     }
     if let Some(service) = path.strip_prefix("/v1/agent/connect/ca/leaf/") {
         return s.ca.as_ref().map_or(0, |ca| ca.leaf_index(service)).max(1);
