@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Each connection's thread: the handshake and the copy loop need far less than the
@@ -17,7 +17,41 @@ const CONNECTION_STACK: usize = 256 * 1024;
 
 /// Connections served at once by one proxy (each is a thread and two sockets); more are
 /// closed as they come, so a flood of callers cannot exhaust the device.
-const MAX_CONNECTIONS: usize = 1024;
+pub(super) const MAX_CONNECTIONS: usize = 1024;
+
+/// How many connections a proxy serves at once; a `Slot` is one of them.
+pub(super) struct Slots {
+    active: AtomicUsize,
+    max: usize,
+}
+
+/// A connection's place among the `Slots`, given back when dropped.
+pub(super) struct Slot(Arc<Slots>);
+
+impl Slots {
+    pub(super) fn new(max: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            active: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// A slot, unless all are taken.
+    fn take(slots: &Arc<Slots>) -> Option<Slot> {
+        let taken = slots
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < slots.max).then_some(n + 1)
+            });
+        taken.ok().map(|_| Slot(slots.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Starts a listener for every address the registration has and none is serving, and
 /// closes the ones it no longer has.
@@ -103,8 +137,7 @@ fn serve(proxy: &Arc<Proxy>, addr: SocketAddr) {
         let Some(role) = role(proxy, addr) else {
             continue;
         };
-        if proxy.active.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
-            proxy.active.fetch_sub(1, Ordering::Relaxed);
+        let Some(slot) = Slots::take(&proxy.connections) else {
             if !said_full {
                 warn!(
                     "{addr}: {MAX_CONNECTIONS} connections open; closing new ones until some end"
@@ -112,12 +145,13 @@ fn serve(proxy: &Arc<Proxy>, addr: SocketAddr) {
                 said_full = true;
             }
             continue;
-        }
+        };
         said_full = false;
         let mine = proxy.clone();
         let spawned = std::thread::Builder::new()
             .stack_size(CONNECTION_STACK)
             .spawn(move || {
+                let _slot = slot;
                 let peer = stream
                     .peer_addr()
                     .map(|a| a.to_string())
@@ -132,10 +166,8 @@ fn serve(proxy: &Arc<Proxy>, addr: SocketAddr) {
                     Err(Failure::Quiet(e)) => debug!("connection from {peer} to {addr}: {e}"),
                     Err(Failure::Said(e)) => info!("connection from {peer} to {addr}: {e}"),
                 }
-                mine.active.fetch_sub(1, Ordering::Relaxed);
             });
         if let Err(e) = spawned {
-            proxy.active.fetch_sub(1, Ordering::Relaxed);
             warn!("cannot take a connection on {addr}: {e}");
         }
     }
@@ -337,5 +369,22 @@ pub(super) fn admin(proxy: &Proxy, listener: &TcpListener) {
             body.len()
         );
         let _ = stream.write_all(answer.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_more_slots_than_the_maximum_and_a_dropped_one_is_free_again() {
+        let slots = Slots::new(3);
+        let mut taken: Vec<Slot> = (0..3).filter_map(|_| Slots::take(&slots)).collect();
+        assert_eq!(taken.len(), 3);
+        assert!(Slots::take(&slots).is_none());
+        taken.pop();
+        let again = Slots::take(&slots);
+        assert!(again.is_some());
+        assert!(Slots::take(&slots).is_none());
     }
 }

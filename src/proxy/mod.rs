@@ -92,7 +92,7 @@ pub struct Proxy {
     proxy_id: String,
     state: Mutex<State>,
     /// Connections being served (`listen::MAX_CONNECTIONS` at most).
-    active: std::sync::atomic::AtomicUsize,
+    connections: Arc<listen::Slots>,
 }
 
 impl Proxy {
@@ -233,7 +233,7 @@ pub fn run(cmd: &ProxyCmd) -> Result<(), Error> {
         client,
         proxy_id: cmd.proxy_id.clone(),
         state: Mutex::new(State::default()),
-        active: std::sync::atomic::AtomicUsize::new(0),
+        connections: listen::Slots::new(listen::MAX_CONNECTIONS),
     });
     info!(
         "proxy {}: starting; Consul at {}",
