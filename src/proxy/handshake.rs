@@ -148,8 +148,7 @@ fn drive(conn: &mut impl Unbuffered, net: &mut TcpStream) -> Result<(Vec<u8>, Ve
                 }
             },
             Ok(ConnectionState::TransmitTlsData(data)) => {
-                net.write_all(&outgoing[..queued])
-                    .map_err(|e| Error::Failed(format!("TLS handshake: {e}")))?;
+                net.write_all(&outgoing[..queued]).map_err(io_failure)?;
                 queued = 0;
                 data.done();
             }
@@ -186,8 +185,55 @@ fn drive(conn: &mut impl Unbuffered, net: &mut TcpStream) -> Result<(Vec<u8>, Ve
                 Err(e) if !conn.peer_seen() && e.kind() == std::io::ErrorKind::ConnectionReset => {
                     return Err(Error::Quiet(format!("before the handshake: {e}")));
                 }
-                Err(e) => return Err(Error::Failed(format!("TLS handshake: {e}"))),
+                Err(e) => return Err(io_failure(e)),
             }
         }
+    }
+}
+
+/// A socket error during the handshake; the socket's timeout is the handshake's.
+fn io_failure(e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            Error::Failed("TLS handshake: timed out".into())
+        }
+        _ => Error::Failed(format!("TLS handshake: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::tls::{self, testing::*};
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// What accepting says of a caller that does `caller` and nothing more.
+    fn accepting(caller: impl FnOnce(TcpStream) + Send + 'static) -> Error {
+        let ca = make_ca();
+        let store = tls::roots(&[ca.pem()]).unwrap();
+        let config = tls::server(&leaf(&ca, "db"), &store).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || caller(TcpStream::connect(addr).unwrap()));
+        let (mut net, _) = listener.accept().unwrap();
+        net.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let Err(e) = accept(config, &mut net) else {
+            panic!("a handshake with no client")
+        };
+        peer.join().unwrap();
+        e
+    }
+
+    #[test]
+    fn a_caller_that_leaves_at_once_is_quiet_and_a_silent_one_times_out() {
+        let left = accepting(drop);
+        assert!(matches!(left, Error::Quiet(_)));
+        let silent = accepting(|s| {
+            std::thread::sleep(Duration::from_millis(400));
+            drop(s)
+        });
+        assert!(matches!(&silent, Error::Failed(e) if e == "TLS handshake: timed out"));
     }
 }
