@@ -45,7 +45,11 @@ fn memory_and_cpu_limits_oom_kills_and_the_exec_view_on_a_cgroup_v2_kernel() {
         .output()
         .expect("bash");
     let lines = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "the guest did not finish\n{lines}");
+    assert!(
+        out.status.success(),
+        "the guest did not finish\n{lines}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for expected in [
         // What the guest mounts: v2, its controllers there.
         "vm: log: INFO  [outpost::agent::run] cgroups: v2 at /sys/fs/cgroup; tasks under outpost.slice",
