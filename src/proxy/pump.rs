@@ -19,13 +19,14 @@ use std::ops::Range;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-/// Bytes read from the network at once (four full records), plus room for a record that
-/// began at the end of the last read.
-const INBOUND: usize = 64 * 1024 + MAX_RECORD;
+/// Bytes read from the network at once (eight full records), plus room for a record that
+/// began at the end of the last read. Eight rather than four: 10-15% more bulk rate in
+/// `benches/proxy.rs`; the pages are touched only by a connection that moves that much.
+const INBOUND: usize = 128 * 1024 + MAX_RECORD;
 /// Opened payloads written to the app with one writev, at most.
 const MAX_READY: usize = 16;
 /// Records sealed from one read of the app.
-const SLOTS: usize = 4;
+const SLOTS: usize = 8;
 /// Room for a key update record before the slots.
 const KEY_UPDATE_ROOM: usize = 64;
 /// The widest slot: TLS 1.2 AES-GCM's 13 bytes before a payload, TLS 1.3's 17 after.
