@@ -7,6 +7,24 @@ mod support;
 
 use support::mesh::*;
 
+/// The countdash mesh with the built-in proxy as the sidecar of `builtin`, its agent
+/// started, every task running and the dashboard answering through the mesh.
+fn running(name: &str, builtin: &[&str]) -> Option<(Mesh, std::process::Child)> {
+    let mesh = Mesh::with_builtin(name, builtin)?;
+    let agent = mesh.start_agent();
+    let all = mesh.wait(60, all_running);
+    assert!(all_running(&all), "{all:?}\n{}", mesh.log());
+    get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
+    Some((mesh, agent))
+}
+
+/// Tears the mesh down (which checks nothing is left registered) and stops its agent.
+fn finish(mesh: &Mesh, mut agent: std::process::Child) {
+    mesh.teardown();
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
 /// A deny intention from the dashboard to the API (a `service-intentions` config entry),
 /// or none.
 fn deny_dashboard(mesh: &Mesh, deny: bool) {
@@ -46,7 +64,7 @@ fn flows_and_follows_intentions(name: &str, builtin: &[&str]) {
     let Some(mesh) = Mesh::with_builtin(name, builtin) else {
         return;
     };
-    let mut agent = mesh.start_agent();
+    let agent = mesh.start_agent();
     let all = mesh.wait(60, all_running);
     assert!(all_running(&all), "{all:?}\n{}", mesh.log());
     // The agent's `/ready` probe got LIVE from the built-in proxy as from Envoy.
@@ -84,9 +102,7 @@ fn flows_and_follows_intentions(name: &str, builtin: &[&str]) {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
     assert!(body.contains("\"count\""), "{body}");
-    mesh.teardown();
-    let _ = agent.kill();
-    let _ = agent.wait();
+    finish(&mesh, agent);
 }
 
 #[test]
@@ -105,38 +121,15 @@ fn envoy_dashboard_reaches_the_api_through_builtin() {
 /// service, and the dashboard's proxy refuses it as the API.
 #[test]
 fn rotation_and_agent_restarts_under_traffic_lose_no_request() {
-    let Some(mesh) = Mesh::with_builtin("builtin-both", &["count-api", "count-dashboard"]) else {
+    let Some((mesh, agent)) = running("builtin-both", &["count-api", "count-dashboard"]) else {
         return;
     };
-    let agent = mesh.start_agent();
-    let all = mesh.wait(60, all_running);
-    assert!(all_running(&all), "{all:?}\n{}", mesh.log());
-    get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
 
     let load = Load::start("127.0.0.1:9002");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let api_serial = mesh.double.rotate_leaf("count-api");
-    let dashboard_serial = mesh.double.rotate_leaf("count-dashboard");
     // Each proxy loads its new leaf, and traffic goes on meanwhile.
-    let loaded = retry(10, || {
-        let api = proxy_log(&mesh, "api", "connect-proxy-count-api");
-        let dash = proxy_log(&mesh, "dashboard", "connect-proxy-count-dashboard");
-        let both = api.contains(&format!("(serial {api_serial})"))
-            && dash.contains(&format!("(serial {dashboard_serial})"));
-        if both {
-            Ok(())
-        } else {
-            Err(format!("{api}\n{dash}"))
-        }
-    });
-    assert!(loaded.is_ok(), "{loaded:?}");
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let (ok, failures) = load.stop();
-    assert!(
-        ok > 20 && failures.is_empty(),
-        "{ok} answered, failed: {failures:?}\n{}",
-        mesh.log()
-    );
+    rotate_both_leaves(&mesh);
+    no_request_lost(&mesh, load);
 
     let restarts = mesh.restart_agent_twice_under_load(agent);
     assert!(
@@ -148,7 +141,7 @@ fn rotation_and_agent_restarts_under_traffic_lose_no_request() {
     );
     // The proxies ran on through both restarts: the same processes.
     assert_eq!(task_pids(&restarts.before), task_pids(&restarts.after_kill));
-    let mut agent = restarts.agent;
+    let agent = restarts.agent;
 
     // A server that is not the API is refused by the dashboard's proxy.
     mesh.double.rotate_leaf_as("count-api", "count-impostor");
@@ -162,9 +155,7 @@ fn rotation_and_agent_restarts_under_traffic_lose_no_request() {
         dash.contains("the server's certificate is not for service count-api in dc1"),
         "{dash}"
     );
-    mesh.teardown();
-    let _ = agent.kill();
-    let _ = agent.wait();
+    finish(&mesh, agent);
 }
 
 /// A client of the API's public port (its host port) presenting `cert`: whether the
@@ -221,7 +212,7 @@ fn the_public_listener_refuses_foreign_and_expired_certificates() {
     let Some(mesh) = Mesh::with_builtin("builtin-certs", &["count-api"]) else {
         return;
     };
-    let mut agent = mesh.start_agent();
+    let agent = mesh.start_agent();
     let all = mesh.wait(60, all_running);
     assert!(all_running(&all), "{all:?}\n{}", mesh.log());
     // A current leaf of Consul's CA gets through: the refusals below are the certificates'.
@@ -244,9 +235,7 @@ fn the_public_listener_refuses_foreign_and_expired_certificates() {
         if both { Ok(()) } else { Err(log) }
     });
     assert!(logged.is_ok(), "{logged:?}");
-    mesh.teardown();
-    let _ = agent.kill();
-    let _ = agent.wait();
+    finish(&mesh, agent);
 }
 
 /// `outpost status`'s lines for the built-in proxy's task.
@@ -260,17 +249,62 @@ fn status_lines(mesh: &Mesh) -> String {
         .join("\n")
 }
 
+/// Once the API's proxy has logged `api` and the dashboard's `dashboard`, within 10 s;
+/// else both logs.
+fn proxy_logs_say(mesh: &Mesh, api: &str, dashboard: &str) -> Result<(), String> {
+    retry(10, || {
+        let api_log = proxy_log(mesh, "api", "connect-proxy-count-api");
+        let dash_log = proxy_log(mesh, "dashboard", "connect-proxy-count-dashboard");
+        if api_log.contains(api) && dash_log.contains(dashboard) {
+            Ok(())
+        } else {
+            Err(format!("{api_log}\n{dash_log}"))
+        }
+    })
+}
+
+/// Gives both sidecars a new leaf and waits until each proxy has loaded its own.
+fn rotate_both_leaves(mesh: &Mesh) {
+    let api = mesh.double.rotate_leaf("count-api");
+    let dashboard = mesh.double.rotate_leaf("count-dashboard");
+    let loaded = proxy_logs_say(
+        mesh,
+        &format!("(serial {api})"),
+        &format!("(serial {dashboard})"),
+    );
+    assert!(loaded.is_ok(), "{loaded:?}");
+}
+
+/// Lets `load` run half a second more, stops it, and checks every request was answered.
+fn no_request_lost(mesh: &Mesh, load: Load) {
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (ok, failures) = load.stop();
+    assert!(
+        ok > 20 && failures.is_empty(),
+        "{ok} answered, failed: {failures:?}\n{}",
+        mesh.log()
+    );
+}
+
+/// `status` once its proxy lines say `needle`, within `secs`; else the last lines.
+fn status_says(mesh: &Mesh, secs: u64, needle: &str) -> Result<String, String> {
+    retry(secs, || {
+        let status = status_lines(mesh);
+        if status.contains(needle) {
+            Ok(status)
+        } else {
+            Err(status)
+        }
+    })
+}
+
 /// With the local agent down, the built-in proxy serves callers it knows with the leaf,
 /// roots and answers it has, and `status` says so; when the agent is back, it says that.
 #[test]
 fn with_consul_down_the_proxy_serves_with_what_it_has() {
-    let Some(mesh) = Mesh::with_builtin("builtin-consul-down", &["count-api"]) else {
+    let Some((mesh, agent)) = running("builtin-consul-down", &["count-api"]) else {
         return;
     };
-    let mut agent = mesh.start_agent();
-    let all = mesh.wait(60, all_running);
-    assert!(all_running(&all), "{all:?}\n{}", mesh.log());
-    get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
     let status = status_lines(&mesh);
     assert!(
         status.contains("proxy: ready") && status.contains("proxy: consul: reachable"),
@@ -278,32 +312,16 @@ fn with_consul_down_the_proxy_serves_with_what_it_has() {
     );
 
     mesh.double.set_down(true);
-    let said = retry(20, || {
-        let status = status_lines(&mesh);
-        if status.contains("consul: unreachable") {
-            Ok(status)
-        } else {
-            Err(status)
-        }
-    });
+    let said = status_says(&mesh, 20, "consul: unreachable");
     assert!(said.is_ok(), "{said:?}");
     for _ in 0..20 {
         let body = get("127.0.0.1:9002").unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
         assert!(body.contains("\"count\""), "{body}");
     }
     mesh.double.set_down(false);
-    let back = retry(30, || {
-        let status = status_lines(&mesh);
-        if status.contains("consul: reachable") {
-            Ok(status)
-        } else {
-            Err(status)
-        }
-    });
+    let back = status_says(&mesh, 30, "consul: reachable");
     assert!(back.is_ok(), "{back:?}");
-    mesh.teardown();
-    let _ = agent.kill();
-    let _ = agent.wait();
+    finish(&mesh, agent);
 }
 
 /// A TCP relay on the uplink to the API's public port: another instance of the API's
@@ -361,13 +379,9 @@ fn register_api_instance(mesh: &Mesh, id: &str, port: u16) {
 #[test]
 fn upstream_connections_go_round_robin_and_skip_a_refusing_instance() {
     use std::sync::atomic::Ordering;
-    let Some(mesh) = Mesh::with_builtin("builtin-round-robin", &["count-dashboard"]) else {
+    let Some((mesh, agent)) = running("builtin-round-robin", &["count-dashboard"]) else {
         return;
     };
-    let mut agent = mesh.start_agent();
-    let all = mesh.wait(60, all_running);
-    assert!(all_running(&all), "{all:?}\n{}", mesh.log());
-    get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
 
     let (relay, carried) = counting_relay();
     // IDs sort after the sidecar's (`_nomad-task-…`): refusing, then relay.
@@ -377,14 +391,7 @@ fn upstream_connections_go_round_robin_and_skip_a_refusing_instance() {
     let refusing = closed.local_addr().expect("its port").port();
     drop(closed);
     register_api_instance(&mesh, "count-api-refusing", refusing);
-    let seen = retry(70, || {
-        let status = status_lines(&mesh);
-        if status.contains("upstream count-api: 3 instances") {
-            Ok(status)
-        } else {
-            Err(status)
-        }
-    });
+    let seen = status_says(&mesh, 70, "upstream count-api: 3 instances");
     assert!(seen.is_ok(), "{seen:?}");
 
     let before = carried.load(Ordering::SeqCst);
@@ -396,9 +403,7 @@ fn upstream_connections_go_round_robin_and_skip_a_refusing_instance() {
     for id in ["count-api-relay", "count-api-refusing"] {
         put(&mesh, &format!("/v1/agent/service/deregister/{id}"), "");
     }
-    mesh.teardown();
-    let _ = agent.kill();
-    let _ = agent.wait();
+    finish(&mesh, agent);
 }
 
 /// A CA root rotation under traffic, as Consul does one: the new root is listed beside the
@@ -406,57 +411,24 @@ fn upstream_connections_go_round_robin_and_skip_a_refusing_instance() {
 /// and callers with a leaf of either root are let in.
 #[test]
 fn a_ca_root_rotation_under_traffic_loses_no_request() {
-    let Some(mesh) = Mesh::with_builtin("builtin-root", &["count-api", "count-dashboard"]) else {
+    let Some((mesh, agent)) = running("builtin-root", &["count-api", "count-dashboard"]) else {
         return;
     };
-    let mut agent = mesh.start_agent();
-    let all = mesh.wait(60, all_running);
-    assert!(all_running(&all), "{all:?}\n{}", mesh.log());
-    get_within("127.0.0.1:9002", 20).unwrap_or_else(|e| panic!("{e}\n{}", mesh.log()));
     let (old_cert, old_key) = mesh.double.issue_leaf("count-dashboard", false);
 
     let load = Load::start("127.0.0.1:9002");
     std::thread::sleep(std::time::Duration::from_millis(500));
     mesh.double.rotate_ca_root();
-    let both_logs = |needle: &dyn Fn(&str) -> String| {
-        retry(10, || {
-            let api = proxy_log(&mesh, "api", "connect-proxy-count-api");
-            let dash = proxy_log(&mesh, "dashboard", "connect-proxy-count-dashboard");
-            if api.contains(&needle("count-api")) && dash.contains(&needle("count-dashboard")) {
-                Ok(())
-            } else {
-                Err(format!("{api}\n{dash}"))
-            }
-        })
-    };
-    let trusted = both_logs(&|_| "CA roots loaded (2 root(s))".to_string());
+    let roots = "CA roots loaded (2 root(s))";
+    let trusted = proxy_logs_say(&mesh, roots, roots);
     assert!(trusted.is_ok(), "{trusted:?}");
-    let api_serial = mesh.double.rotate_leaf("count-api");
-    let dashboard_serial = mesh.double.rotate_leaf("count-dashboard");
-    let serial = |service: &str| {
-        let serial = if service == "count-api" {
-            &api_serial
-        } else {
-            &dashboard_serial
-        };
-        format!("(serial {serial})")
-    };
-    let loaded = both_logs(&serial);
-    assert!(loaded.is_ok(), "{loaded:?}");
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let (ok, failures) = load.stop();
-    assert!(
-        ok > 20 && failures.is_empty(),
-        "{ok} answered, failed: {failures:?}\n{}",
-        mesh.log()
-    );
+    rotate_both_leaves(&mesh);
+    no_request_lost(&mesh, load);
 
     let old = answered_with(&mesh, &old_cert, &old_key);
     assert!(old.is_ok(), "a leaf of the old root: {old:?}");
     let (new_cert, new_key) = mesh.double.issue_leaf("count-dashboard", false);
     let new = answered_with(&mesh, &new_cert, &new_key);
     assert!(new.is_ok(), "a leaf of the new root: {new:?}");
-    mesh.teardown();
-    let _ = agent.kill();
-    let _ = agent.wait();
+    finish(&mesh, agent);
 }

@@ -44,31 +44,26 @@ trait Unbuffered {
     fn peer_seen(&self) -> bool;
 }
 
-impl Unbuffered for UnbufferedClientConnection {
-    type Data = ClientConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn peer_seen(&self) -> bool {
-        self.peer_certificates().is_some()
-    }
+/// The same three lines for each kind.
+macro_rules! unbuffered {
+    ($conn:ty, $data:ty) => {
+        impl Unbuffered for $conn {
+            type Data = $data;
+            fn process<'c, 'i>(
+                &'c mut self,
+                incoming: &'i mut [u8],
+            ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+                self.process_tls_records(incoming)
+            }
+            fn peer_seen(&self) -> bool {
+                self.peer_certificates().is_some()
+            }
+        }
+    };
 }
 
-impl Unbuffered for UnbufferedServerConnection {
-    type Data = ServerConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn peer_seen(&self) -> bool {
-        self.peer_certificates().is_some()
-    }
-}
+unbuffered!(UnbufferedClientConnection, ClientConnectionData);
+unbuffered!(UnbufferedServerConnection, ServerConnectionData);
 
 /// Accepts a caller: the session and the caller's certificate chain.
 pub fn accept(
