@@ -12,8 +12,9 @@
 //! - direct: to the server group's mapped host port (192.0.2.10:9101 → 9001), the same
 //!   network path without proxies.
 //!
-//! Per path: bulk throughput over one connection (256 MiB up, median of 3), and request
-//! latency (64-byte echo) at 1 and 64 concurrent connections. Then each proxy's RSS.
+//! Per path: bulk throughput over one connection (256 MiB up; the three paths in turns, five
+//! rounds, the median of each), and request latency (64-byte echo) at 1 and 64 concurrent
+//! connections. Then each proxy's RSS.
 //! Envoy runs with `--concurrency 1`, as outpost starts it. The binary measured is
 //! `$OUTPOST_BENCH_BINARY`, else the static x86_64 musl release build when present, else
 //! the bench profile's own. Ends with
@@ -207,12 +208,30 @@ struct PathResult {
     p99_64: f64,
 }
 
-/// Every measurement of one path, from threads in the namespace of process `client`.
-fn measure(client: i64, addr: &'static str) -> PathResult {
-    let mut rates: Vec<f64> = (0..3)
-        .map(|_| in_netns(client, move || bulk(addr)).join().expect("bulk"))
-        .collect();
-    rates.sort_by(|a, b| a.total_cmp(b));
+/// Bulk rounds per path: its rate is the median.
+const ROUNDS: usize = 5;
+
+/// The bulk rate (Mbit/s) of each path, `(client, addr)`, measured in turns (one round of
+/// every path, then the next), so a slow spell of this shared machine falls on all of them
+/// alike: each path's median of `ROUNDS`.
+fn bulk_in_turns(paths: &[(i64, &'static str)]) -> Vec<f64> {
+    let mut rates = vec![Vec::new(); paths.len()];
+    for _ in 0..ROUNDS {
+        for (i, &(client, addr)) in paths.iter().enumerate() {
+            rates[i].push(in_netns(client, move || bulk(addr)).join().expect("bulk"));
+        }
+    }
+    rates
+        .into_iter()
+        .map(|mut r| {
+            r.sort_by(|a, b| a.total_cmp(b));
+            r[r.len() / 2]
+        })
+        .collect()
+}
+
+/// The latencies of one path, from threads in the namespace of process `client`.
+fn measure(client: i64, addr: &'static str, mbps: f64) -> PathResult {
     let mut one = in_netns(client, move || echoes(addr, 3000))
         .join()
         .expect("echoes");
@@ -226,7 +245,7 @@ fn measure(client: i64, addr: &'static str) -> PathResult {
         .collect();
     many.sort_by(|a, b| a.total_cmp(b));
     PathResult {
-        mbps: rates[1],
+        mbps,
         p50_1: percentile(&one, 0.5),
         p99_1: percentile(&one, 0.99),
         p50_64: percentile(&many, 0.5),
@@ -330,10 +349,16 @@ fn main() {
     };
     let faults_before = faults("bs", "b-srv") + faults("bc", "b-cli");
     let measured = std::panic::catch_unwind(|| {
+        let paths = [
+            (pid("bc", "app"), "192.0.2.10:9101"),
+            (pid("bc", "app"), "127.0.0.1:8080"),
+            (pid("ec", "app"), "127.0.0.1:8080"),
+        ];
+        let mbps = bulk_in_turns(&paths);
         (
-            measure(pid("bc", "app"), "192.0.2.10:9101"),
-            measure(pid("bc", "app"), "127.0.0.1:8080"),
-            measure(pid("ec", "app"), "127.0.0.1:8080"),
+            measure(paths[0].0, paths[0].1, mbps[0]),
+            measure(paths[1].0, paths[1].1, mbps[1]),
+            measure(paths[2].0, paths[2].1, mbps[2]),
         )
     });
     let (direct, builtin, envoy) = match measured {
