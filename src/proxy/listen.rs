@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Each connection's thread: the handshake and the copy loop need far less than the
-/// default 2 MiB (it is address space, not memory, either way).
+/// A new connection's thread, until it is handed to the relay: the handshake needs far
+/// less than the default 2 MiB (it is address space, not memory, either way).
 const CONNECTION_STACK: usize = 256 * 1024;
 
-/// Connections served at once by one proxy (each is a thread and two sockets); more are
+/// Connections served at once by one proxy (each is two sockets, and a thread until it is established); more are
 /// closed as they come, so a flood of callers cannot exhaust the device.
 pub(super) const MAX_CONNECTIONS: usize = 1024;
 
@@ -151,17 +151,24 @@ fn serve(proxy: &Arc<Proxy>, addr: SocketAddr) {
         let spawned = std::thread::Builder::new()
             .stack_size(CONNECTION_STACK)
             .spawn(move || {
-                let _slot = slot;
                 let peer = stream
                     .peer_addr()
                     .map(|a| a.to_string())
                     .unwrap_or_default();
-                let done = match role {
+                let established = match role {
                     Role::Public(reg) => inbound(&mine, &reg, stream),
                     Role::Upstream(reg, up) => outbound(&mine, &reg, &up, stream),
                 };
-                match done {
-                    Ok(()) => {}
+                match established {
+                    Ok(pump) => mine.relay.hand_over(
+                        pump,
+                        Box::new(move |end| {
+                            drop(slot);
+                            if let Err(e) = end {
+                                debug!("connection from {peer} to {addr}: {e}");
+                            }
+                        }),
+                    ),
                     // A connect-and-close (Consul's TCP check of the public port).
                     Err(Failure::Quiet(e)) => debug!("connection from {peer} to {addr}: {e}"),
                     Err(Failure::Said(e)) => info!("connection from {peer} to {addr}: {e}"),
@@ -203,7 +210,7 @@ impl Failure {
 
 /// A caller through the mesh: its certificate must chain to the roots, and intentions
 /// must let its service reach ours; then its bytes go to the app.
-fn inbound(proxy: &Proxy, reg: &Registration, mut net: TcpStream) -> Result<(), Failure> {
+fn inbound(proxy: &Proxy, reg: &Registration, mut net: TcpStream) -> Result<Pump, Failure> {
     let config = proxy
         .state()
         .server
@@ -223,14 +230,12 @@ fn inbound(proxy: &Proxy, reg: &Registration, mut net: TcpStream) -> Result<(), 
             reg.service
         )));
     }
-    let mut app = TcpStream::connect_timeout(&reg.local, reg.local_connect_timeout)
+    let app = TcpStream::connect_timeout(&reg.local, reg.local_connect_timeout)
         .map_err(|e| format!("the app at {}: {e}", reg.local))?;
     net.set_read_timeout(None)
         .and_then(|()| net.set_write_timeout(None))
         .map_err(|e| e.to_string())?;
-    Pump::new(established, &mut net, &mut app)
-        .and_then(Pump::run)
-        .map_err(|e| Failure::Quiet(e.to_string()))
+    Pump::new(established, net, app).map_err(|e| Failure::Quiet(e.to_string()))
 }
 
 /// Whether `uri` may connect to `target`: the cached answer while the intentions stay,
@@ -277,8 +282,8 @@ fn outbound(
     proxy: &Proxy,
     reg: &Registration,
     up: &Upstream,
-    mut app: TcpStream,
-) -> Result<(), Failure> {
+    app: TcpStream,
+) -> Result<Pump, Failure> {
     let key = upstream_key(up);
     let (config, sni, candidates) = {
         let mut s = proxy.state();
@@ -333,9 +338,7 @@ fn outbound(
     net.set_read_timeout(None)
         .and_then(|()| net.set_write_timeout(None))
         .map_err(|e| e.to_string())?;
-    Pump::new(established, &mut net, &mut app)
-        .and_then(Pump::run)
-        .map_err(|e| Failure::Quiet(e.to_string()))
+    Pump::new(established, net, app).map_err(|e| Failure::Quiet(e.to_string()))
 }
 
 /// The admin address: `GET /ready` (`200 LIVE` when ready, else `503`, as Envoy's admin

@@ -19,14 +19,16 @@
 //! and its certificates loaded, as Envoy's does.
 //!
 //! One process per sidecar, like Envoy: each holds only its own service's key and token,
-//! and a crash or a bad peer costs one service. It is a thread per connection (its
-//! handshake, authorization and copying are straight-line blocking code; an idle proxy has
-//! only its watch threads).
+//! and a crash or a bad peer costs one service. A new connection gets a thread for its
+//! handshake, authorization and connect (straight-line blocking code with timeouts); once
+//! established, it is handed to the proxy's one relay thread, which moves the bytes of all
+//! its connections from one epoll set, as Envoy's worker does (`relay.rs`).
 
 mod handshake;
 mod listen;
 pub mod pump;
 pub mod record;
+mod relay;
 pub mod tls;
 mod watch;
 pub mod x509;
@@ -93,6 +95,8 @@ pub struct Proxy {
     state: Mutex<State>,
     /// Connections being served (`listen::MAX_CONNECTIONS` at most).
     connections: Arc<listen::Slots>,
+    /// Moves the bytes of the established connections.
+    relay: Arc<relay::Relay>,
 }
 
 impl Proxy {
@@ -234,6 +238,7 @@ pub fn run(cmd: &ProxyCmd) -> Result<(), Error> {
         proxy_id: cmd.proxy_id.clone(),
         state: Mutex::new(State::default()),
         connections: listen::Slots::new(listen::MAX_CONNECTIONS),
+        relay: relay::Relay::start().context("cannot start the relay thread")?,
     });
     info!(
         "proxy {}: starting; Consul at {}",

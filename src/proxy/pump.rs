@@ -1,5 +1,7 @@
 //! Copies bytes both ways between a TLS connection and a plain one, until both directions
-//! have ended: one thread per proxied connection, waiting in poll(2) on its two sockets.
+//! have ended. A `Pump` only moves what its non-blocking sockets allow and says whether it
+//! is done, waiting or has more; the relay (`relay.rs`) waits for the sockets of all of a
+//! proxy's connections in one epoll(7) and steps each when one of its sockets is ready.
 //!
 //! Records are opened and sealed in place (`record::Session`): the network's bytes are
 //! read into one buffer, each record decrypted where it lies and the payloads written to
@@ -12,12 +14,10 @@
 
 use super::handshake::Established;
 use super::record::{MAX_PAYLOAD, MAX_RECORD, Opened, Session};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use std::io::{self, ErrorKind, IoSlice, IoSliceMut, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::ops::Range;
-use std::os::fd::AsFd;
-use std::time::Duration;
+use std::os::fd::{AsFd, BorrowedFd};
 
 /// Bytes read from the network at once (eight full records), plus room for a record that
 /// began at the end of the last read. Eight rather than four: 10-15% more bulk rate in
@@ -67,10 +67,6 @@ impl Outbound {
     }
 }
 
-/// A connection quiet in both directions for this long is closed (Envoy's default idle
-/// timeout for TCP proxies is one hour).
-pub const IDLE: Duration = Duration::from_secs(3600);
-
 /// Errors that mean the other end has closed the connection entirely.
 fn is_gone(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset)
@@ -83,19 +79,43 @@ struct Flow {
     moved: bool,
 }
 
+/// One of a pump's two sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The TLS connection to or from the mesh.
+    Net,
+    /// The plain connection to or from the local app.
+    App,
+}
+
+/// Where a pump stands after a step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Both directions have ended: the connection can be closed.
+    Done,
+    /// Nothing more moves until a socket is ready again.
+    Waiting,
+    /// It used up its passes and could still move bytes.
+    Busy,
+}
+
 /// The two sides, and where each direction stands.
-pub struct Pump<'a> {
+pub struct Pump {
     session: Session,
-    net: &'a mut TcpStream,
-    app: &'a mut TcpStream,
+    net: TcpStream,
+    app: TcpStream,
     inbound: Inbound,
     outbound: Outbound,
     /// The network gave its FIN.
     net_eof: bool,
     /// Whether a read may find bytes: false after a read that drained the socket, true
-    /// again when poll says so. Saves a read that would block on every pass.
+    /// again when epoll says so. Saves a read that would block on every pass.
     net_readable: bool,
     app_readable: bool,
+    /// The other end's FIN (or an error) is waiting on the socket. A short read then does
+    /// not mean there is nothing more to read, and no new edge would come to say so.
+    net_hung_up: bool,
+    app_hung_up: bool,
     /// The peer's stream ended (close_notify or FIN), and the app was told.
     peer_done: bool,
     app_told: bool,
@@ -104,20 +124,21 @@ pub struct Pump<'a> {
     peer_told: bool,
 }
 
-impl<'a> Pump<'a> {
-    /// Takes over an established session; the application bytes that came with the end
-    /// of the handshake are written to the app first.
-    pub fn new(
-        established: Established,
-        net: &'a mut TcpStream,
-        app: &'a mut TcpStream,
-    ) -> io::Result<Self> {
+impl Pump {
+    /// Takes over an established session and its two sockets, which become non-blocking;
+    /// the application bytes that came with the end of the handshake are written to the
+    /// app first.
+    pub fn new(established: Established, net: TcpStream, mut app: TcpStream) -> io::Result<Self> {
         let Established {
             session,
             early,
             leftover,
         } = established;
         app.write_all(&early)?;
+        net.set_nonblocking(true)?;
+        app.set_nonblocking(true)?;
+        let _ = net.set_nodelay(true);
+        let _ = app.set_nodelay(true);
         let mut buf = vec![0u8; INBOUND].into_boxed_slice();
         buf.get_mut(..leftover.len())
             .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "a handshake too long"))?
@@ -141,6 +162,8 @@ impl<'a> Pump<'a> {
             net_eof: false,
             net_readable: true,
             app_readable: true,
+            net_hung_up: false,
+            app_hung_up: false,
             peer_done: false,
             app_told: false,
             app_done: false,
@@ -148,13 +171,33 @@ impl<'a> Pump<'a> {
         })
     }
 
-    /// Runs until both directions have ended, or one side fails or stays idle for `IDLE`.
-    pub fn run(mut self) -> io::Result<()> {
-        self.net.set_nonblocking(true)?;
-        self.app.set_nonblocking(true)?;
-        let _ = self.net.set_nodelay(true);
-        let _ = self.app.set_nodelay(true);
-        loop {
+    /// The socket of `side`, to wait on.
+    pub fn socket(&self, side: Side) -> BorrowedFd<'_> {
+        match side {
+            Side::Net => self.net.as_fd(),
+            Side::App => self.app.as_fd(),
+        }
+    }
+
+    /// A read on `side` may find bytes again; `hung_up`: the other end has closed its side
+    /// or reset, and the socket stays readable until a read says so.
+    pub fn readable(&mut self, side: Side, hung_up: bool) {
+        match side {
+            Side::Net => {
+                self.net_readable = true;
+                self.net_hung_up |= hung_up;
+            }
+            Side::App => {
+                self.app_readable = true;
+                self.app_hung_up |= hung_up;
+            }
+        }
+    }
+
+    /// Moves bytes both ways for at most `passes` passes, until nothing moves; an error
+    /// from either side ends the connection.
+    pub fn step(&mut self, passes: usize) -> io::Result<Step> {
+        for _ in 0..passes {
             let mut flow = Flow::default();
             self.read_peer(&mut flow)?;
             self.write_app(&mut flow)?;
@@ -162,16 +205,17 @@ impl<'a> Pump<'a> {
             match self.write_peer(&mut flow) {
                 // The peer ended its stream and went away before our close_notify reached
                 // it: the exchange is over.
-                Err(e) if self.peer_done && is_gone(&e) => return Ok(()),
+                Err(e) if self.peer_done && is_gone(&e) => return Ok(Step::Done),
                 other => other?,
             }
             if self.app_told && self.peer_told && self.outbound.is_empty() {
-                return Ok(());
+                return Ok(Step::Done);
             }
-            if !flow.moved && !self.wait()? {
-                return Err(io::Error::new(ErrorKind::TimedOut, "idle"));
+            if !flow.moved {
+                return Ok(Step::Waiting);
             }
         }
+        Ok(Step::Busy)
     }
 
     /// Records from the network, opened into `inbound.ready` once it is drained.
@@ -197,7 +241,7 @@ impl<'a> Pump<'a> {
                 }
                 Ok(n) => {
                     inbound.filled += n;
-                    self.net_readable = n == room;
+                    self.net_readable = n == room || self.net_hung_up;
                     flow.moved = true;
                     self.open_records()?;
                 }
@@ -299,7 +343,7 @@ impl<'a> Pump<'a> {
             }
             Ok(n) => {
                 flow.moved = true;
-                self.app_readable = n == SLOTS * MAX_PAYLOAD;
+                self.app_readable = n == SLOTS * MAX_PAYLOAD || self.app_hung_up;
                 let mut end = start;
                 for (i, at) in (0..n).step_by(MAX_PAYLOAD).enumerate() {
                     let from = start + i * slot;
@@ -343,49 +387,6 @@ impl<'a> Pump<'a> {
         }
         Ok(())
     }
-
-    /// Waits until a socket can do what is pending; false after `IDLE` of nothing.
-    fn wait(&mut self) -> io::Result<bool> {
-        let mut net = PollFlags::empty();
-        if self.inbound.ready.is_empty() && !self.inbound.closed && !self.net_eof && !self.peer_done
-        {
-            net |= PollFlags::POLLIN;
-        }
-        if !self.outbound.is_empty() {
-            net |= PollFlags::POLLOUT;
-        }
-        let mut app = PollFlags::empty();
-        if !self.app_done && self.outbound.is_empty() {
-            app |= PollFlags::POLLIN;
-        }
-        if !self.inbound.ready.is_empty() {
-            app |= PollFlags::POLLOUT;
-        }
-        let mut fds = [
-            PollFd::new(self.net.as_fd(), net),
-            PollFd::new(self.app.as_fd(), app),
-        ];
-        let timeout = PollTimeout::try_from(IDLE.as_millis() as i32).unwrap_or(PollTimeout::MAX);
-        loop {
-            match poll(&mut fds, timeout) {
-                Ok(0) => return Ok(false),
-                Ok(_) => {
-                    let readable = |fd: &PollFd| {
-                        fd.revents().is_some_and(|r| {
-                            r.intersects(
-                                PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR,
-                            )
-                        })
-                    };
-                    self.net_readable |= readable(&fds[0]);
-                    self.app_readable |= readable(&fds[1]);
-                    return Ok(true);
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
 }
 
 /// A record the peer should not have sent: the connection ends.
@@ -400,6 +401,7 @@ mod tests {
 
     use super::*;
     use crate::proxy::handshake;
+    use crate::proxy::relay::testing::relayed;
     use crate::proxy::tls::{self, testing::*};
     use rustls::crypto::ring::cipher_suite as suite;
     use rustls::{ClientConnection, ServerConnection, StreamOwned, SupportedCipherSuite};
@@ -481,8 +483,8 @@ mod tests {
                 // Our own key updates too, every 5 records (TLS 1.3).
                 established.session = established.session.with_key_limit(5);
                 assert!(tls::caller(Some(&chain)).is_some_and(|(uri, _)| uri.ends_with("/web")));
-                let mut app = TcpStream::connect(app_addr).unwrap();
-                Pump::new(established, &mut net, &mut app).and_then(Pump::run)
+                let app = TcpStream::connect(app_addr).unwrap();
+                relayed(Pump::new(established, net, app))
             });
             let config = client_speaking(suite, &web, &store, expect("db"));
             let conn = ClientConnection::new(config, tls::sni("db", "dc1", TD).unwrap()).unwrap();
@@ -527,14 +529,14 @@ mod tests {
             let mut app = TcpStream::connect(app_addr).unwrap();
             let ours = tls::client(&web, &store, expect("db")).unwrap();
             let proxy = thread::spawn(move || {
-                let (mut to_app, _) = app_side.accept().unwrap();
+                let (to_app, _) = app_side.accept().unwrap();
                 let mut net = TcpStream::connect(addr).unwrap();
                 let Ok(established) =
                     handshake::connect(ours, tls::sni("db", "dc1", TD).unwrap(), &mut net)
                 else {
                     panic!("handshake")
                 };
-                Pump::new(established, &mut net, &mut to_app).and_then(Pump::run)
+                relayed(Pump::new(established, net, to_app))
             });
             let data = payload();
             app.write_all(&data).unwrap();
