@@ -238,7 +238,7 @@ pub fn run(cmd: &ProxyCmd) -> Result<(), Error> {
         proxy_id: cmd.proxy_id.clone(),
         state: Mutex::new(State::default()),
         connections: listen::Slots::new(listen::MAX_CONNECTIONS),
-        relay: relay::Relay::start().context("cannot start the relay thread")?,
+        relay: relay::Relay::new().context("cannot make the relay's epoll set")?,
     });
     info!(
         "proxy {}: starting; Consul at {}",

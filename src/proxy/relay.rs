@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::io::{self, ErrorKind};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Called once, in the relay's thread, with how the connection ended.
@@ -44,7 +44,12 @@ const STACK: usize = 128 * 1024;
 pub struct Relay {
     epoll: Epoll,
     wake: EventFd,
-    handed: Mutex<Vec<(Pump, OnEnd)>>,
+    /// Boxed as they will be in `Connections` (and this list's capacity stays small).
+    #[allow(clippy::vec_box)]
+    handed: Mutex<Vec<Box<Entry>>>,
+    /// The thread starts with the first connection: an idle sidecar (most of a device's,
+    /// most of the time) spends no stack on it.
+    thread: OnceLock<io::Result<()>>,
 }
 
 /// A connection the relay moves.
@@ -55,10 +60,11 @@ struct Entry {
     active: Instant,
 }
 
-/// The relay thread's connections, by slot; a socket's token is its slot and side.
+/// The relay thread's connections, by slot; a socket's token is its slot and side. Boxed:
+/// a pump is about 2 KiB, and the list keeps the length of its busiest moment.
 #[derive(Default)]
 struct Connections {
-    slots: Vec<Option<Entry>>,
+    slots: Vec<Option<Box<Entry>>>,
     free: Vec<usize>,
 }
 
@@ -72,31 +78,45 @@ fn of_token(token: u64) -> (usize, Side) {
 }
 
 impl Relay {
-    /// Starts the relay's thread.
-    pub fn start() -> io::Result<Arc<Relay>> {
+    /// A relay with no connections; its thread starts with the first.
+    pub fn new() -> io::Result<Arc<Relay>> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         epoll.add(&wake, EpollEvent::new(EpollFlags::EPOLLIN, HANDED))?;
-        let relay = Arc::new(Relay {
+        Ok(Arc::new(Relay {
             epoll,
             wake,
             handed: Mutex::new(Vec::new()),
-        });
-        let mine = relay.clone();
-        std::thread::Builder::new()
-            .name("relay".to_string())
-            .stack_size(STACK)
-            .spawn(move || mine.run())?;
-        Ok(relay)
+            thread: OnceLock::new(),
+        }))
     }
 
     /// Gives a connection to the relay's thread, which moves it until it ends, then calls
     /// `on_end`.
-    pub fn hand_over(&self, pump: Pump, on_end: OnEnd) {
+    pub fn hand_over(self: &Arc<Self>, pump: Pump, on_end: OnEnd) {
+        let started = self.thread.get_or_init(|| {
+            let mine = self.clone();
+            std::thread::Builder::new()
+                .name("relay".to_string())
+                .stack_size(STACK)
+                .spawn(move || mine.run())
+                .map(drop)
+        });
+        if let Err(e) = started {
+            on_end(Err(io::Error::new(
+                e.kind(),
+                format!("cannot start the relay thread: {e}"),
+            )));
+            return;
+        }
         self.handed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((pump, on_end));
+            .push(Box::new(Entry {
+                pump,
+                on_end,
+                active: Instant::now(),
+            }));
         if let Err(e) = self.wake.write(1) {
             // Only a counter at its maximum fails, and then the relay is awake anyway.
             warn!("cannot wake the relay: {e}");
@@ -158,12 +178,9 @@ impl Relay {
         let _ = self.wake.read();
         let handed =
             std::mem::take(&mut *self.handed.lock().unwrap_or_else(PoisonError::into_inner));
-        for (pump, on_end) in handed {
-            let slot = connections.insert(Entry {
-                pump,
-                on_end,
-                active: now,
-            });
+        for mut entry in handed {
+            entry.active = now;
+            let slot = connections.insert(entry);
             if let Err(e) = self.watch(connections, slot) {
                 connections.end(slot, Err(e.into()));
                 continue;
@@ -190,7 +207,7 @@ impl Relay {
 }
 
 impl Connections {
-    fn insert(&mut self, entry: Entry) -> usize {
+    fn insert(&mut self, entry: Box<Entry>) -> usize {
         match self.free.pop() {
             Some(slot) => {
                 self.slots[slot] = Some(entry);
@@ -224,7 +241,7 @@ impl Connections {
     fn end(&mut self, slot: usize, result: io::Result<()>) {
         if let Some(entry) = self.slots.get_mut(slot).and_then(Option::take) {
             self.free.push(slot);
-            let Entry { pump, on_end, .. } = entry;
+            let Entry { pump, on_end, .. } = *entry;
             drop(pump);
             on_end(result);
         }
@@ -254,7 +271,7 @@ pub(super) mod testing {
 
     /// Moves `pump` through a relay of its own until it ends.
     pub fn relayed(pump: io::Result<Pump>) -> io::Result<()> {
-        let relay = Relay::start()?;
+        let relay = Relay::new()?;
         let (ended, end) = mpsc::channel();
         relay.hand_over(
             pump?,
@@ -311,7 +328,7 @@ mod tests {
         echo_all(app);
         let public = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = public.local_addr().unwrap();
-        let relay = Relay::start().unwrap();
+        let relay = Relay::new().unwrap();
         let (ended, ends) = mpsc::channel();
         let server = tls::server(&db, &store).unwrap();
         thread::spawn(move || {
