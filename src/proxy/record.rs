@@ -420,3 +420,83 @@ fn alert(body: &[u8]) -> Result<Opened, String> {
         _ => Err("a malformed alert".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::handshake;
+    use crate::proxy::tls::{self, testing::*};
+    use rustls::ClientConnection;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    /// Our server's session, and the rustls client it shook hands with; their bytes go
+    /// back and forth by hand from here.
+    fn connected() -> (Session, ClientConnection) {
+        let ca = make_ca();
+        let store = tls::roots(&[ca.pem()]).unwrap();
+        let (web, db) = (leaf(&ca, "web"), leaf(&ca, "db"));
+        let public = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = public.local_addr().unwrap();
+        let config = tls::client(&web, &store, expect("db")).unwrap();
+        let client = std::thread::spawn(move || {
+            let mut conn =
+                ClientConnection::new(config, tls::sni("db", "dc1", TD).unwrap()).unwrap();
+            let mut sock = TcpStream::connect(addr).unwrap();
+            while conn.is_handshaking() {
+                conn.complete_io(&mut sock).unwrap();
+            }
+            conn
+        });
+        let (mut net, _) = public.accept().unwrap();
+        let Ok((established, _)) = handshake::accept(tls::server(&db, &store).unwrap(), &mut net)
+        else {
+            panic!("handshake")
+        };
+        assert!(established.leftover.is_empty() && established.early.is_empty());
+        (established.session, client.join().unwrap())
+    }
+
+    /// The payloads of the records in `wire`, opened in turn.
+    fn open_all(session: &mut Session, mut wire: Vec<u8>) -> Vec<u8> {
+        let mut payloads = Vec::new();
+        let mut at = 0;
+        while let Some(len) = Session::record_len(&wire[at..]).unwrap() {
+            let record = &mut wire[at..at + len];
+            if let Opened::Data(r) = session.open(record).unwrap() {
+                payloads.extend_from_slice(&record[r]);
+            }
+            at += len;
+        }
+        assert_eq!(at, wire.len(), "a record cut short");
+        payloads
+    }
+
+    #[test]
+    fn a_peers_request_for_a_key_update_is_answered_and_the_peer_follows_our_new_key() {
+        let (mut ours, mut theirs) = connected();
+        assert!(!ours.key_update_due());
+        theirs.refresh_traffic_keys().unwrap();
+        theirs.writer().write_all(b"after").unwrap();
+        let mut wire = Vec::new();
+        while theirs.wants_write() {
+            theirs.write_tls(&mut wire).unwrap();
+        }
+        assert_eq!(open_all(&mut ours, wire), b"after");
+        assert!(ours.key_update_due(), "the peer's request was not noted");
+
+        let mut out = vec![0u8; 2 * MAX_RECORD];
+        let update = ours.seal_key_update(&mut out).unwrap();
+        assert!(!ours.key_update_due());
+        let (prefix, suffix) = ours.overhead();
+        let slot = &mut out[update..update + prefix + 5 + suffix];
+        slot[prefix..prefix + 5].copy_from_slice(b"hello");
+        let data = ours.seal_data(slot, 5).unwrap();
+        // rustls reads the record after our key update only with our new key.
+        theirs.read_tls(&mut &out[..update + data]).unwrap();
+        theirs.process_new_packets().unwrap();
+        let mut got = [0u8; 5];
+        theirs.reader().read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+    }
+}
