@@ -14,7 +14,8 @@
 //!
 //! Per path: bulk throughput over one connection (256 MiB up; the three paths in turns, five
 //! rounds, the median of each), and request latency (64-byte echo) at 1 and 64 concurrent
-//! connections. Then each proxy's RSS.
+//! connections (also in turns, five rounds, each percentile the median of the rounds').
+//! Then each proxy's RSS.
 //! Envoy runs with `--concurrency 1`, as outpost starts it. The binary measured is
 //! `$OUTPOST_BENCH_BINARY`, else the static x86_64 musl release build when present, else
 //! the bench profile's own. Ends with
@@ -230,8 +231,14 @@ fn bulk_in_turns(paths: &[(i64, &'static str)]) -> Vec<f64> {
         .collect()
 }
 
+/// Latency rounds per path: each percentile reported is the median of the rounds'.
+const LATENCY_ROUNDS: usize = 5;
+
+/// p50 and p99 at one connection, then at 64, in µs.
+type Latencies = (f64, f64, f64, f64);
+
 /// The latencies of one path, from threads in the namespace of process `client`.
-fn measure(client: i64, addr: &'static str, mbps: f64) -> PathResult {
+fn latencies(client: i64, addr: &'static str) -> Latencies {
     let mut one = in_netns(client, move || echoes(addr, 3000))
         .join()
         .expect("echoes");
@@ -244,13 +251,38 @@ fn measure(client: i64, addr: &'static str, mbps: f64) -> PathResult {
         .flat_map(|t| t.join().expect("echoes"))
         .collect();
     many.sort_by(|a, b| a.total_cmp(b));
-    PathResult {
-        mbps,
-        p50_1: percentile(&one, 0.5),
-        p99_1: percentile(&one, 0.99),
-        p50_64: percentile(&many, 0.5),
-        p99_64: percentile(&many, 0.99),
+    (
+        percentile(&one, 0.5),
+        percentile(&one, 0.99),
+        percentile(&many, 0.5),
+        percentile(&many, 0.99),
+    )
+}
+
+/// Each path's latencies, measured in turns as the bulk rates are (one round of every path,
+/// then the next), so a slow spell of this shared machine falls on all of them alike.
+fn latencies_in_turns(paths: &[(i64, &'static str)]) -> Vec<Latencies> {
+    let mut rounds = vec![Vec::new(); paths.len()];
+    for _ in 0..LATENCY_ROUNDS {
+        for (i, &(client, addr)) in paths.iter().enumerate() {
+            rounds[i].push(latencies(client, addr));
+        }
     }
+    let median_of = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    rounds
+        .into_iter()
+        .map(|r| {
+            (
+                median_of(r.iter().map(|l| l.0).collect()),
+                median_of(r.iter().map(|l| l.1).collect()),
+                median_of(r.iter().map(|l| l.2).collect()),
+                median_of(r.iter().map(|l| l.3).collect()),
+            )
+        })
+        .collect()
 }
 
 fn median(mut v: Vec<u64>) -> u64 {
@@ -355,11 +387,18 @@ fn main() {
             (pid("ec", "app"), "127.0.0.1:8080"),
         ];
         let mbps = bulk_in_turns(&paths);
-        (
-            measure(paths[0].0, paths[0].1, mbps[0]),
-            measure(paths[1].0, paths[1].1, mbps[1]),
-            measure(paths[2].0, paths[2].1, mbps[2]),
-        )
+        let mut latencies = latencies_in_turns(&paths).into_iter();
+        let mut next = |mbps| {
+            let (p50_1, p99_1, p50_64, p99_64) = latencies.next().unwrap_or_default();
+            PathResult {
+                mbps,
+                p50_1,
+                p99_1,
+                p50_64,
+                p99_64,
+            }
+        };
+        (next(mbps[0]), next(mbps[1]), next(mbps[2]))
     });
     let (direct, builtin, envoy) = match measured {
         Ok(all) => all,
