@@ -15,8 +15,9 @@ use std::time::Duration;
 /// less than the default 2 MiB (it is address space, not memory, either way).
 const CONNECTION_STACK: usize = 256 * 1024;
 
-/// Connections served at once by one proxy (each is two sockets, and a thread until it is established); more are
-/// closed as they come, so a flood of callers cannot exhaust the device.
+/// Connections served at once by one proxy (each is two sockets, and a thread until it is
+/// established); more are closed as they come, so a flood of callers cannot exhaust the
+/// device.
 pub(super) const MAX_CONNECTIONS: usize = 1024;
 
 /// How many connections a proxy serves at once; a `Slot` is one of them.
