@@ -50,6 +50,9 @@ pub struct Relay {
     /// The thread starts with the first connection: an idle sidecar (most of a device's,
     /// most of the time) spends no stack on it.
     thread: OnceLock<io::Result<()>>,
+    /// `IDLE` and `SWEEP` (shorter in tests).
+    idle: Duration,
+    sweep: Duration,
 }
 
 /// A connection the relay moves.
@@ -88,6 +91,19 @@ impl Relay {
             wake,
             handed: Mutex::new(Vec::new()),
             thread: OnceLock::new(),
+            idle: IDLE,
+            sweep: SWEEP,
+        }))
+    }
+
+    /// A relay that ends connections quiet for `idle`, looking every `sweep`.
+    #[cfg(test)]
+    fn with_idle(idle: Duration, sweep: Duration) -> io::Result<Arc<Relay>> {
+        let relay = Arc::into_inner(Relay::new()?).ok_or(ErrorKind::Other)?;
+        Ok(Arc::new(Relay {
+            idle,
+            sweep,
+            ..relay
         }))
     }
 
@@ -132,7 +148,7 @@ impl Relay {
         let mut swept = Instant::now();
         loop {
             let timeout = if busy.is_empty() {
-                EpollTimeout::try_from(SWEEP).unwrap_or(EpollTimeout::MAX)
+                EpollTimeout::try_from(self.sweep).unwrap_or(EpollTimeout::MAX)
             } else {
                 EpollTimeout::ZERO
             };
@@ -166,8 +182,8 @@ impl Relay {
             for slot in again.drain(..) {
                 connections.step(slot, &mut busy);
             }
-            if now.duration_since(swept) >= SWEEP {
-                connections.end_idle(now);
+            if now.duration_since(swept) >= self.sweep {
+                connections.end_idle(now, self.idle);
                 swept = now;
             }
         }
@@ -247,15 +263,15 @@ impl Connections {
         }
     }
 
-    /// Ends the connections quiet for `IDLE`.
-    fn end_idle(&mut self, now: Instant) {
+    /// Ends the connections quiet for `idle`.
+    fn end_idle(&mut self, now: Instant, idle: Duration) {
         let idle: Vec<usize> = self
             .slots
             .iter()
             .enumerate()
             .filter_map(|(slot, entry)| {
                 let entry = entry.as_ref()?;
-                (now.duration_since(entry.active) >= IDLE).then_some(slot)
+                (now.duration_since(entry.active) >= idle).then_some(slot)
             })
             .collect();
         for slot in idle {
@@ -286,18 +302,20 @@ pub(super) mod testing {
 #[cfg(test)]
 mod tests {
     //! Many connections at once through one relay: each gets all of its bytes back, in
-    //! order, while the others move theirs, and each end is reported once.
+    //! order, while the others move theirs, and each end is reported. And the idle timeout.
 
     use super::*;
     use crate::proxy::handshake;
     use crate::proxy::tls::{self, testing::*};
-    use rustls::{ClientConnection, StreamOwned};
+    use rustls::{ClientConfig, ClientConnection, StreamOwned};
     use std::io::{Read, Write};
-    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
     use std::sync::mpsc;
     use std::thread;
 
     const CONNECTIONS: usize = 24;
+
+    type Caller = StreamOwned<ClientConnection, TcpStream>;
 
     /// An app that echoes each connection until its EOF, then closes its side.
     fn echo_all(l: TcpListener) {
@@ -318,8 +336,17 @@ mod tests {
         });
     }
 
-    #[test]
-    fn one_relay_moves_many_connections_at_once_and_reports_how_each_ended() {
+    /// A public listener whose first `connections` callers are handed to `relay` on their
+    /// way to an echo app; each end is reported with the caller's port.
+    #[allow(clippy::type_complexity)]
+    fn serve(
+        relay: Arc<Relay>,
+        connections: usize,
+    ) -> (
+        SocketAddr,
+        Arc<ClientConfig>,
+        mpsc::Receiver<(u16, io::Result<()>)>,
+    ) {
         let ca = make_ca();
         let store = tls::roots(&[ca.pem()]).unwrap();
         let (web, db) = (leaf(&ca, "web"), leaf(&ca, "db"));
@@ -328,43 +355,53 @@ mod tests {
         echo_all(app);
         let public = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = public.local_addr().unwrap();
-        let relay = Relay::new().unwrap();
         let (ended, ends) = mpsc::channel();
         let server = tls::server(&db, &store).unwrap();
         thread::spawn(move || {
-            for net in public.incoming().take(CONNECTIONS) {
+            for net in public.incoming().take(connections) {
                 let (mut net, relay, ended, server) =
                     (net.unwrap(), relay.clone(), ended.clone(), server.clone());
                 thread::spawn(move || {
+                    let port = net.peer_addr().unwrap().port();
                     let (established, _) = handshake::accept(server, &mut net).ok().unwrap();
                     let app = TcpStream::connect(app_addr).unwrap();
                     let pump = Pump::new(established, net, app).unwrap();
                     relay.hand_over(
                         pump,
-                        Box::new(move |result| ended.send(result.is_ok()).unwrap()),
+                        Box::new(move |result| ended.send((port, result)).unwrap()),
                     );
                 });
             }
         });
+        let config = tls::client(&web, &store, expect("db")).unwrap();
+        (addr, config, ends)
+    }
+
+    fn caller(addr: SocketAddr, config: &Arc<ClientConfig>) -> Caller {
+        let conn = ClientConnection::new(config.clone(), tls::sni("db", "dc1", TD).unwrap());
+        StreamOwned::new(conn.unwrap(), TcpStream::connect(addr).unwrap())
+    }
+
+    fn echoed(tls: &mut Caller, data: &[u8]) -> bool {
+        let mut back = vec![0u8; data.len()];
+        tls.write_all(data).is_ok() && tls.read_exact(&mut back).is_ok() && back == data
+    }
+
+    #[test]
+    fn one_relay_moves_many_connections_at_once_and_reports_how_each_ended() {
+        let (addr, config, ends) = serve(Relay::new().unwrap(), CONNECTIONS);
         let callers: Vec<_> = (0..CONNECTIONS)
             .map(|i| {
-                let config = tls::client(&web, &store, expect("db")).unwrap();
+                let mut tls = caller(addr, &config);
                 thread::spawn(move || {
-                    let conn = ClientConnection::new(config, tls::sni("db", "dc1", TD).unwrap());
-                    let mut tls =
-                        StreamOwned::new(conn.unwrap(), TcpStream::connect(addr).unwrap());
                     // Different sizes, so some connections are still busy as others end.
                     let data: Vec<u8> = (0..20_000 * (i + 1)).map(|b| (b * 31 + i) as u8).collect();
-                    let mut back = vec![0u8; data.len()];
-                    for (piece, answer) in data.chunks(7000).zip(back.chunks_mut(7000)) {
-                        tls.write_all(piece).unwrap();
-                        tls.read_exact(answer).unwrap();
-                    }
+                    let all_back = data.chunks(7000).all(|piece| echoed(&mut tls, piece));
                     tls.conn.send_close_notify();
                     tls.flush().unwrap();
                     let mut rest = Vec::new();
                     tls.read_to_end(&mut rest).unwrap();
-                    back == data && rest.is_empty()
+                    all_back && rest.is_empty()
                 })
             })
             .collect();
@@ -374,7 +411,47 @@ mod tests {
                 "connection {i} got other bytes back"
             );
         }
-        let reported: Vec<bool> = ends.iter().take(CONNECTIONS).collect();
+        let reported: Vec<bool> = ends
+            .iter()
+            .take(CONNECTIONS)
+            .map(|(_, r)| r.is_ok())
+            .collect();
         assert!(reported.iter().all(|ok| *ok), "{reported:?}");
+    }
+
+    #[test]
+    fn a_quiet_connection_is_ended_after_the_idle_time_and_a_talking_one_is_not() {
+        let relay = Relay::with_idle(Duration::from_secs(2), Duration::from_millis(100)).unwrap();
+        let (addr, config, ends) = serve(relay, 2);
+        let (mut quiet, mut talking) = (caller(addr, &config), caller(addr, &config));
+        assert!(echoed(&mut quiet, b"hello") && echoed(&mut talking, b"hello"));
+        let quiet_port = quiet.sock.local_addr().unwrap().port();
+        // The talking one echoes every 100 ms until an end is reported: the quiet one's.
+        let mut ended = None;
+        for _ in 0..600 {
+            assert!(echoed(&mut talking, b"still here"));
+            match ends.recv_timeout(Duration::from_millis(100)) {
+                Ok(end) => {
+                    ended = Some(end);
+                    break;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let (port, result) = ended.expect("no connection ended");
+        assert_eq!(port, quiet_port, "the talking connection was ended");
+        assert_eq!(result.map_err(|e| e.kind()), Err(ErrorKind::TimedOut));
+        // The quiet caller's connection is closed; the talking one goes on for longer than
+        // the idle time, and is not ended.
+        let mut rest = Vec::new();
+        assert!(!matches!(quiet.read_to_end(&mut rest), Ok(n) if n > 0));
+        for _ in 0..30 {
+            assert!(echoed(&mut talking, b"and on"));
+            match ends.recv_timeout(Duration::from_millis(100)) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                other => panic!("the talking connection: {other:?}"),
+            }
+        }
     }
 }
