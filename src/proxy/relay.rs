@@ -324,13 +324,13 @@ mod tests {
                 let mut s = s.unwrap();
                 thread::spawn(move || {
                     let mut buf = [0u8; 5000];
-                    loop {
-                        match s.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => s.write_all(&buf[..n]).unwrap(),
+                    // No panics here: the test may be over (and its callers gone).
+                    while let Ok(n @ 1..) = s.read(&mut buf) {
+                        if s.write_all(&buf[..n]).is_err() {
+                            return;
                         }
                     }
-                    s.shutdown(Shutdown::Write).unwrap();
+                    let _ = s.shutdown(Shutdown::Write);
                 });
             }
         });
@@ -368,7 +368,9 @@ mod tests {
                     let pump = Pump::new(established, net, app).unwrap();
                     relay.hand_over(
                         pump,
-                        Box::new(move |result| ended.send((port, result)).unwrap()),
+                        Box::new(move |result| {
+                            let _ = ended.send((port, result));
+                        }),
                     );
                 });
             }
