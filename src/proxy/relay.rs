@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::io::{self, ErrorKind};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Called once, in the relay's thread, with how the connection ended.
@@ -23,7 +23,7 @@ pub type OnEnd = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 /// A connection quiet in both directions for this long is closed (Envoy's default idle
 /// timeout for TCP proxies is one hour).
-pub const IDLE: Duration = Duration::from_secs(3600);
+const IDLE: Duration = Duration::from_secs(3600);
 
 /// How often quiet connections are looked for.
 const SWEEP: Duration = Duration::from_secs(60);
@@ -47,9 +47,10 @@ pub struct Relay {
     /// Boxed as they will be in `Connections` (and this list's capacity stays small).
     #[allow(clippy::vec_box)]
     handed: Mutex<Vec<Box<Entry>>>,
-    /// The thread starts with the first connection: an idle sidecar (most of a device's,
-    /// most of the time) spends no stack on it.
-    thread: OnceLock<io::Result<()>>,
+    /// Whether the thread runs. It starts with the first connection: an idle sidecar (most
+    /// of a device's, most of the time) spends no stack on it. A failed start (no memory,
+    /// too many threads) is tried again with the next connection.
+    started: Mutex<bool>,
     /// `IDLE` and `SWEEP` (shorter in tests).
     idle: Duration,
     sweep: Duration,
@@ -83,6 +84,11 @@ fn of_token(token: u64) -> (usize, Side) {
 impl Relay {
     /// A relay with no connections; its thread starts with the first.
     pub fn new() -> io::Result<Arc<Relay>> {
+        Relay::with_idle(IDLE, SWEEP)
+    }
+
+    /// A relay that ends connections quiet for `idle`, looking every `sweep`.
+    fn with_idle(idle: Duration, sweep: Duration) -> io::Result<Arc<Relay>> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         epoll.add(&wake, EpollEvent::new(EpollFlags::EPOLLIN, HANDED))?;
@@ -90,35 +96,16 @@ impl Relay {
             epoll,
             wake,
             handed: Mutex::new(Vec::new()),
-            thread: OnceLock::new(),
-            idle: IDLE,
-            sweep: SWEEP,
-        }))
-    }
-
-    /// A relay that ends connections quiet for `idle`, looking every `sweep`.
-    #[cfg(test)]
-    fn with_idle(idle: Duration, sweep: Duration) -> io::Result<Arc<Relay>> {
-        let relay = Arc::into_inner(Relay::new()?).ok_or(ErrorKind::Other)?;
-        Ok(Arc::new(Relay {
+            started: Mutex::new(false),
             idle,
             sweep,
-            ..relay
         }))
     }
 
     /// Gives a connection to the relay's thread, which moves it until it ends, then calls
     /// `on_end`.
     pub fn hand_over(self: &Arc<Self>, pump: Pump, on_end: OnEnd) {
-        let started = self.thread.get_or_init(|| {
-            let mine = self.clone();
-            std::thread::Builder::new()
-                .name("relay".to_string())
-                .stack_size(STACK)
-                .spawn(move || mine.run())
-                .map(drop)
-        });
-        if let Err(e) = started {
+        if let Err(e) = self.start() {
             on_end(Err(io::Error::new(
                 e.kind(),
                 format!("cannot start the relay thread: {e}"),
@@ -137,6 +124,20 @@ impl Relay {
             // Only a counter at its maximum fails, and then the relay is awake anyway.
             warn!("cannot wake the relay: {e}");
         }
+    }
+
+    /// Starts the thread unless it runs.
+    fn start(self: &Arc<Self>) -> io::Result<()> {
+        let mut started = self.started.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*started {
+            let mine = self.clone();
+            std::thread::Builder::new()
+                .name("relay".to_string())
+                .stack_size(STACK)
+                .spawn(move || mine.run())?;
+            *started = true;
+        }
+        Ok(())
     }
 
     fn run(&self) {
